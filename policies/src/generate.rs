@@ -1,0 +1,228 @@
+//! Batched generation over one shared prompt or over several prompts.
+
+use crate::error::{PolicyError, Result};
+use crate::kv_cache::KvCache;
+use crate::model::Logits;
+use crate::policy::Policy;
+use crate::sampling::{Sampler, SamplingParams};
+use candle_core::Tensor;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Generation ends when the text contains any of these; the text is cut before it.
+    pub stop: Vec<String>,
+    /// The most token positions this call may compute, prefill included. Decoding stops (with
+    /// [`FinishReason::Budget`]) before a step would pass it; a prompt alone above it is an error.
+    pub max_positions: Option<usize>,
+    /// Set from another thread to abandon the call (e.g. the client went away).
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), max_positions: None, cancel: None }
+    }
+}
+
+impl GenerateParams {
+    pub fn validate(&self) -> Result<()> {
+        if self.max_tokens == 0 {
+            return Err(PolicyError::InvalidParameter { param: "max_tokens", reason: "must be at least 1".into() });
+        }
+        self.sampling.validate()
+    }
+
+    fn check_prefill(&self, tokens: usize) -> Result<()> {
+        match self.max_positions {
+            Some(limit) if tokens > limit => Err(PolicyError::OverBudget { needed: tokens, limit }),
+            _ => Ok(()),
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens` or the context length.
+    Length,
+    /// The compute limit (`max_positions`).
+    Budget,
+}
+
+/// One generated sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub finish: FinishReason,
+}
+
+/// Work done by one generate call.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GenerationStats {
+    /// Prompt tokens run through the model (a shared prompt counts once).
+    pub prefill_tokens: usize,
+    pub prefill_secs: f64,
+    /// Token positions computed while decoding, over all rows.
+    pub decode_tokens: usize,
+    pub decode_secs: f64,
+}
+
+impl GenerationStats {
+    /// Token positions computed in all.
+    pub fn positions(&self) -> usize {
+        self.prefill_tokens + self.decode_tokens
+    }
+
+    pub fn prefill_tps(&self) -> f64 {
+        self.prefill_tokens as f64 / self.prefill_secs.max(1e-9)
+    }
+
+    pub fn decode_tps(&self) -> f64 {
+        self.decode_tokens as f64 / self.decode_secs.max(1e-9)
+    }
+}
+
+/// A sequence being decoded.
+struct Row {
+    sampler: Sampler,
+    tokens: Vec<u32>,
+    finish: Option<FinishReason>,
+    text: String,
+}
+
+impl Policy {
+    /// Generates `n` continuations of one prompt. The prompt is prefilled once and its cache
+    /// forked into `n` rows that decode as one batch; row `i` samples with seed `seed + i`.
+    pub fn generate(&self, prompt: &[u32], n: usize, params: &GenerateParams) -> Result<(Vec<Generation>, GenerationStats)> {
+        params.validate()?;
+        if prompt.is_empty() {
+            return Err(PolicyError::EmptyPrompt);
+        }
+        params.check_prefill(prompt.len())?;
+        let start = Instant::now();
+        let mut cache = self.model().new_cache(1);
+        let logits = self.model().forward(&[prompt], &mut cache, Logits::Last)?;
+        let logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+        let mut stats = GenerationStats { prefill_tokens: prompt.len(), prefill_secs: start.elapsed().as_secs_f64(), ..Default::default() };
+        let cache = cache.select_rows(&vec![0; n])?;
+        let first = vec![logits; n];
+        let out = self.decode(cache, first, params, &mut stats)?;
+        Ok((out, stats))
+    }
+
+    /// Generates one continuation for each prompt, all prompts in one batch (left-padded).
+    pub fn generate_batch(&self, prompts: &[Vec<u32>], params: &GenerateParams) -> Result<(Vec<Generation>, GenerationStats)> {
+        params.validate()?;
+        if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+            return Err(PolicyError::EmptyPrompt);
+        }
+        params.check_prefill(prompts.iter().map(Vec::len).sum())?;
+        let start = Instant::now();
+        let mut cache = self.model().new_cache(prompts.len());
+        let rows: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let logits = self.model().forward(&rows, &mut cache, Logits::Last)?;
+        let first = rows_to_vecs(&logits)?;
+        let mut stats = GenerationStats {
+            prefill_tokens: prompts.iter().map(Vec::len).sum(),
+            prefill_secs: start.elapsed().as_secs_f64(),
+            ..Default::default()
+        };
+        let out = self.decode(cache, first, params, &mut stats)?;
+        Ok((out, stats))
+    }
+
+    /// The decode loop: sample from each row's last logits, feed the tokens back as one batch,
+    /// and drop rows from the batch as they finish.
+    fn decode(&self, mut cache: KvCache, mut logits: Vec<Vec<f32>>, params: &GenerateParams, stats: &mut GenerationStats) -> Result<Vec<Generation>> {
+        let start = Instant::now();
+        let context = self.model().config().context_length;
+        let mut rows: Vec<Row> = (0..logits.len())
+            .map(|i| {
+                let sampling = SamplingParams { seed: params.sampling.seed.wrapping_add(i as u64), ..params.sampling.clone() };
+                Row { sampler: Sampler::new(sampling), tokens: Vec::new(), finish: None, text: String::new() }
+            })
+            .collect();
+        // `active[j]` is the output row held in cache row `j`.
+        let mut active: Vec<usize> = (0..rows.len()).collect();
+        loop {
+            let mut next = Vec::with_capacity(active.len());
+            for (j, &r) in active.iter().enumerate() {
+                let row = &mut rows[r];
+                let token = row.sampler.sample(&logits[j]);
+                next.push(token);
+                self.advance(row, token, params, cache.next_position(j) as usize + 1 >= context)?;
+            }
+            let mut keep: Vec<usize> = (0..active.len()).filter(|&j| rows[active[j]].finish.is_none()).collect();
+            if keep.is_empty() {
+                break;
+            }
+            if params.cancelled() {
+                return Err(PolicyError::Cancelled);
+            }
+            // The next step computes one position per live row; cut rows off rather than pass
+            // the limit (the last rows of the batch first, so row order stays seed order).
+            if let Some(limit) = params.max_positions {
+                let room = limit.saturating_sub(stats.positions());
+                for &j in keep.iter().skip(room) {
+                    rows[active[j]].finish = Some(FinishReason::Budget);
+                }
+                keep.truncate(room);
+                if keep.is_empty() {
+                    break;
+                }
+            }
+            if keep.len() < active.len() {
+                cache = cache.select_rows(&keep)?;
+                active = keep.iter().map(|&j| active[j]).collect();
+                next = keep.iter().map(|&j| next[j]).collect();
+            }
+            let chunk: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+            let chunk: Vec<&[u32]> = chunk.iter().map(|c| c.as_slice()).collect();
+            let out = self.model().forward(&chunk, &mut cache, Logits::Last)?;
+            stats.decode_tokens += chunk.len();
+            logits = rows_to_vecs(&out)?;
+        }
+        stats.decode_secs += start.elapsed().as_secs_f64();
+        Ok(rows
+            .into_iter()
+            .map(|r| Generation { text: r.text, tokens: r.tokens, finish: r.finish.unwrap_or(FinishReason::Length) })
+            .collect())
+    }
+
+    /// Appends a sampled token to a row and decides whether the row is done.
+    fn advance(&self, row: &mut Row, token: u32, params: &GenerateParams, context_full: bool) -> Result<()> {
+        let tokenizer = self.tokenizer();
+        if tokenizer.is_stop(token) {
+            row.finish = Some(FinishReason::Stop);
+            return Ok(());
+        }
+        row.tokens.push(token);
+        row.text = tokenizer.decode(&row.tokens, true)?;
+        if let Some(cut) = params.stop.iter().filter_map(|s| row.text.find(s.as_str())).min() {
+            row.text.truncate(cut);
+            row.finish = Some(FinishReason::Stop);
+        } else if row.tokens.len() >= params.max_tokens || context_full {
+            row.finish = Some(FinishReason::Length);
+        }
+        Ok(())
+    }
+}
+
+/// `[batch, vocab]` logits as one vector per row.
+fn rows_to_vecs(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+}

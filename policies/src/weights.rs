@@ -1,0 +1,174 @@
+//! Reading weights by their GGUF names, from a GGUF file or an HF safetensors checkpoint.
+//!
+//! The transformer body asks for tensors by llama.cpp's names (`blk.3.attn_q.weight`); HF
+//! checkpoints are mapped onto those names here, so the model code has one vocabulary.
+
+use crate::error::{PolicyError, Result};
+use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Tensor};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A linear layer: quantized or dense weights, optional bias.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let ys = self.weight.forward(xs)?;
+        match &self.bias {
+            Some(b) => ys.broadcast_add(b),
+            None => Ok(ys),
+        }
+    }
+}
+
+/// The token embedding table, kept quantized when the file is (Gemma's is 262k rows).
+#[derive(Debug, Clone)]
+pub enum Embedding {
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+impl Embedding {
+    pub fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Quantized(q) => q.embedding(ids),
+            Self::Dense(w) => {
+                let (b, t) = ids.dims2()?;
+                w.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))
+            }
+        }
+    }
+
+    /// The same table used as the output projection (tied embeddings).
+    pub fn as_linear(&self) -> Result<Linear> {
+        let weight = match self {
+            Self::Quantized(q) => QMatMul::from_arc(q.clone())?,
+            Self::Dense(w) => QMatMul::Tensor(w.clone()),
+        };
+        Ok(Linear { weight, bias: None })
+    }
+}
+
+/// Where weights come from.
+pub enum Weights {
+    Gguf { path: PathBuf, file: File, content: gguf_file::Content, device: Device },
+    Safetensors { tensors: HashMap<String, Tensor>, device: Device },
+}
+
+impl Weights {
+    pub fn device(&self) -> &Device {
+        match self {
+            Self::Gguf { device, .. } | Self::Safetensors { device, .. } => device,
+        }
+    }
+
+    /// Loads every `*.safetensors` file of a checkpoint folder as f32 on `device`.
+    pub fn from_safetensors(files: &[PathBuf], device: &Device) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        for file in files {
+            let loaded = candle_core::safetensors::load(file, device).map_err(|e| {
+                PolicyError::Corrupt { path: file.clone(), reason: e.to_string() }
+            })?;
+            for (name, t) in loaded {
+                tensors.insert(hf_to_gguf_name(&name), t.to_dtype(DType::F32)?);
+            }
+        }
+        Ok(Self::Safetensors { tensors, device: device.clone() })
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        match self {
+            Self::Gguf { content, .. } => content.tensor_infos.contains_key(name),
+            Self::Safetensors { tensors, .. } => tensors.contains_key(name),
+        }
+    }
+
+    fn qtensor(&mut self, name: &str) -> Result<Arc<QTensor>> {
+        match self {
+            Self::Gguf { path, file, content, device } => {
+                let t = content.tensor(file, name, device).map_err(|e| PolicyError::Corrupt {
+                    path: path.clone(),
+                    reason: format!("tensor `{name}`: {e}"),
+                })?;
+                Ok(Arc::new(t))
+            }
+            Self::Safetensors { .. } => Err(PolicyError::MissingMetadata(name.to_string())),
+        }
+    }
+
+    /// A dense f32 tensor (norm weights, biases).
+    pub fn dense(&mut self, name: &str) -> Result<Tensor> {
+        match self {
+            Self::Gguf { device, .. } => {
+                let device = device.clone();
+                Ok(self.qtensor(name)?.dequantize(&device)?)
+            }
+            Self::Safetensors { tensors, .. } => tensors
+                .get(name)
+                .cloned()
+                .ok_or_else(|| PolicyError::MissingMetadata(format!("tensor `{name}`"))),
+        }
+    }
+
+    pub fn linear(&mut self, name: &str, with_bias: bool) -> Result<Linear> {
+        let weight = match self {
+            Self::Gguf { .. } => QMatMul::from_arc(self.qtensor(&format!("{name}.weight"))?)?,
+            Self::Safetensors { .. } => QMatMul::Tensor(self.dense(&format!("{name}.weight"))?),
+        };
+        let bias = if with_bias { Some(self.dense(&format!("{name}.bias"))?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn embedding(&mut self, name: &str) -> Result<Embedding> {
+        match self {
+            Self::Gguf { .. } => Ok(Embedding::Quantized(self.qtensor(name)?)),
+            Self::Safetensors { .. } => Ok(Embedding::Dense(self.dense(name)?)),
+        }
+    }
+}
+
+/// Opens a GGUF file and reads its header.
+pub fn open_gguf(path: &Path, device: &Device) -> Result<Weights> {
+    if !path.exists() {
+        return Err(PolicyError::NotFound(path.to_path_buf()));
+    }
+    let mut file = File::open(path)?;
+    let content = gguf_file::Content::read(&mut file)
+        .map_err(|e| PolicyError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
+    Ok(Weights::Gguf { path: path.to_path_buf(), file, content, device: device.clone() })
+}
+
+/// Maps an HF Llama/Qwen2/Qwen3/Gemma3 tensor name onto llama.cpp's name for it.
+fn hf_to_gguf_name(name: &str) -> String {
+    let name = name.strip_prefix("model.").unwrap_or(name);
+    match name {
+        "embed_tokens.weight" => return "token_embd.weight".into(),
+        "norm.weight" => return "output_norm.weight".into(),
+        "lm_head.weight" => return "output.weight".into(),
+        _ => {}
+    }
+    let Some(rest) = name.strip_prefix("layers.") else { return name.to_string() };
+    let Some((layer, part)) = rest.split_once('.') else { return name.to_string() };
+    let part = match part {
+        p if p.starts_with("self_attn.q_proj.") => p.replacen("self_attn.q_proj", "attn_q", 1),
+        p if p.starts_with("self_attn.k_proj.") => p.replacen("self_attn.k_proj", "attn_k", 1),
+        p if p.starts_with("self_attn.v_proj.") => p.replacen("self_attn.v_proj", "attn_v", 1),
+        p if p.starts_with("self_attn.o_proj.") => p.replacen("self_attn.o_proj", "attn_output", 1),
+        "self_attn.q_norm.weight" => "attn_q_norm.weight".into(),
+        "self_attn.k_norm.weight" => "attn_k_norm.weight".into(),
+        p if p.starts_with("mlp.gate_proj.") => p.replacen("mlp.gate_proj", "ffn_gate", 1),
+        p if p.starts_with("mlp.up_proj.") => p.replacen("mlp.up_proj", "ffn_up", 1),
+        p if p.starts_with("mlp.down_proj.") => p.replacen("mlp.down_proj", "ffn_down", 1),
+        "input_layernorm.weight" => "attn_norm.weight".into(),
+        "post_attention_layernorm.weight" => "ffn_norm.weight".into(),
+        other => other.to_string(),
+    };
+    format!("blk.{layer}.{part}")
+}

@@ -1,0 +1,52 @@
+//! Scorers for hone.
+//!
+//! Every reward model answers one question for a batch of candidates: how good is this response
+//! to this conversation? Scores only need to be comparable within one query, so each kind is free
+//! to use its own scale. A round's candidates are scored in one call so that model-backed scorers
+//! can batch their forward passes.
+
+pub mod classifier;
+pub mod judge;
+pub mod manifest;
+pub mod remote;
+pub mod verifier;
+
+pub use verifier::{Constraint, Verifier};
+
+use policies::Message;
+
+/// One (conversation, response) pair to score.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    /// The conversation the response answers; the last message is normally the user's.
+    pub messages: &'a [Message],
+    /// The response being judged.
+    pub response: &'a str,
+}
+
+/// The score of one candidate. Higher is better.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Score {
+    pub value: f32,
+    /// Why the score is what it is, in words a policy can read back (e.g. failed constraints).
+    pub reasons: Vec<String>,
+}
+
+/// What went wrong while scoring.
+#[derive(Debug, thiserror::Error)]
+pub enum RewardError {
+    #[error("invalid reward configuration: {0}")]
+    Config(String),
+    #[error("input too long for the reward model: {tokens} tokens, limit {limit}")]
+    InputTooLong { tokens: usize, limit: usize },
+    #[error("remote scorer failed: {0}")]
+    Remote(String),
+    #[error("reward model failed: {0}")]
+    Model(String),
+}
+
+/// A scorer of candidate responses.
+pub trait RewardModel: Send + Sync {
+    /// Scores every candidate; the result has one entry per candidate, in order.
+    fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError>;
+}

@@ -1,0 +1,61 @@
+//! `hone bench`: prefill and decode throughput, measured the way llama-bench does (a prompt of
+//! `--prompt-tokens` tokens, then `--gen-tokens` single-token steps), for each batch size.
+
+use anyhow::Result;
+use clap::Args;
+use policies::Logits;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "default")]
+    model: String,
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    /// Batch sizes to measure (comma separated).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 4])]
+    batch: Vec<usize>,
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    #[arg(long)]
+    cpu: bool,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let policy = super::load_policy(&a.model, a.cpu)?;
+    let model = policy.model();
+    let vocab = model.config().vocab_size as u32;
+    println!("model: {} | device: {:?} | threads: {}", policy.name(), model.device(), candle_core::utils::get_num_threads());
+    println!("| batch | prefill tok/s | decode tok/s |");
+    println!("|---|---|---|");
+    for &b in &a.batch {
+        // Deterministic pseudo-random token ids away from the special tokens.
+        let prompts: Vec<Vec<u32>> = (0..b)
+            .map(|r| (0..a.prompt_tokens).map(|i| 100 + ((i * 7919 + r * 104_729) as u32 % (vocab - 100))).collect())
+            .collect();
+        let (mut prefill, mut decode) = (0.0, 0.0);
+        for _ in 0..a.repeats {
+            let mut cache = model.new_cache(b);
+            let rows: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+            let t = Instant::now();
+            model.forward(&rows, &mut cache, Logits::Last)?;
+            prefill += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            for step in 0..a.gen_tokens {
+                let toks: Vec<[u32; 1]> = (0..b).map(|r| [100 + ((step * 31 + r) as u32 % (vocab - 100))]).collect();
+                let rows: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
+                model.forward(&rows, &mut cache, Logits::Last)?;
+            }
+            decode += t.elapsed().as_secs_f64();
+        }
+        let n = a.repeats as f64;
+        println!(
+            "| {b} | {:.1} | {:.1} |",
+            (b * a.prompt_tokens) as f64 * n / prefill,
+            (b * a.gen_tokens) as f64 * n / decode
+        );
+    }
+    Ok(())
+}

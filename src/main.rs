@@ -1,0 +1,36 @@
+//! The `hone` command line.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "hone", version, about = "Test-time compute scaling: TPO and best-of-N under a per-query budget")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate completions of a prompt with a policy model.
+    Generate(cli::generate::GenerateArgs),
+    /// Score a response with a configured reward model.
+    Score(cli::score::ScoreArgs),
+    /// Measure prefill and decode speed of a policy model.
+    Bench(cli::bench::BenchArgs),
+}
+
+fn main() {
+    let args = Args::parse();
+    let result: Result<()> = match args.command {
+        Command::Generate(a) => cli::generate::run(a),
+        Command::Score(a) => cli::score::run(a),
+        Command::Bench(a) => cli::bench::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,62 @@
+//! Shared helpers for the integration tests: the real models, fetched once into hone's cache.
+#![allow(dead_code)]
+
+use candle_core::Device;
+use policies::store::{self, KnownModel};
+use policies::Policy;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+pub fn model_path(model: &KnownModel) -> PathBuf {
+    match store::ensure(model) {
+        Ok(p) => p,
+        Err(e) => panic!("cannot fetch {}: {e}", model.name),
+    }
+}
+
+pub fn load(model: &KnownModel) -> Policy {
+    match Policy::load(&model_path(model), &Device::Cpu) {
+        Ok(p) => p,
+        Err(e) => panic!("cannot load {}: {e}", model.name),
+    }
+}
+
+/// Reference outputs of llama.cpp on the same GGUF (see scripts/reference/).
+#[derive(Deserialize)]
+pub struct Fixture {
+    pub tokenize: Vec<TokenizeCase>,
+    pub logits: Vec<LogitsCase>,
+    pub greedy: Vec<GreedyCase>,
+}
+
+#[derive(Deserialize)]
+pub struct TokenizeCase {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub decoded: String,
+}
+
+#[derive(Deserialize)]
+pub struct LogitsCase {
+    pub prompt_ids: Vec<u32>,
+    pub positions: Vec<Position>,
+}
+
+#[derive(Deserialize)]
+pub struct Position {
+    pub top: Vec<(u32, f32)>,
+    pub logsumexp: f32,
+}
+
+#[derive(Deserialize)]
+pub struct GreedyCase {
+    pub prompt_ids: Vec<u32>,
+    pub tokens: Vec<u32>,
+    pub margins: Vec<f32>,
+}
+
+pub fn fixture(name: &str) -> Fixture {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
