@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "hone", version, about = "Test-time compute scaling: TPO and best-of-N under a per-query budget")]
+#[command(
+    name = "hone",
+    version,
+    about = "Test-time compute scaling: TPO and best-of-N under a per-query budget"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +24,8 @@ enum Command {
     Score(cli::score::ScoreArgs),
     /// Measure prefill and decode speed of a policy model.
     Bench(cli::bench::BenchArgs),
+    /// Spend a compute budget on one prompt with TPO, best-of-N or plain decoding.
+    Optimize(cli::optimize::OptimizeArgs),
 }
 
 fn main() {
@@ -28,6 +34,7 @@ fn main() {
         Command::Generate(a) => cli::generate::run(a),
         Command::Score(a) => cli::score::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Optimize(a) => cli::optimize::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

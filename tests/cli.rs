@@ -3,7 +3,10 @@
 use std::process::{Command, Output};
 
 fn hone(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hone")).args(args).output().expect("run hone")
+    Command::new(env!("CARGO_BIN_EXE_hone"))
+        .args(args)
+        .output()
+        .expect("run hone")
 }
 
 fn stderr(o: &Output) -> String {
@@ -12,9 +15,19 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn default_model_knows_the_capital_of_france() {
-    let out = hone(&["generate", "--prompt", "What is the capital of France? Answer briefly.", "--max-tokens", "24"]);
+    let out = hone(&[
+        "generate",
+        "--prompt",
+        "What is the capital of France? Answer briefly.",
+        "--max-tokens",
+        "24",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Paris"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(stderr(&out).contains("tok/s"));
 }
 
@@ -31,20 +44,50 @@ fn bad_input_gives_clear_errors() {
     let dir = std::env::temp_dir().join(format!("hone-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let missing = dir.join("missing.gguf");
-    assert_fails_with(&["generate", "--prompt", "hi", "--model", missing.to_str().unwrap()], "not found");
+    assert_fails_with(
+        &[
+            "generate",
+            "--prompt",
+            "hi",
+            "--model",
+            missing.to_str().unwrap(),
+        ],
+        "not found",
+    );
 
     let corrupt = dir.join("corrupt.gguf");
     std::fs::write(&corrupt, b"definitely not a gguf file").unwrap();
-    assert_fails_with(&["generate", "--prompt", "hi", "--model", corrupt.to_str().unwrap()], "cannot read model");
+    assert_fails_with(
+        &[
+            "generate",
+            "--prompt",
+            "hi",
+            "--model",
+            corrupt.to_str().unwrap(),
+        ],
+        "cannot read model",
+    );
 
     let mamba = dir.join("mamba.gguf");
     write_gguf_with_arch(&mamba, "mamba");
-    assert_fails_with(&["generate", "--prompt", "hi", "--model", mamba.to_str().unwrap()], "unsupported model architecture `mamba`");
+    assert_fails_with(
+        &[
+            "generate",
+            "--prompt",
+            "hi",
+            "--model",
+            mamba.to_str().unwrap(),
+        ],
+        "unsupported model architecture `mamba`",
+    );
 
     assert_fails_with(&["generate", "--prompt", "   "], "prompt is empty");
     let long = "word ".repeat(9000);
     assert_fails_with(&["generate", "--prompt", &long], "context");
-    assert_fails_with(&["generate", "--prompt", "hi", "--temperature=-1"], "temperature");
+    assert_fails_with(
+        &["generate", "--prompt", "hi", "--temperature=-1"],
+        "temperature",
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

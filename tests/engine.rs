@@ -7,11 +7,16 @@ use policies::store::SMOLLM2;
 use policies::{GenerateParams, Logits, Message, Role, SamplingParams};
 
 fn chat(policy: &policies::Policy, text: &str) -> Vec<u32> {
-    policy.encode_chat(&[Message::new(Role::User, text)]).unwrap()
+    policy
+        .encode_chat(&[Message::new(Role::User, text)])
+        .unwrap()
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -19,11 +24,17 @@ fn batch_rows_equal_their_single_generations() {
     let policy = load(&SMOLLM2);
     let prompts = vec![
         chat(&policy, "Name three colors."),
-        chat(&policy, "What is 2 + 2? Explain your reasoning in one short sentence please."),
+        chat(
+            &policy,
+            "What is 2 + 2? Explain your reasoning in one short sentence please.",
+        ),
         chat(&policy, "Hi"),
     ];
     assert!(prompts[0].len() != prompts[1].len() && prompts[1].len() != prompts[2].len());
-    let params = GenerateParams { max_tokens: 24, ..Default::default() };
+    let params = GenerateParams {
+        max_tokens: 24,
+        ..Default::default()
+    };
     let (batched, _) = policy.generate_batch(&prompts, &params).unwrap();
     for (prompt, row) in prompts.iter().zip(&batched) {
         let (single, _) = policy.generate(prompt, 1, &params).unwrap();
@@ -38,10 +49,20 @@ fn batched_logits_match_single_row_logits() {
     let a = chat(&policy, "Tell me a joke.");
     let b = chat(&policy, "Write a haiku about the sea, with a title.");
     let mut cache = model.new_cache(2);
-    let both = model.forward(&[a.as_slice(), b.as_slice()], &mut cache, Logits::Last).unwrap().to_vec2::<f32>().unwrap();
+    let both = model
+        .forward(&[a.as_slice(), b.as_slice()], &mut cache, Logits::Last)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     for (i, p) in [&a, &b].into_iter().enumerate() {
         let mut c = model.new_cache(1);
-        let one = model.forward(&[p.as_slice()], &mut c, Logits::Last).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let one = model
+            .forward(&[p.as_slice()], &mut c, Logits::Last)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert!(max_abs_diff(&both[i], &one) < 1e-3, "row {i}");
     }
 }
@@ -51,18 +72,37 @@ fn truncate_then_reforward_equals_fresh_forward() {
     let policy = load(&SMOLLM2);
     let model = policy.model();
     let prompt = chat(&policy, "Describe a cat.");
-    let extra_a = policy.tokenizer().encode("The cat is black and small").unwrap();
+    let extra_a = policy
+        .tokenizer()
+        .encode("The cat is black and small")
+        .unwrap();
     let extra_b = policy.tokenizer().encode("A tabby cat").unwrap();
 
     let mut cache = model.new_cache(1);
-    model.forward(&[prompt.as_slice()], &mut cache, Logits::Last).unwrap();
-    model.forward(&[extra_a.as_slice()], &mut cache, Logits::All).unwrap();
+    model
+        .forward(&[prompt.as_slice()], &mut cache, Logits::Last)
+        .unwrap();
+    model
+        .forward(&[extra_a.as_slice()], &mut cache, Logits::All)
+        .unwrap();
     cache.truncate(prompt.len());
-    let reused = model.forward(&[extra_b.as_slice()], &mut cache, Logits::All).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+    let reused = model
+        .forward(&[extra_b.as_slice()], &mut cache, Logits::All)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
 
     let mut fresh_cache = model.new_cache(1);
     let full: Vec<u32> = prompt.iter().chain(&extra_b).copied().collect();
-    let fresh = model.forward(&[full.as_slice()], &mut fresh_cache, Logits::All).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+    let fresh = model
+        .forward(&[full.as_slice()], &mut fresh_cache, Logits::All)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     for (j, row) in reused.iter().enumerate() {
         let d = max_abs_diff(row, &fresh[prompt.len() + j]);
         assert!(d < 1e-3, "position {j}: {d}");
@@ -75,15 +115,27 @@ fn rollback_of_one_row_equals_never_having_seen_the_tokens() {
     let model = policy.model();
     let prompt = chat(&policy, "Count to five.");
     let mut cache = model.new_cache(1);
-    model.forward(&[prompt.as_slice()], &mut cache, Logits::Last).unwrap();
+    model
+        .forward(&[prompt.as_slice()], &mut cache, Logits::Last)
+        .unwrap();
     let mut cache = cache.select_rows(&[0, 0]).unwrap();
     // Row 0 speculates three tokens and keeps one; row 1 takes one token.
     let spec = policy.tokenizer().encode("One, two").unwrap();
     let one = &spec[..1];
-    model.forward(&[spec.as_slice(), one], &mut cache, Logits::All).unwrap();
+    model
+        .forward(&[spec.as_slice(), one], &mut cache, Logits::All)
+        .unwrap();
     cache.rollback_row(0, spec.len() - 1);
     let next = policy.tokenizer().encode(" three").unwrap();
-    let out = model.forward(&[next.as_slice(), next.as_slice()], &mut cache, Logits::Last).unwrap().to_vec2::<f32>().unwrap();
+    let out = model
+        .forward(
+            &[next.as_slice(), next.as_slice()],
+            &mut cache,
+            Logits::Last,
+        )
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
     assert!(max_abs_diff(&out[0], &out[1]) < 1e-3);
 }
 
@@ -93,28 +145,52 @@ fn shared_prefix_candidates_are_seeded_and_reproducible() {
     let prompt = chat(&policy, "Write one sentence about the moon.");
     let params = GenerateParams {
         max_tokens: 16,
-        sampling: SamplingParams { temperature: 0.8, top_p: 0.95, top_k: 0, seed: 7 },
-        stop: vec![],
+        sampling: SamplingParams {
+            temperature: 0.8,
+            top_p: 0.95,
+            top_k: 0,
+            seed: 7,
+        },
+        ..Default::default()
     };
     let (a, _) = policy.generate(&prompt, 3, &params).unwrap();
     let (b, _) = policy.generate(&prompt, 3, &params).unwrap();
     assert_eq!(a, b, "same seed, same output");
     // Row i of a batch draws with seed + i, exactly as a single generation with that seed.
-    let single = GenerateParams { sampling: SamplingParams { seed: 9, ..params.sampling.clone() }, ..params.clone() };
+    let single = GenerateParams {
+        sampling: SamplingParams {
+            seed: 9,
+            ..params.sampling.clone()
+        },
+        ..params.clone()
+    };
     let (c, _) = policy.generate(&prompt, 1, &single).unwrap();
     assert_eq!(a[2].tokens, c[0].tokens);
-    assert!(a[0].tokens != a[1].tokens || a[1].tokens != a[2].tokens, "different seeds should differ");
+    assert!(
+        a[0].tokens != a[1].tokens || a[1].tokens != a[2].tokens,
+        "different seeds should differ"
+    );
 }
 
 #[test]
 fn stop_strings_and_max_tokens_end_generation() {
     let policy = load(&SMOLLM2);
-    let prompt = chat(&policy, "List the numbers from 1 to 20, separated by commas.");
-    let params = GenerateParams { max_tokens: 64, stop: vec!["5".into()], ..Default::default() };
+    let prompt = chat(
+        &policy,
+        "List the numbers from 1 to 20, separated by commas.",
+    );
+    let params = GenerateParams {
+        max_tokens: 64,
+        stop: vec!["5".into()],
+        ..Default::default()
+    };
     let (out, _) = policy.generate(&prompt, 1, &params).unwrap();
     assert_eq!(out[0].finish, policies::FinishReason::Stop);
     assert!(!out[0].text.contains('5'), "{:?}", out[0].text);
-    let params = GenerateParams { max_tokens: 3, ..Default::default() };
+    let params = GenerateParams {
+        max_tokens: 3,
+        ..Default::default()
+    };
     let (out, _) = policy.generate(&prompt, 1, &params).unwrap();
     assert_eq!(out[0].tokens.len(), 3);
     assert_eq!(out[0].finish, policies::FinishReason::Length);
@@ -124,7 +200,10 @@ fn stop_strings_and_max_tokens_end_generation() {
 fn chat_template_renders_chatml() {
     let policy = load(&SMOLLM2);
     let text = policy
-        .render_chat(&[Message::new(Role::System, "Be brief."), Message::new(Role::User, "Hi")])
+        .render_chat(&[
+            Message::new(Role::System, "Be brief."),
+            Message::new(Role::User, "Hi"),
+        ])
         .unwrap();
     assert_eq!(text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     let ids = policy.tokenizer().encode(&text).unwrap();

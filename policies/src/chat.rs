@@ -21,7 +21,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self { role, content: content.into() }
+        Self {
+            role,
+            content: content.into(),
+        }
     }
 }
 
@@ -38,7 +41,11 @@ pub struct ChatTemplate {
 impl ChatTemplate {
     /// Compiles the template once to report syntax errors at load time.
     pub fn new(source: String, bos_token: String, eos_token: String) -> Result<Self> {
-        let template = Self { source, bos_token, eos_token };
+        let template = Self {
+            source,
+            bos_token,
+            eos_token,
+        };
         template.environment()?;
         Ok(template)
     }
@@ -47,10 +54,17 @@ impl ChatTemplate {
         let mut env = minijinja::Environment::new();
         // HF templates call Python string methods (`.strip()`, `.startswith()`...).
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
-        env.add_template("chat", &self.source).map_err(|e| PolicyError::Template(e.to_string()))?;
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template("chat", &self.source)
+            .map_err(|e| PolicyError::Template(e.to_string()))?;
         Ok(env)
     }
 
@@ -58,7 +72,9 @@ impl ChatTemplate {
     /// `add_generation_prompt` is set.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
         let env = self.environment()?;
-        let template = env.get_template("chat").map_err(|e| PolicyError::Template(e.to_string()))?;
+        let template = env
+            .get_template("chat")
+            .map_err(|e| PolicyError::Template(e.to_string()))?;
         template
             .render(minijinja::context! {
                 messages => messages,

@@ -100,7 +100,10 @@ impl ModelConfig {
             .get("token_embd.weight")
             .map(|t| t.shape.dims()[0])
             .ok_or_else(|| PolicyError::MissingMetadata("token_embd.weight".into()))?;
-        let rope_scale = match md.get(&key("rope.scaling.type")).and_then(|v| v.to_string().ok()) {
+        let rope_scale = match md
+            .get(&key("rope.scaling.type"))
+            .and_then(|v| v.to_string().ok())
+        {
             Some(t) if t == "linear" => get_f("rope.scaling.factor").unwrap_or(1.0),
             _ => 1.0,
         };
@@ -122,8 +125,10 @@ impl ModelConfig {
     }
 
     pub fn from_hf_json(text: &str) -> Result<Self> {
-        let hf: HfConfig = serde_json::from_str(text)
-            .map_err(|e| PolicyError::Corrupt { path: "config.json".into(), reason: e.to_string() })?;
+        let hf: HfConfig = serde_json::from_str(text).map_err(|e| PolicyError::Corrupt {
+            path: "config.json".into(),
+            reason: e.to_string(),
+        })?;
         let arch = Arch::parse(&hf.model_type)?;
         let n_kv_heads = hf.num_key_value_heads.unwrap_or(hf.num_attention_heads);
         // transformers 5 moved `rope_theta` and `rope_scaling` into `rope_parameters`.
@@ -132,7 +137,10 @@ impl ModelConfig {
             Some(s) if s.rope_type.as_deref() == Some("linear") => s.factor.unwrap_or(1.0),
             _ => 1.0,
         };
-        let rope_theta = hf.rope_theta.or(rope.and_then(|r| r.rope_theta)).unwrap_or(10_000.0);
+        let rope_theta = hf
+            .rope_theta
+            .or(rope.and_then(|r| r.rope_theta))
+            .unwrap_or(10_000.0);
         Ok(Self {
             arch,
             vocab_size: hf.vocab_size,
@@ -140,7 +148,9 @@ impl ModelConfig {
             n_layers: hf.num_hidden_layers,
             n_heads: hf.num_attention_heads,
             n_kv_heads,
-            head_dim: hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads),
+            head_dim: hf
+                .head_dim
+                .unwrap_or(hf.hidden_size / hf.num_attention_heads),
             rms_eps: hf.rms_norm_eps.unwrap_or(1e-6),
             rope_theta,
             rope_scale,

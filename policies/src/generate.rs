@@ -26,27 +26,41 @@ pub struct GenerateParams {
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        Self { max_tokens: 256, sampling: SamplingParams::default(), stop: Vec::new(), max_positions: None, cancel: None }
+        Self {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            max_positions: None,
+            cancel: None,
+        }
     }
 }
 
 impl GenerateParams {
     pub fn validate(&self) -> Result<()> {
         if self.max_tokens == 0 {
-            return Err(PolicyError::InvalidParameter { param: "max_tokens", reason: "must be at least 1".into() });
+            return Err(PolicyError::InvalidParameter {
+                param: "max_tokens",
+                reason: "must be at least 1".into(),
+            });
         }
         self.sampling.validate()
     }
 
     fn check_prefill(&self, tokens: usize) -> Result<()> {
         match self.max_positions {
-            Some(limit) if tokens > limit => Err(PolicyError::OverBudget { needed: tokens, limit }),
+            Some(limit) if tokens > limit => Err(PolicyError::OverBudget {
+                needed: tokens,
+                limit,
+            }),
             _ => Ok(()),
         }
     }
 
     fn cancelled(&self) -> bool {
-        self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -107,7 +121,12 @@ struct Row {
 impl Policy {
     /// Generates `n` continuations of one prompt. The prompt is prefilled once and its cache
     /// forked into `n` rows that decode as one batch; row `i` samples with seed `seed + i`.
-    pub fn generate(&self, prompt: &[u32], n: usize, params: &GenerateParams) -> Result<(Vec<Generation>, GenerationStats)> {
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        n: usize,
+        params: &GenerateParams,
+    ) -> Result<(Vec<Generation>, GenerationStats)> {
         params.validate()?;
         if prompt.is_empty() {
             return Err(PolicyError::EmptyPrompt);
@@ -117,7 +136,11 @@ impl Policy {
         let mut cache = self.model().new_cache(1);
         let logits = self.model().forward(&[prompt], &mut cache, Logits::Last)?;
         let logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
-        let mut stats = GenerationStats { prefill_tokens: prompt.len(), prefill_secs: start.elapsed().as_secs_f64(), ..Default::default() };
+        let mut stats = GenerationStats {
+            prefill_tokens: prompt.len(),
+            prefill_secs: start.elapsed().as_secs_f64(),
+            ..Default::default()
+        };
         let cache = cache.select_rows(&vec![0; n])?;
         let first = vec![logits; n];
         let out = self.decode(cache, first, params, &mut stats)?;
@@ -125,7 +148,11 @@ impl Policy {
     }
 
     /// Generates one continuation for each prompt, all prompts in one batch (left-padded).
-    pub fn generate_batch(&self, prompts: &[Vec<u32>], params: &GenerateParams) -> Result<(Vec<Generation>, GenerationStats)> {
+    pub fn generate_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &GenerateParams,
+    ) -> Result<(Vec<Generation>, GenerationStats)> {
         params.validate()?;
         if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
             return Err(PolicyError::EmptyPrompt);
@@ -147,13 +174,27 @@ impl Policy {
 
     /// The decode loop: sample from each row's last logits, feed the tokens back as one batch,
     /// and drop rows from the batch as they finish.
-    fn decode(&self, mut cache: KvCache, mut logits: Vec<Vec<f32>>, params: &GenerateParams, stats: &mut GenerationStats) -> Result<Vec<Generation>> {
+    fn decode(
+        &self,
+        mut cache: KvCache,
+        mut logits: Vec<Vec<f32>>,
+        params: &GenerateParams,
+        stats: &mut GenerationStats,
+    ) -> Result<Vec<Generation>> {
         let start = Instant::now();
         let context = self.model().config().context_length;
         let mut rows: Vec<Row> = (0..logits.len())
             .map(|i| {
-                let sampling = SamplingParams { seed: params.sampling.seed.wrapping_add(i as u64), ..params.sampling.clone() };
-                Row { sampler: Sampler::new(sampling), tokens: Vec::new(), finish: None, text: String::new() }
+                let sampling = SamplingParams {
+                    seed: params.sampling.seed.wrapping_add(i as u64),
+                    ..params.sampling.clone()
+                };
+                Row {
+                    sampler: Sampler::new(sampling),
+                    tokens: Vec::new(),
+                    finish: None,
+                    text: String::new(),
+                }
             })
             .collect();
         // `active[j]` is the output row held in cache row `j`.
@@ -164,9 +205,16 @@ impl Policy {
                 let row = &mut rows[r];
                 let token = row.sampler.sample(&logits[j]);
                 next.push(token);
-                self.advance(row, token, params, cache.next_position(j) as usize + 1 >= context)?;
+                self.advance(
+                    row,
+                    token,
+                    params,
+                    cache.next_position(j) as usize + 1 >= context,
+                )?;
             }
-            let mut keep: Vec<usize> = (0..active.len()).filter(|&j| rows[active[j]].finish.is_none()).collect();
+            let mut keep: Vec<usize> = (0..active.len())
+                .filter(|&j| rows[active[j]].finish.is_none())
+                .collect();
             if keep.is_empty() {
                 break;
             }
@@ -199,12 +247,22 @@ impl Policy {
         stats.decode_secs += start.elapsed().as_secs_f64();
         Ok(rows
             .into_iter()
-            .map(|r| Generation { text: r.text, tokens: r.tokens, finish: r.finish.unwrap_or(FinishReason::Length) })
+            .map(|r| Generation {
+                text: r.text,
+                tokens: r.tokens,
+                finish: r.finish.unwrap_or(FinishReason::Length),
+            })
             .collect())
     }
 
     /// Appends a sampled token to a row and decides whether the row is done.
-    fn advance(&self, row: &mut Row, token: u32, params: &GenerateParams, context_full: bool) -> Result<()> {
+    fn advance(
+        &self,
+        row: &mut Row,
+        token: u32,
+        params: &GenerateParams,
+        context_full: bool,
+    ) -> Result<()> {
         let tokenizer = self.tokenizer();
         if tokenizer.is_stop(token) {
             row.finish = Some(FinishReason::Stop);
@@ -212,7 +270,12 @@ impl Policy {
         }
         row.tokens.push(token);
         row.text = tokenizer.decode(&row.tokens, true)?;
-        if let Some(cut) = params.stop.iter().filter_map(|s| row.text.find(s.as_str())).min() {
+        if let Some(cut) = params
+            .stop
+            .iter()
+            .filter_map(|s| row.text.find(s.as_str()))
+            .min()
+        {
             row.text.truncate(cut);
             row.finish = Some(FinishReason::Stop);
         } else if row.tokens.len() >= params.max_tokens || context_full {

@@ -19,7 +19,10 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for `batch` rows.
     pub fn new(n_layers: usize, batch: usize) -> Self {
-        Self { layers: vec![None; n_layers], slots: vec![Vec::new(); batch] }
+        Self {
+            layers: vec![None; n_layers],
+            slots: vec![Vec::new(); batch],
+        }
     }
 
     pub fn batch_size(&self) -> usize {
@@ -33,7 +36,11 @@ impl KvCache {
 
     /// The position the next token of `row` will take.
     pub fn next_position(&self, row: usize) -> u32 {
-        self.slots[row].iter().rev().find_map(|p| *p).map_or(0, |p| p + 1)
+        self.slots[row]
+            .iter()
+            .rev()
+            .find_map(|p| *p)
+            .map_or(0, |p| p + 1)
     }
 
     /// Number of tokens held for `row`.
@@ -80,10 +87,15 @@ impl KvCache {
                 Ok(t)
             };
             let old = self.layers[layer].take();
-            let grown = (grow(old.as_ref().map(|(k, _)| k))?, grow(old.as_ref().map(|(_, v)| v))?);
+            let grown = (
+                grow(old.as_ref().map(|(k, _)| k))?,
+                grow(old.as_ref().map(|(_, v)| v))?,
+            );
             self.layers[layer] = Some(grown);
         }
-        let (ck, cv) = self.layers[layer].as_ref().ok_or_else(|| candle_core::Error::Msg("kv cache layer missing".into()))?;
+        let (ck, cv) = self.layers[layer]
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("kv cache layer missing".into()))?;
         ck.slice_set(&k.contiguous()?, 2, start)?;
         cv.slice_set(&v.contiguous()?, 2, start)?;
         Ok((ck.narrow(2, 0, used)?, cv.narrow(2, 0, used)?))
@@ -119,7 +131,11 @@ impl KvCache {
             .next()
             .map(|(k, _)| k.device().clone())
             .unwrap_or(Device::Cpu);
-        let idx = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), &device)?;
+        let idx = Tensor::from_vec(
+            rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+            rows.len(),
+            &device,
+        )?;
         let layers = self
             .layers
             .iter()
@@ -131,6 +147,9 @@ impl KvCache {
                     .transpose()
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Self { layers, slots: rows.iter().map(|&r| self.slots[r].clone()).collect() })
+        Ok(Self {
+            layers,
+            slots: rows.iter().map(|&r| self.slots[r].clone()).collect(),
+        })
     }
 }

@@ -9,7 +9,7 @@ use crate::config::{Arch, ModelConfig};
 use crate::error::{PolicyError, Result};
 use crate::kv_cache::KvCache;
 use crate::weights::{Embedding, Linear, Weights};
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 /// Which positions of a forward pass need logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +28,10 @@ struct RmsNorm {
 
 impl RmsNorm {
     fn load(w: &mut Weights, name: &str, eps: f64) -> Result<Self> {
-        Ok(Self { weight: w.dense(name)?, eps: eps as f32 })
+        Ok(Self {
+            weight: w.dense(name)?,
+            eps: eps as f32,
+        })
     }
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
@@ -44,20 +47,35 @@ struct Rope {
 }
 
 impl Rope {
-    fn new(theta: f32, scale: f32, head_dim: usize, context: usize, device: &Device) -> Result<Self> {
+    fn new(
+        theta: f32,
+        scale: f32,
+        head_dim: usize,
+        context: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let half = head_dim / 2;
-        let inv: Vec<f32> =
-            (0..half).map(|i| 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32) / scale).collect();
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf(2.0 * i as f32 / head_dim as f32) / scale)
+            .collect();
         let mut angles = Vec::with_capacity(context * half);
         for p in 0..context {
             angles.extend(inv.iter().map(|f| p as f32 * f));
         }
         let angles = Tensor::from_vec(angles, (context, half), device)?;
-        Ok(Self { cos: angles.cos()?, sin: angles.sin()? })
+        Ok(Self {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+        })
     }
 
     /// Rotates `xs` `[batch, heads, chunk, head_dim]` by the positions `[batch * chunk]`.
-    fn apply(&self, xs: &Tensor, positions: &Tensor, interleaved: bool) -> candle_core::Result<Tensor> {
+    fn apply(
+        &self,
+        xs: &Tensor,
+        positions: &Tensor,
+        interleaved: bool,
+    ) -> candle_core::Result<Tensor> {
         let (b, _, t, _) = xs.dims4()?;
         let cos = self.cos.index_select(positions, 0)?.reshape((b, t, ()))?;
         let sin = self.sin.index_select(positions, 0)?.reshape((b, t, ()))?;
@@ -108,7 +126,9 @@ impl Transformer {
         let gemma = cfg.arch == Arch::Gemma3;
         if gemma && matches!(w, Weights::Safetensors { .. }) {
             // HF Gemma stores norm weights as offsets from 1; only GGUF files are supported.
-            return Err(PolicyError::UnsupportedArchitecture("gemma3 (safetensors)".into()));
+            return Err(PolicyError::UnsupportedArchitecture(
+                "gemma3 (safetensors)".into(),
+            ));
         }
         let qk_norm = matches!(cfg.arch, Arch::Qwen3 | Arch::Gemma3);
         let bias = cfg.arch == Arch::Qwen2;
@@ -117,13 +137,23 @@ impl Transformer {
         for i in 0..cfg.n_layers {
             let p = format!("blk.{i}");
             let opt_norm = |w: &mut Weights, on: bool, n: &str| -> Result<Option<RmsNorm>> {
-                if on { Ok(Some(RmsNorm::load(w, &format!("{p}.{n}.weight"), eps)?)) } else { Ok(None) }
+                if on {
+                    Ok(Some(RmsNorm::load(w, &format!("{p}.{n}.weight"), eps)?))
+                } else {
+                    Ok(None)
+                }
             };
             let rope_key = cfg.layer_rope(i);
             let rope = match ropes.iter().position(|(k, _)| *k == rope_key) {
                 Some(r) => r,
                 None => {
-                    let r = Rope::new(rope_key.0, rope_key.1, cfg.head_dim, cfg.context_length, &device)?;
+                    let r = Rope::new(
+                        rope_key.0,
+                        rope_key.1,
+                        cfg.head_dim,
+                        cfg.context_length,
+                        &device,
+                    )?;
                     ropes.push((rope_key, r));
                     ropes.len() - 1
                 }
@@ -147,7 +177,11 @@ impl Transformer {
             });
         }
         let embed = w.embedding("token_embd.weight")?;
-        let lm_head = if w.has("output.weight") { w.linear("output", false)? } else { embed.as_linear()? };
+        let lm_head = if w.has("output.weight") {
+            w.linear("output", false)?
+        } else {
+            embed.as_linear()?
+        };
         Ok(Self {
             norm: RmsNorm::load(w, "output_norm.weight", eps)?,
             embed,
@@ -179,12 +213,19 @@ impl Transformer {
     /// [`Logits::All`], position `j` of the output for row `i` belongs to the token at
     /// `chunk - len(rows[i]) + j` (rows are right-aligned).
     pub fn forward(&self, rows: &[&[u32]], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
-        Ok(self.lm_head.forward(&self.forward_hidden(rows, cache, logits)?)?)
+        Ok(self
+            .lm_head
+            .forward(&self.forward_hidden(rows, cache, logits)?)?)
     }
 
     /// Like [`Self::forward`], but returns the final normalized hidden states instead of
     /// logits (`[batch, hidden]` or `[batch, chunk, hidden]`): the input of a reward head.
-    pub fn forward_hidden(&self, rows: &[&[u32]], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
+    pub fn forward_hidden(
+        &self,
+        rows: &[&[u32]],
+        cache: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Tensor> {
         let b = rows.len();
         if b != cache.batch_size() {
             return Err(PolicyError::InvalidParameter {
@@ -192,10 +233,10 @@ impl Transformer {
                 reason: format!("{b} rows for a cache of {}", cache.batch_size()),
             });
         }
-        let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        if t == 0 {
+        if rows.iter().any(|r| r.is_empty()) {
             return Err(PolicyError::EmptyPrompt);
         }
+        let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(b * t);
         let mut positions = Vec::with_capacity(b * t);
         let mut chunk_slots = Vec::with_capacity(b);
@@ -210,7 +251,9 @@ impl Transformer {
             }
             ids.extend(std::iter::repeat_n(0u32, pad).chain(row.iter().copied()));
             // Padding gets position 0 for RoPE; its slot is marked empty.
-            positions.extend(std::iter::repeat_n(0u32, pad).chain((0..row.len() as u32).map(|j| start + j)));
+            positions.extend(
+                std::iter::repeat_n(0u32, pad).chain((0..row.len() as u32).map(|j| start + j)),
+            );
             let mut slots = vec![None; pad];
             slots.extend((0..row.len() as u32).map(|j| Some(start + j)));
             chunk_slots.push(slots);
@@ -219,15 +262,14 @@ impl Transformer {
         let pos = Tensor::from_vec(positions, b * t, &self.device)?;
         let queries = chunk_slots.clone();
         cache.push_slots(&chunk_slots);
-        let masks = self.masks(cache, &queries)?;
+        let views = self.row_views(cache, &queries)?;
 
         let mut xs = self.embed.forward(&ids)?;
         if self.cfg.arch == Arch::Gemma3 {
             xs = (xs * (self.cfg.hidden_size as f64).sqrt())?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            let mask = if layer.window.is_some() { &masks.1 } else { &masks.0 };
-            xs = self.layer(i, layer, &xs, &pos, cache, mask)?;
+            xs = self.layer(i, layer, &xs, &pos, cache, &views)?;
         }
         let xs = match logits {
             Logits::Last => xs.narrow(1, t - 1, 1)?.squeeze(1)?,
@@ -243,7 +285,7 @@ impl Transformer {
         xs: &Tensor,
         pos: &Tensor,
         cache: &mut KvCache,
-        mask: &Tensor,
+        views: &[RowView],
     ) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let (h, hkv, d) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
@@ -261,14 +303,36 @@ impl Transformer {
         let k = rope.apply(&k.transpose(1, 2)?, pos, self.cfg.rope_interleaved)?;
         let (k, v) = cache.append(index, &k, &v.contiguous()?)?;
 
-        // Grouped-query attention without copying K/V: the `g` query heads that share one KV
-        // head are stacked along the sequence axis.
+        // Attention runs row by row over each row's own keys, compacted: a row then computes
+        // exactly what it would alone (same shapes, same summation order), which keeps batched
+        // generation bit-identical to batch-1 generation. Grouped-query attention without copying
+        // K/V: the `g` query heads that share one KV head are stacked along the sequence axis.
         let g = h / hkv;
-        let s = k.dim(2)?;
-        let q = (q.reshape((b, hkv, g * t, d))? * (1.0 / (d as f64).sqrt()))?;
-        let scores = q.matmul(&k.t()?)?.reshape((b, hkv, g, t, s))?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.reshape((b, hkv, g * t, s))?)?;
-        let attn = probs.matmul(&v)?.reshape((b, h, t, d))?.transpose(1, 2)?.reshape((b, t, h * d))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut rows = Vec::with_capacity(b);
+        for (r, view) in views.iter().enumerate() {
+            let (k, v) = (
+                view.keys(&k.narrow(0, r, 1)?)?,
+                view.keys(&v.narrow(0, r, 1)?)?,
+            );
+            let s = k.dim(2)?;
+            let mask = if l.window.is_some() {
+                &view.local
+            } else {
+                &view.global
+            };
+            let q = (q.narrow(0, r, 1)?.reshape((1, hkv, g * t, d))? * scale)?;
+            let scores = q
+                .matmul(&k.t()?)?
+                .reshape((1, hkv, g, t, s))?
+                .broadcast_add(mask)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores.reshape((1, hkv, g * t, s))?)?;
+            rows.push(probs.matmul(&v)?);
+        }
+        let attn = Tensor::cat(&rows, 0)?
+            .reshape((b, h, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * d))?;
         let mut attn = l.o.forward(&attn)?;
         if let Some(n) = &l.post_attn_norm {
             attn = n.forward(&attn)?;
@@ -288,49 +352,77 @@ impl Transformer {
         Ok((xs + ffn)?)
     }
 
-    /// Additive attention masks `[batch, 1, 1, chunk, slots]` (global, sliding-window).
+    /// For every row: which cache slots it reads, and its additive attention masks
+    /// `[1, 1, 1, chunk, keys]` (global and sliding-window).
     ///
-    /// A query may see a slot holding a token at a position no later than its own (and, for
-    /// local layers, within the window). A padding query sees only itself, which keeps its
+    /// A query may see a key holding a token at a position no later than its own (and, for local
+    /// layers, within the window). A padding query sees every key of its row, which keeps its
     /// softmax finite; its output is never read.
-    fn masks(&self, cache: &KvCache, queries: &[Vec<Option<u32>>]) -> Result<(Tensor, Tensor)> {
-        let slots = cache.slots();
-        let b = slots.len();
-        let s = cache.used();
-        let t = queries.first().map_or(0, Vec::len);
+    fn row_views(&self, cache: &KvCache, queries: &[Vec<Option<u32>>]) -> Result<Vec<RowView>> {
         let window = self.cfg.sliding_window.unwrap_or(usize::MAX);
-        let mut global = vec![f32::NEG_INFINITY; b * t * s];
-        let mut local = global.clone();
-        for (row, (keys, qs)) in slots.iter().zip(queries).enumerate() {
+        let mut views = Vec::with_capacity(queries.len());
+        for (keys, qs) in cache.slots().iter().zip(queries) {
+            let held: Vec<(usize, u32)> = keys
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| p.map(|p| (i, p)))
+                .collect();
+            let (t, s) = (qs.len(), held.len());
+            let mut global = vec![f32::NEG_INFINITY; t * s];
+            let mut local = global.clone();
             for (qi, q) in qs.iter().enumerate() {
-                let base = (row * t + qi) * s;
-                match q {
-                    None => {
-                        global[base + s - t + qi] = 0.0;
-                        local[base + s - t + qi] = 0.0;
-                    }
-                    Some(qp) => {
-                        for (si, kp) in keys.iter().enumerate() {
-                            if let Some(kp) = kp.filter(|kp| kp <= qp) {
-                                global[base + si] = 0.0;
-                                if ((qp - kp) as usize) < window {
-                                    local[base + si] = 0.0;
-                                }
-                            }
+                for (ki, &(_, kp)) in held.iter().enumerate() {
+                    let visible = q.map_or(Some(usize::MAX), |qp| {
+                        (kp <= qp).then(|| (qp - kp) as usize)
+                    });
+                    if let Some(distance) = visible {
+                        global[qi * s + ki] = 0.0;
+                        if distance < window || q.is_none() {
+                            local[qi * s + ki] = 0.0;
                         }
                     }
                 }
             }
+            let first = held.first().map_or(0, |h| h.0);
+            let contiguous = held.iter().enumerate().all(|(j, h)| h.0 == first + j);
+            let slots = if contiguous {
+                Slots::Range(first, s)
+            } else {
+                let idx: Vec<u32> = held.iter().map(|h| h.0 as u32).collect();
+                Slots::Indices(Tensor::from_vec(idx, s, &self.device)?)
+            };
+            let shape = (1, 1, 1, t, s);
+            views.push(RowView {
+                slots,
+                global: Tensor::from_vec(global, shape, &self.device)?,
+                local: Tensor::from_vec(local, shape, &self.device)?,
+            });
         }
-        let shape = (b, 1, 1, t, s);
-        Ok((
-            Tensor::from_vec(global, shape, &self.device)?.to_dtype(DType::F32)?,
-            Tensor::from_vec(local, shape, &self.device)?,
-        ))
+        Ok(views)
     }
 }
 
-/// Returns the index of the largest logit of a `[vocab]` tensor.
-pub fn argmax(logits: &Tensor) -> Result<u32> {
-    Ok(logits.argmax(D::Minus1)?.to_scalar::<u32>()?)
+/// The cache slots one row of a forward pass reads.
+enum Slots {
+    /// `len` slots from `start` (the usual case: padding only before the row's tokens).
+    Range(usize, usize),
+    /// Scattered slots (after a rollback left holes).
+    Indices(Tensor),
+}
+
+/// One row's view of the cache during a forward pass.
+struct RowView {
+    slots: Slots,
+    global: Tensor,
+    local: Tensor,
+}
+
+impl RowView {
+    /// This row's keys (or values) out of `[1, kv_heads, slots, head_dim]`.
+    fn keys(&self, all: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.slots {
+            Slots::Range(start, len) => all.narrow(2, *start, *len),
+            Slots::Indices(idx) => all.contiguous()?.index_select(idx, 2),
+        }
+    }
 }

@@ -35,7 +35,10 @@ impl Checkpoint {
         if !path.exists() {
             return Err(PolicyError::NotFound(path.to_path_buf()));
         }
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if path.is_dir() {
             Self::open_hf(path, name, device)
         } else {
@@ -46,7 +49,10 @@ impl Checkpoint {
     fn open_gguf(path: &Path, name: String, device: &Device) -> Result<Self> {
         let weights = open_gguf(path, device)?;
         let Weights::Gguf { content, .. } = &weights else {
-            return Err(PolicyError::Corrupt { path: path.into(), reason: "not a GGUF file".into() });
+            return Err(PolicyError::Corrupt {
+                path: path.into(),
+                reason: "not a GGUF file".into(),
+            });
         };
         let config = ModelConfig::from_gguf(content)?;
         let tokenizer = Tokenizer::from_gguf(content)?;
@@ -60,13 +66,21 @@ impl Checkpoint {
         };
         let template = match content.metadata.get("tokenizer.chat_template") {
             Some(v) => Some(ChatTemplate::new(
-                v.to_string().map_err(|e| PolicyError::Template(e.to_string()))?.clone(),
+                v.to_string()
+                    .map_err(|e| PolicyError::Template(e.to_string()))?
+                    .clone(),
                 token_text("tokenizer.ggml.bos_token_id"),
                 token_text("tokenizer.ggml.eos_token_id"),
             )?),
             None => None,
         };
-        Ok(Self { name, config, tokenizer, template, weights })
+        Ok(Self {
+            name,
+            config,
+            tokenizer,
+            template,
+            weights,
+        })
     }
 
     fn open_hf(dir: &Path, name: String, device: &Device) -> Result<Self> {
@@ -75,17 +89,26 @@ impl Checkpoint {
             std::fs::read_to_string(&p).map_err(|_| PolicyError::NotFound(p))
         };
         let config = ModelConfig::from_hf_json(&read("config.json")?)?;
-        let tok_cfg: serde_json::Value =
-            read("tokenizer_config.json").ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        let tok_cfg: serde_json::Value = read("tokenizer_config.json")
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
         // Special tokens appear either as plain strings or as {"content": ...} objects.
         let special = |key: &str| -> Option<String> {
             let v = tok_cfg.get(key)?;
-            v.as_str().or_else(|| v.get("content")?.as_str()).map(str::to_string)
+            v.as_str()
+                .or_else(|| v.get("content")?.as_str())
+                .map(str::to_string)
         };
         let (bos, eos) = (special("bos_token"), special("eos_token"));
-        let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"), bos.as_deref(), eos.as_deref())?;
+        let tokenizer =
+            Tokenizer::from_file(&dir.join("tokenizer.json"), bos.as_deref(), eos.as_deref())?;
         let template = match tok_cfg.get("chat_template").and_then(|t| t.as_str()) {
-            Some(t) => Some(ChatTemplate::new(t.to_string(), bos.unwrap_or_default(), eos.unwrap_or_default())?),
+            Some(t) => Some(ChatTemplate::new(
+                t.to_string(),
+                bos.unwrap_or_default(),
+                eos.unwrap_or_default(),
+            )?),
             None => None,
         };
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -97,21 +120,48 @@ impl Checkpoint {
             return Err(PolicyError::NotFound(dir.join("*.safetensors")));
         }
         let weights = Weights::from_safetensors(&files, device)?;
-        Ok(Self { name, config, tokenizer, template, weights })
+        Ok(Self {
+            name,
+            config,
+            tokenizer,
+            template,
+            weights,
+        })
     }
 }
 
 impl Policy {
     /// Loads a policy from a GGUF file or an HF checkpoint folder.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let Checkpoint { name, config, tokenizer, template, mut weights } = Checkpoint::open(path, device)?;
+        let Checkpoint {
+            name,
+            config,
+            tokenizer,
+            template,
+            mut weights,
+        } = Checkpoint::open(path, device)?;
         let model = Transformer::load(config, &mut weights)?;
-        Ok(Self { name, model, tokenizer, template })
+        Ok(Self {
+            name,
+            model,
+            tokenizer,
+            template,
+        })
     }
 
     /// Assembles a policy from parts (e.g. a checkpoint whose extra tensors were taken).
-    pub fn from_parts(name: String, model: Transformer, tokenizer: Tokenizer, template: Option<ChatTemplate>) -> Self {
-        Self { name, model, tokenizer, template }
+    pub fn from_parts(
+        name: String,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        template: Option<ChatTemplate>,
+    ) -> Self {
+        Self {
+            name,
+            model,
+            tokenizer,
+            template,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -158,7 +208,10 @@ impl Policy {
         let ids = self.tokenizer.encode_prompt(text)?;
         let context = self.model.config().context_length;
         if ids.len() >= context {
-            return Err(PolicyError::PromptTooLong { tokens: ids.len(), context });
+            return Err(PolicyError::PromptTooLong {
+                tokens: ids.len(),
+                context,
+            });
         }
         Ok(ids)
     }

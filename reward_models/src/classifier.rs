@@ -47,18 +47,31 @@ impl ClassifierRm {
             )));
         }
         let model = Transformer::load(ck.config, &mut ck.weights).map_err(model_err)?;
-        Ok(Self { policy: Policy::from_parts(ck.name, model, ck.tokenizer, ck.template), head })
+        Ok(Self {
+            policy: Policy::from_parts(ck.name, model, ck.tokenizer, ck.template),
+            head,
+        })
     }
 
     /// Token ids of one candidate: the conversation plus the response as the assistant's turn.
     fn encode(&self, c: &Candidate<'_>) -> Result<Vec<u32>, RewardError> {
         let mut messages = c.messages.to_vec();
         messages.push(Message::new(Role::Assistant, c.response));
-        let text = self.policy.render_conversation(&messages).map_err(model_err)?;
-        let ids = self.policy.tokenizer().encode_prompt(&text).map_err(model_err)?;
+        let text = self
+            .policy
+            .render_conversation(&messages)
+            .map_err(model_err)?;
+        let ids = self
+            .policy
+            .tokenizer()
+            .encode_prompt(&text)
+            .map_err(model_err)?;
         let limit = self.policy.model().config().context_length;
         if ids.len() > limit {
-            return Err(RewardError::InputTooLong { tokens: ids.len(), limit });
+            return Err(RewardError::InputTooLong {
+                tokens: ids.len(),
+                limit,
+            });
         }
         Ok(ids)
     }
@@ -68,9 +81,16 @@ impl ClassifierRm {
         let model = self.policy.model();
         let mut cache = model.new_cache(rows.len());
         let rows: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
-        let hidden = model.forward_hidden(&rows, &mut cache, Logits::Last).map_err(model_err)?;
-        let scores = hidden.matmul(&self.head.t().map_err(model_err)?).map_err(model_err)?;
-        scores.flatten_all().and_then(|s| s.to_vec1::<f32>()).map_err(model_err)
+        let hidden = model
+            .forward_hidden(&rows, &mut cache, Logits::Last)
+            .map_err(model_err)?;
+        let scores = hidden
+            .matmul(&self.head.t().map_err(model_err)?)
+            .map_err(model_err)?;
+        scores
+            .flatten_all()
+            .and_then(|s| s.to_vec1::<f32>())
+            .map_err(model_err)
     }
 }
 
@@ -79,8 +99,17 @@ impl RewardModel for ClassifierRm {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = batch.iter().map(|c| self.encode(c)).collect::<Result<Vec<_>, _>>()?;
+        let rows = batch
+            .iter()
+            .map(|c| self.encode(c))
+            .collect::<Result<Vec<_>, _>>()?;
         let values = self.score_ids(&rows)?;
-        Ok(values.into_iter().map(|value| Score { value, reasons: Vec::new() }).collect())
+        Ok(values
+            .into_iter()
+            .map(|value| Score {
+                value,
+                reasons: Vec::new(),
+            })
+            .collect())
     }
 }

@@ -29,16 +29,27 @@ impl Judge {
     pub fn new(policy: Arc<Policy>, prompt: Option<String>) -> Result<Self, RewardError> {
         let prompt = prompt.unwrap_or_else(|| DEFAULT_PROMPT.to_string());
         if !prompt.contains("{question}") || !prompt.contains("{response}") {
-            return Err(RewardError::Config("judge prompt must contain {question} and {response}".into()));
+            return Err(RewardError::Config(
+                "judge prompt must contain {question} and {response}".into(),
+            ));
         }
         let tok = policy.tokenizer();
         let digits = (1..=9)
-            .map(|d| match tok.encode(&d.to_string()).map_err(model_err)?.as_slice() {
-                [id] => Ok(*id),
-                other => Err(RewardError::Config(format!("judge model spells digit {d} as {} tokens", other.len()))),
-            })
+            .map(
+                |d| match tok.encode(&d.to_string()).map_err(model_err)?.as_slice() {
+                    [id] => Ok(*id),
+                    other => Err(RewardError::Config(format!(
+                        "judge model spells digit {d} as {} tokens",
+                        other.len()
+                    ))),
+                },
+            )
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { policy, prompt, digits })
+        Ok(Self {
+            policy,
+            prompt,
+            digits,
+        })
     }
 
     fn encode(&self, c: &Candidate<'_>) -> Result<Vec<u32>, RewardError> {
@@ -48,14 +59,29 @@ impl Judge {
             .rev()
             .find(|m| m.role == Role::User)
             .map(|m| m.content.as_str())
-            .ok_or_else(|| RewardError::Config("conversation has no user message to judge against".into()))?;
-        let text = self.prompt.replace("{question}", question).replace("{response}", c.response);
-        let mut rendered = self.policy.render_chat(&[Message::new(Role::User, text)]).map_err(model_err)?;
+            .ok_or_else(|| {
+                RewardError::Config("conversation has no user message to judge against".into())
+            })?;
+        let text = self
+            .prompt
+            .replace("{question}", question)
+            .replace("{response}", c.response);
+        let mut rendered = self
+            .policy
+            .render_chat(&[Message::new(Role::User, text)])
+            .map_err(model_err)?;
         rendered.push_str(ANSWER_PREFIX);
-        let ids = self.policy.tokenizer().encode_prompt(&rendered).map_err(model_err)?;
+        let ids = self
+            .policy
+            .tokenizer()
+            .encode_prompt(&rendered)
+            .map_err(model_err)?;
         let limit = self.policy.model().config().context_length;
         if ids.len() > limit {
-            return Err(RewardError::InputTooLong { tokens: ids.len(), limit });
+            return Err(RewardError::InputTooLong {
+                tokens: ids.len(),
+                limit,
+            });
         }
         Ok(ids)
     }
@@ -66,7 +92,12 @@ impl Judge {
         let max = picked.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let weights: Vec<f32> = picked.iter().map(|l| (l - max).exp()).collect();
         let total: f32 = weights.iter().sum();
-        weights.iter().enumerate().map(|(i, w)| (i + 1) as f32 * w).sum::<f32>() / total
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (i + 1) as f32 * w)
+            .sum::<f32>()
+            / total
     }
 }
 
@@ -75,12 +106,23 @@ impl RewardModel for Judge {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = batch.iter().map(|c| self.encode(c)).collect::<Result<Vec<_>, _>>()?;
+        let rows = batch
+            .iter()
+            .map(|c| self.encode(c))
+            .collect::<Result<Vec<_>, _>>()?;
         let model = self.policy.model();
         let mut cache = model.new_cache(rows.len());
         let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
-        let logits = model.forward(&refs, &mut cache, Logits::Last).map_err(model_err)?;
+        let logits = model
+            .forward(&refs, &mut cache, Logits::Last)
+            .map_err(model_err)?;
         let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(model_err)?;
-        Ok(logits.iter().map(|l| Score { value: self.expected_rating(l), reasons: Vec::new() }).collect())
+        Ok(logits
+            .iter()
+            .map(|l| Score {
+                value: self.expected_rating(l),
+                reasons: Vec::new(),
+            })
+            .collect())
     }
 }

@@ -26,9 +26,16 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Manifest {
-    Classifier { path: PathBuf },
-    Judge { model: String, prompt: Option<String> },
-    Verifier { constraints: Vec<Constraint> },
+    Classifier {
+        path: PathBuf,
+    },
+    Judge {
+        model: String,
+        prompt: Option<String>,
+    },
+    Verifier {
+        constraints: Vec<Constraint>,
+    },
     Remote {
         url: String,
         #[serde(default = "default_timeout_ms")]
@@ -36,7 +43,9 @@ pub enum Manifest {
         #[serde(default = "default_retries")]
         retries: u32,
     },
-    Combined { parts: Vec<Part> },
+    Combined {
+        parts: Vec<Part>,
+    },
 }
 
 fn default_timeout_ms() -> u64 {
@@ -69,18 +78,25 @@ impl Manifests {
     /// Reads every `*.toml` of `dir`.
     pub fn read_dir(dir: &Path) -> Result<Self, RewardError> {
         let mut entries = BTreeMap::new();
-        let listing = std::fs::read_dir(dir)
-            .map_err(|e| RewardError::Config(format!("cannot read reward manifests in {}: {e}", dir.display())))?;
+        let listing = std::fs::read_dir(dir).map_err(|e| {
+            RewardError::Config(format!(
+                "cannot read reward manifests in {}: {e}",
+                dir.display()
+            ))
+        })?;
         for entry in listing.flatten() {
             let path = entry.path();
             if path.extension().is_none_or(|e| e != "toml") {
                 continue;
             }
-            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| RewardError::Config(format!("{}: {e}", path.display())))?;
-            let manifest: Manifest =
-                toml::from_str(&text).map_err(|e| RewardError::Config(format!("{}: {e}", path.display())))?;
+            let manifest: Manifest = toml::from_str(&text)
+                .map_err(|e| RewardError::Config(format!("{}: {e}", path.display())))?;
             entries.insert(name, (manifest, path));
         }
         Ok(Self { entries })
@@ -96,33 +112,67 @@ impl Manifests {
 
     /// Builds the reward model `name`. `policies` caches loaded judge models by path so that a
     /// judge can share the service's policy instead of loading it twice.
-    pub fn build(&self, name: &str, device: &Device, policies: &mut PolicyCache) -> Result<Arc<dyn RewardModel>, RewardError> {
+    pub fn build(
+        &self,
+        name: &str,
+        device: &Device,
+        policies: &mut PolicyCache,
+    ) -> Result<Arc<dyn RewardModel>, RewardError> {
         self.build_inner(name, device, policies, 0)
     }
 
-    fn build_inner(&self, name: &str, device: &Device, policies: &mut PolicyCache, depth: usize) -> Result<Arc<dyn RewardModel>, RewardError> {
+    fn build_inner(
+        &self,
+        name: &str,
+        device: &Device,
+        policies: &mut PolicyCache,
+        depth: usize,
+    ) -> Result<Arc<dyn RewardModel>, RewardError> {
         if depth > 8 {
-            return Err(RewardError::Config(format!("reward `{name}`: combined rewards nest too deeply (a cycle?)")));
+            return Err(RewardError::Config(format!(
+                "reward `{name}`: combined rewards nest too deeply (a cycle?)"
+            )));
         }
         let (manifest, path) = self.entries.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.names().collect();
-            RewardError::Config(format!("unknown reward `{name}` (known: {})", known.join(", ")))
+            RewardError::Config(format!(
+                "unknown reward `{name}` (known: {})",
+                known.join(", ")
+            ))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(match manifest {
-            Manifest::Classifier { path } => Arc::new(ClassifierRm::load(&base.join(path), device)?),
-            Manifest::Judge { model, prompt } => Arc::new(Judge::new(policies.get(model, base, device)?, prompt.clone())?),
-            Manifest::Verifier { constraints } => Arc::new(Verifier::new(constraints.clone())?),
-            Manifest::Remote { url, timeout_ms, retries } => {
-                Arc::new(RemoteScorer::new(url.clone(), Duration::from_millis(*timeout_ms), *retries)?)
+            Manifest::Classifier { path } => {
+                Arc::new(ClassifierRm::load(&base.join(path), device)?)
             }
+            Manifest::Judge { model, prompt } => Arc::new(Judge::new(
+                policies.get(model, base, device)?,
+                prompt.clone(),
+            )?),
+            Manifest::Verifier { constraints } => Arc::new(Verifier::new(constraints.clone())?),
+            Manifest::Remote {
+                url,
+                timeout_ms,
+                retries,
+            } => Arc::new(RemoteScorer::new(
+                url.clone(),
+                Duration::from_millis(*timeout_ms),
+                *retries,
+            )?),
             Manifest::Combined { parts } => {
                 if parts.is_empty() {
-                    return Err(RewardError::Config(format!("reward `{name}`: combined reward has no parts")));
+                    return Err(RewardError::Config(format!(
+                        "reward `{name}`: combined reward has no parts"
+                    )));
                 }
                 let parts = parts
                     .iter()
-                    .map(|p| Ok((self.build_inner(&p.reward, device, policies, depth + 1)?, p.weight)))
+                    .map(|p| {
+                        Ok((
+                            self.build_inner(&p.reward, device, policies, depth + 1)?,
+                            p.weight,
+                        ))
+                    })
                     .collect::<Result<Vec<_>, RewardError>>()?;
                 Arc::new(Combined { parts })
             }
@@ -143,13 +193,23 @@ impl PolicyCache {
     }
 
     /// `model` is `default`, a known model name, or a path relative to `base`.
-    pub fn get(&mut self, model: &str, base: &Path, device: &Device) -> Result<Arc<Policy>, RewardError> {
+    pub fn get(
+        &mut self,
+        model: &str,
+        base: &Path,
+        device: &Device,
+    ) -> Result<Arc<Policy>, RewardError> {
         let resolved = store::resolve(model).map_err(|e| RewardError::Model(e.to_string()))?;
-        let path = if resolved.is_relative() && !resolved.exists() { base.join(resolved) } else { resolved };
+        let path = if resolved.is_relative() && !resolved.exists() {
+            base.join(resolved)
+        } else {
+            resolved
+        };
         if let Some(p) = self.loaded.get(&path) {
             return Ok(p.clone());
         }
-        let policy = Arc::new(Policy::load(&path, device).map_err(|e| RewardError::Model(e.to_string()))?);
+        let policy =
+            Arc::new(Policy::load(&path, device).map_err(|e| RewardError::Model(e.to_string()))?);
         self.loaded.insert(path, policy.clone());
         Ok(policy)
     }
@@ -162,7 +222,13 @@ struct Combined {
 
 impl RewardModel for Combined {
     fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError> {
-        let mut total: Vec<Score> = batch.iter().map(|_| Score { value: 0.0, reasons: Vec::new() }).collect();
+        let mut total: Vec<Score> = batch
+            .iter()
+            .map(|_| Score {
+                value: 0.0,
+                reasons: Vec::new(),
+            })
+            .collect();
         for (model, weight) in &self.parts {
             for (acc, s) in total.iter_mut().zip(model.score(batch)?) {
                 acc.value += weight * s.value;

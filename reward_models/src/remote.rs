@@ -39,10 +39,16 @@ impl RemoteScorer {
     pub fn new(url: String, timeout: Duration, retries: u32) -> Result<Self, RewardError> {
         // Plain HTTP only: scorers are expected beside hone (same host or private network).
         if !url.starts_with("http://") {
-            return Err(RewardError::Config(format!("remote scorer url must start with http://, got `{url}`")));
+            return Err(RewardError::Config(format!(
+                "remote scorer url must start with http://, got `{url}`"
+            )));
         }
         let agent = ureq::AgentBuilder::new().timeout(timeout).build();
-        Ok(Self { url, agent, retries })
+        Ok(Self {
+            url,
+            agent,
+            retries,
+        })
     }
 
     fn call(&self, body: &serde_json::Value) -> Result<Response, RewardError> {
@@ -53,19 +59,26 @@ impl RemoteScorer {
             }
             match self.agent.post(&self.url).send_json(body.clone()) {
                 Ok(resp) => {
-                    return resp
-                        .into_json::<Response>()
-                        .map_err(|e| RewardError::Remote(format!("{}: invalid JSON answer: {e}", self.url)));
+                    return resp.into_json::<Response>().map_err(|e| {
+                        RewardError::Remote(format!("{}: invalid JSON answer: {e}", self.url))
+                    });
                 }
                 Err(ureq::Error::Status(code, resp)) if code < 500 => {
                     let text = resp.into_string().unwrap_or_default();
-                    return Err(RewardError::Remote(format!("{} answered {code}: {}", self.url, text.trim())));
+                    return Err(RewardError::Remote(format!(
+                        "{} answered {code}: {}",
+                        self.url,
+                        text.trim()
+                    )));
                 }
                 Err(ureq::Error::Status(code, _)) => last = format!("{} answered {code}", self.url),
                 Err(e) => last = format!("{}: {e}", self.url),
             }
         }
-        Err(RewardError::Remote(format!("{last} (after {} attempts)", self.retries + 1)))
+        Err(RewardError::Remote(format!(
+            "{last} (after {} attempts)",
+            self.retries + 1
+        )))
     }
 }
 
@@ -74,8 +87,17 @@ impl RewardModel for RemoteScorer {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let request = Request { items: batch.iter().map(|c| Item { messages: c.messages, response: c.response }).collect() };
-        let body = serde_json::to_value(&request).map_err(|e| RewardError::Remote(e.to_string()))?;
+        let request = Request {
+            items: batch
+                .iter()
+                .map(|c| Item {
+                    messages: c.messages,
+                    response: c.response,
+                })
+                .collect(),
+        };
+        let body =
+            serde_json::to_value(&request).map_err(|e| RewardError::Remote(e.to_string()))?;
         let answer = self.call(&body)?;
         if answer.scores.len() != batch.len() {
             return Err(RewardError::Remote(format!(
@@ -86,9 +108,19 @@ impl RewardModel for RemoteScorer {
             )));
         }
         if let Some(bad) = answer.scores.iter().find(|s| !s.is_finite()) {
-            return Err(RewardError::Remote(format!("{} returned a non-finite score {bad}", self.url)));
+            return Err(RewardError::Remote(format!(
+                "{} returned a non-finite score {bad}",
+                self.url
+            )));
         }
         let mut reasons = answer.reasons.unwrap_or_default().into_iter();
-        Ok(answer.scores.into_iter().map(|value| Score { value, reasons: reasons.next().unwrap_or_default() }).collect())
+        Ok(answer
+            .scores
+            .into_iter()
+            .map(|value| Score {
+                value,
+                reasons: reasons.next().unwrap_or_default(),
+            })
+            .collect())
     }
 }

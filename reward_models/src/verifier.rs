@@ -286,7 +286,7 @@ mod tests {
     }
 
     #[test]
-    fn no_input_makes_scoring_panic() {
+    fn scoring_never_panics() {
         let v = verifier(json!([
             {"kind": "word_count", "min": 1},
             {"kind": "sentence_count", "max": 2},

@@ -27,13 +27,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let policy = super::load_policy(&a.model, a.cpu)?;
     let model = policy.model();
     let vocab = model.config().vocab_size as u32;
-    println!("model: {} | device: {:?} | threads: {}", policy.name(), model.device(), candle_core::utils::get_num_threads());
+    println!(
+        "model: {} | device: {:?} | threads: {}",
+        policy.name(),
+        model.device(),
+        candle_core::utils::get_num_threads()
+    );
     println!("| batch | prefill tok/s | decode tok/s |");
     println!("|---|---|---|");
     for &b in &a.batch {
         // Deterministic pseudo-random token ids away from the special tokens.
         let prompts: Vec<Vec<u32>> = (0..b)
-            .map(|r| (0..a.prompt_tokens).map(|i| 100 + ((i * 7919 + r * 104_729) as u32 % (vocab - 100))).collect())
+            .map(|r| {
+                (0..a.prompt_tokens)
+                    .map(|i| 100 + ((i * 7919 + r * 104_729) as u32 % (vocab - 100)))
+                    .collect()
+            })
             .collect();
         let (mut prefill, mut decode) = (0.0, 0.0);
         for _ in 0..a.repeats {
@@ -44,7 +53,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             prefill += t.elapsed().as_secs_f64();
             let t = Instant::now();
             for step in 0..a.gen_tokens {
-                let toks: Vec<[u32; 1]> = (0..b).map(|r| [100 + ((step * 31 + r) as u32 % (vocab - 100))]).collect();
+                let toks: Vec<[u32; 1]> = (0..b)
+                    .map(|r| [100 + ((step * 31 + r) as u32 % (vocab - 100))])
+                    .collect();
                 let rows: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
                 model.forward(&rows, &mut cache, Logits::Last)?;
             }

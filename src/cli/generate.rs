@@ -49,13 +49,23 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let params = GenerateParams {
         max_tokens: a.max_tokens,
-        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
         stop: a.stop,
+        ..Default::default()
     };
     let (outs, stats) = policy.generate(&prompt, a.batch, &params)?;
     for (i, g) in outs.iter().enumerate() {
         if outs.len() > 1 {
-            println!("--- completion {i} ({} tokens, {:?})", g.tokens.len(), g.finish);
+            println!(
+                "--- completion {i} ({} tokens, {:?})",
+                g.tokens.len(),
+                g.finish
+            );
         }
         println!("{}", g.text);
     }

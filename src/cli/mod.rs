@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod generate;
+pub mod optimize;
 pub mod score;
 
 use anyhow::{Context, Result};

@@ -28,7 +28,10 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let device = super::device(a.cpu)?;
     let model = manifests.build(&a.reward, &device, &mut PolicyCache::default())?;
     let messages = [Message::new(Role::User, a.prompt)];
-    let scores = model.score(&[Candidate { messages: &messages, response: &a.response }])?;
+    let scores = model.score(&[Candidate {
+        messages: &messages,
+        response: &a.response,
+    }])?;
     for s in scores {
         println!("score: {:.4}", s.value);
         for r in s.reasons {

@@ -1,0 +1,47 @@
+//! Plain decoding: one response, as the policy writes it. The control arm of every A/B
+//! comparison, so it is scored with the same reward (when the budget covers it) but never
+//! filtered or retried.
+
+use super::session::{Draft, Session};
+use super::{Event, Request, Stopped, Strategy, StrategyError, Trace};
+use policies::Policy;
+use reward_models::RewardModel;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+pub fn run(
+    policy: &Policy,
+    reward: &dyn RewardModel,
+    reward_weight: f64,
+    request: &Request,
+    progress: Option<&mut dyn FnMut(Event)>,
+    cancel: Option<Arc<AtomicBool>>,
+) -> Result<Trace, StrategyError> {
+    let mut s = Session::new(policy, reward, reward_weight, request, progress, cancel)?;
+    if let Some(stopped) = s.check()? {
+        return Err(s.no_answer(stopped));
+    }
+    s.begin_round();
+    let prompt = s.prompt.clone();
+    let Some(sampled) = s.sample(&prompt, 1, true, &[])? else {
+        return Err(s.no_answer(Stopped::Budget));
+    };
+    let text = sampled
+        .generations
+        .into_iter()
+        .next()
+        .map(|g| g.text)
+        .unwrap_or_default();
+    let complete = s.score(vec![Draft {
+        text: text.clone(),
+        dropped: None,
+    }])?;
+    s.end_round();
+    let score = s.best().map(|b| b.score);
+    let stopped = if complete && !sampled.limited {
+        Stopped::Done
+    } else {
+        Stopped::Budget
+    };
+    Ok(s.into_trace(Strategy::Plain, stopped, text, score))
+}

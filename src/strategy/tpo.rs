@@ -1,0 +1,259 @@
+//! Test-time preference optimization (Li et al. 2025, arXiv 2501.12895).
+//!
+//! 1. Sample N responses and score them; every scored response stays in a cache.
+//! 2. chosen = the best, rejected = the worst response of the whole cache (the worst whose text
+//!    differs from the chosen's: a copy of the chosen gives the loss nothing to compare).
+//! 3. Textual loss: the policy says why the chosen beats the rejected (the reward's reasons,
+//!    such as a verifier's failed constraints, are quoted to it).
+//! 4. Textual gradient: the policy turns that into suggestions for the chosen.
+//! 5. Update: N new responses from the query, the chosen and the suggestions, sampled in one
+//!    batched call over the update prompt; they are scored and added to the cache.
+//! 6. Repeat D rounds; answer with the best response in the cache.
+//!
+//! The update asks for the response between `<response>` markers and opens the marker for the
+//! model; only what parses counts, with meta text stripped (see [`super::response`]). A round
+//! that does not improve the best score ends the loop as `Converged`.
+
+use super::best_of_n::sample_round;
+use super::prompts::{fill, Prompts};
+use super::response::{parse_update, query_text, CLOSE, OPEN};
+use super::session::{Draft, Scored, Session};
+use super::{Event, Request, Stopped, Strategy, StrategyError, Trace};
+use policies::{Message, Policy, PolicyError, Role};
+use reward_models::RewardModel;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+pub fn run(
+    policy: &Policy,
+    reward: &dyn RewardModel,
+    reward_weight: f64,
+    request: &Request,
+    progress: Option<&mut dyn FnMut(Event)>,
+    cancel: Option<Arc<AtomicBool>>,
+) -> Result<Trace, StrategyError> {
+    let prompts = Prompts::load(request.prompts_dir.as_deref())?;
+    let mut s = Session::new(policy, reward, reward_weight, request, progress, cancel)?;
+    let stopped = optimize(&mut s, &prompts)?;
+    s.finish(Strategy::Tpo, stopped)
+}
+
+fn optimize(s: &mut Session<'_>, prompts: &Prompts) -> Result<Stopped, StrategyError> {
+    let first = sample_round(s)?;
+    if first != Stopped::Done {
+        return Ok(first);
+    }
+    let depth = s
+        .request
+        .rounds
+        .min(s.request.budget.max_rounds.unwrap_or(u32::MAX));
+    let query = query_text(&s.request.messages);
+    let mut best = s.best().map(|b| b.score);
+    for _ in 0..depth {
+        if let Some(stopped) = s.check()? {
+            return Ok(stopped);
+        }
+        let Some((chosen, rejected)) = pick(s) else {
+            // Every response so far was dropped: there is nothing to improve on.
+            return Ok(Stopped::Done);
+        };
+        let rejected_text = rejected
+            .as_ref()
+            .map_or("(no other response yet)", |r| r.text.as_str());
+        let loss_text = fill(
+            &prompts.loss,
+            &[
+                ("query", &query),
+                ("chosen", &chosen.text),
+                ("rejected", rejected_text),
+                ("chosen_reasons", &reasons(&chosen.reasons)),
+                (
+                    "rejected_reasons",
+                    &reasons(rejected.as_ref().map_or(&[][..], |r| r.reasons.as_slice())),
+                ),
+            ],
+        );
+        let Some(loss_prompt) = chat_prompt(s.policy, &loss_text, "")? else {
+            return Ok(Stopped::Budget);
+        };
+        if !round_fits(s, loss_prompt.len()) {
+            return Ok(Stopped::Budget);
+        }
+        let Some(loss) = critique(s, &loss_prompt)? else {
+            return Ok(Stopped::Budget);
+        };
+        if let Some(round) = s.rounds.last_mut() {
+            round.loss = Some(loss.clone());
+        }
+        if let Some(stopped) = s.check()? {
+            return Ok(stopped);
+        }
+
+        let gradient_text = fill(
+            &prompts.gradient,
+            &[("query", &query), ("chosen", &chosen.text), ("loss", &loss)],
+        );
+        let Some(gradient_prompt) = chat_prompt(s.policy, &gradient_text, "")? else {
+            return Ok(Stopped::Budget);
+        };
+        let Some(gradient) = critique(s, &gradient_prompt)? else {
+            return Ok(Stopped::Budget);
+        };
+        if let Some(round) = s.rounds.last_mut() {
+            round.gradient = Some(gradient.clone());
+        }
+        if let Some(stopped) = s.check()? {
+            return Ok(stopped);
+        }
+
+        let update_text = fill(
+            &prompts.update,
+            &[
+                ("query", &query),
+                ("chosen", &chosen.text),
+                ("gradient", &gradient),
+            ],
+        );
+        let Some(update_prompt) = chat_prompt(s.policy, &update_text, OPEN)? else {
+            return Ok(Stopped::Budget);
+        };
+        let Some(sampled) = s.sample(&update_prompt, s.request.n, true, &[CLOSE])? else {
+            return Ok(Stopped::Budget);
+        };
+        let echoes = echoes(prompts, &query, &gradient);
+        let drafts = sampled
+            .generations
+            .into_iter()
+            .map(|g| match parse_update(&g.text, &query, &echoes) {
+                Ok(text) => Draft {
+                    text,
+                    dropped: None,
+                },
+                Err(why) => Draft {
+                    text: g.text,
+                    dropped: Some(why),
+                },
+            })
+            .collect();
+        s.begin_round();
+        let complete = s.score(drafts)?;
+        s.end_round();
+        if !complete || sampled.limited {
+            return Ok(Stopped::Budget);
+        }
+        let now = s.best().map(|b| b.score);
+        if !improved(best, now) {
+            return Ok(Stopped::Converged);
+        }
+        best = now;
+    }
+    Ok(Stopped::Done)
+}
+
+/// Chosen and rejected over the whole cache, owned.
+fn pick(s: &Session<'_>) -> Option<(Scored, Option<Scored>)> {
+    s.pair().map(|(c, r)| (c.clone(), r.cloned()))
+}
+
+fn reasons(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        "none".to_string()
+    } else {
+        reasons.join("; ")
+    }
+}
+
+fn improved(before: Option<f32>, now: Option<f32>) -> bool {
+    match (before, now) {
+        (Some(b), Some(n)) => n > b,
+        (None, Some(_)) => true,
+        _ => false,
+    }
+}
+
+/// Lines a candidate must not echo: the update's instructions, and long lines of the query and
+/// of the suggestions (a response may reuse the chosen response's lines, but not those).
+fn echoes(prompts: &Prompts, query: &str, gradient: &str) -> Vec<String> {
+    let mut echoes = prompts.update_instructions();
+    let long = |l: &&str| l.trim().len() >= 20;
+    echoes.extend(query.lines().filter(long).map(str::to_string));
+    echoes.extend(gradient.lines().filter(long).map(str::to_string));
+    echoes
+}
+
+/// A feedback prompt as one user message, with `prefill` opening the assistant's turn. `None`
+/// when it does not fit the model's context, which ends the loop like a spent budget.
+fn chat_prompt(
+    policy: &Policy,
+    text: &str,
+    prefill: &str,
+) -> Result<Option<Vec<u32>>, StrategyError> {
+    let mut rendered = policy.render_chat(&[Message::new(Role::User, text)])?;
+    rendered.push_str(prefill);
+    match policy.encode_prompt(&rendered) {
+        Ok(ids) => Ok(Some(ids)),
+        Err(PolicyError::PromptTooLong { tokens, context }) => {
+            tracing::warn!(
+                tokens,
+                context,
+                "TPO feedback prompt does not fit the context; stopping"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One critique (loss or gradient): a single unscored generation.
+fn critique(s: &mut Session<'_>, prompt: &[u32]) -> Result<Option<String>, StrategyError> {
+    let sampled = s.sample(prompt, 1, false, &[])?;
+    Ok(sampled
+        .and_then(|o| o.generations.into_iter().next())
+        .map(|g| g.text.trim().to_string()))
+}
+
+/// Whether a whole round can be afforded, judged before its first step so that the budget is
+/// not spent on feedback that no update could use. The gradient and update prompts are not
+/// written yet; each holds the chosen response plus at most `max_tokens` of feedback, which the
+/// loss prompt (holding the chosen and the rejected) bounds roughly.
+fn round_fits(s: &Session<'_>, loss_prompt: usize) -> bool {
+    let Some(remaining) = s.meter.remaining() else {
+        return true;
+    };
+    let t = s.request.max_tokens as u64;
+    let prompt = loss_prompt as u64;
+    let worst =
+        (prompt + t) + (prompt + 2 * t) + (prompt + 2 * t) + s.reward_cost(s.request.max_tokens);
+    worst <= remaining
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn improvement_needs_a_strictly_better_best() {
+        assert!(improved(Some(0.5), Some(0.6)));
+        assert!(!improved(Some(0.5), Some(0.5)));
+        assert!(improved(None, Some(0.1)));
+        assert!(!improved(Some(0.5), None));
+    }
+
+    #[test]
+    fn reasons_are_listed_or_none() {
+        assert_eq!(reasons(&[]), "none");
+        assert_eq!(
+            reasons(&["too long".into(), "says sorry".into()]),
+            "too long; says sorry"
+        );
+    }
+
+    #[test]
+    fn echoes_hold_instructions_and_long_feedback_lines() {
+        let p = Prompts::default();
+        let e = echoes(&p, "Hi", "1. Add an example of the idea.\nok");
+        assert!(e.iter().any(|l| l == "Suggestions:"));
+        assert!(e.iter().any(|l| l == "1. Add an example of the idea."));
+        assert!(!e.iter().any(|l| l == "Hi" || l == "ok"));
+    }
+}
