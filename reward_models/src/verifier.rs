@@ -5,9 +5,11 @@
 //! check. Its score is the weighted fraction of satisfied constraints, and each failed
 //! constraint adds one plain-English reason, which TPO feeds back to the policy as critique.
 //!
-//! A manifest lists the constraints as tables tagged with `kind`:
+//! A verifier manifest lists the constraints as tables tagged with `kind`:
 //!
 //! ```toml
+//! kind = "verifier"
+//!
 //! [[constraints]]
 //! kind = "word_count"
 //! max = 50

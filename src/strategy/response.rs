@@ -139,7 +139,7 @@ const META_PHRASES: [&str; 25] = [
     "worse response",
     "chosen response",
     "rejected response",
-    "the suggestion",
+    "suggestion",
     "these suggestions",
     "the query",
     "this query",
@@ -166,7 +166,7 @@ pub fn strip_meta(text: &str, echoes: &[String], query: &str) -> String {
         .collect();
     let mut kept = Vec::new();
     for line in text.lines() {
-        if echoes.contains(&normalize(line)) {
+        if echoes_one(&normalize(line), &echoes) {
             continue;
         }
         let mut line = line.to_string();
@@ -179,6 +179,17 @@ pub fn strip_meta(text: &str, echoes: &[String], query: &str) -> String {
         }
     }
     kept.join("\n").trim().to_string()
+}
+
+/// Whether a normalized line repeats an echo: equal to it, or, when both are long enough to be
+/// unmistakable, one cut short of the other (generations stop mid-line).
+fn echoes_one(line: &str, echoes: &HashSet<String>) -> bool {
+    const LONG: usize = 20;
+    echoes.contains(line)
+        || (line.len() >= LONG
+            && echoes
+                .iter()
+                .any(|e| e.len() >= LONG && (e.starts_with(line) || line.starts_with(e.as_str()))))
 }
 
 /// The rest of `line` after a meta lead-in, or `None` when it does not open with one.
@@ -211,9 +222,12 @@ fn starts_with_word(text: &str, prefix: &str) -> bool {
     })
 }
 
-/// Lowercased words only, for comparing lines regardless of markup and spacing.
+/// Lowercased words only, for comparing lines regardless of markup, spacing and list numbers.
 fn normalize(line: &str) -> String {
-    words(line).collect::<Vec<_>>().join(" ")
+    words(line)
+        .skip_while(|w| w.chars().all(|c| c.is_ascii_digit()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -310,6 +324,19 @@ mod tests {
             parse("\n\nThe better response is that Paris is the capital.").unwrap_err(),
             "empty"
         );
+    }
+
+    #[test]
+    fn lines_echoing_the_feedback_are_removed_even_cut_short() {
+        let query = "Give two tips for sleeping better.";
+        let feedback = ["1. Avoid naps after 3 pm, since they delay sleep at night.".to_string()];
+        let g = "Keep a fixed bedtime.\nAvoid naps after 3 pm, since";
+        assert_eq!(
+            parse_update(g, query, &feedback).unwrap(),
+            "Keep a fixed bedtime."
+        );
+        let g = "Keep a fixed bedtime.\nAvoid late naps.";
+        assert_eq!(parse_update(g, query, &feedback).unwrap(), g);
     }
 
     #[test]
