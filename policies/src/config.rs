@@ -61,7 +61,7 @@ impl ModelConfig {
     /// The attention window of layer `i`, if it is a local layer.
     pub fn layer_window(&self, i: usize) -> Option<usize> {
         match self.arch {
-            Arch::Gemma3 if (i + 1) % GEMMA3_GLOBAL_EVERY != 0 => self.sliding_window,
+            Arch::Gemma3 if !(i + 1).is_multiple_of(GEMMA3_GLOBAL_EVERY) => self.sliding_window,
             _ => None,
         }
     }
