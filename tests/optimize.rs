@@ -154,12 +154,19 @@ fn best_of_n_never_exceeds_random_budgets() {
 fn tpo_never_exceeds_random_budgets() {
     let p = prompt_tokens();
     let mut rng = StdRng::seed_from_u64(11);
-    for i in 0..4 {
+    for i in 0..2 {
         // From one short answer up to a full round of feedback at weight 1.
-        let budget = rng.random_range(p * 2 + 10..=1500);
-        let req = Request { seed: i, ..request(2, 1, 16, budget) };
+        let budget = rng.random_range(p * 2 + 10..=1000);
+        let req = Request {
+            seed: i,
+            ..request(2, 1, 16, budget)
+        };
         match Strategy::Tpo.run(policy(), &verifier(), 1.0, &req, None, None) {
-            Ok(trace) => assert!(trace.usage.compute <= budget, "budget {budget}: {:?}", trace.usage),
+            Ok(trace) => assert!(
+                trace.usage.compute <= budget,
+                "budget {budget}: {:?}",
+                trace.usage
+            ),
             Err(StrategyError::NoAnswer { usage, .. }) => assert!(usage.compute <= budget),
             Err(e) => panic!("budget {budget}: {e}"),
         }

@@ -35,9 +35,9 @@ pub fn query_text(messages: &[Message]) -> String {
 /// The response an update generation holds, or why there is none.
 ///
 /// The prompt ends with [`OPEN`], so the generation is the response up to [`CLOSE`]; a model that
-/// writes its own opener is read after the last one. Echoed instruction lines (`echoes`) and meta
-/// lead-ins are removed before the [`usable`] check.
-pub fn parse_update(generated: &str, query: &str, echoes: &[String]) -> Result<String, String> {
+/// writes its own opener is read after the last one. Lines that repeat the prompt ([`Echoes`])
+/// and meta text are removed before the [`usable`] check.
+pub fn parse_update(generated: &str, query: &str, echoes: &Echoes) -> Result<String, String> {
     let start = generated.rfind(OPEN).map_or(0, |i| i + OPEN.len());
     let body = &generated[start..];
     let body = body.find(CLOSE).map_or(body, |i| &body[..i]);
@@ -122,7 +122,7 @@ const TASK_TALK: [&str; 13] = [
 /// Phrases that only text about a response (not a response) uses. A line holding one is meta
 /// commentary ("The answer should not repeat the previous response."), unless the query itself
 /// uses the phrase.
-const META_PHRASES: [&str; 25] = [
+const META_PHRASES: [&str; 30] = [
     "the response",
     "this response",
     "your response",
@@ -145,19 +145,106 @@ const META_PHRASES: [&str; 25] = [
     "this query",
     "the task",
     "the requested improvement",
+    "the improvement",
+    "correct response",
+    "suggested tip",
+    "rephras",
+    "rewrit",
     "the evaluation",
     "the answer should",
     "the improved",
 ];
 
-/// Removes, line by line: echoed instruction lines, meta lead-ins and task talk at the start of
-/// a line, and lines of meta commentary.
-pub fn strip_meta(text: &str, echoes: &[String], query: &str) -> String {
-    let echoes: HashSet<String> = echoes
-        .iter()
-        .map(|e| normalize(e))
-        .filter(|e| !e.is_empty())
-        .collect();
+/// What an update must not repeat. Measured on SmolLM2-135M: besides echoing its instructions,
+/// the update often copies the critique ("The grammar and spelling are correct but...") as its
+/// "improved response", and a weak judge scores that above the real answer.
+#[derive(Debug, Clone, Default)]
+pub struct Echoes {
+    /// Normalized lines that must not be repeated, even cut short: instructions and the query.
+    lines: HashSet<String>,
+    /// Word sets of the critique's lines, for near copies.
+    critique: Vec<HashSet<String>>,
+    /// Word sets of the chosen response's lines: repeating those is the update's job, even where
+    /// the critique quotes them.
+    own: Vec<HashSet<String>>,
+}
+
+/// Lines this long (normalized) are unmistakable when repeated cut short.
+const LONG_LINE: usize = 20;
+/// Lines of this many distinct words or more are compared as word sets.
+const MIN_WORDS: usize = 5;
+/// The share of a line's distinct words found in one critique line that makes it a copy.
+const COPIED: f64 = 0.8;
+
+impl Echoes {
+    /// `critique` holds the loss and the gradient. A critique that writes out a revised response
+    /// after an announcement ("Here's the rewritten response:") is read up to it: what follows
+    /// is response text, and using it is the update working.
+    pub fn new(instructions: &[String], query: &str, critique: &[&str], chosen: &str) -> Self {
+        let mut lines: HashSet<String> = instructions
+            .iter()
+            .map(|l| normalize(l))
+            .filter(|l| !l.is_empty())
+            .collect();
+        lines.extend(
+            query
+                .lines()
+                .map(normalize)
+                .filter(|l| l.len() >= LONG_LINE),
+        );
+        let word_sets = |text: &str| -> Vec<HashSet<String>> {
+            text.lines()
+                .map(|l| words(l).collect::<HashSet<_>>())
+                .filter(|w| w.len() >= MIN_WORDS)
+                .collect()
+        };
+        let critique = critique
+            .iter()
+            .flat_map(|c| {
+                let before = c.lines().take_while(|l| !announces_response(l));
+                word_sets(&before.collect::<Vec<_>>().join("\n"))
+            })
+            .collect();
+        Self {
+            lines,
+            critique,
+            own: word_sets(chosen),
+        }
+    }
+
+    /// Whether `line` of a candidate repeats the prompt.
+    fn repeats(&self, line: &str) -> bool {
+        let normalized = normalize(line);
+        let cut_short = |e: &String| {
+            e.len() >= LONG_LINE
+                && (e.starts_with(&normalized) || normalized.starts_with(e.as_str()))
+        };
+        if self.lines.contains(&normalized)
+            || (normalized.len() >= LONG_LINE && self.lines.iter().any(cut_short))
+        {
+            return true;
+        }
+        let mine: HashSet<String> = words(line).collect();
+        if mine.len() < MIN_WORDS {
+            return false;
+        }
+        let within = |set: &HashSet<String>| {
+            mine.iter().filter(|w| set.contains(*w)).count() as f64 >= COPIED * mine.len() as f64
+        };
+        self.critique.iter().any(within) && !self.own.iter().any(within)
+    }
+}
+
+/// A line that announces a response with nothing after it: "Here's the rewritten response:".
+fn announces_response(line: &str) -> bool {
+    let label = normalize(line);
+    strip_lead_in(line).is_some_and(|rest| rest.trim().is_empty())
+        && (label.contains("response") || label.contains("version"))
+}
+
+/// Removes, line by line: lines repeating the prompt, meta lead-ins and task talk at the start
+/// of a line, and lines of meta commentary.
+pub fn strip_meta(text: &str, echoes: &Echoes, query: &str) -> String {
     let query = query.to_lowercase();
     let phrases: Vec<&str> = META_PHRASES
         .iter()
@@ -166,7 +253,7 @@ pub fn strip_meta(text: &str, echoes: &[String], query: &str) -> String {
         .collect();
     let mut kept = Vec::new();
     for line in text.lines() {
-        if echoes_one(&normalize(line), &echoes) {
+        if echoes.repeats(line) {
             continue;
         }
         let mut line = line.to_string();
@@ -178,18 +265,14 @@ pub fn strip_meta(text: &str, echoes: &[String], query: &str) -> String {
             kept.push(line);
         }
     }
+    // A last line that announces something ("...worth rephrasing to:") announces nothing.
+    while let Some(last) = kept.iter().rposition(|l| !l.trim().is_empty()) {
+        if !kept[last].trim_end().ends_with(':') {
+            break;
+        }
+        kept.truncate(last);
+    }
     kept.join("\n").trim().to_string()
-}
-
-/// Whether a normalized line repeats an echo: equal to it, or, when both are long enough to be
-/// unmistakable, one cut short of the other (generations stop mid-line).
-fn echoes_one(line: &str, echoes: &HashSet<String>) -> bool {
-    const LONG: usize = 20;
-    echoes.contains(line)
-        || (line.len() >= LONG
-            && echoes
-                .iter()
-                .any(|e| e.len() >= LONG && (e.starts_with(line) || line.starts_with(e.as_str()))))
 }
 
 /// The rest of `line` after a meta lead-in, or `None` when it does not open with one.
@@ -236,14 +319,14 @@ mod tests {
 
     const QUERY: &str = "What is the capital of France?";
 
-    fn echoes() -> Vec<String> {
-        [
+    fn echoes() -> Echoes {
+        let instructions = [
             "Current response:",
             "Suggestions:",
             "Write only the improved response, between <response> and </response>.",
         ]
-        .map(String::from)
-        .to_vec()
+        .map(String::from);
+        Echoes::new(&instructions, QUERY, &[], "")
     }
 
     #[test]
@@ -296,8 +379,13 @@ mod tests {
             parse("The task is to answer the question.").unwrap_err(),
             "empty"
         );
+        // The query's own line is an echo; reworded, it is a restatement.
         assert_eq!(
             parse("What is the capital of France?").unwrap_err(),
+            "empty"
+        );
+        assert_eq!(
+            parse("The capital of France is what?").unwrap_err(),
             "restates the task"
         );
         assert_eq!(
@@ -324,27 +412,64 @@ mod tests {
             parse("\n\nThe better response is that Paris is the capital.").unwrap_err(),
             "empty"
         );
+        let g = "Your first suggested tip is worth rephrasing to:";
+        assert_eq!(parse(g).unwrap_err(), "empty");
+        assert_eq!(parse("Paris.\n\nIn short:").unwrap(), "Paris.");
     }
 
     #[test]
-    fn lines_echoing_the_feedback_are_removed_even_cut_short() {
+    fn lines_echoing_instructions_are_removed_even_cut_short() {
         let query = "Give two tips for sleeping better.";
-        let feedback = ["1. Avoid naps after 3 pm, since they delay sleep at night.".to_string()];
-        let g = "Keep a fixed bedtime.\nAvoid naps after 3 pm, since";
+        let instructions = ["1. Keep it under fifty words and use plain language.".to_string()];
+        let echoes = Echoes::new(&instructions, query, &[], "");
+        let g = "Keep a fixed bedtime.\nKeep it under fifty words and";
         assert_eq!(
-            parse_update(g, query, &feedback).unwrap(),
+            parse_update(g, query, &echoes).unwrap(),
             "Keep a fixed bedtime."
         );
-        let g = "Keep a fixed bedtime.\nAvoid late naps.";
-        assert_eq!(parse_update(g, query, &feedback).unwrap(), g);
+        let g = "Keep a fixed bedtime.\nWrite it down.";
+        assert_eq!(parse_update(g, query, &echoes).unwrap(), g);
+    }
+
+    /// Round 1 of a measured run: the gradient was critique, and the update copied it.
+    #[test]
+    fn copies_of_the_critique_are_removed_but_the_chosen_may_be_repeated() {
+        let query = "What is the capital of France? Answer in one sentence.";
+        let chosen = "The capital of France is Paris.";
+        let loss = "The better response is: The capital of France is Paris, which is correct.";
+        let gradient = "The better response is: The grammar and spelling are correct but the \
+                        phrasing is not grammatically correct. The correct phrase to use is \
+                        \"the capital of France is\" rather than";
+        let echoes = Echoes::new(&[], query, &[loss, gradient], chosen);
+        let copy = "The grammar and spelling are correct but the phrasing is not grammatically \
+                    correct. The correct phrase to use is";
+        assert_eq!(parse_update(copy, query, &echoes).unwrap_err(), "empty");
+        assert_eq!(parse_update(chosen, query, &echoes).unwrap(), chosen);
+        let new = "Paris, on the Seine, is the capital and largest city of France.";
+        assert_eq!(parse_update(new, query, &echoes).unwrap(), new);
+    }
+
+    #[test]
+    fn a_revised_response_inside_the_gradient_may_be_used() {
+        let query = "Give two tips for sleeping better.";
+        let gradient = "Add more detail to the second tip.\n\nHere's the rewritten response:\n\n\
+                        Keep a fixed bedtime and avoid screens an hour before bed.";
+        let echoes = Echoes::new(&[], query, &[gradient], "Keep a fixed bedtime.");
+        let g = "Keep a fixed bedtime and avoid screens an hour before bed.";
+        assert_eq!(parse_update(g, query, &echoes).unwrap(), g);
+        let g = "Add more detail to the second tip.";
+        assert_eq!(parse_update(g, query, &echoes).unwrap_err(), "empty");
     }
 
     #[test]
     fn meta_phrases_the_query_uses_are_content() {
         let query = "Why does the query planner ignore my index?";
         let text = "The query planner skips the index when a scan is cheaper.";
-        assert_eq!(parse_update(text, query, &[]).unwrap(), text);
-        assert_eq!(parse_update(text, QUERY, &[]).unwrap_err(), "empty");
+        assert_eq!(parse_update(text, query, &Echoes::default()).unwrap(), text);
+        assert_eq!(
+            parse_update(text, QUERY, &Echoes::default()).unwrap_err(),
+            "empty"
+        );
     }
 
     #[test]
@@ -360,26 +485,29 @@ mod tests {
         let text = "Here is why: Paris has been the capital since 987.";
         // An announcement needs a colon; this one has one, so the clause before it goes.
         assert_eq!(
-            strip_meta(text, &[], QUERY),
+            strip_meta(text, &Echoes::default(), QUERY),
             "Paris has been the capital since 987."
         );
         assert_eq!(
-            strip_meta("Paris, my friend.", &[], QUERY),
+            strip_meta("Paris, my friend.", &Echoes::default(), QUERY),
             "Paris, my friend."
         );
         assert_eq!(
-            strip_meta("My advice: rest.", &[], QUERY),
+            strip_meta("My advice: rest.", &Echoes::default(), QUERY),
             "My advice: rest."
         );
         assert_eq!(
-            strip_meta("The user interface is simple.", &[], QUERY),
+            strip_meta("The user interface is simple.", &Echoes::default(), QUERY),
             "The user interface is simple."
         );
         assert_eq!(
-            strip_meta("Responses vary: Paris.", &[], QUERY),
+            strip_meta("Responses vary: Paris.", &Echoes::default(), QUERY),
             "Responses vary: Paris."
         );
-        assert_eq!(strip_meta("Response: Paris.", &[], QUERY), "Paris.");
+        assert_eq!(
+            strip_meta("Response: Paris.", &Echoes::default(), QUERY),
+            "Paris."
+        );
     }
 
     #[test]

@@ -16,11 +16,12 @@
 
 use super::best_of_n::sample_round;
 use super::prompts::{fill, Prompts};
-use super::response::{parse_update, query_text, CLOSE, OPEN};
+use super::response::{parse_update, query_text, Echoes, CLOSE, OPEN};
 use super::session::{Draft, Scored, Session};
 use super::{Event, Request, Stopped, Strategy, StrategyError, Trace};
 use policies::{Message, Policy, PolicyError, Role};
 use reward_models::RewardModel;
+use std::ops::ControlFlow;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -57,89 +58,14 @@ fn optimize(s: &mut Session<'_>, prompts: &Prompts) -> Result<Stopped, StrategyE
             // Every response so far was dropped: there is nothing to improve on.
             return Ok(Stopped::Done);
         };
-        let rejected_text = rejected
-            .as_ref()
-            .map_or("(no other response yet)", |r| r.text.as_str());
-        let loss_text = fill(
-            &prompts.loss,
-            &[
-                ("query", &query),
-                ("chosen", &chosen.text),
-                ("rejected", rejected_text),
-                ("chosen_reasons", &reasons(&chosen.reasons)),
-                (
-                    "rejected_reasons",
-                    &reasons(rejected.as_ref().map_or(&[][..], |r| r.reasons.as_slice())),
-                ),
-            ],
-        );
-        let Some(loss_prompt) = chat_prompt(s.policy, &loss_text, "")? else {
-            return Ok(Stopped::Budget);
+        let (loss, gradient) = match feedback(s, prompts, &query, &chosen, rejected.as_ref())? {
+            ControlFlow::Continue(critique) => critique,
+            ControlFlow::Break(stopped) => return Ok(stopped),
         };
-        if !round_fits(s, loss_prompt.len()) {
-            return Ok(Stopped::Budget);
-        }
-        let Some(loss) = critique(s, &loss_prompt)? else {
-            return Ok(Stopped::Budget);
-        };
-        if let Some(round) = s.rounds.last_mut() {
-            round.loss = Some(loss.clone());
-        }
-        if let Some(stopped) = s.check()? {
+        if let ControlFlow::Break(stopped) =
+            update(s, prompts, &query, &chosen, [&loss, &gradient])?
+        {
             return Ok(stopped);
-        }
-
-        let gradient_text = fill(
-            &prompts.gradient,
-            &[("query", &query), ("chosen", &chosen.text), ("loss", &loss)],
-        );
-        let Some(gradient_prompt) = chat_prompt(s.policy, &gradient_text, "")? else {
-            return Ok(Stopped::Budget);
-        };
-        let Some(gradient) = critique(s, &gradient_prompt)? else {
-            return Ok(Stopped::Budget);
-        };
-        if let Some(round) = s.rounds.last_mut() {
-            round.gradient = Some(gradient.clone());
-        }
-        if let Some(stopped) = s.check()? {
-            return Ok(stopped);
-        }
-
-        let update_text = fill(
-            &prompts.update,
-            &[
-                ("query", &query),
-                ("chosen", &chosen.text),
-                ("gradient", &gradient),
-            ],
-        );
-        let Some(update_prompt) = chat_prompt(s.policy, &update_text, OPEN)? else {
-            return Ok(Stopped::Budget);
-        };
-        let Some(sampled) = s.sample(&update_prompt, s.request.n, true, &[CLOSE])? else {
-            return Ok(Stopped::Budget);
-        };
-        let echoes = echoes(prompts, &query, &gradient);
-        let drafts = sampled
-            .generations
-            .into_iter()
-            .map(|g| match parse_update(&g.text, &query, &echoes) {
-                Ok(text) => Draft {
-                    text,
-                    dropped: None,
-                },
-                Err(why) => Draft {
-                    text: g.text,
-                    dropped: Some(why),
-                },
-            })
-            .collect();
-        s.begin_round();
-        let complete = s.score(drafts)?;
-        s.end_round();
-        if !complete || sampled.limited {
-            return Ok(Stopped::Budget);
         }
         let now = s.best().map(|b| b.score);
         if !improved(best, now) {
@@ -148,6 +74,118 @@ fn optimize(s: &mut Session<'_>, prompts: &Prompts) -> Result<Stopped, StrategyE
         best = now;
     }
     Ok(Stopped::Done)
+}
+
+/// Steps 3 and 4: the textual loss, then the textual gradient, both written into the current
+/// round of the trace. Continues with both.
+fn feedback(
+    s: &mut Session<'_>,
+    prompts: &Prompts,
+    query: &str,
+    chosen: &Scored,
+    rejected: Option<&Scored>,
+) -> Result<ControlFlow<Stopped, (String, String)>, StrategyError> {
+    let no_reasons: &[String] = &[];
+    let loss_text = fill(
+        &prompts.loss,
+        &[
+            ("query", query),
+            ("chosen", &chosen.text),
+            (
+                "rejected",
+                rejected.map_or("(no other response yet)", |r| r.text.as_str()),
+            ),
+            ("chosen_reasons", &reasons(&chosen.reasons)),
+            (
+                "rejected_reasons",
+                &reasons(rejected.map_or(no_reasons, |r| &r.reasons)),
+            ),
+        ],
+    );
+    let Some(loss_prompt) = chat_prompt(s.policy, &loss_text, "")? else {
+        return Ok(ControlFlow::Break(Stopped::Budget));
+    };
+    if !round_fits(s, loss_prompt.len()) {
+        return Ok(ControlFlow::Break(Stopped::Budget));
+    }
+    let Some(loss) = critique(s, &loss_prompt)? else {
+        return Ok(ControlFlow::Break(Stopped::Budget));
+    };
+    if let Some(round) = s.rounds.last_mut() {
+        round.loss = Some(loss.clone());
+    }
+    if let Some(stopped) = s.check()? {
+        return Ok(ControlFlow::Break(stopped));
+    }
+    let gradient_text = fill(
+        &prompts.gradient,
+        &[("query", query), ("chosen", &chosen.text), ("loss", &loss)],
+    );
+    let Some(gradient_prompt) = chat_prompt(s.policy, &gradient_text, "")? else {
+        return Ok(ControlFlow::Break(Stopped::Budget));
+    };
+    let Some(gradient) = critique(s, &gradient_prompt)? else {
+        return Ok(ControlFlow::Break(Stopped::Budget));
+    };
+    if let Some(round) = s.rounds.last_mut() {
+        round.gradient = Some(gradient.clone());
+    }
+    match s.check()? {
+        Some(stopped) => Ok(ControlFlow::Break(stopped)),
+        None => Ok(ControlFlow::Continue((loss, gradient))),
+    }
+}
+
+/// Step 5: N new responses in one batched call over the update prompt, parsed, scored and
+/// added to the cache as a new round.
+fn update(
+    s: &mut Session<'_>,
+    prompts: &Prompts,
+    query: &str,
+    chosen: &Scored,
+    [loss, gradient]: [&str; 2],
+) -> Result<ControlFlow<Stopped>, StrategyError> {
+    let update_text = fill(
+        &prompts.update,
+        &[
+            ("query", query),
+            ("chosen", &chosen.text),
+            ("gradient", gradient),
+        ],
+    );
+    let Some(update_prompt) = chat_prompt(s.policy, &update_text, OPEN)? else {
+        return Ok(ControlFlow::Break(Stopped::Budget));
+    };
+    let Some(sampled) = s.sample(&update_prompt, s.request.n, true, &[CLOSE])? else {
+        return Ok(ControlFlow::Break(Stopped::Budget));
+    };
+    let echoes = Echoes::new(
+        &prompts.update_instructions(),
+        query,
+        &[loss, gradient],
+        &chosen.text,
+    );
+    let drafts = sampled
+        .generations
+        .into_iter()
+        .map(|g| match parse_update(&g.text, query, &echoes) {
+            Ok(text) => Draft {
+                text,
+                dropped: None,
+            },
+            Err(why) => Draft {
+                text: g.text,
+                dropped: Some(why),
+            },
+        })
+        .collect();
+    s.begin_round();
+    let complete = s.score(drafts)?;
+    s.end_round();
+    if !complete || sampled.limited {
+        return Ok(ControlFlow::Break(Stopped::Budget));
+    }
+    Ok(ControlFlow::Continue(()))
 }
 
 /// Chosen and rejected over the whole cache, owned.
@@ -169,16 +207,6 @@ fn improved(before: Option<f32>, now: Option<f32>) -> bool {
         (None, Some(_)) => true,
         _ => false,
     }
-}
-
-/// Lines a candidate must not echo: the update's instructions, and long lines of the query and
-/// of the suggestions (a response may reuse the chosen response's lines, but not those).
-fn echoes(prompts: &Prompts, query: &str, gradient: &str) -> Vec<String> {
-    let mut echoes = prompts.update_instructions();
-    let long = |l: &&str| l.trim().len() >= 20;
-    echoes.extend(query.lines().filter(long).map(str::to_string));
-    echoes.extend(gradient.lines().filter(long).map(str::to_string));
-    echoes
 }
 
 /// A feedback prompt as one user message, with `prefill` opening the assistant's turn. `None`
@@ -246,14 +274,5 @@ mod tests {
             reasons(&["too long".into(), "says sorry".into()]),
             "too long; says sorry"
         );
-    }
-
-    #[test]
-    fn echoes_hold_instructions_and_long_feedback_lines() {
-        let p = Prompts::default();
-        let e = echoes(&p, "Hi", "1. Add an example of the idea.\nok");
-        assert!(e.iter().any(|l| l == "Suggestions:"));
-        assert!(e.iter().any(|l| l == "1. Add an example of the idea."));
-        assert!(!e.iter().any(|l| l == "Hi" || l == "ok"));
     }
 }
