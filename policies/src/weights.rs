@@ -4,7 +4,7 @@
 //! checkpoints are mapped onto those names here, so the model code has one vocabulary.
 
 use crate::error::{PolicyError, Result};
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use std::collections::HashMap;
 use std::fs::File;
@@ -49,7 +49,7 @@ impl Embedding {
     /// The same table used as the output projection (tied embeddings).
     pub fn as_linear(&self) -> Result<Linear> {
         let weight = match self {
-            Self::Quantized(q) => QMatMul::from_arc(q.clone())?,
+            Self::Quantized(q) => QMatMul::from_arc(for_cpu_matmul(q.clone())?)?,
             Self::Dense(w) => QMatMul::Tensor(w.clone()),
         };
         Ok(Linear { weight, bias: None })
@@ -139,7 +139,9 @@ impl Weights {
 
     pub fn linear(&mut self, name: &str, with_bias: bool) -> Result<Linear> {
         let weight = match self {
-            Self::Gguf { .. } => QMatMul::from_arc(self.qtensor(&format!("{name}.weight"))?)?,
+            Self::Gguf { .. } => {
+                QMatMul::from_arc(for_cpu_matmul(self.qtensor(&format!("{name}.weight"))?)?)?
+            }
             Self::Safetensors { .. } => QMatMul::Tensor(self.dense(&format!("{name}.weight"))?),
         };
         let bias = if with_bias {
@@ -156,6 +158,23 @@ impl Weights {
             Self::Safetensors { .. } => Ok(Embedding::Dense(self.dense(name)?)),
         }
     }
+}
+
+/// candle has SIMD matmul kernels on x86 for Q8_0 and the k-quants, but only scalar code for
+/// the legacy 4/5-bit formats, which made Q4_1 models (the default SmolLM2) 2-3x slower than
+/// they need be. On the CPU such weights are re-quantized to Q8_0 once, at load: the 8-bit grid
+/// is finer than the original one, so the extra error is a fraction of the original
+/// quantization error (tests/reference.rs bounds the result against llama.cpp).
+fn for_cpu_matmul(q: Arc<QTensor>) -> Result<Arc<QTensor>> {
+    let slow_on_cpu = matches!(
+        q.dtype(),
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
+    );
+    if !slow_on_cpu || !q.device().is_cpu() {
+        return Ok(q);
+    }
+    let dense = q.dequantize(&Device::Cpu)?;
+    Ok(Arc::new(QTensor::quantize(&dense, GgmlDType::Q8_0)?))
 }
 
 /// Opens a GGUF file and reads its header.

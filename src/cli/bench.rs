@@ -1,9 +1,13 @@
 //! `hone bench`: prefill and decode throughput, measured the way llama-bench does (a prompt of
 //! `--prompt-tokens` tokens, then `--gen-tokens` single-token steps), for each batch size.
+//! With `--reward NAME` it measures that reward model's scoring throughput instead.
 
 use anyhow::Result;
 use clap::Args;
-use policies::Logits;
+use policies::{Logits, Message, Role};
+use reward_models::manifest::{Manifests, PolicyCache};
+use reward_models::Candidate;
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Args)]
@@ -19,11 +23,21 @@ pub struct BenchArgs {
     batch: Vec<usize>,
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Measure this reward model (a manifest name) instead of the policy: pairs scored per
+    /// second when a round's candidates are scored `batch` at a time.
+    #[arg(long)]
+    reward: Option<String>,
+    /// Folder of reward manifests.
+    #[arg(long, default_value = "reward_models/manifests", env = "HONE_REWARDS")]
+    rewards: PathBuf,
     #[arg(long)]
     cpu: bool,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(reward) = &a.reward {
+        return run_reward(&a, reward);
+    }
     let policy = super::load_policy(&a.model, a.cpu)?;
     let model = policy.model();
     let vocab = model.config().vocab_size as u32;
@@ -67,6 +81,49 @@ pub fn run(a: BenchArgs) -> Result<()> {
             (b * a.prompt_tokens) as f64 * n / prefill,
             (b * a.gen_tokens) as f64 * n / decode
         );
+    }
+    Ok(())
+}
+
+/// Scores the same 8 candidates `batch` at a time and reports pairs per second.
+fn run_reward(a: &BenchArgs, name: &str) -> Result<()> {
+    let manifests = Manifests::read_dir(&a.rewards)?;
+    let reward = manifests.build(name, &super::device(a.cpu)?, &mut PolicyCache::default())?;
+    let messages = [Message::new(
+        Role::User,
+        "Explain why the sky is blue in two sentences.",
+    )];
+    let responses: Vec<String> = (0..8)
+        .map(|i| {
+            format!(
+                "Sunlight scatters off air molecules, and blue light scatters most (Rayleigh scattering). \
+                 So the sky looks blue from every direction, variant {i}."
+            )
+        })
+        .collect();
+    let candidates: Vec<Candidate> = responses
+        .iter()
+        .map(|r| Candidate {
+            messages: &messages,
+            response: r,
+        })
+        .collect();
+    println!(
+        "reward: {name} | threads: {}",
+        candle_core::utils::get_num_threads()
+    );
+    println!("| batch | pairs/s |");
+    println!("|---|---|");
+    for &b in &a.batch {
+        let b = b.clamp(1, candidates.len());
+        let t = Instant::now();
+        for _ in 0..a.repeats {
+            for chunk in candidates.chunks(b) {
+                reward.score(chunk)?;
+            }
+        }
+        let pairs = (candidates.len() * a.repeats) as f64;
+        println!("| {b} | {:.2} |", pairs / t.elapsed().as_secs_f64());
     }
     Ok(())
 }
