@@ -3,8 +3,10 @@
 //!
 //! - [`budget`]: the compute unit, the per-query budget and the meter that spends it.
 //! - [`strategy`]: the loops (plain decoding, best-of-N, weighted best-of-N, TPO) and their trace.
+//! - [`server`]: the HTTP service (`hone serve`) around the loops.
 //!
-//! The library knows nothing about HTTP; the binary's subcommands and the service call it.
+//! The loops know nothing about HTTP; the binary's subcommands and the service call them.
 
 pub mod budget;
+pub mod server;
 pub mod strategy;

@@ -26,6 +26,8 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Spend a compute budget on one prompt with TPO, best-of-N or plain decoding.
     Optimize(cli::optimize::OptimizeArgs),
+    /// Serve the optimization loops over HTTP (with an OpenAI-compatible endpoint).
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() {
@@ -35,6 +37,7 @@ fn main() {
         Command::Score(a) => cli::score::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Optimize(a) => cli::optimize::run(a),
+        Command::Serve(a) => cli::serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

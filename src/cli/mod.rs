@@ -4,6 +4,7 @@ pub mod bench;
 pub mod generate;
 pub mod optimize;
 pub mod score;
+pub mod serve;
 
 use anyhow::{Context, Result};
 use policies::{store, Policy};

@@ -1,0 +1,380 @@
+//! The `/optimize` request and response, and the checks that turn a request body into a
+//! [`strategy::Request`](crate::strategy::Request).
+//!
+//! Types are checked by serde (a wrong type is a 400 naming the field); values are checked
+//! here (a negative budget, empty messages, n = 0 are 422), before the request waits for the
+//! model, so a bad request costs nothing.
+
+use super::ab::Arm;
+use super::error::ApiError;
+use crate::budget::Budget;
+use crate::strategy::{Request, Strategy, Trace};
+use policies::{Message, Role};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// The body of `POST /optimize`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizeBody {
+    /// The conversation; or `prompt`, a single user message.
+    pub messages: Option<Vec<Message>>,
+    pub prompt: Option<String>,
+    /// tpo, best_of_n, weighted_best_of_n or plain (default tpo).
+    pub strategy: Option<String>,
+    pub budget: Option<BudgetBody>,
+    pub n: Option<usize>,
+    pub rounds: Option<u32>,
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    /// A reward manifest name (default: the server's `--reward`).
+    pub reward: Option<String>,
+    /// Also answer with plain decoding of the same prompt, scored by the same reward.
+    #[serde(default)]
+    pub compare_plain: bool,
+    /// Who is asking: the key of the A/B assignment.
+    pub user: Option<String>,
+}
+
+impl OptimizeBody {
+    /// The options, as the chat endpoint's `hone` object would carry them. (Not a flattened
+    /// field: serde cannot deny unknown fields through `flatten`.)
+    pub fn options(&self) -> Options {
+        Options {
+            strategy: self.strategy.clone(),
+            budget: self.budget,
+            n: self.n,
+            rounds: self.rounds,
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            reward: self.reward.clone(),
+        }
+    }
+}
+
+/// How to spend on a query; shared by `/optimize` and the `hone` object of chat completions.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// tpo, best_of_n, weighted_best_of_n or plain (default tpo).
+    pub strategy: Option<String>,
+    pub budget: Option<BudgetBody>,
+    pub n: Option<usize>,
+    pub rounds: Option<u32>,
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<u64>,
+    /// A reward manifest name (default: the server's `--reward`).
+    pub reward: Option<String>,
+}
+
+/// Signed, so that a negative budget is reported as a bad value (422) rather than a bad type.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetBody {
+    pub compute: Option<i64>,
+    pub deadline_ms: Option<i64>,
+    pub max_rounds: Option<u32>,
+}
+
+/// The server's settings that bound every request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// The compute budget of a request that names none.
+    pub default_budget: Option<u64>,
+    /// The most compute any request may spend; larger budgets are lowered to it.
+    pub max_budget: Option<u64>,
+}
+
+/// Bounds past which a value is a mistake rather than a big request.
+const MAX_N: usize = 64;
+const MAX_ROUNDS: u32 = 16;
+const MAX_TOKENS: usize = 8192;
+const MAX_COMPUTE: i64 = 1_000_000_000_000;
+const MAX_DEADLINE_MS: i64 = 3_600_000;
+
+/// A checked request, ready to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub strategy: Strategy,
+    pub request: Request,
+    pub reward: Option<String>,
+}
+
+impl Job {
+    /// The compute budget actually applied (after the server's default and cap).
+    pub fn compute_budget(&self) -> Option<u64> {
+        self.request.budget.compute
+    }
+}
+
+/// The conversation of an `/optimize` body: `messages` or `prompt`, not both.
+pub fn conversation(body: &OptimizeBody) -> Result<Vec<Message>, ApiError> {
+    match (&body.messages, &body.prompt) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "prompt",
+            "send either `messages` or `prompt`, not both",
+        )),
+        (Some(messages), None) => Ok(messages.clone()),
+        (None, Some(prompt)) => Ok(vec![Message::new(Role::User, prompt.clone())]),
+        (None, None) => Err(ApiError::invalid(
+            "messages",
+            "the request needs `messages` or `prompt`",
+        )),
+    }
+}
+
+/// The A/B key of a request: its `user`, else the text of its conversation.
+pub fn ab_key(user: Option<&str>, messages: &[Message]) -> String {
+    match user {
+        Some(u) => u.to_string(),
+        None => messages
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
+/// Checks `options` for `messages` and builds the job; `arrived` starts the deadline.
+pub fn build(
+    messages: Vec<Message>,
+    options: &Options,
+    default_strategy: Strategy,
+    limits: Limits,
+    arrived: Instant,
+) -> Result<Job, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "the conversation has no messages",
+        ));
+    }
+    if messages.iter().all(|m| m.content.trim().is_empty()) {
+        return Err(ApiError::invalid("messages", "every message is empty"));
+    }
+    let strategy = match &options.strategy {
+        None => default_strategy,
+        Some(name) => Strategy::parse(name).ok_or_else(|| {
+            ApiError::invalid(
+                "strategy",
+                format!(
+                    "unknown strategy `{name}` (known: tpo, best_of_n, weighted_best_of_n, plain)"
+                ),
+            )
+        })?,
+    };
+    let defaults = Request::default();
+    let n = options.n.unwrap_or(defaults.n);
+    if n == 0 || n > MAX_N {
+        return Err(ApiError::invalid(
+            "n",
+            format!("n must be between 1 and {MAX_N}"),
+        ));
+    }
+    let rounds = options.rounds.unwrap_or(defaults.rounds);
+    if rounds > MAX_ROUNDS {
+        return Err(ApiError::invalid(
+            "rounds",
+            format!("rounds must be at most {MAX_ROUNDS}"),
+        ));
+    }
+    let max_tokens = options.max_tokens.unwrap_or(defaults.max_tokens);
+    if max_tokens == 0 || max_tokens > MAX_TOKENS {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            format!("max_tokens must be between 1 and {MAX_TOKENS}"),
+        ));
+    }
+    let temperature = options.temperature.unwrap_or(defaults.temperature);
+    if !(temperature.is_finite() && (0.0..=2.0).contains(&temperature)) {
+        return Err(ApiError::invalid(
+            "temperature",
+            "temperature must be between 0 and 2",
+        ));
+    }
+    let top_p = options.top_p.unwrap_or(defaults.top_p);
+    if !(top_p.is_finite() && top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid("top_p", "top_p must be in (0, 1]"));
+    }
+    let budget = budget(options.budget.unwrap_or_default(), limits, arrived)?;
+    Ok(Job {
+        strategy,
+        request: Request {
+            messages,
+            n,
+            rounds,
+            max_tokens,
+            temperature,
+            top_p,
+            seed: options.seed.unwrap_or(defaults.seed),
+            budget,
+            prompts_dir: None,
+        },
+        reward: options.reward.clone(),
+    })
+}
+
+/// The request's budget with the server's default and cap applied.
+fn budget(body: BudgetBody, limits: Limits, arrived: Instant) -> Result<Budget, ApiError> {
+    let compute = match body.compute {
+        Some(c) if c <= 0 => {
+            return Err(ApiError::invalid(
+                "budget.compute",
+                "budget.compute must be a positive number of compute units",
+            ))
+        }
+        Some(c) if c > MAX_COMPUTE => {
+            return Err(ApiError::invalid(
+                "budget.compute",
+                format!("budget.compute must be at most {MAX_COMPUTE}"),
+            ))
+        }
+        Some(c) => Some(c as u64),
+        None => limits.default_budget,
+    };
+    let compute = match (compute, limits.max_budget) {
+        (Some(c), Some(cap)) => Some(c.min(cap)),
+        (None, cap) => cap,
+        (c, None) => c,
+    };
+    let deadline = match body.deadline_ms {
+        Some(ms) if !(0..=MAX_DEADLINE_MS).contains(&ms) => {
+            return Err(ApiError::invalid(
+                "budget.deadline_ms",
+                format!("budget.deadline_ms must be between 0 and {MAX_DEADLINE_MS}"),
+            ))
+        }
+        Some(ms) => Some(arrived + Duration::from_millis(ms as u64)),
+        None => None,
+    };
+    Ok(Budget {
+        compute,
+        deadline,
+        max_rounds: body.max_rounds,
+    })
+}
+
+/// The body of a `/optimize` answer: the loop's trace, the arm that answered, and the plain
+/// baseline when asked for.
+#[derive(Debug, Serialize)]
+pub struct OptimizeResponse {
+    #[serde(flatten)]
+    pub trace: Trace,
+    pub arm: Arm,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plain: Option<Trace>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(text: &str) -> Vec<Message> {
+        vec![Message::new(Role::User, text)]
+    }
+
+    fn options(json: serde_json::Value) -> Options {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn check(json: serde_json::Value, limits: Limits) -> Result<Job, ApiError> {
+        build(
+            user("hi"),
+            &options(json),
+            Strategy::Tpo,
+            limits,
+            Instant::now(),
+        )
+    }
+
+    #[test]
+    fn defaults_follow_the_paper() {
+        let job = check(serde_json::json!({}), Limits::default()).unwrap();
+        assert_eq!(job.strategy, Strategy::Tpo);
+        assert_eq!((job.request.n, job.request.rounds), (4, 2));
+        assert_eq!(job.request.budget, Budget::default());
+    }
+
+    #[test]
+    fn server_default_and_cap_apply() {
+        let limits = Limits {
+            default_budget: Some(500),
+            max_budget: Some(1000),
+        };
+        let job = check(serde_json::json!({}), limits).unwrap();
+        assert_eq!(job.compute_budget(), Some(500));
+        let job = check(serde_json::json!({"budget": {"compute": 5000}}), limits).unwrap();
+        assert_eq!(job.compute_budget(), Some(1000));
+        let capped = Limits {
+            default_budget: None,
+            max_budget: Some(800),
+        };
+        assert_eq!(
+            check(serde_json::json!({}), capped)
+                .unwrap()
+                .compute_budget(),
+            Some(800)
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            (
+                serde_json::json!({"budget": {"compute": -5}}),
+                "budget.compute",
+            ),
+            (
+                serde_json::json!({"budget": {"compute": 0}}),
+                "budget.compute",
+            ),
+            (
+                serde_json::json!({"budget": {"deadline_ms": -1}}),
+                "budget.deadline_ms",
+            ),
+            (serde_json::json!({"strategy": "beam"}), "strategy"),
+            (serde_json::json!({"n": 0}), "n"),
+            (serde_json::json!({"top_p": 0.0}), "top_p"),
+            (serde_json::json!({"temperature": 9.0}), "temperature"),
+        ];
+        for (json, param) in cases {
+            let err = check(json.clone(), Limits::default()).unwrap_err();
+            assert_eq!(err.status.as_u16(), 422, "{json}");
+            assert_eq!(err.param.as_deref(), Some(param), "{json}");
+        }
+    }
+
+    #[test]
+    fn empty_conversations_are_rejected() {
+        let opts = Options::default();
+        let err = build(
+            vec![],
+            &opts,
+            Strategy::Tpo,
+            Limits::default(),
+            Instant::now(),
+        )
+        .unwrap_err();
+        assert_eq!(err.status.as_u16(), 422);
+        let body = OptimizeBody::default();
+        assert_eq!(conversation(&body).unwrap_err().status.as_u16(), 422);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let json = serde_json::json!({"prompt": "hi", "budgett": 5});
+        assert!(serde_json::from_value::<OptimizeBody>(json).is_err());
+    }
+
+    #[test]
+    fn ab_key_prefers_the_user() {
+        assert_eq!(ab_key(Some("u1"), &user("hi")), "u1");
+        assert_eq!(ab_key(None, &user("hi")), "hi");
+    }
+}

@@ -1,0 +1,164 @@
+//! Prometheus metrics of the service, in a registry the app state owns (not the crate's global
+//! one, so that several servers in one process, as in the tests, do not share counters).
+
+use super::ab::Arm;
+use crate::strategy::Trace;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::time::Duration;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    rounds: Histogram,
+    candidates: Histogram,
+    reward: HistogramVec,
+    compute_used: IntCounterVec,
+    budget_ratio: Histogram,
+    tokens: IntCounterVec,
+    pub queue_depth: IntGauge,
+    pub in_flight: IntGauge,
+}
+
+impl Metrics {
+    pub fn new(policy: &str, reward: &str) -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("hone_requests_total", "Requests answered, by outcome"),
+            &["strategy", "arm", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "hone_request_duration_seconds",
+                "Time from arrival to answer, queueing included",
+            )
+            .buckets(prometheus::exponential_buckets(0.05, 2.0, 13)?),
+            &["strategy", "arm"],
+        )?;
+        let rounds = Histogram::with_opts(
+            HistogramOpts::new("hone_rounds_per_request", "Rounds a loop ran")
+                .buckets(prometheus::linear_buckets(1.0, 1.0, 10)?),
+        )?;
+        let candidates = Histogram::with_opts(
+            HistogramOpts::new(
+                "hone_candidates_per_request",
+                "Candidates sampled for one answer",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 2.0, 8)?),
+        )?;
+        // Rewards have each their own scale (a verifier 0-1, a judge 1-9, a classifier's logits).
+        let reward_buckets = vec![
+            -10.0, -5.0, -2.0, -1.0, 0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0,
+            7.0, 8.0, 9.0, 10.0,
+        ];
+        let reward_h = HistogramVec::new(
+            HistogramOpts::new("hone_reward", "Reward of the answer").buckets(reward_buckets),
+            &["arm"],
+        )?;
+        let compute_used = IntCounterVec::new(
+            Opts::new(
+                "hone_compute_used_total",
+                "Compute units spent (policy positions plus weighted reward positions)",
+            ),
+            &["arm"],
+        )?;
+        let budget_ratio = Histogram::with_opts(
+            HistogramOpts::new(
+                "hone_compute_budget_ratio",
+                "Compute spent over the compute budget, for budgeted requests",
+            )
+            .buckets(prometheus::linear_buckets(0.1, 0.1, 10)?),
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "hone_tokens_generated_total",
+                "Tokens sampled by the policy, candidates and critiques",
+            ),
+            &["arm"],
+        )?;
+        let queue_depth = IntGauge::new("hone_queue_depth", "Requests waiting for a model slot")?;
+        let in_flight = IntGauge::new("hone_in_flight", "Requests running on the model")?;
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "hone_model_info",
+                "The policy and default reward being served",
+            ),
+            &["policy", "reward"],
+        )?;
+        info.with_label_values(&[policy, reward]).set(1);
+        // Per-arm families show both arms from the start, so dashboards have no gaps.
+        for arm in [Arm::Optimized, Arm::Plain] {
+            compute_used.with_label_values(&[arm.name()]);
+            tokens.with_label_values(&[arm.name()]);
+        }
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(rounds.clone()))?;
+        registry.register(Box::new(candidates.clone()))?;
+        registry.register(Box::new(reward_h.clone()))?;
+        registry.register(Box::new(compute_used.clone()))?;
+        registry.register(Box::new(budget_ratio.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(info))?;
+        Ok(Self {
+            registry,
+            requests,
+            duration,
+            rounds,
+            candidates,
+            reward: reward_h,
+            compute_used,
+            budget_ratio,
+            tokens,
+            queue_depth,
+            in_flight,
+        })
+    }
+
+    /// Records a request's outcome; `status` is the HTTP status code.
+    pub fn request(&self, strategy: &str, arm: Arm, status: u16, elapsed: Duration) {
+        let status = status.to_string();
+        self.requests
+            .with_label_values(&[strategy, arm.name(), &status])
+            .inc();
+        self.duration
+            .with_label_values(&[strategy, arm.name()])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records what an answered request spent. `budget` is its compute budget, if any.
+    pub fn trace(&self, arm: Arm, trace: &Trace, budget: Option<u64>) {
+        self.rounds.observe(trace.rounds.len() as f64);
+        let candidates: usize = trace.rounds.iter().map(|r| r.candidates.len()).sum();
+        self.candidates.observe(candidates as f64);
+        if let Some(score) = trace.score.filter(|s| s.is_finite()) {
+            self.reward
+                .with_label_values(&[arm.name()])
+                .observe(f64::from(score));
+        }
+        self.compute_used
+            .with_label_values(&[arm.name()])
+            .inc_by(trace.usage.compute);
+        self.tokens
+            .with_label_values(&[arm.name()])
+            .inc_by(trace.usage.tokens_generated);
+        if let Some(budget) = budget.filter(|&b| b > 0) {
+            self.budget_ratio
+                .observe(trace.usage.compute as f64 / budget as f64);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Result<String, String> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .map_err(|e| e.to_string())?;
+        String::from_utf8(out).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,405 @@
+//! OpenAI-compatible routes: `POST /v1/chat/completions` and `GET /v1/models`.
+//!
+//! A chat completion is plain decoding, so existing clients get what they expect. A client opts
+//! into test-time compute with a strategy prefix on the model name (`tpo/<model>`,
+//! `best_of_n/<model>`, `weighted_best_of_n/<model>`) or an extra `hone` object carrying the
+//! /optimize options. The common OpenAI fields are accepted; `temperature`, `top_p`,
+//! `max_tokens` and `seed` are honoured, the rest (`stop`, `user`, penalties...) are ignored, as
+//! are fields this server does not know.
+
+use super::ab::Arm;
+use super::api::{self, Options};
+use super::error::ApiError;
+use super::routes::{parse, record};
+use super::{AppState, CancelOnDrop, Outcome};
+use crate::strategy::{Stopped, Strategy};
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::web::Bytes;
+use actix_web::{web, HttpResponse};
+use policies::{Message, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// The body of `POST /v1/chat/completions`; unknown fields are ignored for compatibility.
+#[derive(Debug, Deserialize)]
+pub struct ChatBody {
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub max_tokens: Option<usize>,
+    /// The newer name of `max_tokens`.
+    pub max_completion_tokens: Option<usize>,
+    pub seed: Option<u64>,
+    pub stream: Option<bool>,
+    /// Completions per request; only 1 is supported.
+    pub n: Option<u32>,
+    /// hone's options: strategy, budget, n (candidates per round), rounds, reward...
+    pub hone: Option<Options>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: Option<Content>,
+}
+
+/// A message's content: a string, or a list of parts of which the text ones are kept.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+/// The conversation in the policy's terms. `developer` is OpenAI's newer name for `system`.
+fn messages(body: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
+    body.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                "system" | "developer" => Role::System,
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                other => {
+                    return Err(ApiError::invalid(
+                        &format!("messages[{i}].role"),
+                        format!("unsupported role `{other}` (supported: system, developer, user, assistant)"),
+                    ))
+                }
+            };
+            let content = match &m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t.clone(),
+                Some(Content::Parts(parts)) => parts
+                    .iter()
+                    .filter(|p| p.kind == "text")
+                    .filter_map(|p| p.text.as_deref())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            };
+            Ok(Message::new(role, content))
+        })
+        .collect()
+}
+
+/// The strategy a model name asks for, and the model name without the prefix.
+pub fn split_model(name: &str) -> (Option<Strategy>, &str) {
+    match name.split_once('/') {
+        Some((prefix, rest)) => match Strategy::parse(prefix) {
+            Some(s) => (Some(s), rest),
+            None => (None, name),
+        },
+        None => (None, name),
+    }
+}
+
+/// Whether `name` is the served model: its id, or `default`/the `--model` it was loaded as.
+fn serves(state: &AppState, name: &str) -> bool {
+    name == state.model_id() || name == state.config.model || name == "default"
+}
+
+pub async fn chat_completions(
+    state: web::Data<AppState>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let arrived = Instant::now();
+    let body: ChatBody = parse(body.into_inner())?;
+    if body.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::invalid("n", "only n = 1 is supported"));
+    }
+    let requested = body
+        .model
+        .clone()
+        .unwrap_or_else(|| state.model_id().to_string());
+    let (prefix, name) = split_model(&requested);
+    if !serves(&state, name) {
+        return Err(ApiError::not_found(
+            "model",
+            format!(
+                "unknown model `{name}` (this server has `{}`)",
+                state.model_id()
+            ),
+        ));
+    }
+    let mut options = body.hone.clone().unwrap_or_default();
+    options.temperature = options.temperature.or(body.temperature);
+    options.top_p = options.top_p.or(body.top_p);
+    options.max_tokens = options
+        .max_tokens
+        .or(body.max_completion_tokens)
+        .or(body.max_tokens);
+    options.seed = options.seed.or(body.seed);
+    let job = api::build(
+        messages(&body.messages)?,
+        &options,
+        prefix.unwrap_or(Strategy::Plain),
+        state.limits(),
+        arrived,
+    )?;
+    state.check_reward(job.reward.as_deref())?;
+    let arm = match job.strategy {
+        Strategy::Plain => Arm::Plain,
+        _ => Arm::Optimized,
+    };
+    let (strategy, budget) = (job.strategy, job.compute_budget());
+    let state: Arc<AppState> = state.into_inner();
+    if body.stream.unwrap_or(false) {
+        // The loop runs in its own task; the response body holds the cancel guard, so a client
+        // that goes away (a keep-alive write fails) drops it and stops the loop.
+        let cancel = CancelOnDrop::new();
+        let flag = cancel.flag();
+        let (tx, rx) = oneshot::channel();
+        actix_web::rt::spawn(async move {
+            let result = state.clone().run(job, false, flag).await;
+            record(&state, strategy, arm, budget, &result, arrived, false);
+            let _ = tx.send(result.map(|o| completion(requested, &o).events()));
+        });
+        return Ok(HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(("Cache-Control", "no-cache"))
+            .body(SseBody {
+                result: rx,
+                heartbeat: tokio::time::interval(Duration::from_secs(1)),
+                done: false,
+                _cancel: cancel,
+            }));
+    }
+    let cancel = CancelOnDrop::new();
+    let result = state.clone().run(job, false, cancel.flag()).await;
+    // Chat traffic is not randomized between arms, so it stays out of the A/B comparison.
+    record(&state, strategy, arm, budget, &result, arrived, false);
+    Ok(HttpResponse::Ok().json(completion(requested, &result?).body()))
+}
+
+fn completion(model: String, outcome: &Outcome) -> Completion {
+    let trace = &outcome.trace;
+    Completion {
+        id: format!("chatcmpl-{:016x}", rand::random::<u64>()),
+        created: now(),
+        model,
+        finish_reason: match trace.stopped {
+            Stopped::Budget | Stopped::Deadline => "length",
+            Stopped::Converged | Stopped::Done => "stop",
+        },
+        answer: trace.answer.clone(),
+        usage: ChatUsage {
+            prompt_tokens: outcome.prompt_tokens as u64,
+            completion_tokens: trace.usage.tokens_generated,
+            total_tokens: outcome.prompt_tokens as u64 + trace.usage.tokens_generated,
+        },
+        hone: json!({
+            "strategy": trace.strategy,
+            "score": trace.score,
+            "stopped": trace.stopped,
+            "usage": trace.usage,
+        }),
+    }
+}
+
+/// A streamed answer: SSE comments (`: keep-alive`) every second while the loop runs, then
+/// the answer's events, or an error event when the loop failed after the stream began.
+struct SseBody {
+    result: oneshot::Receiver<Result<String, ApiError>>,
+    heartbeat: tokio::time::Interval,
+    done: bool,
+    _cancel: CancelOnDrop,
+}
+
+impl MessageBody for SseBody {
+    type Error = Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(result) = Pin::new(&mut this.result).poll(cx) {
+            this.done = true;
+            let text = match result {
+                Ok(Ok(events)) => events,
+                Ok(Err(e)) => format!("data: {}\n\ndata: [DONE]\n\n", e.body()),
+                Err(_) => {
+                    let e = ApiError::internal("the model task ended without an answer");
+                    format!("data: {}\n\ndata: [DONE]\n\n", e.body())
+                }
+            };
+            return Poll::Ready(Some(Ok(Bytes::from(text))));
+        }
+        if this.heartbeat.poll_tick(cx).is_ready() {
+            return Poll::Ready(Some(Ok(Bytes::from_static(b": keep-alive\n\n"))));
+        }
+        Poll::Pending
+    }
+}
+
+/// A finished completion, written as one response or as server-sent events.
+struct Completion {
+    id: String,
+    created: u64,
+    model: String,
+    finish_reason: &'static str,
+    answer: String,
+    usage: ChatUsage,
+    /// What the optimization spent, for clients that look (OpenAI clients ignore it).
+    hone: Value,
+}
+
+/// `completion_tokens` counts every token the policy sampled for the answer (all candidates and
+/// critiques), which is what the request cost; for plain decoding it is the answer's length.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct ChatUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+}
+
+impl Completion {
+    fn body(&self) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": self.answer},
+                "finish_reason": self.finish_reason,
+            }],
+            "usage": self.usage,
+            "hone": self.hone,
+        })
+    }
+
+    /// The answer as one content chunk, then the finish chunk and `[DONE]`. The answer is
+    /// only known once the loop ends, so there is nothing to send earlier.
+    fn events(&self) -> String {
+        let chunk = |delta: Value, finish: Option<&str>, usage: Option<ChatUsage>| {
+            let mut c = json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            });
+            if let Some(u) = usage {
+                c["usage"] = json!(u);
+            }
+            format!("data: {c}\n\n")
+        };
+        let mut out = chunk(
+            json!({"role": "assistant", "content": self.answer}),
+            None,
+            None,
+        );
+        out.push_str(&chunk(
+            json!({}),
+            Some(self.finish_reason),
+            Some(self.usage),
+        ));
+        out.push_str("data: [DONE]\n\n");
+        out
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `GET /v1/models`: the served model, plainly and with each strategy prefix.
+pub async fn models(state: web::Data<AppState>) -> HttpResponse {
+    let id = state.model_id();
+    let ids = std::iter::once(id.to_string()).chain(
+        [Strategy::Tpo, Strategy::BestOfN, Strategy::WeightedBestOfN]
+            .iter()
+            .map(|s| format!("{}/{id}", s.name())),
+    );
+    let data: Vec<Value> = ids
+        .map(
+            |id| json!({"id": id, "object": "model", "created": state.started, "owned_by": "hone"}),
+        )
+        .collect();
+    HttpResponse::Ok().json(json!({"object": "list", "data": data}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_prefixes_pick_the_strategy() {
+        assert_eq!(split_model("tpo/smol"), (Some(Strategy::Tpo), "smol"));
+        assert_eq!(
+            split_model("best_of_n/smol"),
+            (Some(Strategy::BestOfN), "smol")
+        );
+        assert_eq!(split_model("smol"), (None, "smol"));
+        assert_eq!(split_model("org/smol"), (None, "org/smol"));
+    }
+
+    #[test]
+    fn content_parts_and_roles() {
+        let body: Vec<ChatMessage> = serde_json::from_value(json!([
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url"}]},
+        ]))
+        .unwrap();
+        let m = messages(&body).unwrap();
+        assert_eq!(m[0], Message::new(Role::System, "be brief"));
+        assert_eq!(m[1], Message::new(Role::User, "hi"));
+        let bad: Vec<ChatMessage> =
+            serde_json::from_value(json!([{"role": "tool", "content": "x"}])).unwrap();
+        assert_eq!(
+            messages(&bad).unwrap_err().param.as_deref(),
+            Some("messages[0].role")
+        );
+    }
+
+    #[test]
+    fn stream_ends_with_done() {
+        let c = Completion {
+            id: "chatcmpl-1".into(),
+            created: 1,
+            model: "m".into(),
+            finish_reason: "stop",
+            answer: "Paris.".into(),
+            usage: ChatUsage {
+                prompt_tokens: 3,
+                completion_tokens: 2,
+                total_tokens: 5,
+            },
+            hone: Value::Null,
+        };
+        let events = c.events();
+        let lines: Vec<&str> = events.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len(), 3);
+        let first: Value = serde_json::from_str(&lines[0]["data: ".len()..]).unwrap();
+        assert_eq!(first["object"], "chat.completion.chunk");
+        assert_eq!(first["choices"][0]["delta"]["content"], "Paris.");
+        assert_eq!(lines[2], "data: [DONE]");
+    }
+}

@@ -1,0 +1,447 @@
+//! The HTTP service end to end: a real server on 127.0.0.1 (port 0) in this process, the default
+//! model, and a verifier reward from a temporary manifests folder, so that scoring is instant
+//! and the runtime is the policy's decoding (kept short: n = 2, max_tokens 16).
+
+mod common;
+
+use hone::server::ab::{self, Arm};
+use hone::server::{self, AppState, Config};
+use policies::store::SMOLLM2;
+use policies::{Message, Role};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::Duration;
+
+const QUESTION: &str = "What is the capital of France? Answer in one sentence.";
+
+struct Server {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+}
+
+/// One server for every test, with half of /optimize traffic in the plain arm.
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("hone-server-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("check.toml"),
+            "kind = \"verifier\"\n\n[[constraints]]\nkind = \"word_count\"\nmin = 3\nmax = 40\n\n\
+             [[constraints]]\nkind = \"required_keywords\"\nkeywords = [\"Paris\"]\n",
+        )
+        .unwrap();
+        let config = Config {
+            host: "127.0.0.1".into(),
+            port: 0,
+            model: common::model_path(&SMOLLM2).to_string_lossy().into_owned(),
+            reward: "check".into(),
+            rewards: dir,
+            max_concurrency: 1,
+            max_queue: 64,
+            ab_plain_fraction: 0.5,
+            cpu: true,
+            workers: Some(2),
+            ..Config::default()
+        };
+        let state = AppState::load(config).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let started = server::start(state).unwrap();
+                tx.send((started.addr, started.state.clone())).unwrap();
+                started.server.await
+            })
+        });
+        let (addr, state) = rx.recv().unwrap();
+        Server { addr, state }
+    })
+}
+
+fn url(path: &str) -> String {
+    format!("http://{}{path}", server().addr)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(300))
+        .build()
+}
+
+/// Status and body of a request, whatever the status.
+fn send(method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let req = agent()
+        .request(method, &url(path))
+        .set("Content-Type", "application/json");
+    let result = match body {
+        Some(b) => req.send_string(b),
+        None => req.call(),
+    };
+    match result {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}
+
+fn post(path: &str, body: &Value) -> (u16, Value) {
+    let (status, text) = send("POST", path, Some(&body.to_string()));
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, json)
+}
+
+fn get_json(path: &str) -> Value {
+    let (status, text) = send("GET", path, None);
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A `user` that the A/B split puts in `arm`.
+fn user_in(arm: Arm, salt: &str) -> String {
+    (0..)
+        .map(|i| format!("{salt}-{i}"))
+        .find(|u| ab::assign(u, 0.5) == arm)
+        .unwrap()
+}
+
+fn prompt_tokens() -> u64 {
+    let messages = [Message::new(Role::User, QUESTION)];
+    server()
+        .state
+        .policy()
+        .encode_chat(&messages)
+        .unwrap()
+        .len() as u64
+}
+
+fn assert_error(status: u16, body: &Value, expected: u16, param: Option<&str>) {
+    assert_eq!(status, expected, "{body}");
+    let error = &body["error"];
+    assert!(error["type"].is_string(), "{body}");
+    assert!(error["message"].is_string(), "{body}");
+    if let Some(param) = param {
+        assert_eq!(error["param"], param, "{body}");
+    }
+}
+
+fn assert_healthy() {
+    assert_eq!(get_json("/health")["status"], "ok");
+}
+
+#[test]
+fn tpo_answers_within_budget() {
+    let budget = 6000;
+    let (status, body) = post(
+        "/optimize",
+        &json!({
+            "prompt": QUESTION, "strategy": "tpo", "n": 2, "rounds": 1, "max_tokens": 16,
+            "budget": {"compute": budget}, "user": user_in(Arm::Optimized, "tpo"),
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["arm"], "optimized");
+    assert_eq!(body["strategy"], "tpo");
+    assert!(
+        !body["answer"].as_str().unwrap().trim().is_empty(),
+        "{body}"
+    );
+    assert!(!body["rounds"].as_array().unwrap().is_empty(), "{body}");
+    let compute = body["usage"]["compute"].as_u64().unwrap();
+    assert!(compute > 0 && compute <= budget, "{body}");
+    assert!(body.get("plain").is_none());
+}
+
+#[test]
+fn tiny_budget_stops_on_budget_and_still_answers() {
+    // One prefill and 16 tokens: one of the two candidates fits.
+    let budget = prompt_tokens() + 16;
+    let (status, body) = post(
+        "/optimize",
+        &json!({
+            "prompt": QUESTION, "strategy": "best_of_n", "n": 2, "max_tokens": 16,
+            "budget": {"compute": budget}, "user": user_in(Arm::Optimized, "tiny"),
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stopped"], "budget", "{body}");
+    assert!(!body["answer"].as_str().unwrap().is_empty(), "{body}");
+    assert!(body["usage"]["compute"].as_u64().unwrap() <= budget);
+}
+
+#[test]
+fn compare_plain_returns_both() {
+    let (status, body) = post(
+        "/optimize",
+        &json!({
+            "messages": [{"role": "user", "content": QUESTION}],
+            "strategy": "best_of_n", "n": 2, "max_tokens": 16, "seed": 3,
+            "compare_plain": true, "user": user_in(Arm::Optimized, "compare"),
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["strategy"], "best_of_n");
+    assert_eq!(body["plain"]["strategy"], "plain", "{body}");
+    assert!(body["plain"]["answer"].is_string());
+    assert!(body["plain"]["usage"]["compute"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn metrics_show_the_families_by_arm() {
+    let (status, body) = post(
+        "/optimize",
+        &json!({"prompt": QUESTION, "strategy": "plain", "max_tokens": 8, "budget": {"compute": 500}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["arm"], "plain");
+    let (status, text) = send("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    for family in [
+        "hone_requests_total{",
+        "hone_request_duration_seconds_bucket{",
+        "hone_rounds_per_request_bucket",
+        "hone_candidates_per_request_bucket",
+        "hone_reward_bucket{",
+        "hone_compute_used_total{",
+        "hone_compute_budget_ratio_bucket",
+        "hone_tokens_generated_total{",
+        "hone_queue_depth",
+        "hone_in_flight",
+        "hone_model_info{",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    assert!(text.contains("arm=\"plain\""), "{text}");
+    assert!(text.contains("arm=\"optimized\""), "{text}");
+    assert!(text.contains("status=\"200\""), "{text}");
+}
+
+#[test]
+fn ab_assignment_is_stable_and_split() {
+    let users: Vec<String> = (0..20).map(|i| format!("customer-{i}")).collect();
+    let plain = users
+        .iter()
+        .filter(|u| ab::assign(u, 0.5) == Arm::Plain)
+        .count();
+    assert!((5..=15).contains(&plain), "{plain} of 20 in the plain arm");
+    assert!(users
+        .iter()
+        .all(|u| ab::assign(u, 0.5) == ab::assign(u, 0.5)));
+}
+
+#[test]
+fn ab_reports_both_arms() {
+    // The strategy asked for is best_of_n; the split decides which arm answers.
+    let mut arms = Vec::new();
+    for (arm, salt) in [
+        (Arm::Optimized, "ab-a"),
+        (Arm::Optimized, "ab-b"),
+        (Arm::Plain, "ab-c"),
+        (Arm::Plain, "ab-d"),
+    ] {
+        let (status, body) = post(
+            "/optimize",
+            &json!({
+                "prompt": QUESTION, "strategy": "best_of_n", "n": 2, "max_tokens": 12,
+                "user": user_in(arm, salt),
+            }),
+        );
+        assert_eq!(status, 200, "{body}");
+        arms.push(body["arm"].clone());
+        if arm == Arm::Plain {
+            assert_eq!(body["strategy"], "plain", "{body}");
+        }
+    }
+    assert_eq!(arms, ["optimized", "optimized", "plain", "plain"]);
+    let summary = get_json("/ab");
+    assert_eq!(summary["plain_fraction"], 0.5);
+    for arm in ["optimized", "plain"] {
+        let s = &summary[arm];
+        assert!(s["requests"].as_u64().unwrap() >= 2, "{summary}");
+        assert!(s["mean_compute"].as_f64().unwrap() > 0.0, "{summary}");
+        assert!(s["latency_ms_p95"].as_f64().unwrap() >= s["latency_ms_p50"].as_f64().unwrap());
+    }
+    let uplift = &summary["uplift"];
+    assert!(uplift["mean"].is_number(), "{summary}");
+    assert!(uplift["ci95_low"].as_f64().unwrap() <= uplift["ci95_high"].as_f64().unwrap());
+}
+
+#[test]
+fn chat_completions_plain_and_stream() {
+    let request = json!({
+        "model": "default",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}],
+        "max_tokens": 16, "temperature": 0.7, "stop": ["\n\n"], "user": "someone",
+    });
+    let (status, body) = post("/v1/chat/completions", &request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert!(body["choices"][0]["message"]["content"].is_string());
+    assert!(body["choices"][0]["finish_reason"].is_string());
+    let usage = &body["usage"];
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(body["hone"]["strategy"], "plain");
+
+    let mut stream = request.clone();
+    stream["stream"] = json!(true);
+    let (status, text) = send("POST", "/v1/chat/completions", Some(&stream.to_string()));
+    assert_eq!(status, 200, "{text}");
+    // Keep-alive comments (": ...") may come first, while the answer is computed.
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("data: ") || l.starts_with(':')),
+        "{text}"
+    );
+    let events: Vec<&str> = lines
+        .into_iter()
+        .filter(|l| l.starts_with("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"data: [DONE]"));
+    let first: Value = serde_json::from_str(&events[0]["data: ".len()..]).unwrap();
+    assert_eq!(first["object"], "chat.completion.chunk");
+    assert!(first["choices"][0]["delta"]["content"].is_string());
+
+    // A strategy prefix opts into test-time compute.
+    let mut bon = request.clone();
+    bon["model"] = json!("best_of_n/default");
+    bon["hone"] = json!({"n": 2});
+    let (status, body) = post("/v1/chat/completions", &bon);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["hone"]["strategy"], "best_of_n");
+    assert_eq!(body["model"], "best_of_n/default");
+
+    let models = get_json("/v1/models");
+    assert_eq!(models["object"], "list");
+    assert!(models["data"].as_array().unwrap().len() >= 2);
+}
+
+#[test]
+fn bad_input_gets_documented_errors() {
+    let ok = json!({"prompt": QUESTION, "n": 2, "max_tokens": 8});
+    let with = |key: &str, value: Value| {
+        let mut b = ok.clone();
+        b[key] = value;
+        b
+    };
+    // Malformed JSON.
+    let (status, text) = send("POST", "/optimize", Some("{\"prompt\": "));
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_error(status, &body, 400, None);
+    // A wrong type names the field.
+    let (status, body) = post("/optimize", &with("n", json!("two")));
+    assert_error(status, &body, 400, Some("n"));
+    let (status, body) = post("/optimize", &with("budget", json!({"compute": "lots"})));
+    assert_error(status, &body, 400, Some("budget.compute"));
+    // Unknown fields.
+    let (status, body) = post("/optimize", &with("budgett", json!(5)));
+    assert_error(status, &body, 400, None);
+    // Semantically bad values.
+    let (status, body) = post("/optimize", &with("budget", json!({"compute": -5})));
+    assert_error(status, &body, 422, Some("budget.compute"));
+    let (status, body) = post("/optimize", &json!({"messages": [], "n": 2}));
+    assert_error(status, &body, 422, Some("messages"));
+    let (status, body) = post("/optimize", &with("strategy", json!("beam_search")));
+    assert_error(status, &body, 422, Some("strategy"));
+    // Below one prefill of the prompt.
+    let (status, body) = post("/optimize", &with("budget", json!({"compute": 3})));
+    assert_error(status, &body, 422, Some("budget.compute"));
+    // Unknown reward and model.
+    let (status, body) = post("/optimize", &with("reward", json!("nope")));
+    assert_error(status, &body, 404, Some("reward"));
+    let chat = json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, body) = post("/v1/chat/completions", &chat);
+    assert_error(status, &body, 404, Some("model"));
+    // Oversize body: refused from its Content-Length, before it is read.
+    let (status, body) = oversize_post("/optimize", 2 << 20);
+    assert_error(status, &body, 413, None);
+    assert_healthy();
+}
+
+#[test]
+fn a_stream_whose_client_leaves_is_cancelled() {
+    let body = json!({
+        "model": "tpo/default",
+        "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+        "max_tokens": 128, "stream": true, "hone": {"n": 2, "rounds": 1},
+    })
+    .to_string();
+    let mut stream = TcpStream::connect(server().addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // The head comes with the first keep-alive; then hang up.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("keep-alive") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("no keep-alive: {}", String::from_utf8_lossy(&seen)),
+            Ok(k) => seen.extend_from_slice(&buf[..k]),
+        }
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    drop(stream);
+    // The next keep-alive write fails, the body is dropped, and the loop stops: counted as 499.
+    let cancelled = "hone_requests_total{arm=\"optimized\",status=\"499\",strategy=\"tpo\"} 1";
+    for _ in 0..240 {
+        if send("GET", "/metrics", None).1.contains(cancelled) {
+            assert_healthy();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("the abandoned stream was not cancelled");
+}
+
+/// Announces a body of `len` bytes and sends none of it; returns the status and JSON body.
+fn oversize_post(path: &str, len: usize) -> (u16, Value) {
+    let mut stream = TcpStream::connect(server().addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n{{"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read until the server closes or a whole JSON body has arrived.
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => response.extend_from_slice(&buf[..k]),
+        }
+        let text = String::from_utf8_lossy(&response);
+        if let Some((_, body)) = text.split_once("\r\n\r\n") {
+            if serde_json::from_str::<Value>(body).is_ok() {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text}"));
+    let body = text.split_once("\r\n\r\n").map_or(Value::Null, |(_, b)| {
+        serde_json::from_str(b).unwrap_or(Value::Null)
+    });
+    (status, body)
+}
