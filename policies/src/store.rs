@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// hone's cache folder: `$HONE_HOME`, else `~/.cache/hone`.
 pub fn hone_home() -> PathBuf {
@@ -98,7 +99,16 @@ pub fn ensure(model: &KnownModel) -> Result<PathBuf> {
         model.approx_mb,
         dir.display()
     );
-    let staging = dir.join(format!(".download-{}", model.name));
+    // A staging folder of its own per download, so that concurrent first uses (several
+    // processes, or threads of one) never touch each other's files; the last rename wins and
+    // every finished file is the same verified one.
+    static DOWNLOADS: AtomicUsize = AtomicUsize::new(0);
+    let n = DOWNLOADS.fetch_add(1, Ordering::Relaxed);
+    let staging = dir.join(format!(
+        ".download-{}-{}-{n}",
+        model.name,
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging)?;
     let assembled = staging.join(model.file_name);

@@ -8,6 +8,9 @@ use serde::Deserialize;
 use std::path::PathBuf;
 
 pub fn model_path(model: &KnownModel) -> PathBuf {
+    // Tests of one binary run in parallel: let one of them fetch a missing model, not all.
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
     match store::ensure(model) {
         Ok(p) => p,
         Err(e) => panic!("cannot fetch {}: {e}", model.name),
