@@ -5,7 +5,7 @@
 //! A round's candidates are scored as one left-padded batch, so the last position of every row is
 //! its last real token and the head reads one hidden state per row.
 
-use crate::{Candidate, RewardError, RewardModel, Score};
+use crate::{model_err, Candidate, RewardError, RewardModel, Score};
 use candle_core::{Device, Tensor};
 use policies::{Checkpoint, Logits, Message, Policy, Role, Transformer};
 use std::path::Path;
@@ -15,10 +15,6 @@ pub struct ClassifierRm {
     policy: Policy,
     /// `[1, hidden]`: the score head.
     head: Tensor,
-}
-
-fn model_err(e: impl std::fmt::Display) -> RewardError {
-    RewardError::Model(e.to_string())
 }
 
 impl ClassifierRm {
@@ -61,19 +57,7 @@ impl ClassifierRm {
             .policy
             .render_conversation(&messages)
             .map_err(model_err)?;
-        let ids = self
-            .policy
-            .tokenizer()
-            .encode_prompt(&text)
-            .map_err(model_err)?;
-        let limit = self.policy.model().config().context_length;
-        if ids.len() > limit {
-            return Err(RewardError::InputTooLong {
-                tokens: ids.len(),
-                limit,
-            });
-        }
-        Ok(ids)
+        crate::encode_for(&self.policy, &text)
     }
 
     /// Scores pre-tokenized sequences as one batch.

@@ -5,7 +5,7 @@
 //! between candidates are rare), costs one forward pass per candidate with no decoding, and
 //! cannot fail to parse.
 
-use crate::{Candidate, RewardError, RewardModel, Score};
+use crate::{model_err, Candidate, RewardError, RewardModel, Score};
 use policies::{Logits, Message, Policy, Role};
 use std::sync::Arc;
 
@@ -19,10 +19,6 @@ pub struct Judge {
     prompt: String,
     /// Token id of each digit 1..=9.
     digits: Vec<u32>,
-}
-
-fn model_err(e: impl std::fmt::Display) -> RewardError {
-    RewardError::Model(e.to_string())
 }
 
 impl Judge {
@@ -71,19 +67,7 @@ impl Judge {
             .render_chat(&[Message::new(Role::User, text)])
             .map_err(model_err)?;
         rendered.push_str(ANSWER_PREFIX);
-        let ids = self
-            .policy
-            .tokenizer()
-            .encode_prompt(&rendered)
-            .map_err(model_err)?;
-        let limit = self.policy.model().config().context_length;
-        if ids.len() > limit {
-            return Err(RewardError::InputTooLong {
-                tokens: ids.len(),
-                limit,
-            });
-        }
-        Ok(ids)
+        crate::encode_for(&self.policy, &rendered)
     }
 
     /// Expected rating from one row of logits: softmax restricted to the nine digit tokens.

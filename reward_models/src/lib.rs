@@ -50,3 +50,21 @@ pub trait RewardModel: Send + Sync {
     /// Scores every candidate; the result has one entry per candidate, in order.
     fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError>;
 }
+
+fn model_err(e: impl std::fmt::Display) -> RewardError {
+    RewardError::Model(e.to_string())
+}
+
+/// Tokenizes a rendered scoring prompt for a model-backed scorer, refusing input longer than
+/// the scorer's context instead of silently truncating it.
+fn encode_for(policy: &policies::Policy, text: &str) -> Result<Vec<u32>, RewardError> {
+    let ids = policy.tokenizer().encode_prompt(text).map_err(model_err)?;
+    let limit = policy.model().config().context_length;
+    if ids.len() > limit {
+        return Err(RewardError::InputTooLong {
+            tokens: ids.len(),
+            limit,
+        });
+    }
+    Ok(ids)
+}
