@@ -64,6 +64,7 @@ impl Tokenizer {
         let bos = id(bos);
         let mut stop: Vec<u32> = id(eos).into_iter().collect();
         stop.extend(END_OF_TURN.iter().filter_map(|t| inner.token_to_id(t)));
+        stop.sort_unstable();
         stop.dedup();
         // HF tokenizers add BOS in their post-processor when they want one.
         Ok(Self {
