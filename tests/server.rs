@@ -188,6 +188,51 @@ fn compare_plain_returns_both() {
 }
 
 #[test]
+fn optimize_streams_progress_then_the_result() {
+    let body = json!({
+        "prompt": QUESTION, "strategy": "best_of_n", "n": 2, "max_tokens": 16,
+        "stream": true, "user": user_in(Arm::Optimized, "stream"),
+    });
+    let (status, text) = send("POST", "/optimize", Some(&body.to_string()));
+    assert_eq!(status, 200, "{text}");
+    // Events as (name, data); keep-alive comments (": ...") may come between them.
+    let mut events = Vec::new();
+    let mut name = "";
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = n;
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let data: Value = serde_json::from_str(data).unwrap();
+            events.push((name, data));
+        }
+    }
+    let candidates = events.iter().filter(|(n, _)| *n == "candidate").count();
+    assert!(candidates >= 2, "{text}");
+    let (last, result) = events.last().unwrap();
+    assert_eq!(*last, "result", "{text}");
+    assert_eq!(events.iter().filter(|(n, _)| *n == "result").count(), 1);
+    assert!(result["answer"].is_string(), "{result}");
+    assert!(result["usage"]["compute"].as_u64().unwrap() > 0, "{result}");
+    assert_eq!(result["arm"], "optimized");
+}
+
+#[test]
+fn openapi_lists_the_endpoints() {
+    let doc = get_json("/openapi.json");
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"), "{doc}");
+    for path in [
+        "/optimize",
+        "/v1/chat/completions",
+        "/v1/models",
+        "/health",
+        "/metrics",
+        "/ab",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} missing");
+    }
+}
+
+#[test]
 fn metrics_show_the_families_by_arm() {
     let (status, body) = post(
         "/optimize",

@@ -36,6 +36,9 @@ pub struct OptimizeBody {
     pub compare_plain: bool,
     /// Who is asking: the key of the A/B assignment.
     pub user: Option<String>,
+    /// Answer with server-sent events: the loop's progress, then the result.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 impl OptimizeBody {

@@ -15,7 +15,7 @@ pub mod openai;
 pub mod routes;
 
 use crate::budget;
-use crate::strategy::{Strategy, Trace};
+use crate::strategy::{Event, Strategy, Trace};
 use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context};
 use api::{Job, Limits};
@@ -74,6 +74,9 @@ impl Default for Config {
         }
     }
 }
+
+/// A progress callback for a streamed request, called on the blocking pool as the loop runs.
+pub type Progress = Box<dyn FnMut(Event) + Send>;
 
 /// A built reward and its weight in compute units per position it reads.
 type LoadedReward = (Arc<dyn RewardModel>, f64);
@@ -225,12 +228,13 @@ impl AppState {
 
     /// Waits for a model slot, then runs `job` on the blocking pool. 429 when the queue is
     /// full, 503 when shutting down. Setting `cancel` (see [`CancelOnDrop`]) stops the loop at
-    /// its next step.
+    /// its next step. `progress` sees the loop's events (not the plain baseline's).
     pub async fn run(
         self: Arc<Self>,
         job: Job,
         compare_plain: bool,
         cancel: Arc<AtomicBool>,
+        progress: Option<Progress>,
     ) -> Result<Outcome, ApiError> {
         let permit = self.acquire().await?;
         let flag = cancel;
@@ -241,7 +245,7 @@ impl AppState {
             let _permit = permit;
             state.metrics.in_flight.inc();
             let _in_flight = Defer(|| state.metrics.in_flight.dec());
-            state.execute(&job, compare_plain, flag)
+            state.execute(&job, compare_plain, flag, progress)
         });
         match task.await {
             Ok(result) => result,
@@ -292,6 +296,7 @@ impl AppState {
         job: &Job,
         compare_plain: bool,
         cancel: Arc<AtomicBool>,
+        mut progress: Option<Progress>,
     ) -> Result<Outcome, ApiError> {
         let name = job.reward.as_deref().unwrap_or(&self.config.reward);
         let (reward, weight) = self.reward(name)?;
@@ -300,7 +305,9 @@ impl AppState {
             reward.as_ref(),
             weight,
             &job.request,
-            None,
+            progress
+                .as_mut()
+                .map(|p| p.as_mut() as &mut dyn FnMut(Event)),
             Some(cancel.clone()),
         )?;
         let plain = match (compare_plain, job.strategy) {

@@ -20,13 +20,12 @@ use policies::{Message, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
 /// The body of `POST /v1/chat/completions`; unknown fields are ignored for compatibility.
 #[derive(Debug, Deserialize)]
@@ -164,24 +163,20 @@ pub async fn chat_completions(
         // that goes away (a keep-alive write fails) drops it and stops the loop.
         let cancel = CancelOnDrop::new();
         let flag = cancel.flag();
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         actix_web::rt::spawn(async move {
-            let result = state.clone().run(job, false, flag).await;
+            let result = state.clone().run(job, false, flag, None).await;
             record(&state, strategy, arm, budget, &result, arrived, false);
-            let _ = tx.send(result.map(|o| completion(requested, &o).events()));
+            let text = match result {
+                Ok(o) => completion(requested, &o).events(),
+                Err(e) => format!("data: {}\n\ndata: [DONE]\n\n", e.body()),
+            };
+            let _ = tx.send(text);
         });
-        return Ok(HttpResponse::Ok()
-            .content_type("text/event-stream")
-            .insert_header(("Cache-Control", "no-cache"))
-            .body(SseBody {
-                result: rx,
-                heartbeat: tokio::time::interval(Duration::from_secs(1)),
-                done: false,
-                _cancel: cancel,
-            }));
+        return Ok(sse(rx, cancel));
     }
     let cancel = CancelOnDrop::new();
-    let result = state.clone().run(job, false, cancel.flag()).await;
+    let result = state.clone().run(job, false, cancel.flag(), None).await;
     // Chat traffic is not randomized between arms, so it stays out of the A/B comparison.
     record(&state, strategy, arm, budget, &result, arrived, false);
     Ok(HttpResponse::Ok().json(completion(requested, &result?).body()))
@@ -212,12 +207,24 @@ fn completion(model: String, outcome: &Outcome) -> Completion {
     }
 }
 
-/// A streamed answer: SSE comments (`: keep-alive`) every second while the loop runs, then
-/// the answer's events, or an error event when the loop failed after the stream began.
+/// A `text/event-stream` response whose body is the text `rx` receives, with SSE comments
+/// (`: keep-alive`) every second in between; it ends when every sender is gone. The body holds
+/// `cancel`, so a client that goes away (a keep-alive write fails) stops the loop. Shared by the
+/// streamed chat completions and `/optimize`.
+pub fn sse(rx: mpsc::UnboundedReceiver<String>, cancel: CancelOnDrop) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(SseBody {
+            rx,
+            heartbeat: tokio::time::interval(Duration::from_secs(1)),
+            _cancel: cancel,
+        })
+}
+
 struct SseBody {
-    result: oneshot::Receiver<Result<String, ApiError>>,
+    rx: mpsc::UnboundedReceiver<String>,
     heartbeat: tokio::time::Interval,
-    done: bool,
     _cancel: CancelOnDrop,
 }
 
@@ -233,20 +240,8 @@ impl MessageBody for SseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if let Poll::Ready(result) = Pin::new(&mut this.result).poll(cx) {
-            this.done = true;
-            let text = match result {
-                Ok(Ok(events)) => events,
-                Ok(Err(e)) => format!("data: {}\n\ndata: [DONE]\n\n", e.body()),
-                Err(_) => {
-                    let e = ApiError::internal("the model task ended without an answer");
-                    format!("data: {}\n\ndata: [DONE]\n\n", e.body())
-                }
-            };
-            return Poll::Ready(Some(Ok(Bytes::from(text))));
+        if let Poll::Ready(next) = this.rx.poll_recv(cx) {
+            return Poll::Ready(next.map(|text| Ok(Bytes::from(text))));
         }
         if this.heartbeat.poll_tick(cx).is_ready() {
             return Poll::Ready(Some(Ok(Bytes::from_static(b": keep-alive\n\n"))));

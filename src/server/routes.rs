@@ -1,21 +1,22 @@
-//! The handlers: `/optimize`, `/ab`, `/health`, `/metrics`, and the OpenAI-compatible routes
-//! (see [`super::openai`]).
+//! The handlers: `/optimize`, `/ab`, `/health`, `/metrics`, `/openapi.json`, and the
+//! OpenAI-compatible routes (see [`super::openai`]).
 //!
 //! Bodies are taken as JSON values and then deserialized with `serde_path_to_error`, so a wrong
 //! type is reported with the field's path; malformed JSON and oversize bodies are turned into
 //! the error shape by the `JsonConfig` error handler (see [`super::start`]).
 
 use super::ab::{self, Arm, Sample};
-use super::api::{self, OptimizeResponse};
+use super::api::{self, Job, OptimizeResponse};
 use super::error::ApiError;
-use super::{openai, AppState, CancelOnDrop, Outcome};
-use crate::strategy::Strategy;
+use super::{openai, AppState, CancelOnDrop, Outcome, Progress};
+use crate::strategy::{Event, Strategy};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::mpsc;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/optimize", web::post().to(optimize))
@@ -27,6 +28,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/health", web::get().to(health))
         .route("/metrics", web::get().to(metrics))
         .route("/ab", web::get().to(ab_summary))
+        .route("/openapi.json", web::get().to(openapi))
         .default_service(web::to(not_found));
 }
 
@@ -61,10 +63,19 @@ async fn optimize(
     let budget = job.compute_budget();
     let strategy = job.strategy;
     let state: Arc<AppState> = state.into_inner();
+    if body.stream {
+        return Ok(optimize_stream(
+            state,
+            job,
+            body.compare_plain,
+            arm,
+            arrived,
+        ));
+    }
     let cancel = CancelOnDrop::new();
     let result = state
         .clone()
-        .run(job, body.compare_plain, cancel.flag())
+        .run(job, body.compare_plain, cancel.flag(), None)
         .await;
     record(&state, strategy, arm, budget, &result, arrived, true);
     let outcome = result?;
@@ -73,6 +84,63 @@ async fn optimize(
         arm,
         plain: outcome.plain,
     }))
+}
+
+/// `/optimize` with `"stream": true`: a `candidate` or `round` event per step of the loop, then
+/// `result` (the body the plain call answers with) or `error`. The loop's progress callback
+/// sends the events down the response's channel as they happen.
+fn optimize_stream(
+    state: Arc<AppState>,
+    job: Job,
+    compare_plain: bool,
+    arm: Arm,
+    arrived: Instant,
+) -> HttpResponse {
+    let (strategy, budget) = (job.strategy, job.compute_budget());
+    let cancel = CancelOnDrop::new();
+    let flag = cancel.flag();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let events = tx.clone();
+    let progress: Progress = Box::new(move |event| {
+        let _ = events.send(match event {
+            Event::CandidateScored {
+                round,
+                index,
+                score,
+            } => sse_event(
+                "candidate",
+                &json!({"round": round, "index": index, "score": score}),
+            ),
+            Event::RoundDone { round, best } => {
+                sse_event("round", &json!({"round": round, "best": best}))
+            }
+        });
+    });
+    actix_web::rt::spawn(async move {
+        let result = state
+            .clone()
+            .run(job, compare_plain, flag, Some(progress))
+            .await;
+        record(&state, strategy, arm, budget, &result, arrived, true);
+        let text = match result {
+            Ok(outcome) => match serde_json::to_value(OptimizeResponse {
+                trace: outcome.trace,
+                arm,
+                plain: outcome.plain,
+            }) {
+                Ok(body) => sse_event("result", &body),
+                Err(e) => sse_event("error", &ApiError::internal(e.to_string()).body()),
+            },
+            Err(e) => sse_event("error", &e.body()),
+        };
+        let _ = tx.send(text);
+    });
+    openai::sse(rx, cancel)
+}
+
+/// One server-sent event.
+fn sse_event(name: &str, data: &Value) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
 }
 
 /// Counts a finished request in the metrics and, for /optimize, in the A/B comparison.
@@ -130,6 +198,13 @@ async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 
 async fn ab_summary(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.ab.summary(state.config.ab_plain_fraction))
+}
+
+/// The hand-written OpenAPI 3.0 description of these routes.
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(include_str!("openapi.json"))
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
