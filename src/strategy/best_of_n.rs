@@ -5,34 +5,14 @@
 
 use super::response::{query_text, usable};
 use super::session::{chosen_rejected, Draft, Session};
-use super::{Event, Request, Stopped, Strategy, StrategyError, Trace};
-use policies::Policy;
-use reward_models::RewardModel;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use super::{Stopped, Strategy, StrategyError, Trace};
 
-pub fn run(
-    policy: &Policy,
-    reward: &dyn RewardModel,
-    reward_weight: f64,
-    request: &Request,
-    progress: Option<&mut dyn FnMut(Event)>,
-    cancel: Option<Arc<AtomicBool>>,
-) -> Result<Trace, StrategyError> {
-    let mut s = Session::new(policy, reward, reward_weight, request, progress, cancel)?;
+pub(super) fn run(mut s: Session<'_>) -> Result<Trace, StrategyError> {
     let stopped = sample_round(&mut s)?;
     s.finish(Strategy::BestOfN, stopped)
 }
 
-pub fn run_weighted(
-    policy: &Policy,
-    reward: &dyn RewardModel,
-    reward_weight: f64,
-    request: &Request,
-    progress: Option<&mut dyn FnMut(Event)>,
-    cancel: Option<Arc<AtomicBool>>,
-) -> Result<Trace, StrategyError> {
-    let mut s = Session::new(policy, reward, reward_weight, request, progress, cancel)?;
+pub(super) fn run_weighted(mut s: Session<'_>) -> Result<Trace, StrategyError> {
     let stopped = sample_round(&mut s)?;
     let answers: Vec<Option<String>> = s.cache.iter().map(|c| final_answer(&c.text)).collect();
     let scores: Vec<f32> = s.cache.iter().map(|c| c.score).collect();

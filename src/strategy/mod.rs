@@ -68,15 +68,12 @@ impl Strategy {
         progress: Option<&mut dyn FnMut(Event)>,
         cancel: Option<Arc<AtomicBool>>,
     ) -> Result<Trace, StrategyError> {
+        let s = session::Session::new(policy, reward, reward_weight, request, progress, cancel)?;
         match self {
-            Self::Plain => plain::run(policy, reward, reward_weight, request, progress, cancel),
-            Self::BestOfN => {
-                best_of_n::run(policy, reward, reward_weight, request, progress, cancel)
-            }
-            Self::WeightedBestOfN => {
-                best_of_n::run_weighted(policy, reward, reward_weight, request, progress, cancel)
-            }
-            Self::Tpo => tpo::run(policy, reward, reward_weight, request, progress, cancel),
+            Self::Plain => plain::run(s),
+            Self::BestOfN => best_of_n::run(s),
+            Self::WeightedBestOfN => best_of_n::run_weighted(s),
+            Self::Tpo => tpo::run(s),
         }
     }
 }

@@ -3,21 +3,9 @@
 //! filtered or retried.
 
 use super::session::{Draft, Session};
-use super::{Event, Request, Stopped, Strategy, StrategyError, Trace};
-use policies::Policy;
-use reward_models::RewardModel;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use super::{Stopped, Strategy, StrategyError, Trace};
 
-pub fn run(
-    policy: &Policy,
-    reward: &dyn RewardModel,
-    reward_weight: f64,
-    request: &Request,
-    progress: Option<&mut dyn FnMut(Event)>,
-    cancel: Option<Arc<AtomicBool>>,
-) -> Result<Trace, StrategyError> {
-    let mut s = Session::new(policy, reward, reward_weight, request, progress, cancel)?;
+pub(super) fn run(mut s: Session<'_>) -> Result<Trace, StrategyError> {
     if let Some(stopped) = s.check()? {
         return Err(s.no_answer(stopped));
     }

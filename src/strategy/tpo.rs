@@ -18,23 +18,12 @@ use super::best_of_n::sample_round;
 use super::prompts::{fill, Prompts};
 use super::response::{parse_update, query_text, Echoes, CLOSE, OPEN};
 use super::session::{Draft, Scored, Session};
-use super::{Event, Request, Stopped, Strategy, StrategyError, Trace};
+use super::{Stopped, Strategy, StrategyError, Trace};
 use policies::{Message, Policy, PolicyError, Role};
-use reward_models::RewardModel;
 use std::ops::ControlFlow;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
-pub fn run(
-    policy: &Policy,
-    reward: &dyn RewardModel,
-    reward_weight: f64,
-    request: &Request,
-    progress: Option<&mut dyn FnMut(Event)>,
-    cancel: Option<Arc<AtomicBool>>,
-) -> Result<Trace, StrategyError> {
-    let prompts = Prompts::load(request.prompts_dir.as_deref())?;
-    let mut s = Session::new(policy, reward, reward_weight, request, progress, cancel)?;
+pub(super) fn run(mut s: Session<'_>) -> Result<Trace, StrategyError> {
+    let prompts = Prompts::load(s.request.prompts_dir.as_deref())?;
     let stopped = optimize(&mut s, &prompts)?;
     s.finish(Strategy::Tpo, stopped)
 }
