@@ -6,7 +6,9 @@ mod common;
 
 use common::load;
 use hone::budget::Budget;
-use hone::strategy::{Event, Request, Stopped, Strategy, StrategyError};
+use hone::strategy::{
+    Engine, Event, Learned, Move, Request, RoundKind, Stopped, Strategy, StrategyError, Trace,
+};
 use policies::store::SMOLLM2;
 use policies::{Message, Policy, Role};
 use rand::rngs::StdRng;
@@ -21,12 +23,41 @@ fn policy() -> &'static Policy {
     POLICY.get_or_init(|| load(&SMOLLM2))
 }
 
+/// A verifier whose highest score no answer reaches (no answer names "Zanzibar"), so that the
+/// loops run their rounds rather than stop at a perfect answer.
 fn verifier() -> Verifier {
-    let constraints = serde_json::json!([
+    verifier_of(serde_json::json!([
         {"kind": "word_count", "min": 3, "max": 40},
         {"kind": "required_keywords", "keywords": ["Paris"]},
-    ]);
+        {"kind": "required_keywords", "keywords": ["Zanzibar"]},
+    ]))
+}
+
+/// A verifier every non-empty answer satisfies in full.
+fn easy_verifier() -> Verifier {
+    verifier_of(serde_json::json!([{"kind": "word_count", "min": 1, "max": 10000}]))
+}
+
+fn verifier_of(constraints: serde_json::Value) -> Verifier {
     Verifier::new(serde_json::from_value(constraints).unwrap()).unwrap()
+}
+
+/// Runs `strategy` on the default policy with `reward` weighing `weight` units per position.
+fn run(
+    strategy: Strategy,
+    reward: &Verifier,
+    weight: f64,
+    learned: &Learned,
+    req: &Request,
+    progress: Option<&mut dyn FnMut(Event)>,
+) -> Result<Trace, StrategyError> {
+    let engine = Engine {
+        policy: policy(),
+        reward,
+        reward_weight: weight,
+        learned,
+    };
+    strategy.run(&engine, req, progress, None)
 }
 
 fn request(n: usize, rounds: u32, max_tokens: usize, budget: u64) -> Request {
@@ -53,15 +84,38 @@ fn tpo_runs_a_round_of_feedback_within_budget() {
     let mut events = Vec::new();
     let mut progress = |e: Event| events.push(e);
     let req = request(2, 1, 32, budget);
-    let trace = Strategy::Tpo
-        .run(policy(), &verifier(), 0.0, &req, Some(&mut progress), None)
-        .unwrap();
+    let learned = Learned::default();
+    let trace = run(
+        Strategy::Tpo,
+        &verifier(),
+        0.0,
+        &learned,
+        &req,
+        Some(&mut progress),
+    )
+    .unwrap();
     let json = serde_json::to_string_pretty(&trace).unwrap();
     assert!(!trace.answer.trim().is_empty(), "{json}");
     assert!(trace.score.is_some());
     assert_eq!(trace.rounds.len(), 2, "{json}");
     assert_eq!(trace.rounds[0].candidates.len(), 2);
     assert_eq!(trace.rounds[1].candidates.len(), 2);
+    assert_eq!(trace.rounds[0].kind, RoundKind::Sample);
+    assert_eq!(trace.rounds[1].kind, RoundKind::Refine);
+    // The update round is a refine trial per response, won by those above the first round's best.
+    let first_best = trace.rounds[0]
+        .candidates
+        .iter()
+        .filter_map(|c| c.score)
+        .fold(f32::MIN, f32::max);
+    let wins = trace.rounds[1]
+        .candidates
+        .iter()
+        .filter(|c| c.score.is_some_and(|s| s > first_best))
+        .count() as u64;
+    let tallies = learned.snapshot();
+    assert_eq!((tallies.refine.trials, tallies.refine.wins), (2, wins));
+    assert_eq!(tallies.resample.trials, 0);
     assert!(
         trace.rounds[0].loss.is_some() && trace.rounds[0].gradient.is_some(),
         "{json}"
@@ -75,7 +129,13 @@ fn tpo_runs_a_round_of_feedback_within_budget() {
         trace.usage.compute,
         trace.usage.policy_positions + trace.usage.reward_positions
     );
-    assert_eq!(trace.usage.reward_calls, 2);
+    // One reward call per round that had a usable response.
+    let scored_rounds = trace
+        .rounds
+        .iter()
+        .filter(|r| r.candidates.iter().any(|c| c.score.is_some()))
+        .count() as u64;
+    assert_eq!(trace.usage.reward_calls, scored_rounds, "{json}");
     // The answer is the best candidate of the cache, and it was announced while streaming.
     let best = trace
         .rounds
@@ -101,17 +161,14 @@ fn a_tiny_budget_stops_early_but_answers() {
     let p = prompt_tokens();
     let budget = p + 12;
     let req = request(2, 2, 32, budget);
-    let trace = Strategy::Tpo
-        .run(policy(), &verifier(), 0.0, &req, None, None)
-        .unwrap();
+    let learned = Learned::default();
+    let trace = run(Strategy::Tpo, &verifier(), 0.0, &learned, &req, None).unwrap();
     assert_eq!(trace.stopped, Stopped::Budget);
     assert!(!trace.answer.trim().is_empty());
     assert!(trace.usage.compute <= budget);
 
     let req = request(2, 2, 32, p);
-    let err = Strategy::Tpo
-        .run(policy(), &verifier(), 0.0, &req, None, None)
-        .unwrap_err();
+    let err = run(Strategy::Tpo, &verifier(), 0.0, &learned, &req, None).unwrap_err();
     assert!(
         matches!(err, StrategyError::BudgetTooSmall { minimum, .. } if minimum == p + 1),
         "{err}"
@@ -134,7 +191,14 @@ fn best_of_n_never_exceeds_random_budgets() {
             seed: i,
             ..request(3, 0, 16, budget)
         };
-        match Strategy::BestOfN.run(policy(), &verifier(), weight, &req, None, None) {
+        match run(
+            Strategy::BestOfN,
+            &verifier(),
+            weight,
+            &Learned::default(),
+            &req,
+            None,
+        ) {
             Ok(trace) => {
                 assert!(
                     trace.usage.compute <= budget,
@@ -151,17 +215,21 @@ fn best_of_n_never_exceeds_random_budgets() {
 }
 
 #[test]
-fn tpo_never_exceeds_random_budgets() {
+fn tpo_and_auto_never_exceed_random_budgets() {
     let p = prompt_tokens();
     let mut rng = StdRng::seed_from_u64(11);
-    for i in 0..2 {
+    let learned = Learned::default();
+    for (i, strategy) in [Strategy::Tpo, Strategy::Auto, Strategy::Auto]
+        .into_iter()
+        .enumerate()
+    {
         // From one short answer up to a full round of feedback at weight 1.
         let budget = rng.random_range(p * 2 + 10..=1000);
         let req = Request {
-            seed: i,
+            seed: i as u64,
             ..request(2, 1, 16, budget)
         };
-        match Strategy::Tpo.run(policy(), &verifier(), 1.0, &req, None, None) {
+        match run(strategy, &verifier(), 1.0, &learned, &req, None) {
             Ok(trace) => assert!(
                 trace.usage.compute <= budget,
                 "budget {budget}: {:?}",
@@ -171,4 +239,61 @@ fn tpo_never_exceeds_random_budgets() {
             Err(e) => panic!("budget {budget}: {e}"),
         }
     }
+}
+
+#[test]
+fn a_perfect_first_round_ends_the_search() {
+    let learned = Learned::default();
+    for strategy in [Strategy::Tpo, Strategy::Auto] {
+        let req = request(2, 3, 16, 4000);
+        let trace = run(strategy, &easy_verifier(), 0.0, &learned, &req, None).unwrap();
+        assert_eq!(trace.score, Some(1.0));
+        assert_eq!(trace.stopped, Stopped::Converged, "{strategy:?}");
+        assert_eq!(trace.rounds.len(), 1, "{strategy:?}");
+    }
+    let tallies = learned.snapshot();
+    assert_eq!(tallies.refine.trials + tallies.resample.trials, 0);
+}
+
+#[test]
+fn auto_explores_both_moves_then_follows_its_estimate() {
+    let learned = Learned::default();
+    // Rounds of two responses: refine is tried first, then resample, until each has had
+    // EXPLORE_TRIALS trials; every round's responses are counted as its move's trials.
+    let req = Request {
+        rounds: 3,
+        ..request(2, 3, 16, 6000)
+    };
+    let trace = run(Strategy::Auto, &verifier(), 0.0, &learned, &req, None).unwrap();
+    let json = serde_json::to_string_pretty(&trace).unwrap();
+    let auto = trace.auto.as_ref().expect("auto explains its decisions");
+    assert!(!auto.decisions.is_empty(), "{json}");
+    assert_eq!(auto.decisions[0].chose, Move::Refine, "{json}");
+    assert_eq!(auto.decisions[0].refine.trials, 0);
+    for d in &auto.decisions {
+        assert_eq!(trace.rounds[d.round].kind, d.chose.into(), "{json}");
+    }
+    assert!(trace.usage.compute <= 6000);
+    let tallies = learned.snapshot();
+    let trials = |kind: RoundKind| -> u64 {
+        trace
+            .rounds
+            .iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| r.candidates.len() as u64)
+            .sum()
+    };
+    assert_eq!(tallies.refine.trials, trials(RoundKind::Refine), "{json}");
+    assert_eq!(
+        tallies.resample.trials,
+        trials(RoundKind::Resample),
+        "{json}"
+    );
+    assert_eq!(auto.learned, tallies);
+    // Once both moves are measured, the choice follows the estimates.
+    learned.record(Move::Refine, 8, 0, Some(3.0));
+    learned.record(Move::Resample, 8, 4, Some(1.0));
+    let trace = run(Strategy::Auto, &verifier(), 0.0, &learned, &req, None).unwrap();
+    let auto = trace.auto.expect("auto explains its decisions");
+    assert!(auto.decisions.iter().all(|d| d.chose == Move::Resample));
 }

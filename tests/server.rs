@@ -154,6 +154,41 @@ fn tpo_answers_within_budget() {
 }
 
 #[test]
+fn auto_explains_its_rounds_and_metrics_show_what_it_learned() {
+    let budget = 3000;
+    let (status, body) = post(
+        "/optimize",
+        &json!({
+            "prompt": QUESTION, "strategy": "auto", "n": 2, "max_tokens": 16,
+            "budget": {"compute": budget}, "user": user_in(Arm::Optimized, "auto"),
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["strategy"], "auto");
+    assert!(
+        body["usage"]["compute"].as_u64().unwrap() <= budget,
+        "{body}"
+    );
+    assert_eq!(body["rounds"][0]["kind"], "sample", "{body}");
+    let decisions = body["auto"]["decisions"].as_array().unwrap();
+    for d in decisions {
+        let round = d["round"].as_u64().unwrap() as usize;
+        assert_eq!(body["rounds"][round]["kind"], d["chose"], "{body}");
+        assert!(d["refine"]["win_rate"].is_number(), "{body}");
+    }
+    let (_, text) = send("GET", "/metrics", None);
+    for family in [
+        "hone_auto_win_rate{move=\"refine\"}",
+        "hone_auto_win_rate{move=\"resample\"}",
+        "hone_auto_trials{move=\"refine\"}",
+        "hone_auto_wins{move=\"resample\"}",
+        "hone_auto_round_cost{move=\"refine\"}",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+}
+
+#[test]
 fn tiny_budget_stops_on_budget_and_still_answers() {
     // One prefill and 16 tokens: one of the two candidates fits.
     let budget = prompt_tokens() + 16;

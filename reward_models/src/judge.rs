@@ -109,4 +109,9 @@ impl RewardModel for Judge {
             })
             .collect())
     }
+
+    /// A certain 9.
+    fn max_score(&self) -> Option<f32> {
+        Some(9.0)
+    }
 }

@@ -49,6 +49,12 @@ pub enum RewardError {
 pub trait RewardModel: Send + Sync {
     /// Scores every candidate; the result has one entry per candidate, in order.
     fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError>;
+
+    /// The highest score this reward can give, when it has one. A response that reaches it
+    /// cannot be beaten, so a search may stop there.
+    fn max_score(&self) -> Option<f32> {
+        None
+    }
 }
 
 fn model_err(e: impl std::fmt::Display) -> RewardError {

@@ -237,4 +237,17 @@ impl RewardModel for Combined {
         }
         Ok(total)
     }
+
+    /// The weighted sum of the parts' highest scores, summed in the order `score` sums, when
+    /// every part has one and no weight is negative (a negative part's best is its lowest).
+    fn max_score(&self) -> Option<f32> {
+        let mut max = 0.0;
+        for (model, weight) in &self.parts {
+            if *weight < 0.0 {
+                return None;
+            }
+            max += weight * model.max_score()?;
+        }
+        Some(max)
+    }
 }

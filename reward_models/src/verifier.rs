@@ -108,6 +108,11 @@ impl RewardModel for Verifier {
             .map(|candidate| self.check(candidate.response))
             .collect())
     }
+
+    /// Every constraint met.
+    fn max_score(&self) -> Option<f32> {
+        Some(1.0)
+    }
 }
 
 #[cfg(test)]

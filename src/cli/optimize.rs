@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use hone::budget::{self, Budget};
-use hone::strategy::{Event, Request, Strategy};
+use hone::strategy::{Engine, Event, Learned, Request, Strategy};
 use policies::{store, Message, Policy, Role};
 use reward_models::manifest::{Manifests, PolicyCache};
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ pub struct OptimizeArgs {
     /// The user's message.
     #[arg(long)]
     prompt: String,
-    /// tpo, best_of_n, weighted_best_of_n or plain.
+    /// tpo, auto, best_of_n, weighted_best_of_n or plain.
     #[arg(long, default_value = "tpo", value_parser = parse_strategy)]
     strategy: Strategy,
     /// Compute units: token positions the policy computes, plus the positions the reward reads
@@ -26,9 +26,9 @@ pub struct OptimizeArgs {
     /// Candidates per round.
     #[arg(long, default_value_t = 4)]
     n: usize,
-    /// TPO improvement rounds after the first sampling.
-    #[arg(long, default_value_t = 2)]
-    rounds: u32,
+    /// Improvement rounds after the first sampling (default: 2, and 8 for auto).
+    #[arg(long)]
+    rounds: Option<u32>,
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
     #[arg(long, default_value_t = 0.7)]
@@ -58,9 +58,8 @@ pub struct OptimizeArgs {
 }
 
 fn parse_strategy(name: &str) -> Result<Strategy, String> {
-    Strategy::parse(name).ok_or_else(|| {
-        format!("unknown strategy `{name}` (known: tpo, best_of_n, weighted_best_of_n, plain)")
-    })
+    Strategy::parse(name)
+        .ok_or_else(|| format!("unknown strategy `{name}` (known: {})", Strategy::NAMES))
 }
 
 pub fn run(a: OptimizeArgs) -> Result<()> {
@@ -89,10 +88,11 @@ pub fn run(a: OptimizeArgs) -> Result<()> {
         &path,
         policy.model().config(),
     )?;
+    let rounds = a.rounds.unwrap_or(a.strategy.default_rounds());
     let request = Request {
         messages: vec![Message::new(Role::User, a.prompt)],
         n: a.n,
-        rounds: a.rounds,
+        rounds,
         max_tokens: a.max_tokens,
         temperature: a.temperature,
         top_p: a.top_p,
@@ -108,7 +108,7 @@ pub fn run(a: OptimizeArgs) -> Result<()> {
         "{}: n={} rounds={} max_tokens={} budget={} reward `{}` (weight {weight:.2})",
         a.strategy.name(),
         a.n,
-        a.rounds,
+        rounds,
         a.max_tokens,
         a.budget.map_or("unlimited".to_string(), |b| b.to_string()),
         a.reward
@@ -126,14 +126,16 @@ pub fn run(a: OptimizeArgs) -> Result<()> {
             None => eprintln!("round {round} done: nothing scored yet"),
         },
     };
-    let trace = a.strategy.run(
-        &policy,
-        reward.as_ref(),
-        weight,
-        &request,
-        Some(&mut progress),
-        None,
-    )?;
+    let learned = Learned::default();
+    let engine = Engine {
+        policy: &policy,
+        reward: reward.as_ref(),
+        reward_weight: weight,
+        learned: &learned,
+    };
+    let trace = a
+        .strategy
+        .run(&engine, &request, Some(&mut progress), None)?;
     eprintln!(
         "stopped: {:?}; compute {} units ({} policy + {} reward) in {} ms",
         trace.stopped,

@@ -20,7 +20,7 @@ pub struct OptimizeBody {
     /// The conversation; or `prompt`, a single user message.
     pub messages: Option<Vec<Message>>,
     pub prompt: Option<String>,
-    /// tpo, best_of_n, weighted_best_of_n or plain (default tpo).
+    /// tpo, auto, best_of_n, weighted_best_of_n or plain (default tpo).
     pub strategy: Option<String>,
     pub budget: Option<BudgetBody>,
     pub n: Option<usize>,
@@ -63,7 +63,7 @@ impl OptimizeBody {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
-    /// tpo, best_of_n, weighted_best_of_n or plain (default tpo).
+    /// tpo, auto, best_of_n, weighted_best_of_n or plain (default tpo).
     pub strategy: Option<String>,
     pub budget: Option<BudgetBody>,
     pub n: Option<usize>,
@@ -166,9 +166,7 @@ pub fn build(
         Some(name) => Strategy::parse(name).ok_or_else(|| {
             ApiError::invalid(
                 "strategy",
-                format!(
-                    "unknown strategy `{name}` (known: tpo, best_of_n, weighted_best_of_n, plain)"
-                ),
+                format!("unknown strategy `{name}` (known: {})", Strategy::NAMES),
             )
         })?,
     };
@@ -180,7 +178,7 @@ pub fn build(
             format!("n must be between 1 and {MAX_N}"),
         ));
     }
-    let rounds = options.rounds.unwrap_or(defaults.rounds);
+    let rounds = options.rounds.unwrap_or(strategy.default_rounds());
     if rounds > MAX_ROUNDS {
         return Err(ApiError::invalid(
             "rounds",
@@ -302,6 +300,15 @@ mod tests {
         assert_eq!(job.strategy, Strategy::Tpo);
         assert_eq!((job.request.n, job.request.rounds), (4, 2));
         assert_eq!(job.request.budget, Budget::default());
+        let auto = check(serde_json::json!({"strategy": "auto"}), Limits::default()).unwrap();
+        assert_eq!(auto.strategy, Strategy::Auto);
+        assert_eq!(auto.request.rounds, crate::strategy::auto::DEFAULT_ROUNDS);
+        let capped = check(
+            serde_json::json!({"strategy": "auto", "rounds": 1}),
+            Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(capped.request.rounds, 1);
     }
 
     #[test]

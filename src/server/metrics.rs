@@ -2,10 +2,11 @@
 //! one, so that several servers in one process, as in the tests, do not share counters).
 
 use super::ab::Arm;
-use crate::strategy::Trace;
+use crate::strategy::learned::Tallies;
+use crate::strategy::{Move, Trace};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::time::Duration;
 
@@ -21,6 +22,10 @@ pub struct Metrics {
     tokens: IntCounterVec,
     pub queue_depth: IntGauge,
     pub in_flight: IntGauge,
+    auto_trials: IntGaugeVec,
+    auto_wins: IntGaugeVec,
+    auto_win_rate: GaugeVec,
+    auto_cost: GaugeVec,
 }
 
 impl Metrics {
@@ -89,6 +94,35 @@ impl Metrics {
             &["policy", "reward"],
         )?;
         info.with_label_values(&[policy, reward]).set(1);
+        // What `auto` has learned, read from its tallies when scraped (see `render`).
+        let auto_trials = IntGaugeVec::new(
+            Opts::new(
+                "hone_auto_trials",
+                "Responses written by rounds of each move, since startup",
+            ),
+            &["move"],
+        )?;
+        let auto_wins = IntGaugeVec::new(
+            Opts::new(
+                "hone_auto_wins",
+                "Responses of each move that beat the best answer before their round",
+            ),
+            &["move"],
+        )?;
+        let auto_win_rate = GaugeVec::new(
+            Opts::new(
+                "hone_auto_win_rate",
+                "Estimated chance that a response of each move beats the best so far",
+            ),
+            &["move"],
+        )?;
+        let auto_cost = GaugeVec::new(
+            Opts::new(
+                "hone_auto_round_cost",
+                "Estimated compute of a round of each move, in first rounds of the same query",
+            ),
+            &["move"],
+        )?;
         // Per-arm families show both arms from the start, so dashboards have no gaps.
         for arm in [Arm::Optimized, Arm::Plain] {
             compute_used.with_label_values(&[arm.name()]);
@@ -105,6 +139,10 @@ impl Metrics {
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(info))?;
+        registry.register(Box::new(auto_trials.clone()))?;
+        registry.register(Box::new(auto_wins.clone()))?;
+        registry.register(Box::new(auto_win_rate.clone()))?;
+        registry.register(Box::new(auto_cost.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -117,6 +155,10 @@ impl Metrics {
             tokens,
             queue_depth,
             in_flight,
+            auto_trials,
+            auto_wins,
+            auto_win_rate,
+            auto_cost,
         })
     }
 
@@ -153,8 +195,22 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format.
-    pub fn render(&self) -> Result<String, String> {
+    /// The text exposition format, with `auto`'s estimates as of now.
+    pub fn render(&self, learned: &Tallies) -> Result<String, String> {
+        for m in Move::ALL {
+            let tally = learned.get(m);
+            let label = [m.name()];
+            self.auto_trials
+                .with_label_values(&label)
+                .set(tally.trials as i64);
+            self.auto_wins
+                .with_label_values(&label)
+                .set(tally.wins as i64);
+            self.auto_win_rate
+                .with_label_values(&label)
+                .set(tally.win_rate());
+            self.auto_cost.with_label_values(&label).set(tally.cost(m));
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

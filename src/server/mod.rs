@@ -15,7 +15,7 @@ pub mod openai;
 pub mod routes;
 
 use crate::budget;
-use crate::strategy::{Event, Strategy, Trace};
+use crate::strategy::{Engine, Event, Learned, Strategy, Trace};
 use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context};
 use api::{Job, Limits};
@@ -97,6 +97,8 @@ pub struct AppState {
     shutting_down: AtomicBool,
     pub metrics: metrics::Metrics,
     pub ab: ab::AbStats,
+    /// What `auto` has learned about the policy from the queries so far.
+    pub learned: Learned,
     /// Unix seconds at startup (the `created` of /v1/models).
     pub started: u64,
 }
@@ -156,6 +158,7 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             metrics,
             ab: ab::AbStats::default(),
+            learned: Learned::default(),
             started,
         };
         state.reward(&state.config.reward).map_err(|e| {
@@ -299,11 +302,15 @@ impl AppState {
         mut progress: Option<Progress>,
     ) -> Result<Outcome, ApiError> {
         let name = job.reward.as_deref().unwrap_or(&self.config.reward);
-        let (reward, weight) = self.reward(name)?;
+        let (reward, reward_weight) = self.reward(name)?;
+        let engine = Engine {
+            policy: &self.policy,
+            reward: reward.as_ref(),
+            reward_weight,
+            learned: &self.learned,
+        };
         let trace = job.strategy.run(
-            &self.policy,
-            reward.as_ref(),
-            weight,
+            &engine,
             &job.request,
             progress
                 .as_mut()
@@ -318,14 +325,7 @@ impl AppState {
                 // spent the time, and a baseline cut short compares nothing.
                 let mut request = job.request.clone();
                 request.budget.deadline = None;
-                Some(Strategy::Plain.run(
-                    &self.policy,
-                    reward.as_ref(),
-                    weight,
-                    &request,
-                    None,
-                    Some(cancel),
-                )?)
+                Some(Strategy::Plain.run(&engine, &request, None, Some(cancel))?)
             }
         };
         let prompt_tokens = self

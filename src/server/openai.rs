@@ -1,7 +1,7 @@
 //! OpenAI-compatible routes: `POST /v1/chat/completions` and `GET /v1/models`.
 //!
 //! A chat completion is plain decoding, so existing clients get what they expect. A client opts
-//! into test-time compute with a strategy prefix on the model name (`tpo/<model>`,
+//! into test-time compute with a strategy prefix on the model name (`tpo/<model>`, `auto/<model>`,
 //! `best_of_n/<model>`, `weighted_best_of_n/<model>`) or an extra `hone` object carrying the
 //! /optimize options. The common OpenAI fields are accepted; `temperature`, `top_p`,
 //! `max_tokens` and `seed` are honoured, the rest (`stop`, `user`, penalties...) are ignored, as
@@ -329,9 +329,14 @@ fn now() -> u64 {
 pub async fn models(state: web::Data<AppState>) -> HttpResponse {
     let id = state.model_id();
     let ids = std::iter::once(id.to_string()).chain(
-        [Strategy::Tpo, Strategy::BestOfN, Strategy::WeightedBestOfN]
-            .iter()
-            .map(|s| format!("{}/{id}", s.name())),
+        [
+            Strategy::Tpo,
+            Strategy::Auto,
+            Strategy::BestOfN,
+            Strategy::WeightedBestOfN,
+        ]
+        .iter()
+        .map(|s| format!("{}/{id}", s.name())),
     );
     let data: Vec<Value> = ids
         .map(

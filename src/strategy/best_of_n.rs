@@ -5,7 +5,8 @@
 
 use super::response::{query_text, usable};
 use super::session::{chosen_rejected, Draft, Session};
-use super::{Stopped, Strategy, StrategyError, Trace};
+use super::{RoundKind, Stopped, Strategy, StrategyError, Trace};
+use std::ops::ControlFlow;
 
 pub(super) fn run(mut s: Session<'_>) -> Result<Trace, StrategyError> {
     let stopped = sample_round(&mut s)?;
@@ -31,17 +32,38 @@ pub(super) fn run_weighted(mut s: Session<'_>) -> Result<Trace, StrategyError> {
     ))
 }
 
-/// The first round of every search loop: N responses to the query, scored. Empty responses and
-/// restatements of the query are dropped before scoring.
+/// The first round of every search loop: N responses to the query, scored. An error when not
+/// even one response could be afforded, as there is then nothing to answer with.
 pub(super) fn sample_round(s: &mut Session<'_>) -> Result<Stopped, StrategyError> {
     if let Some(stopped) = s.check()? {
         return Err(s.no_answer(stopped));
     }
-    s.begin_round();
+    match fresh_round(s, RoundKind::Sample)? {
+        Some(stopped) => Ok(stopped),
+        None => Err(s.no_answer(Stopped::Budget)),
+    }
+}
+
+/// A later round of N more fresh responses (`auto`'s resample move). Continues when the whole
+/// round ran.
+pub(super) fn resample(s: &mut Session<'_>) -> Result<ControlFlow<Stopped>, StrategyError> {
+    Ok(match fresh_round(s, RoundKind::Resample)? {
+        Some(Stopped::Done) => ControlFlow::Continue(()),
+        Some(stopped) => ControlFlow::Break(stopped),
+        None => ControlFlow::Break(Stopped::Budget),
+    })
+}
+
+/// N responses to the query in one call, scored in one call; empty responses and restatements
+/// of the query are dropped before scoring. `Done` when the whole round ran, `Budget` when it
+/// was cut short, `None` when not even one token fitted.
+fn fresh_round(s: &mut Session<'_>, kind: RoundKind) -> Result<Option<Stopped>, StrategyError> {
+    s.start_round(kind);
     let prompt = s.prompt.clone();
     let Some(sampled) = s.sample(&prompt, s.request.n, true, &[])? else {
-        return Err(s.no_answer(Stopped::Budget));
+        return Ok(None);
     };
+    s.begin_round();
     let query = query_text(&s.request.messages);
     let drafts = sampled
         .generations
@@ -52,13 +74,13 @@ pub(super) fn sample_round(s: &mut Session<'_>) -> Result<Stopped, StrategyError
             Draft { text, dropped }
         })
         .collect();
-    let complete = s.score(drafts)?;
-    s.end_round();
-    Ok(if complete && !sampled.limited {
+    let whole = s.score(drafts)? && !sampled.limited;
+    s.end_round(whole);
+    Ok(Some(if whole {
         Stopped::Done
     } else {
         Stopped::Budget
-    })
+    }))
 }
 
 /// Index of the answer of weighted best-of-N.

@@ -1,12 +1,15 @@
 //! Test-time optimization loops: plain decoding, best-of-N and TPO, under a compute budget.
 //!
-//! Every loop takes the policy, a reward model, the reward's weight in compute units per
-//! position it reads (see [`crate::budget`]), a [`Request`], an optional progress callback and an
-//! optional cancel flag, and returns a [`Trace`]: the answer, its score, why the loop stopped,
-//! every round's candidates and what the query spent.
+//! Every loop runs on an [`Engine`] (the policy, a reward model, the reward's weight in compute
+//! units per position it reads (see [`crate::budget`]), and what has been learned about the
+//! policy), takes a [`Request`], an optional progress callback and an optional cancel flag, and
+//! returns a [`Trace`]: the answer, its score, why the loop stopped, every round's candidates
+//! and what the query spent.
 
+pub mod auto;
 pub mod best_of_n;
 mod error;
+pub mod learned;
 pub mod plain;
 mod prompts;
 mod response;
@@ -14,6 +17,7 @@ mod session;
 pub mod tpo;
 
 pub use error::StrategyError;
+pub use learned::{Learned, Move};
 pub use prompts::Prompts;
 
 use crate::budget::{Budget, Usage};
@@ -36,6 +40,9 @@ pub enum Strategy {
     WeightedBestOfN,
     /// Test-time preference optimization (Li et al. 2025).
     Tpo,
+    /// A first round, then refine or resample round by round, whichever has been beating the
+    /// best answer more often per unit of compute; stops once rounds stop improving.
+    Auto,
 }
 
 impl Strategy {
@@ -45,6 +52,7 @@ impl Strategy {
             "best_of_n" | "bon" => Some(Self::BestOfN),
             "weighted_best_of_n" | "weighted_bon" => Some(Self::WeightedBestOfN),
             "tpo" => Some(Self::Tpo),
+            "auto" => Some(Self::Auto),
             _ => None,
         }
     }
@@ -55,27 +63,50 @@ impl Strategy {
             Self::BestOfN => "best_of_n",
             Self::WeightedBestOfN => "weighted_best_of_n",
             Self::Tpo => "tpo",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// Every name [`Strategy::parse`] knows, for error messages.
+    pub const NAMES: &'static str = "tpo, auto, best_of_n, weighted_best_of_n, plain";
+
+    /// Improvement rounds when the request names none: TPO's D = 2, and for `auto` enough that
+    /// the budget and its stopping rule, not the count, end the search.
+    pub fn default_rounds(self) -> u32 {
+        match self {
+            Self::Auto => auto::DEFAULT_ROUNDS,
+            _ => Request::default().rounds,
         }
     }
 
     /// Runs this loop on one request.
     pub fn run(
         self,
-        policy: &Policy,
-        reward: &dyn RewardModel,
-        reward_weight: f64,
+        engine: &Engine<'_>,
         request: &Request,
         progress: Option<&mut dyn FnMut(Event)>,
         cancel: Option<Arc<AtomicBool>>,
     ) -> Result<Trace, StrategyError> {
-        let s = session::Session::new(policy, reward, reward_weight, request, progress, cancel)?;
+        let s = session::Session::new(engine, request, progress, cancel)?;
         match self {
             Self::Plain => plain::run(s),
             Self::BestOfN => best_of_n::run(s),
             Self::WeightedBestOfN => best_of_n::run_weighted(s),
             Self::Tpo => tpo::run(s),
+            Self::Auto => auto::run(s),
         }
     }
+}
+
+/// What a loop runs on.
+#[derive(Clone, Copy)]
+pub struct Engine<'a> {
+    pub policy: &'a Policy,
+    pub reward: &'a dyn RewardModel,
+    /// Compute units per position the reward reads (see [`crate::budget::reward_weight`]).
+    pub reward_weight: f64,
+    /// What the queries so far taught about the policy; every loop adds to it.
+    pub learned: &'a Learned,
 }
 
 /// One query and how to spend on it.
@@ -123,7 +154,7 @@ pub enum Stopped {
     Budget,
     /// The deadline passed.
     Deadline,
-    /// A TPO round did not improve the best score.
+    /// The best answer reached the reward's highest score, or rounds stopped improving on it.
     Converged,
     /// Every planned round ran.
     Done,
@@ -139,12 +170,49 @@ pub struct Trace {
     pub stopped: Stopped,
     pub rounds: Vec<Round>,
     pub usage: Usage,
+    /// How `auto` decided, round by round.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto: Option<auto::AutoTrace>,
+}
+
+/// What a round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoundKind {
+    /// The first round: N responses to the query.
+    #[default]
+    Sample,
+    /// N responses rewritten from the chosen response and the policy's critique of it.
+    Refine,
+    /// N more fresh responses to the query.
+    Resample,
+}
+
+impl From<Move> for RoundKind {
+    fn from(m: Move) -> Self {
+        match m {
+            Move::Refine => Self::Refine,
+            Move::Resample => Self::Resample,
+        }
+    }
+}
+
+impl RoundKind {
+    /// The move this round tried, for the rounds after the first.
+    pub fn as_move(self) -> Option<Move> {
+        match self {
+            Self::Sample => None,
+            Self::Refine => Some(Move::Refine),
+            Self::Resample => Some(Move::Resample),
+        }
+    }
 }
 
 /// One round: the candidates sampled and scored in it, then the choice over every candidate
 /// scored so far and, in TPO, the feedback written from that choice for the next round.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Round {
+    pub kind: RoundKind,
     pub candidates: Vec<CandidateTrace>,
     /// `id` of the best candidate scored so far, after this round.
     pub chosen: Option<usize>,

@@ -24,9 +24,10 @@ pub(super) fn run(mut s: Session<'_>) -> Result<Trace, StrategyError> {
         text: text.clone(),
         dropped: None,
     }])?;
-    s.end_round();
+    let whole = complete && !sampled.limited;
+    s.end_round(whole);
     let score = s.best().map(|b| b.score);
-    let stopped = if complete && !sampled.limited {
+    let stopped = if whole {
         Stopped::Done
     } else {
         Stopped::Budget

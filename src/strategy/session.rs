@@ -1,7 +1,10 @@
 //! What every loop shares: the meter, sampling and scoring under the budget, the cache of
 //! scored candidates, and the trace being written.
 
-use super::{CandidateTrace, Event, Request, Round, Stopped, Strategy, StrategyError, Trace};
+use super::{
+    CandidateTrace, Engine, Event, Learned, Request, Round, RoundKind, Stopped, Strategy,
+    StrategyError, Trace,
+};
 use crate::budget::{self, Meter};
 use policies::{FinishReason, GenerateParams, Generation, Policy, PolicyError, SamplingParams};
 use reward_models::{Candidate, RewardError, RewardModel};
@@ -33,7 +36,10 @@ pub struct Scored {
 pub struct Session<'a> {
     pub policy: &'a Policy,
     reward: &'a dyn RewardModel,
+    pub learned: &'a Learned,
     pub request: &'a Request,
+    /// The most tokens of each response: the request's, or less where `auto` decides so.
+    pub max_tokens: usize,
     pub meter: Meter,
     progress: Option<&'a mut dyn FnMut(Event)>,
     cancel: Option<Arc<AtomicBool>>,
@@ -45,14 +51,16 @@ pub struct Session<'a> {
     pub cache: Vec<Scored>,
     next_id: usize,
     dropped: usize,
+    /// The round whose work has started: its kind, and the spending and best score before it.
+    opened: Option<(RoundKind, u64, Option<f32>)>,
+    /// What the first round cost, the unit of the costs [`Learned`] keeps.
+    first_round_cost: Option<u64>,
 }
 
 impl<'a> Session<'a> {
     /// Checks the request and that the budget covers at least one scored response.
     pub fn new<'p: 'a>(
-        policy: &'a Policy,
-        reward: &'a dyn RewardModel,
-        reward_weight: f64,
+        engine: &Engine<'a>,
         request: &'a Request,
         progress: Option<&'p mut (dyn FnMut(Event) + 'p)>,
         cancel: Option<Arc<AtomicBool>>,
@@ -69,12 +77,12 @@ impl<'a> Session<'a> {
         if request.max_tokens == 0 {
             return invalid("max_tokens must be at least 1");
         }
-        if !reward_weight.is_finite() || reward_weight < 0.0 {
+        if !engine.reward_weight.is_finite() || engine.reward_weight < 0.0 {
             return invalid("the reward weight must be a finite number >= 0");
         }
         sampling(request, 0).validate()?;
-        let prompt = policy.encode_chat(&request.messages)?;
-        let meter = Meter::new(request.budget, reward_weight);
+        let prompt = engine.policy.encode_chat(&request.messages)?;
+        let meter = Meter::new(request.budget, engine.reward_weight);
         let minimum = prompt.len() as u64 + 1 + meter.reward_cost(prompt.len() + 1);
         if let Some(budget) = request.budget.compute.filter(|&b| b < minimum) {
             return Err(StrategyError::BudgetTooSmall {
@@ -84,9 +92,11 @@ impl<'a> Session<'a> {
             });
         }
         Ok(Self {
-            policy,
-            reward,
+            policy: engine.policy,
+            reward: engine.reward,
+            learned: engine.learned,
             request,
+            max_tokens: request.max_tokens,
             meter,
             progress,
             cancel,
@@ -96,6 +106,8 @@ impl<'a> Session<'a> {
             cache: Vec::new(),
             next_id: 0,
             dropped: 0,
+            opened: None,
+            first_round_cost: None,
         })
     }
 
@@ -131,7 +143,7 @@ impl<'a> Session<'a> {
             self.meter.remaining(),
             prompt.len(),
             n,
-            self.request.max_tokens,
+            self.max_tokens,
             reward,
         );
         let Some(plan) = plan else { return Ok(None) };
@@ -151,8 +163,16 @@ impl<'a> Session<'a> {
         };
         let tokens = generations.iter().map(|g| g.tokens.len()).sum();
         self.meter.record_generation(&stats, tokens);
+        if scored {
+            for g in generations
+                .iter()
+                .filter(|g| g.finish == FinishReason::Stop)
+            {
+                self.learned.record_length(g.tokens.len());
+            }
+        }
         let limited = plan.n < n
-            || plan.max_tokens < self.request.max_tokens
+            || plan.max_tokens < self.max_tokens
             || generations.iter().any(|g| g.finish == FinishReason::Budget);
         Ok(Some(Sampled {
             generations,
@@ -160,9 +180,24 @@ impl<'a> Session<'a> {
         }))
     }
 
-    /// Opens a new round of the trace.
+    /// Marks the start of a round's work, which for TPO begins with the critiques written
+    /// before the round's own trace entry opens.
+    pub fn start_round(&mut self, kind: RoundKind) {
+        let best = self.best().map(|b| b.score);
+        self.opened = Some((kind, self.meter.spent(), best));
+    }
+
+    /// Opens the round's entry in the trace (starting its work, as a first round, if
+    /// [`Session::start_round`] did not).
     pub fn begin_round(&mut self) {
-        self.rounds.push(Round::default());
+        if self.opened.is_none() {
+            self.start_round(RoundKind::Sample);
+        }
+        let kind = self.opened.map_or(RoundKind::Sample, |(k, _, _)| k);
+        self.rounds.push(Round {
+            kind,
+            ..Round::default()
+        });
     }
 
     /// Scores the usable drafts in one reward call: in order, as many as the budget covers.
@@ -244,8 +279,11 @@ impl<'a> Session<'a> {
         Ok(afford.len() == usable.len())
     }
 
-    /// Closes the current round: picks chosen and rejected over the whole cache.
-    pub fn end_round(&mut self) {
+    /// Closes the current round: picks chosen and rejected over the whole cache, and tells
+    /// [`Learned`] how the round's move did. `whole` is false when the budget cut the round
+    /// short, so that its cost is not taken as typical.
+    pub fn end_round(&mut self, whole: bool) {
+        self.learn(whole);
         let pair = self.pair().map(|(c, r)| (c.id, r.map(|r| r.id)));
         if let Some(round) = self.rounds.last_mut() {
             round.chosen = pair.map(|(c, _)| c);
@@ -254,6 +292,42 @@ impl<'a> Session<'a> {
         let round = self.rounds.len().saturating_sub(1);
         let best = self.best().map(|b| b.score);
         self.emit(Event::RoundDone { round, best });
+    }
+
+    fn learn(&mut self, whole: bool) {
+        let Some((kind, spent_before, best_before)) = self.opened.take() else {
+            return;
+        };
+        let cost = self.meter.spent().saturating_sub(spent_before);
+        let Some(m) = kind.as_move() else {
+            if whole {
+                self.first_round_cost = Some(cost);
+            }
+            return;
+        };
+        let Some(round) = self.rounds.last() else {
+            return;
+        };
+        let trials = round.candidates.len() as u64;
+        let wins = round
+            .candidates
+            .iter()
+            .filter_map(|c| c.score)
+            .filter(|&s| best_before.is_none_or(|b| s > b))
+            .count() as u64;
+        let relative = self
+            .first_round_cost
+            .filter(|_| whole)
+            .map(|first| cost as f64 / first.max(1) as f64);
+        self.learned.record(m, trials, wins, relative);
+    }
+
+    /// Whether the best answer has the reward's highest score, which nothing can beat.
+    pub fn reached_max(&self) -> bool {
+        match (self.reward.max_score(), self.best()) {
+            (Some(max), Some(best)) => best.score >= max,
+            _ => false,
+        }
     }
 
     /// TPO's chosen and rejected over the whole cache (see [`pick_pair`]).
@@ -309,6 +383,7 @@ impl<'a> Session<'a> {
             stopped,
             rounds: self.rounds,
             usage: self.meter.usage(),
+            auto: None,
         }
     }
 

@@ -12,13 +12,14 @@
 //!
 //! The update asks for the response between `<response>` markers and opens the marker for the
 //! model; only what parses counts, with meta text stripped (see [`super::response`]). A round
-//! that does not improve the best score ends the loop as `Converged`.
+//! that does not improve the best score ends the loop as `Converged`, and so does a best answer
+//! with the reward's highest score (a verifier's "every constraint met").
 
 use super::best_of_n::sample_round;
 use super::prompts::{fill, Prompts};
 use super::response::{parse_update, query_text, Echoes, CLOSE, OPEN};
 use super::session::{Draft, Scored, Session};
-use super::{Stopped, Strategy, StrategyError, Trace};
+use super::{RoundKind, Stopped, Strategy, StrategyError, Trace};
 use policies::{Message, Policy, PolicyError, Role};
 use std::ops::ControlFlow;
 
@@ -38,31 +39,41 @@ fn optimize(s: &mut Session<'_>, prompts: &Prompts) -> Result<Stopped, StrategyE
         .rounds
         .min(s.request.budget.max_rounds.unwrap_or(u32::MAX));
     let query = query_text(&s.request.messages);
-    let mut best = s.best().map(|b| b.score);
     for _ in 0..depth {
+        if s.reached_max() {
+            return Ok(Stopped::Converged);
+        }
         if let Some(stopped) = s.check()? {
             return Ok(stopped);
         }
-        let Some((chosen, rejected)) = pick(s) else {
-            // Every response so far was dropped: there is nothing to improve on.
-            return Ok(Stopped::Done);
-        };
-        let (loss, gradient) = match feedback(s, prompts, &query, &chosen, rejected.as_ref())? {
-            ControlFlow::Continue(critique) => critique,
-            ControlFlow::Break(stopped) => return Ok(stopped),
-        };
-        if let ControlFlow::Break(stopped) =
-            update(s, prompts, &query, &chosen, [&loss, &gradient])?
-        {
+        let before = s.best().map(|b| b.score);
+        if let ControlFlow::Break(stopped) = refine(s, prompts, &query)? {
             return Ok(stopped);
         }
-        let now = s.best().map(|b| b.score);
-        if !improved(best, now) {
+        if !improved(before, s.best().map(|b| b.score)) {
             return Ok(Stopped::Converged);
         }
-        best = now;
     }
     Ok(Stopped::Done)
+}
+
+/// Steps 2 to 5, one round: pick chosen and rejected, write the loss and the gradient, sample
+/// and score the update. Continues when the whole round ran.
+pub(super) fn refine(
+    s: &mut Session<'_>,
+    prompts: &Prompts,
+    query: &str,
+) -> Result<ControlFlow<Stopped>, StrategyError> {
+    let Some((chosen, rejected)) = pick(s) else {
+        // Every response so far was dropped: there is nothing to improve on.
+        return Ok(ControlFlow::Break(Stopped::Done));
+    };
+    s.start_round(RoundKind::Refine);
+    let (loss, gradient) = match feedback(s, prompts, query, &chosen, rejected.as_ref())? {
+        ControlFlow::Continue(critique) => critique,
+        ControlFlow::Break(stopped) => return Ok(ControlFlow::Break(stopped)),
+    };
+    update(s, prompts, query, &chosen, [&loss, &gradient])
 }
 
 /// Steps 3 and 4: the textual loss, then the textual gradient, both written into the current
@@ -169,9 +180,9 @@ fn update(
         })
         .collect();
     s.begin_round();
-    let complete = s.score(drafts)?;
-    s.end_round();
-    if !complete || sampled.limited {
+    let whole = s.score(drafts)? && !sampled.limited;
+    s.end_round(whole);
+    if !whole {
         return Ok(ControlFlow::Break(Stopped::Budget));
     }
     Ok(ControlFlow::Continue(()))
@@ -190,7 +201,7 @@ fn reasons(reasons: &[String]) -> String {
     }
 }
 
-fn improved(before: Option<f32>, now: Option<f32>) -> bool {
+pub(super) fn improved(before: Option<f32>, now: Option<f32>) -> bool {
     match (before, now) {
         (Some(b), Some(n)) => n > b,
         (None, Some(_)) => true,
@@ -237,10 +248,9 @@ fn round_fits(s: &Session<'_>, loss_prompt: usize) -> bool {
     let Some(remaining) = s.meter.remaining() else {
         return true;
     };
-    let t = s.request.max_tokens as u64;
+    let t = s.max_tokens as u64;
     let prompt = loss_prompt as u64;
-    let worst =
-        (prompt + t) + (prompt + 2 * t) + (prompt + 2 * t) + s.reward_cost(s.request.max_tokens);
+    let worst = (prompt + t) + (prompt + 2 * t) + (prompt + 2 * t) + s.reward_cost(s.max_tokens);
     worst <= remaining
 }
 

@@ -1,0 +1,259 @@
+//! What the service learns about its policy from the queries it answers, for `auto`.
+//!
+//! After the first round, a search loop can spend its next round two ways: **refine** (TPO: the
+//! policy critiques the chosen response and writes N new ones from the critique) or
+//! **resample** (N more fresh responses to the query). Which is worth more depends on the
+//! policy: the TPO paper finds that weak instruction followers gain nothing from critiques, and
+//! the default 135M policy is one. So every round is an experiment. A **trial** is one response
+//! the round produced, dropped ones included (they cost the same); it **wins** when it scores
+//! above the best response before the round. A round's **cost** is counted relative to the
+//! query's first round (same prompt, same N), so that queries of different lengths pool.
+
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+/// How a round after the first spends its compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Move {
+    /// TPO's textual loss, gradient and update.
+    Refine,
+    /// Fresh responses to the query.
+    Resample,
+}
+
+impl Move {
+    pub const ALL: [Move; 2] = [Move::Refine, Move::Resample];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Refine => "refine",
+            Self::Resample => "resample",
+        }
+    }
+
+    /// The cost of a round relative to the first, before any is measured: a refine round
+    /// prefills three prompts holding the chosen response and writes two critiques besides
+    /// its N responses, about 2.5 first rounds at the default lengths.
+    fn prior_cost(self) -> f64 {
+        match self {
+            Self::Refine => 2.5,
+            Self::Resample => 1.0,
+        }
+    }
+}
+
+/// Every move gets this many trials before the estimates decide, so both are always measured.
+pub const EXPLORE_TRIALS: u64 = 8;
+
+/// The record of one move.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Tally {
+    pub trials: u64,
+    pub wins: u64,
+    pub rounds: u64,
+    /// Sum over measured rounds of their cost relative to their query's first round.
+    relative_cost: f64,
+}
+
+impl Tally {
+    /// The share of trials that won, with one win and one loss of prior (Laplace), so that a
+    /// move with few trials is neither hopeless nor certain.
+    pub fn win_rate(&self) -> f64 {
+        (self.wins as f64 + 1.0) / (self.trials as f64 + 2.0)
+    }
+
+    /// Mean cost of a round relative to its query's first round.
+    pub fn cost(&self, m: Move) -> f64 {
+        if self.rounds == 0 {
+            m.prior_cost()
+        } else {
+            self.relative_cost / self.rounds as f64
+        }
+    }
+}
+
+/// The estimate of one move as a decision saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Estimate {
+    pub trials: u64,
+    pub wins: u64,
+    pub win_rate: f64,
+    /// Expected cost of a round, relative to the query's first round.
+    pub cost: f64,
+    /// Chance that a round of `n` trials beats the best so far, per unit of relative cost.
+    pub value: f64,
+}
+
+/// Both tallies, as one consistent snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Tallies {
+    pub refine: Tally,
+    pub resample: Tally,
+}
+
+impl Tallies {
+    pub fn get(&self, m: Move) -> &Tally {
+        match m {
+            Move::Refine => &self.refine,
+            Move::Resample => &self.resample,
+        }
+    }
+
+    fn get_mut(&mut self, m: Move) -> &mut Tally {
+        match m {
+            Move::Refine => &mut self.refine,
+            Move::Resample => &mut self.resample,
+        }
+    }
+
+    pub fn estimate(&self, m: Move, n: usize) -> Estimate {
+        let t = self.get(m);
+        let p = t.win_rate();
+        let cost = t.cost(m).max(0.01);
+        let round_wins = 1.0 - (1.0 - p).powi(n.max(1) as i32);
+        Estimate {
+            trials: t.trials,
+            wins: t.wins,
+            win_rate: p,
+            cost,
+            value: round_wins / cost,
+        }
+    }
+
+    /// The next move for rounds of `n` responses: first whichever is not yet measured
+    /// ([`EXPLORE_TRIALS`]; refine first on a tie, being the method the service is for), then
+    /// the one more likely to beat the best per unit of compute.
+    pub fn choose(&self, n: usize) -> Move {
+        let (r, f) = (self.refine.trials, self.resample.trials);
+        if r < EXPLORE_TRIALS || f < EXPLORE_TRIALS {
+            return if r <= f { Move::Refine } else { Move::Resample };
+        }
+        let (refine, resample) = (
+            self.estimate(Move::Refine, n),
+            self.estimate(Move::Resample, n),
+        );
+        if refine.value > resample.value {
+            Move::Refine
+        } else {
+            Move::Resample
+        }
+    }
+}
+
+/// How many natural response lengths [`Learned`] keeps (the most recent).
+const LENGTHS_KEPT: usize = 256;
+
+/// The tallies of one policy, shared by the queries that use it, and the lengths of its
+/// responses that ended on their own.
+#[derive(Debug, Default)]
+pub struct Learned {
+    tallies: Mutex<Tallies>,
+    lengths: Mutex<VecDeque<usize>>,
+}
+
+impl Learned {
+    pub fn snapshot(&self) -> Tallies {
+        *lock(&self.tallies)
+    }
+
+    /// Records the length in tokens of a response that ended on its own (not cut off).
+    pub fn record_length(&self, tokens: usize) {
+        let mut lengths = lock(&self.lengths);
+        if lengths.len() == LENGTHS_KEPT {
+            lengths.pop_front();
+        }
+        lengths.push_back(tokens);
+    }
+
+    /// The length that `share` of the recorded responses stay within, once `min_count` have
+    /// been recorded.
+    pub fn length_quantile(&self, share: f64, min_count: usize) -> Option<usize> {
+        let mut lengths: Vec<usize> = lock(&self.lengths).iter().copied().collect();
+        if lengths.is_empty() || lengths.len() < min_count {
+            return None;
+        }
+        lengths.sort_unstable();
+        let rank = (share.clamp(0.0, 1.0) * lengths.len() as f64).ceil() as usize;
+        Some(lengths[rank.clamp(1, lengths.len()) - 1])
+    }
+
+    /// Records one round of `m`: its trials, how many won, and its cost relative to the
+    /// query's first round (`None` when the round was cut short by the budget, which would
+    /// make it look cheap).
+    pub fn record(&self, m: Move, trials: u64, wins: u64, relative_cost: Option<f64>) {
+        let mut tallies = lock(&self.tallies);
+        let t = tallies.get_mut(m);
+        t.trials += trials;
+        t.wins += wins.min(trials);
+        if let Some(c) = relative_cost.filter(|c| c.is_finite() && *c > 0.0) {
+            t.rounds += 1;
+            t.relative_cost += c;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Counters stay meaningful after a panic elsewhere; keep using them.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_moves_are_tried_before_the_estimates_decide() {
+        let learned = Learned::default();
+        assert_eq!(learned.snapshot().choose(4), Move::Refine);
+        learned.record(Move::Refine, 4, 0, Some(2.0));
+        assert_eq!(learned.snapshot().choose(4), Move::Resample);
+        learned.record(Move::Resample, 4, 1, Some(1.0));
+        learned.record(Move::Refine, 4, 0, Some(2.0));
+        learned.record(Move::Resample, 4, 1, Some(1.0));
+        // Both measured: 0/8 refine wins at twice the cost against 2/8 resample wins.
+        assert_eq!(learned.snapshot().choose(4), Move::Resample);
+    }
+
+    #[test]
+    fn refine_wins_when_it_beats_the_best_more_often_per_unit_of_compute() {
+        let learned = Learned::default();
+        learned.record(Move::Refine, 8, 6, Some(2.0));
+        learned.record(Move::Resample, 8, 0, Some(1.0));
+        let t = learned.snapshot();
+        assert_eq!(t.choose(4), Move::Refine);
+        let e = t.estimate(Move::Refine, 4);
+        assert_eq!((e.trials, e.wins), (8, 6));
+        assert!((e.win_rate - 0.7).abs() < 1e-12);
+        assert!((e.cost - 2.0).abs() < 1e-12);
+        assert!((e.value - (1.0 - 0.3f64.powi(4)) / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn length_quantiles_need_enough_records_and_keep_the_recent_ones() {
+        let learned = Learned::default();
+        for t in 1..=10 {
+            learned.record_length(t);
+        }
+        assert_eq!(learned.length_quantile(0.9, 11), None);
+        assert_eq!(learned.length_quantile(0.9, 10), Some(9));
+        assert_eq!(learned.length_quantile(1.0, 1), Some(10));
+        assert_eq!(learned.length_quantile(0.0, 1), Some(1));
+        for _ in 0..LENGTHS_KEPT {
+            learned.record_length(3);
+        }
+        assert_eq!(learned.length_quantile(1.0, 1), Some(3));
+    }
+
+    #[test]
+    fn unmeasured_costs_use_the_prior_and_cut_rounds_are_not_measured() {
+        let learned = Learned::default();
+        learned.record(Move::Refine, 4, 9, None);
+        let t = learned.snapshot();
+        assert_eq!(t.refine.wins, 4, "wins never exceed trials");
+        assert_eq!(t.refine.rounds, 0);
+        assert_eq!(t.refine.cost(Move::Refine), 2.5);
+        assert_eq!(t.resample.cost(Move::Resample), 1.0);
+    }
+}
