@@ -98,3 +98,31 @@ fn write_gguf_with_arch(path: &std::path::Path, arch: &str) {
     let md = [("general.architecture", &Value::String(arch.to_string()))];
     write(&mut f, &md, &[]).unwrap();
 }
+
+#[test]
+fn serve_reads_its_config_file_and_names_a_bad_key() {
+    let dir = std::env::temp_dir().join(format!("hone-cli-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("hone.toml");
+    std::fs::write(&file, "port = 0\nmax_queu = 3\n").unwrap();
+    assert_fails_with(&["serve", "--config", file.to_str().unwrap()], "max_queu");
+    // A value the file sets is checked like the flag's: here a flag overrides a good file
+    // with a bad value, and the error names the setting.
+    std::fs::write(&file, "port = 0\nab_plain_fraction = 0.5\n").unwrap();
+    assert_fails_with(
+        &[
+            "serve",
+            "--config",
+            file.to_str().unwrap(),
+            "--ab-plain-fraction",
+            "2",
+        ],
+        "--ab-plain-fraction must be between 0 and 1",
+    );
+    std::fs::write(&file, "ab_plain_fraction = 3.0\n").unwrap();
+    assert_fails_with(
+        &["serve", "--config", file.to_str().unwrap()],
+        "--ab-plain-fraction must be between 0 and 1",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -439,6 +439,8 @@ fn bad_input_gets_documented_errors() {
     let chat = json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]});
     let (status, body) = post("/v1/chat/completions", &chat);
     assert_error(status, &body, 404, Some("model"));
+    let (status, body) = post("/optimize", &json!({"prompt": "hi", "policy": "gpt-9"}));
+    assert_error(status, &body, 404, Some("policy"));
     // Oversize body: refused from its Content-Length, before it is read.
     let (status, body) = oversize_post("/optimize", 2 << 20);
     assert_error(status, &body, 413, None);

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;
+pub mod manifest;
 pub mod model;
 pub mod policy;
 pub mod sampling;

@@ -12,6 +12,8 @@ use std::time::Instant;
 
 #[derive(Args)]
 pub struct BenchArgs {
+    /// A policy manifest name (in $HONE_POLICIES, default policies/manifests), a GGUF file, an
+    /// HF checkpoint folder, or `default` (SmolLM2-135M-Instruct).
     #[arg(long, default_value = "default")]
     model: String,
     #[arg(long, default_value_t = 128)]

@@ -9,7 +9,8 @@ pub struct GenerateArgs {
     /// The user's message (rendered with the model's chat template unless --raw).
     #[arg(long)]
     prompt: String,
-    /// A GGUF file, an HF checkpoint folder, or `default` (SmolLM2-135M-Instruct).
+    /// A policy manifest name (in $HONE_POLICIES, default policies/manifests), a GGUF file, an
+    /// HF checkpoint folder, or `default` (SmolLM2-135M-Instruct).
     #[arg(long, default_value = "default")]
     model: String,
     #[arg(long, default_value_t = 128)]

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use hone::budget::{self, Budget};
 use hone::strategy::{Engine, Event, Learned, Request, Strategy};
-use policies::{store, Message, Policy, Role};
+use policies::{Message, Policy, Role};
 use reward_models::manifest::{Manifests, PolicyCache};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,7 +46,8 @@ pub struct OptimizeArgs {
     /// Folder of reward manifests.
     #[arg(long, default_value = "reward_models/manifests", env = "HONE_REWARDS")]
     rewards: PathBuf,
-    /// A GGUF file, an HF checkpoint folder, or `default` (SmolLM2-135M-Instruct).
+    /// A policy manifest name (in $HONE_POLICIES, default policies/manifests), a GGUF file, an
+    /// HF checkpoint folder, or `default` (SmolLM2-135M-Instruct).
     #[arg(long, default_value = "default")]
     model: String,
     /// A folder whose loss.txt, gradient.txt or update.txt replace TPO's built-in prompts.
@@ -70,7 +71,7 @@ pub fn run(a: OptimizeArgs) -> Result<()> {
         Some(secs) => Some(Instant::now() + Duration::from_secs_f64(secs)),
         None => None,
     };
-    let path = store::resolve(&a.model)?;
+    let path = super::resolve_model(&super::policies_dir(), &a.model)?;
     let device = super::device(a.cpu)?;
     let policy = Arc::new(
         Policy::load(&path, &device)

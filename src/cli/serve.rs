@@ -1,5 +1,5 @@
-//! `hone serve`: the HTTP service. Every flag can also come from a `HONE_*` environment
-//! variable, for containers.
+//! `hone serve`: the HTTP service. Settings come from flags, else `HONE_*` environment
+//! variables, else the `--config` file, else the defaults (see `hone::server::Config`).
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -8,55 +8,95 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    #[arg(long, default_value = "127.0.0.1", env = "HONE_HOST")]
-    host: String,
-    #[arg(long, default_value_t = 8080, env = "HONE_PORT")]
-    port: u16,
-    /// A GGUF file, an HF checkpoint folder, or `default` (SmolLM2-135M-Instruct).
-    #[arg(long, default_value = "default", env = "HONE_MODEL")]
-    model: String,
-    /// The reward of requests that name none (a manifest in --rewards).
-    #[arg(long, default_value = "default", env = "HONE_REWARD")]
-    reward: String,
-    /// Folder of reward manifests.
-    #[arg(long, default_value = "reward_models/manifests", env = "HONE_REWARDS")]
-    rewards: PathBuf,
-    /// Requests running on the model at once.
-    #[arg(long, default_value_t = 1, env = "HONE_MAX_CONCURRENCY")]
-    max_concurrency: usize,
-    /// Requests that may wait for the model; more get 429.
-    #[arg(long, default_value_t = 16, env = "HONE_MAX_QUEUE")]
-    max_queue: usize,
+    /// A TOML file of settings, keyed by these flags' names with underscores.
+    #[arg(long, env = "HONE_CONFIG")]
+    config: Option<PathBuf>,
+    /// [default: 127.0.0.1]
+    #[arg(long, env = "HONE_HOST")]
+    host: Option<String>,
+    /// [default: 8080]
+    #[arg(long, env = "HONE_PORT")]
+    port: Option<u16>,
+    /// A policy manifest name (in --policies), a GGUF file, an HF checkpoint folder, or
+    /// `default` (SmolLM2-135M-Instruct). [default: default]
+    #[arg(long, env = "HONE_MODEL")]
+    model: Option<String>,
+    /// Folder of policy manifests. [default: policies/manifests]
+    #[arg(long, env = "HONE_POLICIES")]
+    policies: Option<PathBuf>,
+    /// The reward of requests that name none (a manifest in --rewards). [default: default]
+    #[arg(long, env = "HONE_REWARD")]
+    reward: Option<String>,
+    /// Folder of reward manifests. [default: reward_models/manifests]
+    #[arg(long, env = "HONE_REWARDS")]
+    rewards: Option<PathBuf>,
+    /// Requests running on the model at once. [default: 1]
+    #[arg(long, env = "HONE_MAX_CONCURRENCY")]
+    max_concurrency: Option<usize>,
+    /// Requests that may wait for the model; more get 429. [default: 16]
+    #[arg(long, env = "HONE_MAX_QUEUE")]
+    max_queue: Option<usize>,
     /// Share of /optimize traffic answered by plain decoding, for A/B comparison (0 to 1).
-    #[arg(long, default_value_t = 0.0, env = "HONE_AB_PLAIN_FRACTION")]
-    ab_plain_fraction: f64,
-    /// Compute budget of requests that name none (unlimited when left out).
+    /// [default: 0]
+    #[arg(long, env = "HONE_AB_PLAIN_FRACTION")]
+    ab_plain_fraction: Option<f64>,
+    /// Compute budget of requests that name none. [default: unlimited]
     #[arg(long, env = "HONE_DEFAULT_BUDGET")]
     default_budget: Option<u64>,
     /// The most compute units any request may spend; larger budgets are lowered to it.
+    /// [default: unlimited]
     #[arg(long, env = "HONE_MAX_BUDGET")]
     max_budget: Option<u64>,
+    /// Request bodies above this many bytes get 413. [default: 1048576]
+    #[arg(long, env = "HONE_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// HTTP worker threads. [default: one per core]
+    #[arg(long, env = "HONE_WORKERS")]
+    workers: Option<usize>,
     /// Run on the CPU even when a GPU is available.
     #[arg(long, env = "HONE_CPU")]
     cpu: bool,
 }
 
+impl ServeArgs {
+    /// The settings: the file's (or the defaults), with every flag given laid over them.
+    fn config(self) -> Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        set(&mut c.host, self.host);
+        set(&mut c.port, self.port);
+        set(&mut c.model, self.model);
+        set(&mut c.policies, self.policies);
+        set(&mut c.reward, self.reward);
+        set(&mut c.rewards, self.rewards);
+        set(&mut c.max_concurrency, self.max_concurrency);
+        set(&mut c.max_queue, self.max_queue);
+        set(&mut c.ab_plain_fraction, self.ab_plain_fraction);
+        set(&mut c.max_body_bytes, self.max_body_bytes);
+        if self.default_budget.is_some() {
+            c.default_budget = self.default_budget;
+        }
+        if self.max_budget.is_some() {
+            c.max_budget = self.max_budget;
+        }
+        if self.workers.is_some() {
+            c.workers = self.workers;
+        }
+        c.cpu |= self.cpu;
+        Ok(c)
+    }
+}
+
+fn set<T>(field: &mut T, flag: Option<T>) {
+    if let Some(value) = flag {
+        *field = value;
+    }
+}
+
 pub fn run(a: ServeArgs) -> Result<()> {
-    let config = Config {
-        host: a.host,
-        port: a.port,
-        model: a.model,
-        reward: a.reward,
-        rewards: a.rewards,
-        max_concurrency: a.max_concurrency,
-        max_queue: a.max_queue,
-        ab_plain_fraction: a.ab_plain_fraction,
-        default_budget: a.default_budget,
-        max_budget: a.max_budget,
-        cpu: a.cpu,
-        ..Config::default()
-    };
-    let state = AppState::load(config)?;
+    let state = AppState::load(a.config()?)?;
     actix_web::rt::System::new().block_on(async move {
         let started = server::start(state).context("binding the server")?;
         eprintln!(
@@ -68,4 +108,38 @@ pub fn run(a: ServeArgs) -> Result<()> {
         actix_web::rt::spawn(server::shutdown_on_signal(started.state.clone()));
         started.server.await.context("serving")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_defaults() {
+        let file = std::env::temp_dir().join(format!("hone-serve-{}.toml", std::process::id()));
+        std::fs::write(
+            &file,
+            "port = 9000\nreward = \"concise\"\nmax_budget = 500\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let config = Cli::parse_from(["hone", "--config", path, "--port", "9100"])
+            .serve
+            .config()
+            .unwrap();
+        assert_eq!(config.port, 9100);
+        assert_eq!(config.reward, "concise");
+        assert_eq!(config.max_budget, Some(500));
+        assert_eq!(config.max_queue, Config::default().max_queue);
+        let config = Cli::parse_from(["hone"]).serve.config().unwrap();
+        assert_eq!(config.port, Config::default().port);
+        std::fs::remove_file(&file).ok();
+    }
 }

@@ -31,6 +31,8 @@ pub struct OptimizeBody {
     pub seed: Option<u64>,
     /// A reward manifest name (default: the server's `--reward`).
     pub reward: Option<String>,
+    /// The policy: must be the one this server serves (its id, `default`, or its `--model`).
+    pub policy: Option<String>,
     /// Also answer with plain decoding of the same prompt, scored by the same reward.
     #[serde(default)]
     pub compare_plain: bool,

@@ -9,6 +9,7 @@
 
 pub mod ab;
 pub mod api;
+mod config;
 pub mod error;
 pub mod metrics;
 pub mod openai;
@@ -20,60 +21,18 @@ use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context};
 use api::{Job, Limits};
 use error::ApiError;
-use policies::{store, Policy};
+use policies::{manifest, Policy};
 use reward_models::manifest::{Manifests, PolicyCache};
 use reward_models::RewardModel;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+
+pub use config::Config;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
-
-/// The service's settings (`hone serve` flags).
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub host: String,
-    pub port: u16,
-    /// A GGUF file, an HF checkpoint folder, or a known model name (`default`).
-    pub model: String,
-    /// The reward of requests that name none.
-    pub reward: String,
-    /// Folder of reward manifests.
-    pub rewards: PathBuf,
-    pub max_concurrency: usize,
-    pub max_queue: usize,
-    /// Share of /optimize traffic answered by plain decoding, for the A/B comparison.
-    pub ab_plain_fraction: f64,
-    pub default_budget: Option<u64>,
-    pub max_budget: Option<u64>,
-    pub cpu: bool,
-    /// Request bodies above this many bytes get 413.
-    pub max_body_bytes: usize,
-    /// HTTP worker threads; actix's default (one per core) when `None`.
-    pub workers: Option<usize>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            host: "127.0.0.1".into(),
-            port: 8080,
-            model: "default".into(),
-            reward: "default".into(),
-            rewards: PathBuf::from("reward_models/manifests"),
-            max_concurrency: 1,
-            max_queue: 16,
-            ab_plain_fraction: 0.0,
-            default_budget: None,
-            max_budget: None,
-            cpu: false,
-            max_body_bytes: 1 << 20,
-            workers: None,
-        }
-    }
-}
 
 /// A progress callback for a streamed request, called on the blocking pool as the loop runs.
 pub type Progress = Box<dyn FnMut(Event) + Send>;
@@ -127,7 +86,8 @@ impl AppState {
                 bail!("--default-budget ({d}) is above --max-budget ({m})");
             }
         }
-        let policy_path = store::resolve(&config.model)?;
+        let policy_path = manifest::resolve(&config.policies, &config.model)
+            .with_context(|| format!("resolving model `{}`", config.model))?;
         let device = if config.cpu {
             candle_core::Device::Cpu
         } else {
@@ -191,6 +151,21 @@ impl AppState {
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
         self.slots.close();
+    }
+
+    /// 404 (naming `param`) unless `name` is the served policy: its id, `default`, or the
+    /// `--model` it was loaded as. One server serves one policy.
+    pub fn check_policy(&self, param: &str, name: &str) -> Result<(), ApiError> {
+        if name == self.model_id() || name == self.config.model || name == "default" {
+            return Ok(());
+        }
+        Err(ApiError::not_found(
+            param,
+            format!(
+                "unknown model `{name}` (this server has `{}`)",
+                self.model_id()
+            ),
+        ))
     }
 
     /// 404 for a reward no manifest defines, checked before the request queues.

@@ -108,11 +108,6 @@ pub fn split_model(name: &str) -> (Option<Strategy>, &str) {
     }
 }
 
-/// Whether `name` is the served model: its id, or `default`/the `--model` it was loaded as.
-fn serves(state: &AppState, name: &str) -> bool {
-    name == state.model_id() || name == state.config.model || name == "default"
-}
-
 pub async fn chat_completions(
     state: web::Data<AppState>,
     body: web::Json<Value>,
@@ -127,15 +122,7 @@ pub async fn chat_completions(
         .clone()
         .unwrap_or_else(|| state.model_id().to_string());
     let (prefix, name) = split_model(&requested);
-    if !serves(&state, name) {
-        return Err(ApiError::not_found(
-            "model",
-            format!(
-                "unknown model `{name}` (this server has `{}`)",
-                state.model_id()
-            ),
-        ));
-    }
+    state.check_policy("model", name)?;
     let mut options = body.hone.clone().unwrap_or_default();
     options.temperature = options.temperature.or(body.temperature);
     options.top_p = options.top_p.or(body.top_p);

@@ -43,6 +43,9 @@ async fn optimize(
 ) -> Result<HttpResponse, ApiError> {
     let arrived = Instant::now();
     let body: api::OptimizeBody = parse(body.into_inner())?;
+    if let Some(policy) = &body.policy {
+        state.check_policy("policy", policy)?;
+    }
     let messages = api::conversation(&body)?;
     let key = api::ab_key(body.user.as_deref(), &messages);
     let mut job = api::build(

@@ -1,0 +1,96 @@
+//! The service's settings: `hone serve` flags, `HONE_*` environment variables, and a TOML
+//! file (`--config hone.toml`) whose keys are the flags' names with underscores. A flag or
+//! variable overrides the file; the file overrides the defaults below.
+//!
+//! ```toml
+//! port = 8080
+//! model = "default"          # a policy manifest name, a known model, or a path
+//! reward = "concise"
+//! max_concurrency = 1
+//! max_queue = 16
+//! ab_plain_fraction = 0.1
+//! default_budget = 4000
+//! max_budget = 20000
+//! ```
+
+use anyhow::Context;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    /// A policy manifest name (in `policies`), a GGUF file, an HF checkpoint folder, or a
+    /// known model name (`default`).
+    pub model: String,
+    /// Folder of policy manifests.
+    pub policies: PathBuf,
+    /// The reward of requests that name none.
+    pub reward: String,
+    /// Folder of reward manifests.
+    pub rewards: PathBuf,
+    pub max_concurrency: usize,
+    pub max_queue: usize,
+    /// Share of /optimize traffic answered by plain decoding, for the A/B comparison.
+    pub ab_plain_fraction: f64,
+    pub default_budget: Option<u64>,
+    pub max_budget: Option<u64>,
+    pub cpu: bool,
+    /// Request bodies above this many bytes get 413.
+    pub max_body_bytes: usize,
+    /// HTTP worker threads; actix's default (one per core) when `None`.
+    pub workers: Option<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            model: "default".into(),
+            policies: PathBuf::from(policies::manifest::DEFAULT_DIR),
+            reward: "default".into(),
+            rewards: PathBuf::from("reward_models/manifests"),
+            max_concurrency: 1,
+            max_queue: 16,
+            ab_plain_fraction: 0.0,
+            default_budget: None,
+            max_budget: None,
+            cpu: false,
+            max_body_bytes: 1 << 20,
+            workers: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a settings file; keys it leaves out keep their defaults, and an unknown key is an
+    /// error naming it (a typo should not silently fall back to a default).
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_sets_what_it_names_and_rejects_typos() {
+        let config: Config = toml::from_str("port = 9000\nreward = \"concise\"\n").unwrap();
+        assert_eq!((config.port, config.reward.as_str()), (9000, "concise"));
+        assert_eq!(config.max_queue, Config::default().max_queue);
+        let err = toml::from_str::<Config>("max_queu = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_queu"), "{err}");
+        let err = toml::from_str::<Config>("port = \"eighty\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port"), "{err}");
+    }
+}
