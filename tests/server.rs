@@ -489,6 +489,44 @@ fn a_stream_whose_client_leaves_is_cancelled() {
     panic!("the abandoned stream was not cancelled");
 }
 
+#[test]
+fn a_plain_request_whose_client_leaves_is_cancelled() {
+    // Long enough to run for about half a minute if nobody stopped it.
+    let body = json!({
+        "prompt": "Write a long story about a dragon.", "strategy": "best_of_n", "n": 4,
+        "max_tokens": 512, "user": user_in(Arm::Optimized, "leaves"),
+    })
+    .to_string();
+    let mut stream = TcpStream::connect(server().addr).unwrap();
+    write!(
+        stream,
+        "POST /optimize HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Wait until it runs (or waits for the model), then hang up without reading anything.
+    let started = "hone_in_flight 1";
+    for _ in 0..240 {
+        let text = send("GET", "/metrics", None).1;
+        if text.contains(started) || text.contains("hone_queue_depth 1") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(stream);
+    let cancelled =
+        "hone_requests_total{arm=\"optimized\",status=\"499\",strategy=\"best_of_n\"} 1";
+    for _ in 0..240 {
+        if send("GET", "/metrics", None).1.contains(cancelled) {
+            assert_healthy();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the abandoned request was not cancelled");
+}
+
 /// Announces a body of `len` bytes and sends none of it; returns the status and JSON body.
 fn oversize_post(path: &str, len: usize) -> (u16, Value) {
     let mut stream = TcpStream::connect(server().addr).unwrap();

@@ -3,13 +3,14 @@
 //!
 //! The loops are synchronous and CPU-bound, so each request runs them on tokio's blocking pool
 //! while its handler waits. A semaphore of `max_concurrency` slots bounds the model work; up to
-//! `max_queue` requests wait for a slot and the rest get 429 at once. A handler that is dropped
-//! (the client went away) sets the loop's cancel flag, so the slot is freed at the loop's next
-//! step rather than after a full answer nobody reads.
+//! `max_queue` requests wait for a slot and the rest get 429 at once. A client that goes away
+//! sets the loop's cancel flag ([`CancelOnDrop`]), so the slot is freed at the loop's next step
+//! rather than after a full answer nobody reads.
 
 pub mod ab;
 pub mod api;
 mod config;
+mod disconnect;
 pub mod error;
 pub mod metrics;
 pub mod openai;
@@ -320,27 +321,32 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Sets a cancel flag when dropped. Held by whatever stops existing when the client goes away:
-/// the handler's future, or a streaming response's body. actix-web 4 drops a handler's future
-/// only when it writes to a closed connection (actix/actix-web#3462), so a plain JSON request
-/// runs on after a disconnect; a streamed one writes keep-alives and so is cancelled within
-/// about a second.
-pub struct CancelOnDrop(Arc<AtomicBool>);
+/// A request's cancel flag: set when the client is seen to be gone (see [`disconnect`]), and
+/// when this guard is dropped. It is held by whatever stops existing when the client goes away:
+/// the handler's future, or a streaming response's body (dropped when a keep-alive write fails).
+pub struct CancelOnDrop {
+    flag: Arc<AtomicBool>,
+    _watch: Option<disconnect::Watch>,
+}
 
 impl CancelOnDrop {
-    #[allow(clippy::new_without_default)]
-    pub fn new() -> Self {
-        Self(Arc::new(AtomicBool::new(false)))
+    pub fn new(req: &actix_web::HttpRequest) -> Self {
+        let flag = Arc::new(AtomicBool::new(false));
+        let peer = req.conn_data::<disconnect::Peer>().cloned();
+        Self {
+            _watch: disconnect::watch(peer, flag.clone()),
+            flag,
+        }
     }
 
     pub fn flag(&self) -> Arc<AtomicBool> {
-        self.0.clone()
+        self.flag.clone()
     }
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.flag.store(true, Ordering::Relaxed);
     }
 }
 
@@ -366,7 +372,7 @@ pub fn start(state: AppState) -> std::io::Result<Started> {
     let state = Arc::new(state);
     let data = web::Data::from(state.clone());
     let limit = state.config.max_body_bytes;
-    let mut server = HttpServer::new(move || {
+    let server = HttpServer::new(move || {
         let json = web::JsonConfig::default()
             .limit(limit)
             .content_type_required(false)
@@ -376,6 +382,7 @@ pub fn start(state: AppState) -> std::io::Result<Started> {
             .app_data(json)
             .configure(routes::configure)
     });
+    let mut server = server.on_connect(disconnect::remember);
     if let Some(workers) = state.config.workers {
         server = server.workers(workers);
     }

@@ -15,7 +15,7 @@ use super::{AppState, CancelOnDrop, Outcome};
 use crate::strategy::{Stopped, Strategy};
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::web::Bytes;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use policies::{Message, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -109,6 +109,7 @@ pub fn split_model(name: &str) -> (Option<Strategy>, &str) {
 }
 
 pub async fn chat_completions(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
@@ -148,7 +149,7 @@ pub async fn chat_completions(
     if body.stream.unwrap_or(false) {
         // The loop runs in its own task; the response body holds the cancel guard, so a client
         // that goes away (a keep-alive write fails) drops it and stops the loop.
-        let cancel = CancelOnDrop::new();
+        let cancel = CancelOnDrop::new(&req);
         let flag = cancel.flag();
         let (tx, rx) = mpsc::unbounded_channel();
         actix_web::rt::spawn(async move {
@@ -162,7 +163,7 @@ pub async fn chat_completions(
         });
         return Ok(sse(rx, cancel));
     }
-    let cancel = CancelOnDrop::new();
+    let cancel = CancelOnDrop::new(&req);
     let result = state.clone().run(job, false, cancel.flag(), None).await;
     // Chat traffic is not randomized between arms, so it stays out of the A/B comparison.
     record(&state, strategy, arm, budget, &result, arrived, false);

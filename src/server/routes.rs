@@ -38,6 +38,7 @@ pub fn parse<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
 }
 
 async fn optimize(
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
@@ -66,16 +67,16 @@ async fn optimize(
     let budget = job.compute_budget();
     let strategy = job.strategy;
     let state: Arc<AppState> = state.into_inner();
+    let cancel = CancelOnDrop::new(&req);
     if body.stream {
         return Ok(optimize_stream(
             state,
             job,
             body.compare_plain,
-            arm,
-            arrived,
+            (arm, arrived),
+            cancel,
         ));
     }
-    let cancel = CancelOnDrop::new();
     let result = state
         .clone()
         .run(job, body.compare_plain, cancel.flag(), None)
@@ -96,11 +97,10 @@ fn optimize_stream(
     state: Arc<AppState>,
     job: Job,
     compare_plain: bool,
-    arm: Arm,
-    arrived: Instant,
+    (arm, arrived): (Arm, Instant),
+    cancel: CancelOnDrop,
 ) -> HttpResponse {
     let (strategy, budget) = (job.strategy, job.compute_budget());
-    let cancel = CancelOnDrop::new();
     let flag = cancel.flag();
     let (tx, rx) = mpsc::unbounded_channel();
     let events = tx.clone();
