@@ -22,7 +22,7 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Score a response with a configured reward model.
     Score(cli::score::ScoreArgs),
-    /// Measure prefill and decode speed of a policy model.
+    /// Measure the engine, a reward model, TPO against a naive loop, or the service overhead.
     Bench(cli::bench::BenchArgs),
     /// Spend a compute budget on one prompt with TPO, best-of-N or plain decoding.
     Optimize(cli::optimize::OptimizeArgs),

@@ -7,7 +7,8 @@ mod common;
 use common::load;
 use hone::budget::Budget;
 use hone::strategy::{
-    Engine, Event, Learned, Move, Request, RoundKind, Stopped, Strategy, StrategyError, Trace,
+    Engine, Event, Execution, Learned, Move, Request, RoundKind, Stopped, Strategy, StrategyError,
+    Trace,
 };
 use policies::store::SMOLLM2;
 use policies::{Message, Policy, Role};
@@ -51,11 +52,32 @@ fn run(
     req: &Request,
     progress: Option<&mut dyn FnMut(Event)>,
 ) -> Result<Trace, StrategyError> {
+    run_as(
+        strategy,
+        Execution::Batched,
+        reward,
+        weight,
+        learned,
+        req,
+        progress,
+    )
+}
+
+fn run_as(
+    strategy: Strategy,
+    execution: Execution,
+    reward: &Verifier,
+    weight: f64,
+    learned: &Learned,
+    req: &Request,
+    progress: Option<&mut dyn FnMut(Event)>,
+) -> Result<Trace, StrategyError> {
     let engine = Engine {
         policy: policy(),
         reward,
         reward_weight: weight,
         learned,
+        execution,
     };
     strategy.run(&engine, req, progress, None)
 }
@@ -296,4 +318,60 @@ fn auto_explores_both_moves_then_follows_its_estimate() {
     let trace = run(Strategy::Auto, &verifier(), 0.0, &learned, &req, None).unwrap();
     let auto = trace.auto.expect("auto explains its decisions");
     assert!(auto.decisions.iter().all(|d| d.chose == Move::Resample));
+}
+
+#[test]
+fn sequential_tpo_finds_the_same_candidates_at_a_higher_cost() {
+    // The reference implementation's way (a prefill per response, a reward call per score)
+    // against batching: the same trace, fewer policy positions. Unlimited budget, so that
+    // both plan the same calls.
+    let req = Request {
+        budget: Budget::default(),
+        ..request(3, 1, 16, 0)
+    };
+    let batched = run(
+        Strategy::Tpo,
+        &verifier(),
+        1.0,
+        &Learned::default(),
+        &req,
+        None,
+    )
+    .unwrap();
+    let sequential = run_as(
+        Strategy::Tpo,
+        Execution::Sequential,
+        &verifier(),
+        1.0,
+        &Learned::default(),
+        &req,
+        None,
+    )
+    .unwrap();
+    let texts = |t: &Trace| -> Vec<(String, Option<f32>)> {
+        t.rounds
+            .iter()
+            .flat_map(|r| &r.candidates)
+            .map(|c| (c.text.clone(), c.score))
+            .collect()
+    };
+    assert_eq!(texts(&batched), texts(&sequential));
+    assert_eq!(batched.answer, sequential.answer);
+    assert_eq!(
+        batched.usage.tokens_generated,
+        sequential.usage.tokens_generated
+    );
+    assert_eq!(
+        batched.usage.reward_positions,
+        sequential.usage.reward_positions
+    );
+    let p = prompt_tokens();
+    // The first round alone prefills the query twice more when sequential.
+    assert!(
+        sequential.usage.policy_positions >= batched.usage.policy_positions + 2 * p,
+        "{:?} vs {:?}",
+        sequential.usage,
+        batched.usage
+    );
+    assert!(sequential.usage.reward_calls > batched.usage.reward_calls);
 }

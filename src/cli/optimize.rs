@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use hone::budget::{self, Budget};
-use hone::strategy::{Engine, Event, Learned, Request, Strategy};
+use hone::strategy::{Engine, Event, Execution, Learned, Request, Strategy};
 use policies::{Message, Policy, Role};
 use reward_models::manifest::{Manifests, PolicyCache};
 use std::path::PathBuf;
@@ -133,6 +133,7 @@ pub fn run(a: OptimizeArgs) -> Result<()> {
         reward: reward.as_ref(),
         reward_weight: weight,
         learned: &learned,
+        execution: Execution::Batched,
     };
     let trace = a
         .strategy

@@ -17,7 +17,7 @@ pub mod openai;
 pub mod routes;
 
 use crate::budget;
-use crate::strategy::{Engine, Event, Learned, Strategy, Trace};
+use crate::strategy::{Engine, Event, Execution, Learned, Strategy, Trace};
 use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context};
 use api::{Job, Limits};
@@ -284,6 +284,7 @@ impl AppState {
             reward: reward.as_ref(),
             reward_weight,
             learned: &self.learned,
+            execution: Execution::Batched,
         };
         let trace = job.strategy.run(
             &engine,

@@ -107,6 +107,20 @@ pub struct Engine<'a> {
     pub reward_weight: f64,
     /// What the queries so far taught about the policy; every loop adds to it.
     pub learned: &'a Learned,
+    pub execution: Execution,
+}
+
+/// How a round's responses are computed. Both give the same responses and scores (row `i` of
+/// a batch samples with the seed a lone call `i` would use, and the engine's batches are
+/// bit-identical to lone calls); they differ in what they cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Execution {
+    /// One prefill of the prompt shared by a batch of N rows; one reward call per round.
+    #[default]
+    Batched,
+    /// Each response its own prefill and decoding, each score its own reward call: how the
+    /// reference TPO implementation runs, kept as the baseline `hone bench tpo` measures.
+    Sequential,
 }
 
 /// One query and how to spend on it.

@@ -2,8 +2,8 @@
 //! scored candidates, and the trace being written.
 
 use super::{
-    CandidateTrace, Engine, Event, Learned, Request, Round, RoundKind, Stopped, Strategy,
-    StrategyError, Trace,
+    CandidateTrace, Engine, Event, Execution, Learned, Request, Round, RoundKind, Stopped,
+    Strategy, StrategyError, Trace,
 };
 use crate::budget::{self, Meter};
 use policies::{FinishReason, GenerateParams, Generation, Policy, PolicyError, SamplingParams};
@@ -37,6 +37,7 @@ pub struct Session<'a> {
     pub policy: &'a Policy,
     reward: &'a dyn RewardModel,
     pub learned: &'a Learned,
+    execution: Execution,
     pub request: &'a Request,
     /// The most tokens of each response: the request's, or less where `auto` decides so.
     pub max_tokens: usize,
@@ -95,6 +96,7 @@ impl<'a> Session<'a> {
             policy: engine.policy,
             reward: engine.reward,
             learned: engine.learned,
+            execution: engine.execution,
             request,
             max_tokens: request.max_tokens,
             meter,
@@ -138,6 +140,41 @@ impl<'a> Session<'a> {
         scored: bool,
         stop: &[&str],
     ) -> Result<Option<Sampled>, StrategyError> {
+        let seed = self.next_seed;
+        // Seeds advance by the n asked for, so a run's later calls do not depend on the plan.
+        self.next_seed = self.next_seed.wrapping_add(n as u64);
+        if self.execution == Execution::Batched {
+            return self.generate(prompt, n, seed, scored, stop);
+        }
+        // One call per response; response i samples with seed + i, as row i of a batch does.
+        let mut out: Option<Sampled> = None;
+        for i in 0..n {
+            let Some(one) = self.generate(prompt, 1, seed.wrapping_add(i as u64), scored, stop)?
+            else {
+                break;
+            };
+            let all = out.get_or_insert(Sampled {
+                generations: Vec::new(),
+                limited: false,
+            });
+            all.generations.extend(one.generations);
+            all.limited |= one.limited;
+        }
+        if let Some(all) = out.as_mut() {
+            all.limited |= all.generations.len() < n;
+        }
+        Ok(out)
+    }
+
+    /// One policy call: `n` responses over one prefill of `prompt`, sized by the budget.
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        n: usize,
+        seed: u64,
+        scored: bool,
+        stop: &[&str],
+    ) -> Result<Option<Sampled>, StrategyError> {
         let reward = |t: usize| if scored { self.reward_cost(t) } else { 0 };
         let plan = budget::plan(
             self.meter.remaining(),
@@ -149,13 +186,11 @@ impl<'a> Session<'a> {
         let Some(plan) = plan else { return Ok(None) };
         let params = GenerateParams {
             max_tokens: plan.max_tokens,
-            sampling: sampling(self.request, self.next_seed),
+            sampling: sampling(self.request, seed),
             stop: stop.iter().map(|s| s.to_string()).collect(),
             max_positions: plan.max_positions,
             cancel: self.cancel.clone(),
         };
-        // Seeds advance by the n asked for, so a run's later calls do not depend on the plan.
-        self.next_seed = self.next_seed.wrapping_add(n as u64);
         let (generations, stats) = match self.policy.generate(prompt, plan.n, &params) {
             Ok(out) => out,
             Err(PolicyError::OverBudget { .. }) => return Ok(None),
@@ -200,13 +235,15 @@ impl<'a> Session<'a> {
         });
     }
 
-    /// Scores the usable drafts in one reward call: in order, as many as the budget covers.
+    /// Scores the usable drafts in one reward call (one call each when sequential): in order,
+    /// as many as the budget covers.
     /// Every draft goes into the current round of the trace. False when some usable draft could
     /// not be afforded.
     pub fn score(&mut self, drafts: Vec<Draft>) -> Result<bool, StrategyError> {
         let remaining = self.meter.remaining();
         let mut cost = 0;
         let mut afford = Vec::new();
+        let mut costs = Vec::new();
         let usable: Vec<usize> = (0..drafts.len())
             .filter(|&i| drafts[i].dropped.is_none())
             .collect();
@@ -218,6 +255,7 @@ impl<'a> Session<'a> {
             }
             cost += c;
             afford.push(i);
+            costs.push(c);
         }
         let mut scores = Vec::new();
         if !afford.is_empty() {
@@ -228,16 +266,23 @@ impl<'a> Session<'a> {
                     response: &drafts[i].text,
                 })
                 .collect();
-            scores = self.reward.score(&batch)?;
-            if scores.len() != batch.len() {
-                return Err(RewardError::Model(format!(
-                    "{} scores for {} candidates",
-                    scores.len(),
-                    batch.len()
-                ))
-                .into());
+            let size = match self.execution {
+                Execution::Batched => batch.len(),
+                Execution::Sequential => 1,
+            };
+            for (call, call_costs) in batch.chunks(size).zip(costs.chunks(size)) {
+                let got = self.reward.score(call)?;
+                if got.len() != call.len() {
+                    return Err(RewardError::Model(format!(
+                        "{} scores for {} candidates",
+                        got.len(),
+                        call.len()
+                    ))
+                    .into());
+                }
+                scores.extend(got);
+                self.meter.record_reward(call_costs.iter().sum());
             }
-            self.meter.record_reward(cost);
         }
         let round = self.rounds.len().saturating_sub(1);
         let mut scores = scores.into_iter();

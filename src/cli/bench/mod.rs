@@ -1,0 +1,77 @@
+//! `hone bench [engine|reward|tpo|service]`: the measurements behind docs/PERFORMANCE.md, made
+//! by the binary users run. Each prints a Markdown table.
+
+mod engine;
+mod reward;
+mod service;
+mod tpo;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum What {
+    /// Policy prefill and decode tok/s per batch size.
+    Engine,
+    /// A reward model's pairs scored per second per batch size (`--reward`).
+    Reward,
+    /// TPO queries batched against the same loop run naively (a prefill per candidate, a reward
+    /// call per score): compute units and wall time, side by side.
+    Tpo,
+    /// What the HTTP service adds around the engine per request.
+    Service,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// What to measure [default: engine, or reward when --reward is given].
+    what: Option<What>,
+    /// A policy manifest name (in $HONE_POLICIES, default policies/manifests), a GGUF file, an
+    /// HF checkpoint folder, or `default` (SmolLM2-135M-Instruct).
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// engine: prompt length.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// engine: decoding steps.
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    /// engine, reward: batch sizes to measure (comma separated).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 4])]
+    batch: Vec<usize>,
+    /// Times each measurement is repeated (service: requests per arm).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// reward, tpo, service: the reward (a manifest name) [default: `default`, or `concise`
+    /// for service, whose requests should cost the engine as little as possible].
+    #[arg(long)]
+    reward: Option<String>,
+    /// Folder of reward manifests.
+    #[arg(long, default_value = "reward_models/manifests", env = "HONE_REWARDS")]
+    rewards: PathBuf,
+    /// tpo: candidates per round.
+    #[arg(long, default_value_t = 4)]
+    n: usize,
+    /// tpo: improvement rounds.
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+    /// tpo: the most tokens of each candidate and critique.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    #[arg(long)]
+    cpu: bool,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let what = a.what.unwrap_or(match a.reward {
+        Some(_) => What::Reward,
+        None => What::Engine,
+    });
+    match what {
+        What::Engine => engine::run(&a),
+        What::Reward => reward::run(&a),
+        What::Tpo => tpo::run(&a),
+        What::Service => service::run(&a),
+    }
+}
