@@ -53,6 +53,12 @@ pub struct Usage {
     pub tokens_generated: u64,
     pub reward_calls: u64,
     pub wall_ms: u64,
+    /// Speculative decoding (vLLM's counters): policy steps that verified drafts,
+    pub spec_drafts: u64,
+    /// the draft tokens verified (their positions are part of `policy_positions`),
+    pub spec_draft_tokens: u64,
+    /// and the draft tokens accepted.
+    pub spec_accepted_tokens: u64,
 }
 
 /// Records what a query spends and says what is left of its budget.
@@ -65,6 +71,7 @@ pub struct Meter {
     reward_positions: u64,
     tokens_generated: u64,
     reward_calls: u64,
+    spec: [u64; 3],
 }
 
 impl Meter {
@@ -79,6 +86,7 @@ impl Meter {
             reward_positions: 0,
             tokens_generated: 0,
             reward_calls: 0,
+            spec: [0; 3],
         }
     }
 
@@ -109,6 +117,9 @@ impl Meter {
     pub fn record_generation(&mut self, stats: &GenerationStats, tokens: usize) {
         self.policy_positions += stats.positions() as u64;
         self.tokens_generated += tokens as u64;
+        self.spec[0] += stats.num_drafts as u64;
+        self.spec[1] += stats.num_draft_tokens as u64;
+        self.spec[2] += stats.num_accepted_tokens as u64;
     }
 
     /// Records one reward call and its (estimated) cost in compute units.
@@ -125,6 +136,9 @@ impl Meter {
             tokens_generated: self.tokens_generated,
             reward_calls: self.reward_calls,
             wall_ms: self.started.elapsed().as_millis() as u64,
+            spec_drafts: self.spec[0],
+            spec_draft_tokens: self.spec[1],
+            spec_accepted_tokens: self.spec[2],
         }
     }
 }

@@ -11,7 +11,7 @@ use hone::strategy::{
     Trace,
 };
 use policies::store::SMOLLM2;
-use policies::{Message, Policy, Role};
+use policies::{Message, Policy, Role, Speculation};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reward_models::Verifier;
@@ -78,6 +78,7 @@ fn run_as(
         reward_weight: weight,
         learned,
         execution,
+        speculation: Speculation::OFF,
     };
     strategy.run(&engine, req, progress, None)
 }

@@ -5,6 +5,7 @@ use crate::kv_cache::KvCache;
 use crate::model::Logits;
 use crate::policy::Policy;
 use crate::sampling::{Sampler, SamplingParams};
+use crate::speculative::{self, Speculation};
 use candle_core::Tensor;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct GenerateParams {
     pub max_positions: Option<usize>,
     /// Set from another thread to abandon the call (e.g. the client went away).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Draft tokens from the context and verify them in one pass (off by default).
+    pub speculation: Speculation,
 }
 
 impl Default for GenerateParams {
@@ -32,6 +35,7 @@ impl Default for GenerateParams {
             stop: Vec::new(),
             max_positions: None,
             cancel: None,
+            speculation: Speculation::OFF,
         }
     }
 }
@@ -90,9 +94,16 @@ pub struct GenerationStats {
     /// Prompt tokens run through the model (a shared prompt counts once).
     pub prefill_tokens: usize,
     pub prefill_secs: f64,
-    /// Token positions computed while decoding, over all rows.
+    /// Token positions computed while decoding, over all rows: verified drafts included,
+    /// rejected ones too (not the padding that aligns rows of different lengths).
     pub decode_tokens: usize,
     pub decode_secs: f64,
+    /// Speculative decoding, as vLLM counts it: steps that verified at least one draft token,
+    pub num_drafts: usize,
+    /// the draft tokens verified,
+    pub num_draft_tokens: usize,
+    /// and those accepted.
+    pub num_accepted_tokens: usize,
 }
 
 impl GenerationStats {
@@ -113,6 +124,8 @@ impl GenerationStats {
 /// A sequence being decoded.
 struct Row {
     sampler: Sampler,
+    /// The prompt and the tokens so far: what the drafter looks up.
+    context: Vec<u32>,
     tokens: Vec<u32>,
     finish: Option<FinishReason>,
     text: String,
@@ -143,7 +156,7 @@ impl Policy {
         };
         let cache = cache.select_rows(&vec![0; n])?;
         let first = vec![logits; n];
-        let out = self.decode(cache, first, params, &mut stats)?;
+        let out = self.decode(cache, first, &vec![prompt.to_vec(); n], params, &mut stats)?;
         Ok((out, stats))
     }
 
@@ -168,50 +181,52 @@ impl Policy {
             prefill_secs: start.elapsed().as_secs_f64(),
             ..Default::default()
         };
-        let out = self.decode(cache, first, params, &mut stats)?;
+        let out = self.decode(cache, first, prompts, params, &mut stats)?;
         Ok((out, stats))
     }
 
     /// The decode loop: sample from each row's last logits, feed the tokens back as one batch,
-    /// and drop rows from the batch as they finish.
+    /// and drop rows from the batch as they finish. With speculation, each row's token is fed
+    /// together with the drafts that follow it, and the policy's verdict on them decides how
+    /// many tokens the row gains this step (see [`speculative`]).
     fn decode(
         &self,
         mut cache: KvCache,
-        mut logits: Vec<Vec<f32>>,
+        logits: Vec<Vec<f32>>,
+        prompts: &[Vec<u32>],
         params: &GenerateParams,
         stats: &mut GenerationStats,
     ) -> Result<Vec<Generation>> {
         let start = Instant::now();
         let context = self.model().config().context_length;
-        let mut rows: Vec<Row> = (0..logits.len())
-            .map(|i| {
+        let mut rows: Vec<Row> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, prompt)| {
                 let sampling = SamplingParams {
                     seed: params.sampling.seed.wrapping_add(i as u64),
                     ..params.sampling.clone()
                 };
                 Row {
                     sampler: Sampler::new(sampling),
+                    context: prompt.clone(),
                     tokens: Vec::new(),
                     finish: None,
                     text: String::new(),
                 }
             })
             .collect();
-        // `active[j]` is the output row held in cache row `j`.
+        // `active[j]` is the output row held in cache row `j`; `next[j]` is the token it feeds
+        // next, already appended to the row.
         let mut active: Vec<usize> = (0..rows.len()).collect();
+        let mut next = Vec::with_capacity(rows.len());
+        for (j, logits) in logits.iter().enumerate() {
+            let token = rows[j].sampler.sample(logits);
+            let position = cache.next_position(j) as usize;
+            self.advance(&mut rows[j], token, params, position + 1 >= context)?;
+            next.push(token);
+        }
         loop {
-            let mut next = Vec::with_capacity(active.len());
-            for (j, &r) in active.iter().enumerate() {
-                let row = &mut rows[r];
-                let token = row.sampler.sample(&logits[j]);
-                next.push(token);
-                self.advance(
-                    row,
-                    token,
-                    params,
-                    cache.next_position(j) as usize + 1 >= context,
-                )?;
-            }
             let mut keep: Vec<usize> = (0..active.len())
                 .filter(|&j| rows[active[j]].finish.is_none())
                 .collect();
@@ -221,14 +236,36 @@ impl Policy {
             if params.cancelled() {
                 return Err(PolicyError::Cancelled);
             }
-            // The next step computes one position per live row; cut rows off rather than pass
-            // the limit (the last rows of the batch first, so row order stays seed order).
+            // Drafts for each live row, within its token and context limits.
+            let mut drafts: Vec<Vec<u32>> = keep
+                .iter()
+                .map(|&j| {
+                    let row = &rows[active[j]];
+                    // The step gains the accepted drafts plus one token: keep within both limits.
+                    let room = (params.max_tokens - row.tokens.len())
+                        .saturating_sub(1)
+                        .min(context.saturating_sub(cache.next_position(j) as usize + 2));
+                    params.speculation.propose(&row.context, room)
+                })
+                .collect();
+            // The step computes one position per live row plus its drafts: drop drafts, then
+            // rows, rather than pass the limit (the last rows of the batch first, so row order
+            // stays seed order).
             if let Some(limit) = params.max_positions {
                 let room = limit.saturating_sub(stats.positions());
+                let mut drafted: usize = drafts.iter().map(Vec::len).sum();
+                for d in drafts.iter_mut().rev() {
+                    if keep.len() + drafted <= room {
+                        break;
+                    }
+                    drafted -= d.len();
+                    d.clear();
+                }
                 for &j in keep.iter().skip(room) {
                     rows[active[j]].finish = Some(FinishReason::Budget);
                 }
                 keep.truncate(room);
+                drafts.truncate(room);
                 if keep.is_empty() {
                     break;
                 }
@@ -238,11 +275,47 @@ impl Policy {
                 active = keep.iter().map(|&j| active[j]).collect();
                 next = keep.iter().map(|&j| next[j]).collect();
             }
-            let chunk: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-            let chunk: Vec<&[u32]> = chunk.iter().map(|c| c.as_slice()).collect();
-            let out = self.model().forward(&chunk, &mut cache, Logits::Last)?;
-            stats.decode_tokens += chunk.len();
-            logits = rows_to_vecs(&out)?;
+            let chunks: Vec<Vec<u32>> = next
+                .iter()
+                .zip(&drafts)
+                .map(|(&t, d)| std::iter::once(t).chain(d.iter().copied()).collect())
+                .collect();
+            let refs: Vec<&[u32]> = chunks.iter().map(Vec::as_slice).collect();
+            let base: Vec<usize> = (0..active.len())
+                .map(|j| cache.next_position(j) as usize)
+                .collect();
+            let drafted: usize = drafts.iter().map(Vec::len).sum();
+            let per_row: Vec<Vec<Vec<f32>>> = if drafted == 0 {
+                let out = self.model().forward(&refs, &mut cache, Logits::Last)?;
+                rows_to_vecs(&out)?.into_iter().map(|l| vec![l]).collect()
+            } else {
+                let out = self.model().verify(&refs, &mut cache)?;
+                let all: Vec<Vec<Vec<f32>>> = out.to_dtype(candle_core::DType::F32)?.to_vec3()?;
+                // Rows are right-aligned: row j's chunk is the last `len` positions.
+                all.into_iter()
+                    .zip(&chunks)
+                    .map(|(positions, chunk)| positions[positions.len() - chunk.len()..].to_vec())
+                    .collect()
+            };
+            stats.decode_tokens += active.len() + drafted;
+            stats.num_drafts += drafts.iter().filter(|d| !d.is_empty()).count();
+            stats.num_draft_tokens += drafted;
+            for (j, logits) in per_row.iter().enumerate() {
+                let row = &mut rows[active[j]];
+                let verdict = speculative::verify(&mut row.sampler, logits, &drafts[j]);
+                stats.num_accepted_tokens += verdict.accepted;
+                cache.rollback_row(j, drafts[j].len() - verdict.accepted);
+                // Accepted drafts sit at the positions after the fed token.
+                let gained = drafts[j][..verdict.accepted].iter().chain([&verdict.next]);
+                for (i, &token) in gained.enumerate() {
+                    if row.finish.is_some() {
+                        break;
+                    }
+                    let position = base[j] + 1 + i;
+                    self.advance(row, token, params, position + 1 >= context)?;
+                }
+                next[j] = verdict.next;
+            }
         }
         stats.decode_secs += start.elapsed().as_secs_f64();
         Ok(rows
@@ -269,6 +342,7 @@ impl Policy {
             return Ok(());
         }
         row.tokens.push(token);
+        row.context.push(token);
         row.text = tokenizer.decode(&row.tokens, true)?;
         if let Some(cut) = params
             .stop

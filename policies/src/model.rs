@@ -218,6 +218,16 @@ impl Transformer {
             .forward(&self.forward_hidden(rows, cache, logits)?)?)
     }
 
+    /// Like [`Self::forward`] with [`Logits::All`], but every position is computed exactly as
+    /// a one-token decoding step would compute it: each query attends over precisely the keys
+    /// at or before its position, with the shapes of a lone step, so the logits are
+    /// bit-identical to feeding the tokens one at a time. Speculative decoding verifies drafts
+    /// with it, which keeps greedy output identical to plain decoding.
+    pub fn verify(&self, rows: &[&[u32]], cache: &mut KvCache) -> Result<Tensor> {
+        let hidden = self.hidden(rows, cache, Logits::All, Attention::PerQuery)?;
+        Ok(self.lm_head.forward(&hidden)?)
+    }
+
     /// Like [`Self::forward`], but returns the final normalized hidden states instead of
     /// logits (`[batch, hidden]` or `[batch, chunk, hidden]`): the input of a reward head.
     pub fn forward_hidden(
@@ -225,6 +235,16 @@ impl Transformer {
         rows: &[&[u32]],
         cache: &mut KvCache,
         logits: Logits,
+    ) -> Result<Tensor> {
+        self.hidden(rows, cache, logits, Attention::Chunk)
+    }
+
+    fn hidden(
+        &self,
+        rows: &[&[u32]],
+        cache: &mut KvCache,
+        logits: Logits,
+        attention: Attention,
     ) -> Result<Tensor> {
         let b = rows.len();
         if b != cache.batch_size() {
@@ -269,7 +289,7 @@ impl Transformer {
             xs = (xs * (self.cfg.hidden_size as f64).sqrt())?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = self.layer(i, layer, &xs, &pos, cache, &views)?;
+            xs = self.layer(i, layer, &xs, &pos, cache, &views, attention)?;
         }
         let xs = match logits {
             Logits::Last => xs.narrow(1, t - 1, 1)?.squeeze(1)?,
@@ -278,6 +298,7 @@ impl Transformer {
         Ok(self.norm.forward(&xs)?)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn layer(
         &self,
         index: usize,
@@ -286,6 +307,7 @@ impl Transformer {
         pos: &Tensor,
         cache: &mut KvCache,
         views: &[RowView],
+        attention: Attention,
     ) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let (h, hkv, d) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
@@ -315,19 +337,27 @@ impl Transformer {
                 view.keys(&k.narrow(0, r, 1)?)?,
                 view.keys(&v.narrow(0, r, 1)?)?,
             );
-            let s = k.dim(2)?;
             let mask = if l.window.is_some() {
                 &view.local
             } else {
                 &view.global
             };
-            let q = (q.narrow(0, r, 1)?.reshape((1, hkv, g * t, d))? * scale)?;
-            let scores = q
-                .matmul(&k.t()?)?
-                .reshape((1, hkv, g, t, s))?
-                .broadcast_add(mask)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores.reshape((1, hkv, g * t, s))?)?;
-            rows.push(probs.matmul(&v)?);
+            let q = q.narrow(0, r, 1)?;
+            let out = match attention {
+                Attention::Chunk => attend(&q.reshape((1, hkv, g * t, d))?, &k, &v, mask, scale)?,
+                Attention::PerQuery => {
+                    // Query j alone over the keys up to its position: a decoding step's shapes.
+                    let mut outs = Vec::with_capacity(t);
+                    for (j, &seen) in view.seen.iter().enumerate() {
+                        let qj = q.narrow(2, j, 1)?.contiguous()?.reshape((1, hkv, g, d))?;
+                        let mask = mask.narrow(3, j, 1)?.narrow(4, 0, seen)?;
+                        let (kj, vj) = (k.narrow(2, 0, seen)?, v.narrow(2, 0, seen)?);
+                        outs.push(attend(&qj, &kj, &vj, &mask, scale)?.reshape((1, hkv, g, 1, d))?);
+                    }
+                    Tensor::cat(&outs, 3)?.reshape((1, hkv, g * t, d))?
+                }
+            };
+            rows.push(out);
         }
         let attn = Tensor::cat(&rows, 0)?
             .reshape((b, h, t, d))?
@@ -391,8 +421,16 @@ impl Transformer {
                 let idx: Vec<u32> = held.iter().map(|h| h.0 as u32).collect();
                 Slots::Indices(Tensor::from_vec(idx, s, &self.device)?)
             };
+            let seen = qs
+                .iter()
+                .map(|q| match q {
+                    Some(qp) => held.iter().filter(|h| h.1 <= *qp).count(),
+                    None => 1.min(s),
+                })
+                .collect();
             let shape = (1, 1, 1, t, s);
             views.push(RowView {
+                seen,
                 slots,
                 global: Tensor::from_vec(global, shape, &self.device)?,
                 local: Tensor::from_vec(local, shape, &self.device)?,
@@ -400,6 +438,29 @@ impl Transformer {
         }
         Ok(views)
     }
+}
+
+/// How the queries of a chunk attend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attention {
+    /// The whole chunk at once, causal through the mask (prefill).
+    Chunk,
+    /// Each query on its own over exactly the keys it may see ([`Transformer::verify`]).
+    PerQuery,
+}
+
+/// Scaled dot-product attention of `q` `[1, kv_heads, g × t, d]` over one row's `k`, `v`
+/// `[1, kv_heads, s, d]`, with an additive `mask` `[1, 1, 1, t, s]`; grouped-query heads are
+/// stacked along the query axis, so K/V are never copied per head.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let (_, hkv, gt, _) = q.dims4()?;
+    let (t, s) = (mask.dim(3)?, k.dim(2)?);
+    let scores = (q * scale)?
+        .matmul(&k.t()?)?
+        .reshape((1, hkv, gt / t, t, s))?
+        .broadcast_add(mask)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores.reshape((1, hkv, gt, s))?)?;
+    Ok(probs.matmul(v)?)
 }
 
 /// The cache slots one row of a forward pass reads.
@@ -415,6 +476,10 @@ struct RowView {
     slots: Slots,
     global: Tensor,
     local: Tensor,
+    /// For each query of the chunk, how many of the row's keys (in slot order) it may see:
+    /// those at or before its position, which come first since positions grow with slots.
+    /// (A padding query is given one key; its output is never read.)
+    seen: Vec<usize>,
 }
 
 impl RowView {

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use hone::budget::{self, Budget};
 use hone::strategy::{Engine, Event, Execution, Learned, Request, Strategy};
-use policies::{Message, Policy, Role};
+use policies::{Message, Policy, Role, Speculation};
 use reward_models::manifest::{Manifests, PolicyCache};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +53,9 @@ pub struct OptimizeArgs {
     /// A folder whose loss.txt, gradient.txt or update.txt replace TPO's built-in prompts.
     #[arg(long)]
     prompts_dir: Option<PathBuf>,
+    /// The most draft tokens speculative decoding verifies per step; 0 turns it off.
+    #[arg(long, default_value_t = 0)]
+    speculate: usize,
     /// Run on the CPU even when a GPU is available.
     #[arg(long)]
     cpu: bool,
@@ -134,6 +137,7 @@ pub fn run(a: OptimizeArgs) -> Result<()> {
         reward_weight: weight,
         learned: &learned,
         execution: Execution::Batched,
+        speculation: Speculation::drafts(a.speculate),
     };
     let trace = a
         .strategy

@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// HTTP worker threads. [default: one per core]
     #[arg(long, env = "HONE_WORKERS")]
     workers: Option<usize>,
+    /// The most draft tokens speculative decoding verifies per step; 0 turns it off.
+    /// [default: 0]
+    #[arg(long, env = "HONE_SPECULATE")]
+    speculate: Option<usize>,
     /// Run on the CPU even when a GPU is available.
     #[arg(long, env = "HONE_CPU")]
     cpu: bool,
@@ -75,6 +79,7 @@ impl ServeArgs {
         set(&mut c.max_queue, self.max_queue);
         set(&mut c.ab_plain_fraction, self.ab_plain_fraction);
         set(&mut c.max_body_bytes, self.max_body_bytes);
+        set(&mut c.speculate, self.speculate);
         if self.default_budget.is_some() {
             c.default_budget = self.default_budget;
         }

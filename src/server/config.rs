@@ -17,6 +17,9 @@ use anyhow::Context;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// Draft tokens per step unless configured.
+pub const DEFAULT_SPECULATE: usize = 0;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -42,6 +45,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// HTTP worker threads; actix's default (one per core) when `None`.
     pub workers: Option<usize>,
+    /// The most draft tokens speculative decoding verifies per step (0 turns it off).
+    pub speculate: usize,
 }
 
 impl Default for Config {
@@ -61,6 +66,7 @@ impl Default for Config {
             cpu: false,
             max_body_bytes: 1 << 20,
             workers: None,
+            speculate: DEFAULT_SPECULATE,
         }
     }
 }

@@ -22,7 +22,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context};
 use api::{Job, Limits};
 use error::ApiError;
-use policies::{manifest, Policy};
+use policies::{manifest, Policy, Speculation};
 use reward_models::manifest::{Manifests, PolicyCache};
 use reward_models::RewardModel;
 use std::collections::HashMap;
@@ -285,6 +285,7 @@ impl AppState {
             reward_weight,
             learned: &self.learned,
             execution: Execution::Batched,
+            speculation: Speculation::drafts(self.config.speculate),
         };
         let trace = job.strategy.run(
             &engine,

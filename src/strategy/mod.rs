@@ -21,7 +21,7 @@ pub use learned::{Learned, Move};
 pub use prompts::Prompts;
 
 use crate::budget::{Budget, Usage};
-use policies::{Message, Policy};
+use policies::{Message, Policy, Speculation};
 use reward_models::RewardModel;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -108,6 +108,8 @@ pub struct Engine<'a> {
     /// What the queries so far taught about the policy; every loop adds to it.
     pub learned: &'a Learned,
     pub execution: Execution,
+    /// Speculative decoding of every policy call (lossless; see [`policies::speculative`]).
+    pub speculation: Speculation,
 }
 
 /// How a round's responses are computed. Both give the same responses and scores (row `i` of

@@ -6,7 +6,9 @@ use super::{
     Strategy, StrategyError, Trace,
 };
 use crate::budget::{self, Meter};
-use policies::{FinishReason, GenerateParams, Generation, Policy, PolicyError, SamplingParams};
+use policies::{
+    FinishReason, GenerateParams, Generation, Policy, PolicyError, SamplingParams, Speculation,
+};
 use reward_models::{Candidate, RewardError, RewardModel};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,6 +40,7 @@ pub struct Session<'a> {
     reward: &'a dyn RewardModel,
     pub learned: &'a Learned,
     execution: Execution,
+    speculation: Speculation,
     pub request: &'a Request,
     /// The most tokens of each response: the request's, or less where `auto` decides so.
     pub max_tokens: usize,
@@ -97,6 +100,7 @@ impl<'a> Session<'a> {
             reward: engine.reward,
             learned: engine.learned,
             execution: engine.execution,
+            speculation: engine.speculation,
             request,
             max_tokens: request.max_tokens,
             meter,
@@ -190,6 +194,7 @@ impl<'a> Session<'a> {
             stop: stop.iter().map(|s| s.to_string()).collect(),
             max_positions: plan.max_positions,
             cancel: self.cancel.clone(),
+            speculation: self.speculation,
         };
         let (generations, stats) = match self.policy.generate(prompt, plan.n, &params) {
             Ok(out) => out,

@@ -16,8 +16,8 @@ enum What {
     Engine,
     /// A reward model's pairs scored per second per batch size (`--reward`).
     Reward,
-    /// TPO queries batched against the same loop run naively (a prefill per candidate, a reward
-    /// call per score): compute units and wall time, side by side.
+    /// TPO queries run naively (a prefill per candidate, a reward call per score), batched,
+    /// and batched with speculative decoding: compute units and wall time, side by side.
     Tpo,
     /// What the HTTP service adds around the engine per request.
     Service,
@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// tpo: the most tokens of each candidate and critique.
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
+    /// tpo: draft tokens per step of the speculative arm (0 leaves that arm out).
+    #[arg(long, default_value_t = 4)]
+    speculate: usize,
     #[arg(long)]
     cpu: bool,
 }

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use hone::budget::{self, Budget};
 use hone::server::{self, AppState, Config};
 use hone::strategy::{Engine, Execution, Learned, Request, Strategy};
-use policies::{Message, Role};
+use policies::{Message, Role, Speculation};
 use reward_models::manifest::{Manifests, PolicyCache};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -68,6 +68,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         reward_weight: weight,
         learned: &learned,
         execution: Execution::Batched,
+        speculation: Speculation::drafts(state.config.speculate),
     };
     let request = Request {
         messages: vec![Message::new(Role::User, PROMPT)],

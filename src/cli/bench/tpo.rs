@@ -1,14 +1,16 @@
-//! `hone bench tpo`: the cost of a TPO query as hone runs it (a round's candidates decode as one
-//! batch over one prefill, a round is scored in one reward call) against the same loop run the
-//! way the reference implementation does (each candidate its own prefill and decoding, each
-//! score its own reward call). Both give the same candidates (tested in tests/optimize.rs), so
-//! the difference is pure cost. The two alternate query by query in one process.
+//! `hone bench tpo`: the cost of a TPO query run the way the reference implementation does
+//! (each candidate its own prefill and decoding, each score its own reward call), as hone runs
+//! it (a round's candidates decode as one batch over one prefill, a round is scored in one
+//! reward call), and as hone runs it with speculative decoding. The first two give the same
+//! candidates (tested in tests/optimize.rs); speculation keeps the greedy output and the
+//! sampling distribution but not the exact samples. The arms alternate query by query in one
+//! process.
 
 use super::BenchArgs;
 use anyhow::{Context, Result};
 use hone::budget;
 use hone::strategy::{Engine, Execution, Learned, Request, Strategy, Trace};
-use policies::{manifest, Message, Policy, Role};
+use policies::{manifest, Message, Policy, Role, Speculation};
 use reward_models::manifest::{Manifests, PolicyCache};
 use std::sync::Arc;
 
@@ -26,6 +28,8 @@ struct Totals {
     policy: u64,
     reward_calls: u64,
     wall_ms: u64,
+    draft_tokens: u64,
+    accepted: u64,
 }
 
 impl Totals {
@@ -34,6 +38,8 @@ impl Totals {
         self.policy += t.usage.policy_positions;
         self.reward_calls += t.usage.reward_calls;
         self.wall_ms += t.usage.wall_ms;
+        self.draft_tokens += t.usage.spec_draft_tokens;
+        self.accepted += t.usage.spec_accepted_tokens;
     }
 }
 
@@ -60,9 +66,20 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         a.rounds,
         a.max_tokens
     );
-    println!("| query | execution | compute units | policy positions | reward calls | wall s |");
-    println!("|---|---|---|---|---|---|");
-    let mut totals = [Totals::default(), Totals::default()];
+    println!("| query | arm | compute units | policy positions | reward calls | accepted / drafted | wall s |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut arms = vec![
+        ("naive", Execution::Sequential, Speculation::OFF),
+        ("batched", Execution::Batched, Speculation::OFF),
+    ];
+    if a.speculate > 0 {
+        arms.push((
+            "batched + speculative",
+            Execution::Batched,
+            Speculation::drafts(a.speculate),
+        ));
+    }
+    let mut totals: Vec<Totals> = arms.iter().map(|_| Totals::default()).collect();
     for (q, prompt) in PROMPTS.iter().enumerate() {
         let request = Request {
             messages: vec![Message::new(Role::User, *prompt)],
@@ -72,10 +89,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             seed: q as u64,
             ..Request::default()
         };
-        for (k, execution) in [Execution::Batched, Execution::Sequential]
-            .into_iter()
-            .enumerate()
-        {
+        for (k, &(arm, execution, speculation)) in arms.iter().enumerate() {
             let learned = Learned::default();
             let engine = Engine {
                 policy: &policy,
@@ -83,36 +97,34 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 reward_weight: weight,
                 learned: &learned,
                 execution,
+                speculation,
             };
             let trace = Strategy::Tpo.run(&engine, &request, None, None)?;
+            let u = &trace.usage;
             println!(
-                "| {q} | {execution:?} | {} | {} | {} | {:.1} |",
-                trace.usage.compute,
-                trace.usage.policy_positions,
-                trace.usage.reward_calls,
-                trace.usage.wall_ms as f64 / 1000.0
+                "| {q} | {arm} | {} | {} | {} | {} / {} | {:.1} |",
+                u.compute,
+                u.policy_positions,
+                u.reward_calls,
+                u.spec_accepted_tokens,
+                u.spec_draft_tokens,
+                u.wall_ms as f64 / 1000.0
             );
             totals[k].add(&trace);
         }
     }
-    let [b, s] = &totals;
-    let ratio = |naive: u64, ours: u64| naive as f64 / ours.max(1) as f64;
-    println!(
-        "\nall queries: compute {} vs {} units ({:.2}x less batched), wall {:.1} vs {:.1} s ({:.2}x faster batched), reward calls {} vs {}",
-        b.compute,
-        s.compute,
-        ratio(s.compute, b.compute),
-        b.wall_ms as f64 / 1000.0,
-        s.wall_ms as f64 / 1000.0,
-        ratio(s.wall_ms, b.wall_ms),
-        b.reward_calls,
-        s.reward_calls
-    );
-    println!(
-        "policy positions {} vs {} ({:.2}x)",
-        b.policy,
-        s.policy,
-        ratio(s.policy, b.policy)
-    );
+    println!("\n| arm (all queries) | compute units | policy positions | reward calls | accepted / drafted | wall s |");
+    println!("|---|---|---|---|---|---|");
+    for ((arm, _, _), t) in arms.iter().zip(&totals) {
+        println!(
+            "| {arm} | {} | {} | {} | {} / {} | {:.1} |",
+            t.compute,
+            t.policy,
+            t.reward_calls,
+            t.accepted,
+            t.draft_tokens,
+            t.wall_ms as f64 / 1000.0
+        );
+    }
     Ok(())
 }

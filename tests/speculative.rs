@@ -1,0 +1,166 @@
+//! Speculative decoding on the default model is lossless: greedy output is plain greedy output,
+//! token for token, and sampled output follows the same distribution as plain sampling.
+
+mod common;
+
+use common::load;
+use policies::store::SMOLLM2;
+use policies::{GenerateParams, Message, Policy, Role, SamplingParams, Speculation};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+fn policy() -> &'static Policy {
+    static POLICY: OnceLock<Policy> = OnceLock::new();
+    POLICY.get_or_init(|| load(&SMOLLM2))
+}
+
+fn chat(text: &str) -> Vec<u32> {
+    policy()
+        .encode_chat(&[Message::new(Role::User, text)])
+        .unwrap()
+}
+
+fn params(max_tokens: usize, temperature: f32, seed: u64, speculate: usize) -> GenerateParams {
+    GenerateParams {
+        max_tokens,
+        sampling: SamplingParams {
+            temperature,
+            seed,
+            ..SamplingParams::default()
+        },
+        speculation: Speculation::drafts(speculate),
+        ..GenerateParams::default()
+    }
+}
+
+/// Prompts whose answers repeat their own text, so that drafts are proposed, and accepted
+/// and rejected in turn.
+const REPEATS: [&str; 3] = [
+    "Repeat this sentence exactly, twice: The quick brown fox jumps over the lazy dog near the river bank.",
+    "Rewrite this more politely: Send me the quarterly report by Friday or you will be in trouble.",
+    "List the numbers from one to twelve in words, separated by commas.",
+];
+
+#[test]
+fn greedy_speculative_output_is_plain_greedy_output() {
+    let (mut drafted, mut accepted) = (0, 0);
+    for text in REPEATS {
+        let prompt = chat(text);
+        let (plain, plain_stats) = policy()
+            .generate(&prompt, 2, &params(48, 0.0, 0, 0))
+            .unwrap();
+        let (spec, stats) = policy()
+            .generate(&prompt, 2, &params(48, 0.0, 0, 4))
+            .unwrap();
+        for (p, s) in plain.iter().zip(&spec) {
+            assert_eq!(p.tokens, s.tokens, "{text}: {:?} vs {:?}", p.text, s.text);
+            assert_eq!(p.finish, s.finish);
+        }
+        assert_eq!(plain_stats.num_draft_tokens, 0);
+        // Every position computed is counted, rejected drafts included.
+        assert_eq!(
+            stats.decode_tokens,
+            plain_stats.decode_tokens + stats.num_draft_tokens - stats.num_accepted_tokens
+        );
+        drafted += stats.num_draft_tokens;
+        accepted += stats.num_accepted_tokens;
+    }
+    assert!(accepted > 0, "no draft was ever accepted");
+    assert!(accepted < drafted, "no draft was ever rejected");
+    eprintln!("greedy: {accepted} of {drafted} draft tokens accepted");
+
+    // Rows of different prompts in one batch, each with its own drafts.
+    let prompts: Vec<Vec<u32>> = REPEATS.iter().map(|t| chat(t)).collect();
+    let (plain, _) = policy()
+        .generate_batch(&prompts, &params(32, 0.0, 0, 0))
+        .unwrap();
+    let (spec, _) = policy()
+        .generate_batch(&prompts, &params(32, 0.0, 0, 4))
+        .unwrap();
+    for (p, s) in plain.iter().zip(&spec) {
+        assert_eq!(p.tokens, s.tokens);
+    }
+}
+
+/// The two-sample chi-square statistic of two samples' category counts, and its degrees of
+/// freedom; categories with fewer than 10 draws in both samples together are pooled.
+fn two_sample_chi_square(a: &HashMap<u32, u64>, b: &HashMap<u32, u64>) -> (f64, usize) {
+    let (na, nb) = (
+        a.values().sum::<u64>() as f64,
+        b.values().sum::<u64>() as f64,
+    );
+    let mut cells: Vec<(f64, f64)> = Vec::new();
+    let mut pooled = (0.0, 0.0);
+    let keys: std::collections::BTreeSet<u32> = a.keys().chain(b.keys()).copied().collect();
+    for k in keys {
+        let (x, y) = (
+            *a.get(&k).unwrap_or(&0) as f64,
+            *b.get(&k).unwrap_or(&0) as f64,
+        );
+        if x + y < 10.0 {
+            pooled = (pooled.0 + x, pooled.1 + y);
+        } else {
+            cells.push((x, y));
+        }
+    }
+    if pooled.0 + pooled.1 > 0.0 {
+        cells.push(pooled);
+    }
+    let stat = cells
+        .iter()
+        .map(|&(x, y)| {
+            let total = x + y;
+            let (ea, eb) = (total * na / (na + nb), total * nb / (na + nb));
+            (x - ea).powi(2) / ea + (y - eb).powi(2) / eb
+        })
+        .sum();
+    (stat, cells.len().saturating_sub(1))
+}
+
+/// The chi-square critical value at p = 0.001 (Wilson-Hilferty approximation).
+fn critical(df: usize) -> f64 {
+    let k = df.max(1) as f64;
+    let z = 3.0902;
+    k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
+}
+
+#[test]
+fn sampled_speculative_output_follows_the_plain_distribution() {
+    // A prompt whose continuation repeats it, sampled at T = 1 on 300 rows over one prefill:
+    // the distributions of tokens 3 to 6 (where drafts are verified: the first two tokens
+    // rarely repeat the prompt yet) must match plain sampling's.
+    let prompt = chat("Repeat exactly: red green blue red green blue red green blue");
+    let rows = 300;
+    let count = |speculate: usize, seed: u64| {
+        let (out, stats) = policy()
+            .generate(&prompt, rows, &params(6, 1.0, seed, speculate))
+            .unwrap();
+        let mut at: [HashMap<u32, u64>; 4] = Default::default();
+        for g in &out {
+            for (i, slot) in at.iter_mut().enumerate() {
+                if let Some(&t) = g.tokens.get(i + 2) {
+                    *slot.entry(t).or_default() += 1;
+                }
+            }
+        }
+        (at, stats)
+    };
+    let (plain, _) = count(0, 0);
+    let (spec, stats) = count(4, 1_000_000);
+    assert!(
+        stats.num_draft_tokens > rows,
+        "too few drafts to test: {stats:?}"
+    );
+    eprintln!("sampled: {stats:?}");
+    for i in 0..4 {
+        let (x, df) = two_sample_chi_square(&plain[i], &spec[i]);
+        eprintln!("token {}: chi2 {x:.1} with {df} df", i + 3);
+        assert!(
+            x < critical(df),
+            "token {}: chi2 {x:.1} with {df} df over {:?} vs {:?}",
+            i + 3,
+            plain[i],
+            spec[i]
+        );
+    }
+}
