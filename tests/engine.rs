@@ -89,8 +89,6 @@ fn truncate_then_reforward_equals_fresh_forward() {
     let reused = model
         .forward(&[extra_b.as_slice()], &mut cache, Logits::All)
         .unwrap()
-        .squeeze(0)
-        .unwrap()
         .to_vec2::<f32>()
         .unwrap();
 
@@ -98,8 +96,6 @@ fn truncate_then_reforward_equals_fresh_forward() {
     let full: Vec<u32> = prompt.iter().chain(&extra_b).copied().collect();
     let fresh = model
         .forward(&[full.as_slice()], &mut fresh_cache, Logits::All)
-        .unwrap()
-        .squeeze(0)
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();

@@ -44,6 +44,7 @@ fn server() -> &'static Server {
             ab_plain_fraction: 0.5,
             cpu: true,
             workers: Some(2),
+            speculate: 4,
             ..Config::default()
         };
         let state = AppState::load(config).unwrap();
@@ -289,6 +290,9 @@ fn metrics_show_the_families_by_arm() {
         "hone_queue_depth",
         "hone_in_flight",
         "hone_model_info{",
+        "hone_spec_decode_num_drafts_total{",
+        "hone_spec_decode_num_draft_tokens_total{",
+        "hone_spec_decode_num_accepted_tokens_total{",
     ] {
         assert!(text.contains(family), "{family} missing:\n{text}");
     }

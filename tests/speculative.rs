@@ -126,19 +126,23 @@ fn critical(df: usize) -> f64 {
 
 #[test]
 fn sampled_speculative_output_follows_the_plain_distribution() {
-    // A prompt whose continuation repeats it, sampled at T = 1 on 300 rows over one prefill:
-    // the distributions of tokens 3 to 6 (where drafts are verified: the first two tokens
-    // rarely repeat the prompt yet) must match plain sampling's.
-    let prompt = chat("Repeat exactly: red green blue red green blue red green blue");
+    // A raw text that repeats a pattern, sampled at T = 0.8 on 300 rows over one prefill: once
+    // the first token continues the pattern, the drafter proposes the rest of it at every
+    // step. The distributions of tokens 2 to 4 must match plain sampling's. A verifier that
+    // accepted drafts too often (or too rarely) would shift mass onto (or off) the pattern.
+    let prompt = policy()
+        .tokenizer()
+        .encode("red green blue red green blue red green blue red green blue red")
+        .unwrap();
     let rows = 300;
     let count = |speculate: usize, seed: u64| {
         let (out, stats) = policy()
-            .generate(&prompt, rows, &params(6, 1.0, seed, speculate))
+            .generate(&prompt, rows, &params(4, 0.8, seed, speculate))
             .unwrap();
-        let mut at: [HashMap<u32, u64>; 4] = Default::default();
+        let mut at: [HashMap<u32, u64>; 3] = Default::default();
         for g in &out {
             for (i, slot) in at.iter_mut().enumerate() {
-                if let Some(&t) = g.tokens.get(i + 2) {
+                if let Some(&t) = g.tokens.get(i + 1) {
                     *slot.entry(t).or_default() += 1;
                 }
             }
@@ -147,18 +151,19 @@ fn sampled_speculative_output_follows_the_plain_distribution() {
     };
     let (plain, _) = count(0, 0);
     let (spec, stats) = count(4, 1_000_000);
+    eprintln!("sampled: {stats:?}");
+    // Drafts are short here (4 tokens at most per row), but must be common.
     assert!(
-        stats.num_draft_tokens > rows,
+        stats.num_draft_tokens >= rows / 2 && stats.num_accepted_tokens > 0,
         "too few drafts to test: {stats:?}"
     );
-    eprintln!("sampled: {stats:?}");
-    for i in 0..4 {
+    for i in 0..3 {
         let (x, df) = two_sample_chi_square(&plain[i], &spec[i]);
-        eprintln!("token {}: chi2 {x:.1} with {df} df", i + 3);
+        eprintln!("token {}: chi2 {x:.1} with {df} df", i + 2);
         assert!(
             x < critical(df),
             "token {}: chi2 {x:.1} with {df} df over {:?} vs {:?}",
-            i + 3,
+            i + 2,
             plain[i],
             spec[i]
         );

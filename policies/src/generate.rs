@@ -290,11 +290,13 @@ impl Policy {
                 rows_to_vecs(&out)?.into_iter().map(|l| vec![l]).collect()
             } else {
                 let out = self.model().verify(&refs, &mut cache)?;
-                let all: Vec<Vec<Vec<f32>>> = out.to_dtype(candle_core::DType::F32)?.to_vec3()?;
-                // Rows are right-aligned: row j's chunk is the last `len` positions.
-                all.into_iter()
-                    .zip(&chunks)
-                    .map(|(positions, chunk)| positions[positions.len() - chunk.len()..].to_vec())
+                let mut packed = out
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec2()?
+                    .into_iter();
+                chunks
+                    .iter()
+                    .map(|chunk| packed.by_ref().take(chunk.len()).collect())
                     .collect()
             };
             stats.decode_tokens += active.len() + drafted;

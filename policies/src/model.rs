@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor};
 pub enum Logits {
     /// Only each row's last position: `[batch, vocab]`.
     Last,
-    /// Every position of the chunk: `[batch, chunk, vocab]`.
+    /// Every token of the chunk, packed: `[tokens, vocab]`, row after row.
     All,
 }
 
@@ -209,16 +209,17 @@ impl Transformer {
     /// Runs one chunk of tokens per row through the model, appending to `cache`.
     ///
     /// `rows[i]` continues row `i` of the cache. Rows may have different lengths: shorter ones
-    /// are left-padded, and the padding is masked out of every later step. With
-    /// [`Logits::All`], position `j` of the output for row `i` belongs to the token at
-    /// `chunk - len(rows[i]) + j` (rows are right-aligned).
+    /// take empty slots in the cache, masked out of every later step, and cost no compute.
+    /// [`Logits::Last`] gives `[batch, vocab]`; [`Logits::All`] gives `[tokens, vocab]`, every
+    /// row's tokens one after another.
     pub fn forward(&self, rows: &[&[u32]], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
         Ok(self
             .lm_head
             .forward(&self.forward_hidden(rows, cache, logits)?)?)
     }
 
-    /// Like [`Self::forward`] with [`Logits::All`], but every position is computed exactly as
+    /// Like [`Self::forward`] with [`Logits::All`] (`[tokens, vocab]`, rows one after another),
+    /// but every position is computed exactly as
     /// a one-token decoding step would compute it: each query attends over precisely the keys
     /// at or before its position, with the shapes of a lone step, so the logits are
     /// bit-identical to feeding the tokens one at a time. Speculative decoding verifies drafts
@@ -229,7 +230,7 @@ impl Transformer {
     }
 
     /// Like [`Self::forward`], but returns the final normalized hidden states instead of
-    /// logits (`[batch, hidden]` or `[batch, chunk, hidden]`): the input of a reward head.
+    /// logits (`[batch, hidden]` or `[tokens, hidden]`): the input of a reward head.
     pub fn forward_hidden(
         &self,
         rows: &[&[u32]],
@@ -239,6 +240,11 @@ impl Transformer {
         self.hidden(rows, cache, logits, Attention::Chunk)
     }
 
+    /// The forward pass. Rows are packed: the linear layers see only real tokens
+    /// (`[1, tokens, hidden]`, each row's tokens one after another), so rows of different
+    /// lengths cost no padding; keys and values are spread into the cache's slot grid, and
+    /// attention runs row by row. Returns `[batch, hidden]` for [`Logits::Last`], else the
+    /// packed `[tokens, hidden]`.
     fn hidden(
         &self,
         rows: &[&[u32]],
@@ -257,73 +263,106 @@ impl Transformer {
             return Err(PolicyError::EmptyPrompt);
         }
         let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(b * t);
-        let mut positions = Vec::with_capacity(b * t);
+        let n: usize = rows.iter().map(|r| r.len()).sum();
+        let mut ids = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
         let mut chunk_slots = Vec::with_capacity(b);
+        let mut queries = Vec::with_capacity(b);
+        // For each (row, chunk slot), the packed token stored there; padding points at the
+        // row's first token, and its slot is marked empty so that it is never read.
+        let mut spread = Vec::with_capacity(b * t);
         for (i, row) in rows.iter().enumerate() {
             let start = cache.next_position(i);
-            let pad = t - row.len();
             if start as usize + row.len() > self.cfg.context_length {
                 return Err(PolicyError::PromptTooLong {
                     tokens: start as usize + row.len(),
                     context: self.cfg.context_length,
                 });
             }
-            ids.extend(std::iter::repeat_n(0u32, pad).chain(row.iter().copied()));
-            // Padding gets position 0 for RoPE; its slot is marked empty.
-            positions.extend(
-                std::iter::repeat_n(0u32, pad).chain((0..row.len() as u32).map(|j| start + j)),
+            let (offset, pad) = (ids.len() as u32, t - row.len());
+            ids.extend_from_slice(row);
+            let own: Vec<u32> = (0..row.len() as u32).map(|j| start + j).collect();
+            positions.extend_from_slice(&own);
+            spread.extend(
+                std::iter::repeat_n(offset, pad).chain((0..row.len() as u32).map(|j| offset + j)),
             );
             let mut slots = vec![None; pad];
-            slots.extend((0..row.len() as u32).map(|j| Some(start + j)));
+            slots.extend(own.iter().map(|&p| Some(p)));
             chunk_slots.push(slots);
+            queries.push(own.into_iter().map(Some).collect::<Vec<_>>());
         }
-        let ids = Tensor::from_vec(ids, (b, t), &self.device)?;
-        let pos = Tensor::from_vec(positions, b * t, &self.device)?;
-        let queries = chunk_slots.clone();
+        let ids = Tensor::from_vec(ids, (1, n), &self.device)?;
+        let pos = Tensor::from_vec(positions, n, &self.device)?;
+        let spread = Tensor::from_vec(spread, b * t, &self.device)?;
         cache.push_slots(&chunk_slots);
         let views = self.row_views(cache, &queries)?;
+        let batch = Batch {
+            pos: &pos,
+            spread: &spread,
+            views: &views,
+            chunk: t,
+            attention,
+        };
 
         let mut xs = self.embed.forward(&ids)?;
         if self.cfg.arch == Arch::Gemma3 {
             xs = (xs * (self.cfg.hidden_size as f64).sqrt())?;
         }
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = self.layer(i, layer, &xs, &pos, cache, &views, attention)?;
+            xs = self.layer(i, layer, &xs, cache, &batch)?;
         }
+        let xs = xs.squeeze(0)?;
         let xs = match logits {
-            Logits::Last => xs.narrow(1, t - 1, 1)?.squeeze(1)?,
+            Logits::Last => {
+                let mut end = 0u32;
+                let last: Vec<u32> = rows
+                    .iter()
+                    .map(|r| {
+                        end += r.len() as u32;
+                        end - 1
+                    })
+                    .collect();
+                xs.contiguous()?
+                    .index_select(&Tensor::from_vec(last, b, &self.device)?, 0)?
+            }
             Logits::All => xs,
         };
         Ok(self.norm.forward(&xs)?)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn layer(
         &self,
         index: usize,
         l: &Layer,
         xs: &Tensor,
-        pos: &Tensor,
         cache: &mut KvCache,
-        views: &[RowView],
-        attention: Attention,
+        batch: &Batch<'_>,
     ) -> Result<Tensor> {
-        let (b, t, _) = xs.dims3()?;
+        let (_, n, _) = xs.dims3()?;
         let (h, hkv, d) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
+        let (b, t) = (batch.views.len(), batch.chunk);
         let residual = xs;
         let x = l.attn_norm.forward(xs)?;
-        let q = l.q.forward(&x)?.reshape((b, t, h, d))?;
-        let k = l.k.forward(&x)?.reshape((b, t, hkv, d))?;
-        let v = l.v.forward(&x)?.reshape((b, t, hkv, d))?.transpose(1, 2)?;
+        let q = l.q.forward(&x)?.reshape((1, n, h, d))?;
+        let k = l.k.forward(&x)?.reshape((1, n, hkv, d))?;
+        let v = l.v.forward(&x)?.reshape((1, n, hkv, d))?;
         let (q, k) = match (&l.q_norm, &l.k_norm) {
             (Some(qn), Some(kn)) => (qn.forward(&q)?, kn.forward(&k)?),
             _ => (q, k),
         };
         let rope = &self.ropes[l.rope];
-        let q = rope.apply(&q.transpose(1, 2)?, pos, self.cfg.rope_interleaved)?;
-        let k = rope.apply(&k.transpose(1, 2)?, pos, self.cfg.rope_interleaved)?;
-        let (k, v) = cache.append(index, &k, &v.contiguous()?)?;
+        let q = rope.apply(&q.transpose(1, 2)?, batch.pos, self.cfg.rope_interleaved)?;
+        let k = rope.apply(&k.transpose(1, 2)?, batch.pos, self.cfg.rope_interleaved)?;
+        // Packed `[1, kv_heads, tokens, d]` into the grid's `[batch, kv_heads, chunk, d]`.
+        let to_grid = |x: &Tensor| -> candle_core::Result<Tensor> {
+            x.squeeze(0)?
+                .contiguous()?
+                .index_select(batch.spread, 1)?
+                .reshape((hkv, b, t, d))?
+                .transpose(0, 1)?
+                .contiguous()
+        };
+        let (k, v) = cache.append(index, &to_grid(&k)?, &to_grid(&v.transpose(1, 2)?)?)?;
 
         // Attention runs row by row over each row's own keys, compacted: a row then computes
         // exactly what it would alone (same shapes, same summation order), which keeps batched
@@ -332,7 +371,9 @@ impl Transformer {
         let g = h / hkv;
         let scale = 1.0 / (d as f64).sqrt();
         let mut rows = Vec::with_capacity(b);
-        for (r, view) in views.iter().enumerate() {
+        let mut offset = 0;
+        for (r, view) in batch.views.iter().enumerate() {
+            let len = view.seen.len();
             let (k, v) = (
                 view.keys(&k.narrow(0, r, 1)?)?,
                 view.keys(&v.narrow(0, r, 1)?)?,
@@ -342,27 +383,36 @@ impl Transformer {
             } else {
                 &view.global
             };
-            let q = q.narrow(0, r, 1)?;
-            let out = match attention {
-                Attention::Chunk => attend(&q.reshape((1, hkv, g * t, d))?, &k, &v, mask, scale)?,
+            let q = q.narrow(2, offset, len)?;
+            offset += len;
+            let out = match batch.attention {
+                Attention::Chunk => attend(
+                    &q.contiguous()?.reshape((1, hkv, g * len, d))?,
+                    &k,
+                    &v,
+                    mask,
+                    scale,
+                )?,
                 Attention::PerQuery => {
                     // Query j alone over the keys up to its position: a decoding step's shapes.
-                    let mut outs = Vec::with_capacity(t);
+                    let mut outs = Vec::with_capacity(len);
                     for (j, &seen) in view.seen.iter().enumerate() {
                         let qj = q.narrow(2, j, 1)?.contiguous()?.reshape((1, hkv, g, d))?;
                         let mask = mask.narrow(3, j, 1)?.narrow(4, 0, seen)?;
                         let (kj, vj) = (k.narrow(2, 0, seen)?, v.narrow(2, 0, seen)?);
                         outs.push(attend(&qj, &kj, &vj, &mask, scale)?.reshape((1, hkv, g, 1, d))?);
                     }
-                    Tensor::cat(&outs, 3)?.reshape((1, hkv, g * t, d))?
+                    Tensor::cat(&outs, 3)?.reshape((1, hkv, g * len, d))?
                 }
             };
-            rows.push(out);
+            // `[1, heads, len, d]` to the packed `[1, len, heads × d]`.
+            rows.push(
+                out.reshape((1, h, len, d))?
+                    .transpose(1, 2)?
+                    .reshape((1, len, h * d))?,
+            );
         }
-        let attn = Tensor::cat(&rows, 0)?
-            .reshape((b, h, t, d))?
-            .transpose(1, 2)?
-            .reshape((b, t, h * d))?;
+        let attn = Tensor::cat(&rows, 1)?;
         let mut attn = l.o.forward(&attn)?;
         if let Some(n) = &l.post_attn_norm {
             attn = n.forward(&attn)?;
@@ -438,6 +488,18 @@ impl Transformer {
         }
         Ok(views)
     }
+}
+
+/// What every layer of one forward pass shares.
+struct Batch<'a> {
+    /// The position of each packed token.
+    pos: &'a Tensor,
+    /// For each slot of the cache's new chunk (row-major), the packed token it holds.
+    spread: &'a Tensor,
+    views: &'a [RowView],
+    /// The chunk length: the longest row.
+    chunk: usize,
+    attention: Attention,
 }
 
 /// How the queries of a chunk attend.

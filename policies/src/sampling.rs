@@ -79,8 +79,13 @@ impl Sampler {
         self.rng.random::<f32>()
     }
 
-    /// The distribution this sampler draws from, as (token, probability) pairs, most likely
-    /// first. Speculative decoding accepts and resamples against exactly this distribution.
+    /// The distribution this sampler draws from, as (token, probability) pairs in no
+    /// particular order. Speculative decoding accepts and resamples against exactly this
+    /// distribution.
+    ///
+    /// Nothing is sorted unless top-p needs an order, and then only the tokens above a weight
+    /// threshold that already holds the nucleus' mass: sorting the whole vocabulary for every
+    /// sampled token would cost more than the model's decoding step at this size.
     pub fn distribution(&self, logits: &[f32]) -> Vec<(u32, f32)> {
         if self.params.is_greedy() {
             return vec![(argmax(logits), 1.0)];
@@ -101,19 +106,37 @@ impl Sampler {
             probs.select_nth_unstable_by(k - 1, by_prob);
             probs.truncate(k);
         }
-        probs.sort_unstable_by(by_prob);
-        let total: f32 = probs.iter().map(|p| p.1).sum();
         if self.params.top_p < 1.0 {
+            let total: f32 = probs.iter().map(|p| p.1).sum();
+            let target = self.params.top_p * total;
+            // The nucleus is the most likely tokens up to `target`: if the tokens at or above
+            // a threshold reach it, the nucleus lies among them, and only they need sorting.
+            let mut threshold = 1e-3f32;
+            let mut head: Vec<(u32, f32)> = loop {
+                let head: Vec<(u32, f32)> =
+                    probs.iter().copied().filter(|p| p.1 >= threshold).collect();
+                let mass: f32 = head.iter().map(|p| p.1).sum();
+                if mass >= target || threshold == 0.0 {
+                    break head;
+                }
+                threshold = if threshold > 1e-30 {
+                    threshold * 1e-3
+                } else {
+                    0.0
+                };
+            };
+            head.sort_unstable_by(by_prob);
             let mut acc = 0.0;
-            let mut keep = probs.len();
-            for (i, p) in probs.iter().enumerate() {
+            let mut keep = head.len();
+            for (i, p) in head.iter().enumerate() {
                 acc += p.1 / total;
                 if acc >= self.params.top_p {
                     keep = i + 1;
                     break;
                 }
             }
-            probs.truncate(keep);
+            head.truncate(keep);
+            probs = head;
         }
         let total: f32 = probs.iter().map(|p| p.1).sum();
         for p in &mut probs {
@@ -144,4 +167,84 @@ pub fn argmax(xs: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The textbook definition: sort everything, keep the top k, then the smallest prefix
+    /// reaching top-p, renormalize.
+    fn reference(logits: &[f32], t: f32, top_k: usize, top_p: f32) -> Vec<(u32, f32)> {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut p: Vec<(u32, f64)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, (((l - max) / t) as f64).exp()))
+            .collect();
+        p.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if top_k > 0 {
+            p.truncate(top_k);
+        }
+        let total: f64 = p.iter().map(|x| x.1).sum();
+        let mut acc = 0.0;
+        let keep = p
+            .iter()
+            .position(|x| {
+                acc += x.1 / total;
+                top_p < 1.0 && acc >= top_p as f64
+            })
+            .map_or(p.len(), |i| i + 1);
+        p.truncate(keep);
+        let total: f64 = p.iter().map(|x| x.1).sum();
+        p.iter().map(|&(i, w)| (i, (w / total) as f32)).collect()
+    }
+
+    #[test]
+    fn distribution_matches_the_textbook_definition() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for case in 0..60 {
+            let spread = [1.0f32, 5.0, 20.0][case % 3];
+            let logits: Vec<f32> = (0..2000).map(|_| rng.random::<f32>() * spread).collect();
+            let temperature = [0.3f32, 0.7, 1.0, 1.5][case % 4];
+            let top_k = [0usize, 50][case % 2];
+            let top_p = [1.0f32, 0.95, 0.9, 0.5][(case / 2) % 4];
+            let sampler = Sampler::new(SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                seed: 0,
+            });
+            let mut ours = sampler.distribution(&logits);
+            ours.sort_by_key(|x| x.0);
+            let mut want = reference(&logits, temperature, top_k, top_p);
+            want.sort_by_key(|x| x.0);
+            // Token sets agree except for a token sitting exactly on the top-p boundary.
+            let ids = |d: &[(u32, f32)]| d.iter().map(|x| x.0).collect::<Vec<_>>();
+            let (a, b) = (ids(&ours), ids(&want));
+            assert!(
+                a.len().abs_diff(b.len()) <= 1,
+                "case {case}: {} vs {} tokens",
+                a.len(),
+                b.len()
+            );
+            if a == b {
+                for (x, y) in ours.iter().zip(&want) {
+                    assert!((x.1 - y.1).abs() < 1e-5, "case {case}: {x:?} vs {y:?}");
+                }
+            }
+            let sum: f32 = ours.iter().map(|x| x.1).sum();
+            assert!((sum - 1.0).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn greedy_is_the_argmax_and_draws_follow_the_cumulative_mass() {
+        let s = Sampler::new(SamplingParams::default());
+        assert_eq!(s.distribution(&[0.1, 2.0, 2.0, -1.0]), vec![(1, 1.0)]);
+        let d = [(4u32, 0.25f32), (7, 0.5), (9, 0.25)];
+        assert_eq!(draw(&d, 0.0), 4);
+        assert_eq!(draw(&d, 0.3), 7);
+        assert_eq!(draw(&d, 0.99), 9);
+    }
 }

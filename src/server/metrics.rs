@@ -26,6 +26,7 @@ pub struct Metrics {
     auto_wins: IntGaugeVec,
     auto_win_rate: GaugeVec,
     auto_cost: GaugeVec,
+    spec: [IntCounterVec; 3],
 }
 
 impl Metrics {
@@ -138,6 +139,31 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        // Speculative decoding, under vLLM's names: acceptance rate = accepted / draft tokens;
+        // mean acceptance length = 1 + accepted / drafts.
+        let spec = [
+            (
+                "hone_spec_decode_num_drafts_total",
+                "Decoding steps that verified draft tokens",
+            ),
+            (
+                "hone_spec_decode_num_draft_tokens_total",
+                "Draft tokens verified",
+            ),
+            (
+                "hone_spec_decode_num_accepted_tokens_total",
+                "Draft tokens accepted",
+            ),
+        ]
+        .map(|(name, help)| IntCounterVec::new(Opts::new(name, help), &["arm"]));
+        let [drafts, draft_tokens, accepted] = spec;
+        let spec = [drafts?, draft_tokens?, accepted?];
+        for counter in &spec {
+            for arm in [Arm::Optimized, Arm::Plain] {
+                counter.with_label_values(&[arm.name()]);
+            }
+            registry.register(Box::new(counter.clone()))?;
+        }
         registry.register(Box::new(info))?;
         registry.register(Box::new(auto_trials.clone()))?;
         registry.register(Box::new(auto_wins.clone()))?;
@@ -159,6 +185,7 @@ impl Metrics {
             auto_wins,
             auto_win_rate,
             auto_cost,
+            spec,
         })
     }
 
@@ -189,6 +216,14 @@ impl Metrics {
         self.tokens
             .with_label_values(&[arm.name()])
             .inc_by(trace.usage.tokens_generated);
+        let u = &trace.usage;
+        for (counter, value) in
+            self.spec
+                .iter()
+                .zip([u.spec_drafts, u.spec_draft_tokens, u.spec_accepted_tokens])
+        {
+            counter.with_label_values(&[arm.name()]).inc_by(value);
+        }
         if let Some(budget) = budget.filter(|&b| b > 0) {
             self.budget_ratio
                 .observe(trace.usage.compute as f64 / budget as f64);
