@@ -115,10 +115,6 @@ impl GenerationStats {
     pub fn prefill_tps(&self) -> f64 {
         self.prefill_tokens as f64 / self.prefill_secs.max(1e-9)
     }
-
-    pub fn decode_tps(&self) -> f64 {
-        self.decode_tokens as f64 / self.decode_secs.max(1e-9)
-    }
 }
 
 /// A sequence being decoded.

@@ -4,6 +4,7 @@
 //! - [`Transformer`]: the decoder body (Llama, Qwen2, Qwen3, Gemma 3), GGUF or safetensors.
 //! - [`KvCache`]: a batch cache that can be forked, truncated and rolled back.
 //! - [`Tokenizer`], [`ChatTemplate`], [`Sampler`]: text in, tokens out, and back.
+//! - [`Speculation`]: lossless speculative decoding with a prompt-lookup drafter.
 
 pub mod chat;
 pub mod config;

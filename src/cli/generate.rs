@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use policies::{GenerateParams, Message, Role, SamplingParams};
+use policies::{GenerateParams, Message, Role, SamplingParams, Speculation};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -33,6 +33,9 @@ pub struct GenerateArgs {
     /// Stop strings (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// Speculative decoding: the most draft tokens verified per step (0 = off).
+    #[arg(long, default_value_t = 0)]
+    speculate: usize,
     /// Run on the CPU even when a GPU is available.
     #[arg(long)]
     cpu: bool,
@@ -57,6 +60,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             seed: a.seed,
         },
         stop: a.stop,
+        speculation: Speculation::drafts(a.speculate),
         ..Default::default()
     };
     let (outs, stats) = policy.generate(&prompt, a.batch, &params)?;
@@ -70,12 +74,21 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         println!("{}", g.text);
     }
+    // Tokens generated per second of decoding; with speculation a step may gain several.
+    let generated: usize = outs.iter().map(|g| g.tokens.len()).sum();
     eprintln!(
-        "prefill: {} tokens, {:.1} tok/s | decode: {} tokens, {:.1} tok/s",
+        "prefill: {} tokens, {:.1} tok/s | decode: {generated} tokens in {:.2} s, {:.1} tok/s ({} positions computed)",
         stats.prefill_tokens,
         stats.prefill_tps(),
+        stats.decode_secs,
+        generated as f64 / stats.decode_secs.max(1e-9),
         stats.decode_tokens,
-        stats.decode_tps()
     );
+    if a.speculate > 0 {
+        eprintln!(
+            "speculation: {} of {} draft tokens accepted over {} drafting steps",
+            stats.num_accepted_tokens, stats.num_draft_tokens, stats.num_drafts
+        );
+    }
     Ok(())
 }

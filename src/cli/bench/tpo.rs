@@ -30,6 +30,7 @@ struct Totals {
     wall_ms: u64,
     draft_tokens: u64,
     accepted: u64,
+    tokens: u64,
 }
 
 impl Totals {
@@ -40,6 +41,7 @@ impl Totals {
         self.wall_ms += t.usage.wall_ms;
         self.draft_tokens += t.usage.spec_draft_tokens;
         self.accepted += t.usage.spec_accepted_tokens;
+        self.tokens += t.usage.tokens_generated;
     }
 }
 
@@ -66,8 +68,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         a.rounds,
         a.max_tokens
     );
-    println!("| query | arm | compute units | policy positions | reward calls | accepted / drafted | wall s |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| query | arm | compute units | policy positions | tokens generated | reward calls | accepted / drafted | wall s |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut arms = vec![
         ("naive", Execution::Sequential, Speculation::OFF),
         ("batched", Execution::Batched, Speculation::OFF),
@@ -102,9 +104,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let trace = Strategy::Tpo.run(&engine, &request, None, None)?;
             let u = &trace.usage;
             println!(
-                "| {q} | {arm} | {} | {} | {} | {} / {} | {:.1} |",
+                "| {q} | {arm} | {} | {} | {} | {} | {} / {} | {:.1} |",
                 u.compute,
                 u.policy_positions,
+                u.tokens_generated,
                 u.reward_calls,
                 u.spec_accepted_tokens,
                 u.spec_draft_tokens,
@@ -113,17 +116,19 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             totals[k].add(&trace);
         }
     }
-    println!("\n| arm (all queries) | compute units | policy positions | reward calls | accepted / drafted | wall s |");
-    println!("|---|---|---|---|---|---|");
+    println!("\n| arm (all queries) | compute units | policy positions | tokens generated | reward calls | accepted / drafted | wall s | ms per token |");
+    println!("|---|---|---|---|---|---|---|---|");
     for ((arm, _, _), t) in arms.iter().zip(&totals) {
         println!(
-            "| {arm} | {} | {} | {} | {} / {} | {:.1} |",
+            "| {arm} | {} | {} | {} | {} | {} / {} | {:.1} | {:.1} |",
             t.compute,
             t.policy,
+            t.tokens,
             t.reward_calls,
             t.accepted,
             t.draft_tokens,
-            t.wall_ms as f64 / 1000.0
+            t.wall_ms as f64 / 1000.0,
+            t.wall_ms as f64 / t.tokens.max(1) as f64
         );
     }
     Ok(())
