@@ -137,6 +137,7 @@ impl Policy {
         params: &GenerateParams,
     ) -> Result<(Vec<Generation>, GenerationStats)> {
         params.validate()?;
+        self.check_speculation(params)?;
         if prompt.is_empty() {
             return Err(PolicyError::EmptyPrompt);
         }
@@ -163,6 +164,7 @@ impl Policy {
         params: &GenerateParams,
     ) -> Result<(Vec<Generation>, GenerationStats)> {
         params.validate()?;
+        self.check_speculation(params)?;
         if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
             return Err(PolicyError::EmptyPrompt);
         }
@@ -324,6 +326,22 @@ impl Policy {
                 finish: r.finish.unwrap_or(FinishReason::Length),
             })
             .collect())
+    }
+
+    /// Speculation is exact only where a chunk of tokens computes bit for bit what lone
+    /// steps compute. On the CPU it does (tested); on CUDA the matmul kernels differ with the
+    /// number of rows, and greedy output then drifts from plain decoding's at near-ties
+    /// (measured on an H200), so it is refused there rather than silently lossy.
+    fn check_speculation(&self, params: &GenerateParams) -> Result<()> {
+        if params.speculation.is_on() && !self.model().device().is_cpu() {
+            return Err(PolicyError::InvalidParameter {
+                param: "speculation",
+                reason: "speculative decoding is exact only on the CPU backend; turn it off on \
+                         a GPU"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// Appends a sampled token to a row and decides whether the row is done.

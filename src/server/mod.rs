@@ -94,6 +94,9 @@ impl AppState {
         } else {
             candle_core::Device::cuda_if_available(0)?
         };
+        if config.speculate > 0 && !device.is_cpu() {
+            bail!("--speculate is exact only on the CPU backend; use it with --cpu or set it to 0");
+        }
         let policy = Arc::new(
             Policy::load(&policy_path, &device)
                 .with_context(|| format!("loading model {}", policy_path.display()))?,

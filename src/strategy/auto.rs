@@ -106,17 +106,21 @@ fn search(
             Some(_) => tallies.choose(n),
             None => Move::Resample,
         };
-        decisions.push(Decision {
-            round: s.rounds.len(),
-            chose,
-            refine: tallies.estimate(Move::Refine, n),
-            resample: tallies.estimate(Move::Resample, n),
-        });
+        let round = s.rounds.len();
         let before = s.best().map(|b| b.score);
         let flow = match chose {
             Move::Refine => refine(s, prompts, &query)?,
             Move::Resample => resample(s)?,
         };
+        // A round the budget did not let start is no decision worth showing.
+        if s.rounds.len() > round {
+            decisions.push(Decision {
+                round,
+                chose,
+                refine: tallies.estimate(Move::Refine, n),
+                resample: tallies.estimate(Move::Resample, n),
+            });
+        }
         if let ControlFlow::Break(stopped) = flow {
             return Ok(stopped);
         }
