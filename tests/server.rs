@@ -281,6 +281,7 @@ fn metrics_show_the_families_by_arm() {
     for family in [
         "hone_requests_total{",
         "hone_request_duration_seconds_bucket{",
+        "hone_time_to_first_event_seconds_bucket{",
         "hone_rounds_per_request_bucket",
         "hone_candidates_per_request_bucket",
         "hone_reward_bucket{",

@@ -109,6 +109,8 @@ pub struct Job {
     pub strategy: Strategy,
     pub request: Request,
     pub reward: Option<String>,
+    /// When the request arrived: the start of its deadline and of its latency figures.
+    pub arrived: Instant,
 }
 
 impl Job {
@@ -220,6 +222,7 @@ pub fn build(
             prompts_dir: None,
         },
         reward: options.reward.clone(),
+        arrived,
     })
 }
 

@@ -14,6 +14,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    first_event: HistogramVec,
     rounds: Histogram,
     candidates: Histogram,
     reward: HistogramVec,
@@ -40,6 +41,14 @@ impl Metrics {
             HistogramOpts::new(
                 "hone_request_duration_seconds",
                 "Time from arrival to answer, queueing included",
+            )
+            .buckets(prometheus::exponential_buckets(0.05, 2.0, 13)?),
+            &["strategy", "arm"],
+        )?;
+        let first_event = HistogramVec::new(
+            HistogramOpts::new(
+                "hone_time_to_first_event_seconds",
+                "Time from arrival to the first scored candidate, queueing included",
             )
             .buckets(prometheus::exponential_buckets(0.05, 2.0, 13)?),
             &["strategy", "arm"],
@@ -131,6 +140,7 @@ impl Metrics {
         }
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(first_event.clone()))?;
         registry.register(Box::new(rounds.clone()))?;
         registry.register(Box::new(candidates.clone()))?;
         registry.register(Box::new(reward_h.clone()))?;
@@ -173,6 +183,7 @@ impl Metrics {
             registry,
             requests,
             duration,
+            first_event,
             rounds,
             candidates,
             reward: reward_h,
@@ -196,6 +207,13 @@ impl Metrics {
             .with_label_values(&[strategy, arm.name(), &status])
             .inc();
         self.duration
+            .with_label_values(&[strategy, arm.name()])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records when a request's loop scored its first candidate.
+    pub fn first_event(&self, strategy: &str, arm: Arm, elapsed: Duration) {
+        self.first_event
             .with_label_values(&[strategy, arm.name()])
             .observe(elapsed.as_secs_f64());
     }

@@ -290,12 +290,25 @@ impl AppState {
             execution: Execution::Batched,
             speculation: Speculation::drafts(self.config.speculate),
         };
+        // The first event (a scored candidate) is when a streaming client first hears back.
+        let arm = match job.strategy {
+            Strategy::Plain => ab::Arm::Plain,
+            _ => ab::Arm::Optimized,
+        };
+        let mut first = true;
+        let mut events = |event: Event| {
+            if std::mem::take(&mut first) {
+                self.metrics
+                    .first_event(job.strategy.name(), arm, job.arrived.elapsed());
+            }
+            if let Some(p) = progress.as_mut() {
+                p(event);
+            }
+        };
         let trace = job.strategy.run(
             &engine,
             &job.request,
-            progress
-                .as_mut()
-                .map(|p| p.as_mut() as &mut dyn FnMut(Event)),
+            Some(&mut events),
             Some(cancel.clone()),
         )?;
         let plain = match (compare_plain, job.strategy) {
