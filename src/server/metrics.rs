@@ -5,8 +5,8 @@ use super::ab::Arm;
 use crate::strategy::learned::Tallies;
 use crate::strategy::{Move, Trace};
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::time::Duration;
 
@@ -15,11 +15,11 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     first_event: HistogramVec,
-    rounds: Histogram,
-    candidates: Histogram,
+    rounds: HistogramVec,
+    candidates: HistogramVec,
     reward: HistogramVec,
     compute_used: IntCounterVec,
-    budget_ratio: Histogram,
+    budget_ratio: HistogramVec,
     tokens: IntCounterVec,
     pub queue_depth: IntGauge,
     pub in_flight: IntGauge,
@@ -53,16 +53,18 @@ impl Metrics {
             .buckets(prometheus::exponential_buckets(0.05, 2.0, 13)?),
             &["strategy", "arm"],
         )?;
-        let rounds = Histogram::with_opts(
+        let rounds = HistogramVec::new(
             HistogramOpts::new("hone_rounds_per_request", "Rounds a loop ran")
                 .buckets(prometheus::linear_buckets(1.0, 1.0, 10)?),
+            &["arm"],
         )?;
-        let candidates = Histogram::with_opts(
+        let candidates = HistogramVec::new(
             HistogramOpts::new(
                 "hone_candidates_per_request",
                 "Candidates sampled for one answer",
             )
             .buckets(prometheus::exponential_buckets(1.0, 2.0, 8)?),
+            &["arm"],
         )?;
         // Rewards have each their own scale (a verifier 0-1, a judge 1-9, a classifier's logits).
         let reward_buckets = vec![
@@ -80,12 +82,13 @@ impl Metrics {
             ),
             &["arm"],
         )?;
-        let budget_ratio = Histogram::with_opts(
+        let budget_ratio = HistogramVec::new(
             HistogramOpts::new(
                 "hone_compute_budget_ratio",
                 "Compute spent over the compute budget, for budgeted requests",
             )
             .buckets(prometheus::linear_buckets(0.1, 0.1, 10)?),
+            &["arm"],
         )?;
         let tokens = IntCounterVec::new(
             Opts::new(
@@ -220,9 +223,14 @@ impl Metrics {
 
     /// Records what an answered request spent. `budget` is its compute budget, if any.
     pub fn trace(&self, arm: Arm, trace: &Trace, budget: Option<u64>) {
-        self.rounds.observe(trace.rounds.len() as f64);
+        let label = [arm.name()];
+        self.rounds
+            .with_label_values(&label)
+            .observe(trace.rounds.len() as f64);
         let candidates: usize = trace.rounds.iter().map(|r| r.candidates.len()).sum();
-        self.candidates.observe(candidates as f64);
+        self.candidates
+            .with_label_values(&label)
+            .observe(candidates as f64);
         if let Some(score) = trace.score.filter(|s| s.is_finite()) {
             self.reward
                 .with_label_values(&[arm.name()])
@@ -244,6 +252,7 @@ impl Metrics {
         }
         if let Some(budget) = budget.filter(|&b| b > 0) {
             self.budget_ratio
+                .with_label_values(&label)
                 .observe(trace.usage.compute as f64 / budget as f64);
         }
     }
