@@ -5,6 +5,7 @@
 //! one arm across requests and across restarts: the hash is FNV-1a with a fixed mixer, not the
 //! standard library's, whose output may change between Rust releases.
 
+use crate::strategy::Strategy;
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -18,6 +19,14 @@ pub enum Arm {
 }
 
 impl Arm {
+    /// The arm a request that runs `strategy` belongs to: plain decoding is the control.
+    pub fn of(strategy: Strategy) -> Self {
+        match strategy {
+            Strategy::Plain => Self::Plain,
+            _ => Self::Optimized,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Optimized => "optimized",

@@ -291,10 +291,7 @@ impl AppState {
             speculation: Speculation::drafts(self.config.speculate),
         };
         // The first event (a scored candidate) is when a streaming client first hears back.
-        let arm = match job.strategy {
-            Strategy::Plain => ab::Arm::Plain,
-            _ => ab::Arm::Optimized,
-        };
+        let arm = ab::Arm::of(job.strategy);
         let mut first = true;
         let mut events = |event: Event| {
             if std::mem::take(&mut first) {

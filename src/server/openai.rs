@@ -140,10 +140,7 @@ pub async fn chat_completions(
         arrived,
     )?;
     state.check_reward(job.reward.as_deref())?;
-    let arm = match job.strategy {
-        Strategy::Plain => Arm::Plain,
-        _ => Arm::Optimized,
-    };
+    let arm = Arm::of(job.strategy);
     let (strategy, budget) = (job.strategy, job.compute_budget());
     let state: Arc<AppState> = state.into_inner();
     if body.stream.unwrap_or(false) {

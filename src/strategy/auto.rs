@@ -86,13 +86,9 @@ fn search(
     if first != Stopped::Done {
         return Ok(first);
     }
-    let depth = s
-        .request
-        .rounds
-        .min(s.request.budget.max_rounds.unwrap_or(u32::MAX));
     let query = query_text(&s.request.messages);
     let mut stale = 0;
-    for _ in 0..depth {
+    for _ in 0..s.depth() {
         if s.reached_max() {
             return Ok(Stopped::Converged);
         }

@@ -130,6 +130,13 @@ impl<'a> Session<'a> {
         Ok(self.meter.deadline_passed().then_some(Stopped::Deadline))
     }
 
+    /// The most improvement rounds after the first: the request's, within the budget's limit.
+    pub fn depth(&self) -> u32 {
+        self.request
+            .rounds
+            .min(self.request.budget.max_rounds.unwrap_or(u32::MAX))
+    }
+
     /// The reward's cost of scoring a response of `tokens` tokens to the query.
     pub fn reward_cost(&self, tokens: usize) -> u64 {
         self.meter.reward_cost(self.prompt.len() + tokens)

@@ -34,12 +34,8 @@ fn optimize(s: &mut Session<'_>, prompts: &Prompts) -> Result<Stopped, StrategyE
     if first != Stopped::Done {
         return Ok(first);
     }
-    let depth = s
-        .request
-        .rounds
-        .min(s.request.budget.max_rounds.unwrap_or(u32::MAX));
     let query = query_text(&s.request.messages);
-    for _ in 0..depth {
+    for _ in 0..s.depth() {
         if s.reached_max() {
             return Ok(Stopped::Converged);
         }
