@@ -8,7 +8,10 @@ pub mod serve;
 
 use anyhow::{Context, Result};
 use policies::{manifest, Policy};
+use reward_models::manifest::{Manifests, PolicyCache};
+use reward_models::RewardModel;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// `--model NAME|PATH`, shared by the subcommands that load a policy: a manifest in the
 /// `$HONE_POLICIES` folder (default `policies/manifests`), a known model, or a path.
@@ -36,4 +39,36 @@ pub fn policies_dir() -> PathBuf {
 /// The model file `model` names (see [`manifest::resolve`]).
 pub fn resolve_model(policies: &Path, model: &str) -> Result<PathBuf> {
     manifest::resolve(policies, model).with_context(|| format!("resolving model `{model}`"))
+}
+
+/// A policy and a reward, loaded the way the server loads them.
+pub struct Models {
+    pub policy: Arc<Policy>,
+    pub reward: Arc<dyn RewardModel>,
+    /// Compute units per position the reward reads (see `hone::budget::reward_weight`).
+    pub reward_weight: f64,
+    pub device: candle_core::Device,
+}
+
+/// Loads `model` and the reward manifest `reward` from `rewards`; a judge on the policy's own
+/// model shares the loaded copy.
+pub fn load_models(model: &str, reward: &str, rewards: &Path, cpu: bool) -> Result<Models> {
+    let path = resolve_model(&policies_dir(), model)?;
+    let device = device(cpu)?;
+    let policy = Arc::new(
+        Policy::load(&path, &device)
+            .with_context(|| format!("loading model {}", path.display()))?,
+    );
+    let manifests = Manifests::read_dir(rewards)?;
+    let mut loaded = PolicyCache::default();
+    loaded.insert(path.clone(), policy.clone());
+    let built = manifests.build(reward, &device, &mut loaded)?;
+    let reward_weight =
+        hone::budget::reward_weight(&manifests, rewards, reward, &path, policy.model().config())?;
+    Ok(Models {
+        policy,
+        reward: built,
+        reward_weight,
+        device,
+    })
 }

@@ -1,14 +1,12 @@
 //! `hone optimize`: run one optimization loop from the shell. Progress goes to stderr, the
 //! trace as JSON to stdout.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use hone::budget::{self, Budget};
+use hone::budget::Budget;
 use hone::strategy::{Engine, Event, Execution, Learned, Request, Strategy};
-use policies::{Message, Policy, Role, Speculation};
-use reward_models::manifest::{Manifests, PolicyCache};
+use policies::{Message, Role, Speculation};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Args)]
@@ -74,24 +72,8 @@ pub fn run(a: OptimizeArgs) -> Result<()> {
         Some(secs) => Some(Instant::now() + Duration::from_secs_f64(secs)),
         None => None,
     };
-    let path = super::resolve_model(&super::policies_dir(), &a.model)?;
-    let device = super::device(a.cpu)?;
-    let policy = Arc::new(
-        Policy::load(&path, &device)
-            .with_context(|| format!("loading model {}", path.display()))?,
-    );
-    let manifests = Manifests::read_dir(&a.rewards)?;
-    // A judge on the policy's own model shares the loaded copy.
-    let mut loaded = PolicyCache::default();
-    loaded.insert(path.clone(), policy.clone());
-    let reward = manifests.build(&a.reward, &device, &mut loaded)?;
-    let weight = budget::reward_weight(
-        &manifests,
-        &a.rewards,
-        &a.reward,
-        &path,
-        policy.model().config(),
-    )?;
+    let models = super::load_models(&a.model, &a.reward, &a.rewards, a.cpu)?;
+    let weight = models.reward_weight;
     let rounds = a.rounds.unwrap_or(a.strategy.default_rounds());
     let request = Request {
         messages: vec![Message::new(Role::User, a.prompt)],
@@ -132,8 +114,8 @@ pub fn run(a: OptimizeArgs) -> Result<()> {
     };
     let learned = Learned::default();
     let engine = Engine {
-        policy: &policy,
-        reward: reward.as_ref(),
+        policy: &models.policy,
+        reward: models.reward.as_ref(),
         reward_weight: weight,
         learned: &learned,
         execution: Execution::Batched,

@@ -7,11 +7,10 @@
 
 use super::BenchArgs;
 use anyhow::{anyhow, bail, Context, Result};
-use hone::budget::{self, Budget};
+use hone::budget::Budget;
 use hone::server::{self, AppState, Config};
 use hone::strategy::{Engine, Execution, Learned, Request, Strategy};
 use policies::{Message, Role, Speculation};
-use reward_models::manifest::{Manifests, PolicyCache};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
@@ -49,23 +48,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     });
     let (addr, state) = rx.recv()?.context("starting the server")?;
 
-    // The direct arm: the same policy, the same reward, in this process.
-    let manifests = Manifests::read_dir(&a.rewards)?;
-    let device = crate::cli::device(a.cpu)?;
-    let reward = manifests.build(&reward_name, &device, &mut PolicyCache::default())?;
-    let policy_path = policies::manifest::resolve(&crate::cli::policies_dir(), &a.model)?;
-    let weight = budget::reward_weight(
-        &manifests,
-        &a.rewards,
-        &reward_name,
-        &policy_path,
-        state.policy().model().config(),
-    )?;
+    // The direct arm: the same model and reward, loaded in this process as the server did.
+    let models = crate::cli::load_models(&a.model, &reward_name, &a.rewards, a.cpu)?;
+    let device = &models.device;
     let learned = Learned::default();
     let engine = Engine {
-        policy: state.policy(),
-        reward: reward.as_ref(),
-        reward_weight: weight,
+        policy: &models.policy,
+        reward: models.reward.as_ref(),
+        reward_weight: models.reward_weight,
         learned: &learned,
         execution: Execution::Batched,
         speculation: Speculation::drafts(state.config.speculate),

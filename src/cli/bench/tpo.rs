@@ -7,12 +7,9 @@
 //! process.
 
 use super::BenchArgs;
-use anyhow::{Context, Result};
-use hone::budget;
+use anyhow::Result;
 use hone::strategy::{Engine, Execution, Learned, Request, Strategy, Trace};
-use policies::{manifest, Message, Policy, Role, Speculation};
-use reward_models::manifest::{Manifests, PolicyCache};
-use std::sync::Arc;
+use policies::{Message, Role, Speculation};
 
 /// Instructions with checkable constraints, of the kind TPO is used for.
 const PROMPTS: [&str; 4] = [
@@ -46,19 +43,14 @@ impl Totals {
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
-    let path = manifest::resolve(&crate::cli::policies_dir(), &a.model)?;
-    let device = crate::cli::device(a.cpu)?;
-    let policy = Arc::new(
-        Policy::load(&path, &device)
-            .with_context(|| format!("loading model {}", path.display()))?,
-    );
-    let manifests = Manifests::read_dir(&a.rewards)?;
     let name = a.reward.as_deref().unwrap_or("default");
-    let mut loaded = PolicyCache::default();
-    loaded.insert(path.clone(), policy.clone());
-    let reward = manifests.build(name, &device, &mut loaded)?;
-    let weight =
-        budget::reward_weight(&manifests, &a.rewards, name, &path, policy.model().config())?;
+    let models = crate::cli::load_models(&a.model, name, &a.rewards, a.cpu)?;
+    let (policy, reward, weight, device) = (
+        &models.policy,
+        &models.reward,
+        models.reward_weight,
+        &models.device,
+    );
     println!(
         "policy: {} | reward: {name} (weight {weight:.2}) | device: {:?} | threads: {} | TPO n={} rounds={} max_tokens={}",
         policy.name(),
@@ -94,7 +86,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         for (k, &(arm, execution, speculation)) in arms.iter().enumerate() {
             let learned = Learned::default();
             let engine = Engine {
-                policy: &policy,
+                policy,
                 reward: reward.as_ref(),
                 reward_weight: weight,
                 learned: &learned,
