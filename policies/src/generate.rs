@@ -287,7 +287,7 @@ impl Policy {
                 let out = self.model().forward(&refs, &mut cache, Logits::Last)?;
                 rows_to_vecs(&out)?.into_iter().map(|l| vec![l]).collect()
             } else {
-                let out = self.model().verify(&refs, &mut cache)?;
+                let out = self.model().forward(&refs, &mut cache, Logits::All)?;
                 let mut packed = out
                     .to_dtype(candle_core::DType::F32)?
                     .to_vec2()?

@@ -6,8 +6,11 @@
 //! - [`Tokenizer`], [`ChatTemplate`], [`Sampler`]: text in, tokens out, and back.
 //! - [`Speculation`]: lossless speculative decoding with a prompt-lookup drafter.
 
+mod attention;
 pub mod chat;
 pub mod config;
+pub mod cpu;
+mod cpu_matmul;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;

@@ -5,6 +5,7 @@
 //! ([`KvCache`]) so callers can fork, truncate and roll it back, and runs rows of different
 //! lengths as one batch through an explicit attention mask.
 
+use crate::attention::{self, QueryKeys};
 use crate::config::{Arch, ModelConfig};
 use crate::error::{PolicyError, Result};
 use crate::kv_cache::KvCache;
@@ -218,17 +219,6 @@ impl Transformer {
             .forward(&self.forward_hidden(rows, cache, logits)?)?)
     }
 
-    /// Like [`Self::forward`] with [`Logits::All`] (`[tokens, vocab]`, rows one after another),
-    /// but every position is computed exactly as
-    /// a one-token decoding step would compute it: each query attends over precisely the keys
-    /// at or before its position, with the shapes of a lone step, so the logits are
-    /// bit-identical to feeding the tokens one at a time. Speculative decoding verifies drafts
-    /// with it, which keeps greedy output identical to plain decoding.
-    pub fn verify(&self, rows: &[&[u32]], cache: &mut KvCache) -> Result<Tensor> {
-        let hidden = self.hidden(rows, cache, Logits::All, Attention::PerQuery)?;
-        Ok(self.lm_head.forward(&hidden)?)
-    }
-
     /// Like [`Self::forward`], but returns the final normalized hidden states instead of
     /// logits (`[batch, hidden]` or `[tokens, hidden]`): the input of a reward head.
     pub fn forward_hidden(
@@ -237,7 +227,7 @@ impl Transformer {
         cache: &mut KvCache,
         logits: Logits,
     ) -> Result<Tensor> {
-        self.hidden(rows, cache, logits, Attention::Chunk)
+        self.hidden(rows, cache, logits)
     }
 
     /// The forward pass. Rows are packed: the linear layers see only real tokens
@@ -245,13 +235,7 @@ impl Transformer {
     /// lengths cost no padding; keys and values are spread into the cache's slot grid, and
     /// attention runs row by row. Returns `[batch, hidden]` for [`Logits::Last`], else the
     /// packed `[tokens, hidden]`.
-    fn hidden(
-        &self,
-        rows: &[&[u32]],
-        cache: &mut KvCache,
-        logits: Logits,
-        attention: Attention,
-    ) -> Result<Tensor> {
+    fn hidden(&self, rows: &[&[u32]], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
         let b = rows.len();
         if b != cache.batch_size() {
             return Err(PolicyError::InvalidParameter {
@@ -289,19 +273,27 @@ impl Transformer {
             let mut slots = vec![None; pad];
             slots.extend(own.iter().map(|&p| Some(p)));
             chunk_slots.push(slots);
-            queries.push(own.into_iter().map(Some).collect::<Vec<_>>());
+            queries.push(own);
         }
         let ids = Tensor::from_vec(ids, (1, n), &self.device)?;
         let pos = Tensor::from_vec(positions, n, &self.device)?;
         let spread = Tensor::from_vec(spread, b * t, &self.device)?;
         cache.push_slots(&chunk_slots);
-        let views = self.row_views(cache, &queries)?;
+        let keys = self.plan_keys(cache, &queries);
+        let rows_on_device = if self.device.is_cpu() {
+            Vec::new()
+        } else {
+            self.device_rows(&keys)?
+        };
         let batch = Batch {
             pos: &pos,
             spread: &spread,
-            views: &views,
+            rows: b,
             chunk: t,
-            attention,
+            held: &keys.held,
+            global: &keys.global,
+            local: &keys.local,
+            device_rows: &rows_on_device,
         };
 
         let mut xs = self.embed.forward(&ids)?;
@@ -340,7 +332,7 @@ impl Transformer {
     ) -> Result<Tensor> {
         let (_, n, _) = xs.dims3()?;
         let (h, hkv, d) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
-        let (b, t) = (batch.views.len(), batch.chunk);
+        let (b, t) = (batch.rows, batch.chunk);
         let residual = xs;
         let x = l.attn_norm.forward(xs)?;
         let q = l.q.forward(&x)?.reshape((1, n, h, d))?;
@@ -364,55 +356,14 @@ impl Transformer {
         };
         let (k, v) = cache.append(index, &to_grid(&k)?, &to_grid(&v.transpose(1, 2)?)?)?;
 
-        // Attention runs row by row over each row's own keys, compacted: a row then computes
-        // exactly what it would alone (same shapes, same summation order), which keeps batched
-        // generation bit-identical to batch-1 generation. Grouped-query attention without copying
-        // K/V: the `g` query heads that share one KV head are stacked along the sequence axis.
-        let g = h / hkv;
         let scale = 1.0 / (d as f64).sqrt();
-        let mut rows = Vec::with_capacity(b);
-        let mut offset = 0;
-        for (r, view) in batch.views.iter().enumerate() {
-            let len = view.seen.len();
-            let (k, v) = (
-                view.keys(&k.narrow(0, r, 1)?)?,
-                view.keys(&v.narrow(0, r, 1)?)?,
-            );
-            let mask = if l.window.is_some() {
-                &view.local
-            } else {
-                &view.global
-            };
-            let q = q.narrow(2, offset, len)?;
-            offset += len;
-            let out = match batch.attention {
-                Attention::Chunk => attend(
-                    &q.contiguous()?.reshape((1, hkv, g * len, d))?,
-                    &k,
-                    &v,
-                    mask,
-                    scale,
-                )?,
-                Attention::PerQuery => {
-                    // Query j alone over the keys up to its position: a decoding step's shapes.
-                    let mut outs = Vec::with_capacity(len);
-                    for (j, &seen) in view.seen.iter().enumerate() {
-                        let qj = q.narrow(2, j, 1)?.contiguous()?.reshape((1, hkv, g, d))?;
-                        let mask = mask.narrow(3, j, 1)?.narrow(4, 0, seen)?;
-                        let (kj, vj) = (k.narrow(2, 0, seen)?, v.narrow(2, 0, seen)?);
-                        outs.push(attend(&qj, &kj, &vj, &mask, scale)?.reshape((1, hkv, g, 1, d))?);
-                    }
-                    Tensor::cat(&outs, 3)?.reshape((1, hkv, g * len, d))?
-                }
-            };
-            // `[1, heads, len, d]` to the packed `[1, len, heads × d]`.
-            rows.push(
-                out.reshape((1, h, len, d))?
-                    .transpose(1, 2)?
-                    .reshape((1, len, h * d))?,
-            );
-        }
-        let attn = Tensor::cat(&rows, 1)?;
+        let local = l.window.is_some();
+        let attn = if self.device.is_cpu() {
+            let queries = if local { &batch.local } else { &batch.global };
+            attention::attend(&q, &k, &v, batch.held, queries, scale as f32)?
+        } else {
+            self.attend_rows(&q, &k, &v, batch, local, scale)?
+        };
         let mut attn = l.o.forward(&attn)?;
         if let Some(n) = &l.post_attn_norm {
             attn = n.forward(&attn)?;
@@ -432,61 +383,100 @@ impl Transformer {
         Ok((xs + ffn)?)
     }
 
-    /// For every row: which cache slots it reads, and its additive attention masks
-    /// `[1, 1, 1, chunk, keys]` (global and sliding-window).
-    ///
-    /// A query may see a key holding a token at a position no later than its own (and, for local
-    /// layers, within the window). A padding query sees every key of its row, which keeps its
-    /// softmax finite; its output is never read.
-    fn row_views(&self, cache: &KvCache, queries: &[Vec<Option<u32>>]) -> Result<Vec<RowView>> {
+    /// Which keys every packed query sees: its row's held slots at or before its position, and
+    /// for sliding-window layers only the last `window` positions of those.
+    fn plan_keys(&self, cache: &KvCache, queries: &[Vec<u32>]) -> KeyPlan {
         let window = self.cfg.sliding_window.unwrap_or(usize::MAX);
-        let mut views = Vec::with_capacity(queries.len());
-        for (keys, qs) in cache.slots().iter().zip(queries) {
-            let held: Vec<(usize, u32)> = keys
+        let mut plan = KeyPlan::default();
+        for (row, (slots, own)) in cache.slots().iter().zip(queries).enumerate() {
+            let held: Vec<(usize, u32)> = slots
                 .iter()
                 .enumerate()
                 .filter_map(|(i, p)| p.map(|p| (i, p)))
                 .collect();
-            let (t, s) = (qs.len(), held.len());
-            let mut global = vec![f32::NEG_INFINITY; t * s];
-            let mut local = global.clone();
-            for (qi, q) in qs.iter().enumerate() {
-                for (ki, &(_, kp)) in held.iter().enumerate() {
-                    let visible = q.map_or(Some(usize::MAX), |qp| {
-                        (kp <= qp).then(|| (qp - kp) as usize)
-                    });
-                    if let Some(distance) = visible {
-                        global[qi * s + ki] = 0.0;
-                        if distance < window || q.is_none() {
-                            local[qi * s + ki] = 0.0;
-                        }
-                    }
-                }
+            // Positions grow with slots, so a query's visible keys are a run of `held`.
+            for &qp in own {
+                let hi = held.partition_point(|&(_, kp)| kp <= qp);
+                let lo = held[..hi].partition_point(|&(_, kp)| (qp - kp) as usize >= window);
+                plan.global.push(QueryKeys { row, lo: 0, hi });
+                plan.local.push(QueryKeys { row, lo, hi });
             }
-            let first = held.first().map_or(0, |h| h.0);
-            let contiguous = held.iter().enumerate().all(|(j, h)| h.0 == first + j);
-            let slots = if contiguous {
-                Slots::Range(first, s)
-            } else {
-                let idx: Vec<u32> = held.iter().map(|h| h.0 as u32).collect();
-                Slots::Indices(Tensor::from_vec(idx, s, &self.device)?)
-            };
-            let seen = qs
-                .iter()
-                .map(|q| match q {
-                    Some(qp) => held.iter().filter(|h| h.1 <= *qp).count(),
-                    None => 1.min(s),
-                })
-                .collect();
-            let shape = (1, 1, 1, t, s);
-            views.push(RowView {
-                seen,
-                slots,
-                global: Tensor::from_vec(global, shape, &self.device)?,
-                local: Tensor::from_vec(local, shape, &self.device)?,
-            });
+            plan.held
+                .push(held.into_iter().map(|(slot, _)| slot).collect());
         }
-        Ok(views)
+        plan
+    }
+
+    /// For attention on an accelerator: each row's slot index and additive masks
+    /// `[1, 1, 1, tokens, keys]` (global and sliding-window), built once per forward pass.
+    fn device_rows(&self, plan: &KeyPlan) -> Result<Vec<DeviceRow>> {
+        let mut rows = Vec::with_capacity(plan.held.len());
+        let mut next = 0;
+        for (row, held) in plan.held.iter().enumerate() {
+            let len = plan.global[next..]
+                .iter()
+                .take_while(|q| q.row == row)
+                .count();
+            let s = held.len();
+            let mask = |queries: &[QueryKeys]| -> candle_core::Result<Tensor> {
+                let mut m = vec![f32::NEG_INFINITY; len * s];
+                for (i, q) in queries.iter().enumerate() {
+                    m[i * s + q.lo..i * s + q.hi].fill(0.0);
+                }
+                Tensor::from_vec(m, (1, 1, 1, len, s), &self.device)
+            };
+            let idx: Vec<u32> = held.iter().map(|&slot| slot as u32).collect();
+            rows.push(DeviceRow {
+                slots: Tensor::from_vec(idx, s, &self.device)?,
+                tokens: next..next + len,
+                global: mask(&plan.global[next..next + len])?,
+                local: mask(&plan.local[next..next + len])?,
+            });
+            next += len;
+        }
+        Ok(rows)
+    }
+
+    /// Attention with candle's tensor operations, row by row over each row's own keys, for
+    /// devices without [`attention::attend`]. Grouped-query heads are stacked along the query
+    /// axis so K/V are never copied per head.
+    fn attend_rows(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        batch: &Batch<'_>,
+        local: bool,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let (h, hkv, d) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
+        let g = h / hkv;
+        let mut outs = Vec::with_capacity(batch.device_rows.len());
+        for (r, row) in batch.device_rows.iter().enumerate() {
+            let len = row.tokens.len();
+            let keys = |x: &Tensor| x.narrow(0, r, 1)?.contiguous()?.index_select(&row.slots, 2);
+            let (k, v) = (keys(k)?, keys(v)?);
+            let mask = if local { &row.local } else { &row.global };
+            let q =
+                q.narrow(2, row.tokens.start, len)?
+                    .contiguous()?
+                    .reshape((1, hkv, g * len, d))?;
+            let s = k.dim(2)?;
+            let scores = (q * scale)?
+                .matmul(&k.t()?)?
+                .reshape((1, hkv, g, len, s))?
+                .broadcast_add(mask)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores.reshape((1, hkv, g * len, s))?)?;
+            // `[1, heads, len, d]` to the packed `[1, len, heads × d]`.
+            outs.push(
+                probs
+                    .matmul(&v)?
+                    .reshape((1, h, len, d))?
+                    .transpose(1, 2)?
+                    .reshape((1, len, h * d))?,
+            );
+        }
+        Ok(Tensor::cat(&outs, 1)?)
     }
 }
 
@@ -496,60 +486,31 @@ struct Batch<'a> {
     pos: &'a Tensor,
     /// For each slot of the cache's new chunk (row-major), the packed token it holds.
     spread: &'a Tensor,
-    views: &'a [RowView],
+    rows: usize,
     /// The chunk length: the longest row.
     chunk: usize,
-    attention: Attention,
+    /// Each row's held cache slots, in order.
+    held: &'a [Vec<usize>],
+    /// The keys each packed token sees, in global and in sliding-window layers.
+    global: &'a [QueryKeys],
+    local: &'a [QueryKeys],
+    /// The same, as index and mask tensors, when attention runs off the CPU.
+    device_rows: &'a [DeviceRow],
 }
 
-/// How the queries of a chunk attend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Attention {
-    /// The whole chunk at once, causal through the mask (prefill).
-    Chunk,
-    /// Each query on its own over exactly the keys it may see ([`Transformer::verify`]).
-    PerQuery,
+/// [`Batch`]'s key plan, before it is borrowed.
+#[derive(Default)]
+struct KeyPlan {
+    held: Vec<Vec<usize>>,
+    global: Vec<QueryKeys>,
+    local: Vec<QueryKeys>,
 }
 
-/// Scaled dot-product attention of `q` `[1, kv_heads, g × t, d]` over one row's `k`, `v`
-/// `[1, kv_heads, s, d]`, with an additive `mask` `[1, 1, 1, t, s]`; grouped-query heads are
-/// stacked along the query axis, so K/V are never copied per head.
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    let (_, hkv, gt, _) = q.dims4()?;
-    let (t, s) = (mask.dim(3)?, k.dim(2)?);
-    let scores = (q * scale)?
-        .matmul(&k.t()?)?
-        .reshape((1, hkv, gt / t, t, s))?
-        .broadcast_add(mask)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores.reshape((1, hkv, gt, s))?)?;
-    Ok(probs.matmul(v)?)
-}
-
-/// The cache slots one row of a forward pass reads.
-enum Slots {
-    /// `len` slots from `start` (the usual case: padding only before the row's tokens).
-    Range(usize, usize),
-    /// Scattered slots (after a rollback left holes).
-    Indices(Tensor),
-}
-
-/// One row's view of the cache during a forward pass.
-struct RowView {
-    slots: Slots,
+/// One row's keys and masks as tensors on the model's device.
+struct DeviceRow {
+    slots: Tensor,
+    /// The row's packed tokens.
+    tokens: std::ops::Range<usize>,
     global: Tensor,
     local: Tensor,
-    /// For each query of the chunk, how many of the row's keys (in slot order) it may see:
-    /// those at or before its position, which come first since positions grow with slots.
-    /// (A padding query is given one key; its output is never read.)
-    seen: Vec<usize>,
-}
-
-impl RowView {
-    /// This row's keys (or values) out of `[1, kv_heads, slots, head_dim]`.
-    fn keys(&self, all: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.slots {
-            Slots::Range(start, len) => all.narrow(2, *start, *len),
-            Slots::Indices(idx) => all.contiguous()?.index_select(idx, 2),
-        }
-    }
 }

@@ -1,7 +1,8 @@
 //! Lossless speculative decoding with a model-free drafter.
 //!
-//! A drafter guesses the next few tokens; the policy checks them all in one forward pass
-//! ([`crate::Transformer::verify`]), and rejection sampling (Leviathan et al. 2023; Chen et al.
+//! A drafter guesses the next few tokens; the policy checks them all in one forward pass, which
+//! on the CPU computes every drafted position exactly as a lone decoding step would (see the
+//! `attention` module), and rejection sampling (Leviathan et al. 2023; Chen et al.
 //! 2023) keeps exactly the tokens the policy itself would have produced in distribution:
 //! draft token `x` is accepted with probability `p(x)` (the drafter proposes one token with
 //! certainty, so `min(1, p/q)` is `p(x)`); at the first rejection the replacement is drawn from

@@ -3,6 +3,7 @@
 //! The transformer body asks for tensors by llama.cpp's names (`blk.3.attn_q.weight`); HF
 //! checkpoints are mapped onto those names here, so the model code has one vocabulary.
 
+use crate::cpu_matmul::QuantMatrix;
 use crate::error::{PolicyError, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
@@ -14,13 +15,34 @@ use std::sync::Arc;
 /// A linear layer: quantized or dense weights, optional bias.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: QMatMul,
+    weight: Matrix,
     bias: Option<Tensor>,
+}
+
+/// A linear layer's weights: on the CPU, quantized types go through hone's row-invariant
+/// products ([`QuantMatrix`]); everything else through candle's.
+#[derive(Debug, Clone)]
+enum Matrix {
+    Quant(QuantMatrix),
+    Candle(QMatMul),
+}
+
+impl Matrix {
+    fn quantized(q: Arc<QTensor>) -> Result<Self> {
+        let q = for_cpu_matmul(q)?;
+        Ok(match QuantMatrix::from_qtensor(&q)? {
+            Some(m) => Self::Quant(m),
+            None => Self::Candle(QMatMul::from_arc(q)?),
+        })
+    }
 }
 
 impl Linear {
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let ys = self.weight.forward(xs)?;
+        let ys = match &self.weight {
+            Matrix::Quant(m) => m.forward(xs)?,
+            Matrix::Candle(m) => m.forward(xs)?,
+        };
         match &self.bias {
             Some(b) => ys.broadcast_add(b),
             None => Ok(ys),
@@ -49,8 +71,8 @@ impl Embedding {
     /// The same table used as the output projection (tied embeddings).
     pub fn as_linear(&self) -> Result<Linear> {
         let weight = match self {
-            Self::Quantized(q) => QMatMul::from_arc(for_cpu_matmul(q.clone())?)?,
-            Self::Dense(w) => QMatMul::Tensor(w.clone()),
+            Self::Quantized(q) => Matrix::quantized(q.clone())?,
+            Self::Dense(w) => Matrix::Candle(QMatMul::Tensor(w.clone())),
         };
         Ok(Linear { weight, bias: None })
     }
@@ -139,10 +161,10 @@ impl Weights {
 
     pub fn linear(&mut self, name: &str, with_bias: bool) -> Result<Linear> {
         let weight = match self {
-            Self::Gguf { .. } => {
-                QMatMul::from_arc(for_cpu_matmul(self.qtensor(&format!("{name}.weight"))?)?)?
+            Self::Gguf { .. } => Matrix::quantized(self.qtensor(&format!("{name}.weight"))?)?,
+            Self::Safetensors { .. } => {
+                Matrix::Candle(QMatMul::Tensor(self.dense(&format!("{name}.weight"))?))
             }
-            Self::Safetensors { .. } => QMatMul::Tensor(self.dense(&format!("{name}.weight"))?),
         };
         let bias = if with_bias {
             Some(self.dense(&format!("{name}.bias"))?)

@@ -67,6 +67,8 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    // Every figure belongs to a machine: name it above the tables.
+    println!("CPU: {}\n", policies::cpu::describe());
     let what = a.what.unwrap_or(match a.reward {
         Some(_) => What::Reward,
         None => What::Engine,

@@ -1,0 +1,292 @@
+//! Attention on the CPU, computed so that a query's result depends on nothing but its own
+//! vector and the keys and values it may see.
+//!
+//! A general matrix library picks its kernel, blocking and summation order from the shapes of
+//! the call and from the features of the CPU it finds at run time (AVX2 on one machine,
+//! AVX-512 on the next). Attention through it then gives a row bits that depend on how many
+//! other rows, query positions or masked-out slots the call held, and those bits differ by
+//! machine. Here every query is reduced on its own, in one fixed order: the dot products over
+//! `head_dim` in eight fixed lanes, the softmax and the weighted sum of values key after key
+//! over exactly the visible keys. A token therefore gets the same bits whether it is decoded
+//! alone, in a batch, after a rollback that left holes in the cache, or as one of several
+//! drafted tokens being verified: batch invariance by construction, on every CPU.
+
+use candle_core::{CpuStorage, Layout, Storage, Tensor};
+use rayon::prelude::*;
+
+/// The keys one packed query sees: `slots[lo..hi]` of its row's held slots, in slot order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueryKeys {
+    pub row: usize,
+    pub lo: usize,
+    pub hi: usize,
+}
+
+/// Scaled dot-product attention for packed queries.
+///
+/// `q` is `[1, heads, tokens, head_dim]`; `k` and `v` are the cache's `[batch, kv_heads,
+/// slots, head_dim]` (any strides, f32); `held[row]` lists the slots that row holds, in order;
+/// `queries[i]` says which of them token `i` sees. Returns `[1, tokens, heads × head_dim]`.
+pub(crate) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    held: &[Vec<usize>],
+    queries: &[QueryKeys],
+    scale: f32,
+) -> candle_core::Result<Tensor> {
+    let (_, h, n, d) = q.dims4()?;
+    let (_, hkv, _, dk) = k.dims4()?;
+    if queries.len() != n || dk != d || h % hkv != 0 {
+        candle_core::bail!(
+            "attention: {} query plans for {n} tokens, head_dim {d} vs {dk}, {h} heads over {hkv}",
+            queries.len()
+        );
+    }
+    let q = q.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let (k_store, k_layout) = k.storage_and_layout();
+    let (v_store, v_layout) = v.storage_and_layout();
+    let keys = Strided::new(&k_store, k_layout)?;
+    let values = Strided::new(&v_store, v_layout)?;
+    let group = h / hkv;
+    let mut out = vec![0f32; n * h * d];
+    out.par_chunks_mut(d)
+        .enumerate()
+        .try_for_each(|(i, out)| -> candle_core::Result<()> {
+            let (token, head) = (i / h, i % h);
+            let plan = queries[token];
+            let slots = held
+                .get(plan.row)
+                .and_then(|s| s.get(plan.lo..plan.hi))
+                .ok_or_else(|| candle_core::Error::Msg("attention: bad key range".into()))?;
+            let qv = &q[(head * n + token) * d..][..d];
+            let kv_head = head / group;
+            one_query(
+                qv,
+                slots,
+                |s| keys.row(plan.row, kv_head, s, d),
+                |s| values.row(plan.row, kv_head, s, d),
+                scale,
+                out,
+            );
+            Ok(())
+        })?;
+    Tensor::from_vec(out, (1, n, h * d), &candle_core::Device::Cpu)
+}
+
+/// One query head over its visible keys: softmax(q·k × scale) · v, into `out`.
+fn one_query<'a>(
+    q: &[f32],
+    slots: &[usize],
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    scale: f32,
+    out: &mut [f32],
+) {
+    out.fill(0.0);
+    if slots.is_empty() {
+        return;
+    }
+    let scores: Vec<f32> = slots.iter().map(|&s| dot(q, key(s)) * scale).collect();
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0f32;
+    for (&s, score) in slots.iter().zip(&scores) {
+        let p = (score - max).exp();
+        total += p;
+        for (o, x) in out.iter_mut().zip(value(s)) {
+            *o += p * x;
+        }
+    }
+    let inv = 1.0 / total;
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// A dot product in a fixed order: eight lanes over the vector, then the lanes pairwise.
+/// (The compiler may vectorize it but never reorders it: Rust does not reassociate floats.)
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let mut acc = [0f32; LANES];
+    let (a_main, a_tail) = a.split_at(a.len() - a.len() % LANES);
+    let (b_main, b_tail) = b.split_at(a_main.len());
+    for (x, y) in a_main.chunks_exact(LANES).zip(b_main.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    for (l, (x, y)) in a_tail.iter().zip(b_tail).enumerate() {
+        acc[l] += x * y;
+    }
+    let quads = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    (quads[0] + quads[2]) + (quads[1] + quads[3])
+}
+
+/// A read-only view of a 4-D f32 CPU tensor of any strides whose last axis is contiguous.
+struct Strided<'a> {
+    data: &'a [f32],
+    start: usize,
+    stride: [usize; 3],
+}
+
+impl<'a> Strided<'a> {
+    fn new(storage: &'a Storage, layout: &Layout) -> candle_core::Result<Self> {
+        let Storage::Cpu(CpuStorage::F32(data)) = storage else {
+            candle_core::bail!("attention: keys and values must be f32 on the CPU");
+        };
+        let s = layout.stride();
+        if s.len() != 4 || s[3] != 1 {
+            candle_core::bail!("attention: keys and values need a contiguous last axis");
+        }
+        Ok(Self {
+            data,
+            start: layout.start_offset(),
+            stride: [s[0], s[1], s[2]],
+        })
+    }
+
+    fn row(&self, b: usize, head: usize, slot: usize, d: usize) -> &'a [f32] {
+        let at = self.start + b * self.stride[0] + head * self.stride[1] + slot * self.stride[2];
+        &self.data[at..at + d]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// A plain reference: softmax over the visible keys in f64.
+    fn reference(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], scale: f32) -> Vec<f32> {
+        assert_eq!(keys.len(), values.len());
+        let scores: Vec<f64> = keys
+            .iter()
+            .map(|k| {
+                assert_eq!(k.len(), q.len());
+                q.iter()
+                    .zip(k)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>()
+                    * scale as f64
+            })
+            .collect();
+        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let total: f64 = w.iter().sum();
+        (0..q.len())
+            .map(|j| {
+                (w.iter()
+                    .zip(values)
+                    .map(|(p, v)| p * v[j] as f64)
+                    .sum::<f64>()
+                    / total) as f32
+            })
+            .collect()
+    }
+
+    fn filled(shape: (usize, usize, usize, usize), seed: u32) -> Tensor {
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let data: Vec<f32> = (0..n as u32)
+            .map(|i| {
+                ((i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0
+                    - 1.0
+            })
+            .collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Two rows, grouped-query heads, holes in row 0's slots, strided (narrowed) caches.
+    #[test]
+    fn matches_a_reference_and_ignores_everything_it_may_not_see() {
+        let (h, hkv, d, slots) = (4, 2, 12, 7);
+        let k_full = filled((2, hkv, slots + 3, d), 1);
+        let v_full = filled((2, hkv, slots + 3, d), 2);
+        let (k, v) = (
+            k_full.narrow(2, 0, slots).unwrap(),
+            v_full.narrow(2, 0, slots).unwrap(),
+        );
+        let held = vec![vec![0, 1, 4, 6], vec![2, 3, 4, 5, 6]];
+        let queries = [
+            QueryKeys {
+                row: 0,
+                lo: 0,
+                hi: 3,
+            },
+            QueryKeys {
+                row: 0,
+                lo: 1,
+                hi: 4,
+            },
+            QueryKeys {
+                row: 1,
+                lo: 0,
+                hi: 5,
+            },
+        ];
+        let q = filled((1, h, queries.len(), d), 3);
+        let out = attend(&q, &k, &v, &held, &queries, 0.3).unwrap();
+        assert_eq!(out.dims3().unwrap(), (1, 3, h * d));
+        let out = out.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+        let q = q.squeeze(0).unwrap().to_vec3::<f32>().unwrap();
+        let per_row = |t: &Tensor| -> Vec<Vec<Vec<Vec<f32>>>> {
+            (0..2)
+                .map(|r| t.get(r).unwrap().to_vec3::<f32>().unwrap())
+                .collect()
+        };
+        let (k, v) = (per_row(&k), per_row(&v));
+        for (t, plan) in queries.iter().enumerate() {
+            for head in 0..h {
+                let kvh = head / (h / hkv);
+                let seen = &held[plan.row][plan.lo..plan.hi];
+                let keys: Vec<_> = seen.iter().map(|&s| k[plan.row][kvh][s].clone()).collect();
+                let vals: Vec<_> = seen.iter().map(|&s| v[plan.row][kvh][s].clone()).collect();
+                let want = reference(&q[head][t], &keys, &vals, 0.3);
+                let got = &out[t][head * d..(head + 1) * d];
+                let diff = want
+                    .iter()
+                    .zip(got)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(diff < 1e-5, "token {t} head {head}: {diff}");
+            }
+        }
+    }
+
+    /// The same query and visible keys give the same bits whatever else the call holds.
+    #[test]
+    fn a_query_is_bit_identical_alone_and_in_company() {
+        let (h, hkv, d) = (6, 2, 64);
+        let k = filled((3, hkv, 40, d), 5);
+        let v = filled((3, hkv, 40, d), 6);
+        let held: Vec<Vec<usize>> = vec![
+            (0..40).collect(),
+            (0..40).step_by(2).collect(),
+            (5..40).collect(),
+        ];
+        let crowd: Vec<QueryKeys> = (0..9)
+            .map(|i| QueryKeys {
+                row: i % 3,
+                lo: i % 2,
+                hi: 10 + i,
+            })
+            .collect();
+        let q = filled((1, h, crowd.len(), d), 7);
+        let together = attend(&q, &k, &v, &held, &crowd, 0.125).unwrap();
+        for (t, plan) in crowd.iter().enumerate() {
+            let alone =
+                attend(&q.narrow(2, t, 1).unwrap(), &k, &v, &held, &[*plan], 0.125).unwrap();
+            let a = alone.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = together
+                .narrow(1, t, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(a, b, "token {t}");
+        }
+    }
+}
