@@ -28,6 +28,8 @@ enum Command {
     Optimize(cli::optimize::OptimizeArgs),
     /// Serve the optimization loops over HTTP (with an OpenAI-compatible endpoint).
     Serve(cli::serve::ServeArgs),
+    /// Measure answer quality: judges on labelled pairs.
+    Eval(cli::eval::EvalArgs),
 }
 
 fn main() {
@@ -38,6 +40,7 @@ fn main() {
         Command::Bench(a) => cli::bench::run(a),
         Command::Optimize(a) => cli::optimize::run(a),
         Command::Serve(a) => cli::serve::run(a),
+        Command::Eval(a) => cli::eval::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -409,6 +409,58 @@ fn chat_completions_plain_and_stream() {
 }
 
 #[test]
+fn a_request_states_its_own_constraints_or_the_prompt_does() {
+    // Given in the request and scored alone: the score is the fraction met.
+    let (status, body) = post(
+        "/optimize",
+        &json!({
+            "prompt": "Name a fruit.", "strategy": "best_of_n", "n": 2, "max_tokens": 12,
+            "constraints": [{"kind": "letter_case", "case": "uppercase"}],
+            "constraints_only": true, "user": user_in(Arm::Optimized, "own"),
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["constraints"]["source"], "request", "{body}");
+    assert_eq!(body["constraints"]["constraints"][0]["case"], "uppercase");
+    let answer = body["answer"].as_str().unwrap();
+    let met = !answer.chars().any(char::is_lowercase);
+    assert_eq!(
+        body["score"].as_f64().unwrap(),
+        if met { 1.0 } else { 0.0 },
+        "{body}"
+    );
+    // Read from the prompt's words and added to the server's reward (here a 0-1 verifier):
+    // a score above 1 can only come from both.
+    let (status, body) = post(
+        "/optimize",
+        &json!({
+            "prompt": "Name a fruit. Write your answer in all lowercase letters.",
+            "strategy": "best_of_n", "n": 2, "max_tokens": 12,
+            "user": user_in(Arm::Optimized, "prompt"),
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["constraints"]["source"], "prompt", "{body}");
+    assert_eq!(body["constraints"]["constraints"][0]["kind"], "letter_case");
+    let answer = body["answer"].as_str().unwrap();
+    let lower = !answer.chars().any(char::is_uppercase);
+    let score = body["score"].as_f64().unwrap();
+    assert_eq!(score >= 10.0, lower, "{body}");
+    // `[]` turns the prompt's constraints off.
+    let (status, body) = post(
+        "/optimize",
+        &json!({
+            "prompt": "Name a fruit. Write your answer in all lowercase letters.",
+            "strategy": "best_of_n", "n": 2, "max_tokens": 12, "constraints": [],
+            "user": user_in(Arm::Optimized, "none"),
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("constraints").is_none(), "{body}");
+    assert!(body["score"].as_f64().unwrap() <= 1.0, "{body}");
+}
+
+#[test]
 fn bad_input_gets_documented_errors() {
     let ok = json!({"prompt": QUESTION, "n": 2, "max_tokens": 8});
     let with = |key: &str, value: Value| {
@@ -438,6 +490,18 @@ fn bad_input_gets_documented_errors() {
     // Below one prefill of the prompt.
     let (status, body) = post("/optimize", &with("budget", json!({"compute": 3})));
     assert_error(status, &body, 422, Some("budget.compute"));
+    // Bad constraints name the one at fault.
+    let (status, body) = post("/optimize", &with("constraints", json!([{"kind": "nope"}])));
+    assert_error(status, &body, 422, Some("constraints[0]"));
+    let bounds =
+        json!([{"kind": "word_count", "max": 3}, {"kind": "word_count", "min": 9, "max": 2}]);
+    let (status, body) = post("/optimize", &with("constraints", bounds));
+    assert_error(status, &body, 422, Some("constraints"));
+    let (status, body) = post(
+        "/optimize",
+        &json!({"prompt": "hi", "constraints_only": true}),
+    );
+    assert_error(status, &body, 422, Some("constraints_only"));
     // Unknown reward and model.
     let (status, body) = post("/optimize", &with("reward", json!("nope")));
     assert_error(status, &body, 404, Some("reward"));

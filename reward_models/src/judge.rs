@@ -13,12 +13,18 @@ use std::sync::Arc;
 pub const DEFAULT_PROMPT: &str = "Rate the response to the question on a scale from 1 (wrong, useless or off-topic) to 9 (correct, helpful and clear).\n\nQuestion: {question}\n\nResponse: {response}\n\nReply with a single digit from 1 to 9.";
 /// Text that opens the judge's answer, so the next token is the rating.
 const ANSWER_PREFIX: &str = "Rating: ";
+/// The instructions of a pairwise comparison. `{question}`, `{a}` and `{b}` are filled in.
+pub const PAIRWISE_PROMPT: &str = "Which response answers the question better? Judge correctness first, then whether it follows every instruction in the question, stays on topic, reads clearly and says no more than it needs to.\n\nQuestion: {question}\n\nResponse A: {a}\n\nResponse B: {b}\n\nReply with a single letter: A or B.";
+/// Text that opens the judge's verdict, so the next token is the letter.
+const VERDICT_PREFIX: &str = "Better response: ";
 
 pub struct Judge {
     policy: Arc<Policy>,
     prompt: String,
     /// Token id of each digit 1..=9.
     digits: Vec<u32>,
+    /// Token ids of the letters `A` and `B`, for pairwise comparisons.
+    letters: [u32; 2],
 }
 
 impl Judge {
@@ -30,52 +36,63 @@ impl Judge {
             ));
         }
         let tok = policy.tokenizer();
+        let one_token = |text: &str| -> Result<u32, RewardError> {
+            match tok.encode(text).map_err(model_err)?.as_slice() {
+                [id] => Ok(*id),
+                other => Err(RewardError::Config(format!(
+                    "judge model spells `{text}` as {} tokens",
+                    other.len()
+                ))),
+            }
+        };
         let digits = (1..=9)
-            .map(
-                |d| match tok.encode(&d.to_string()).map_err(model_err)?.as_slice() {
-                    [id] => Ok(*id),
-                    other => Err(RewardError::Config(format!(
-                        "judge model spells digit {d} as {} tokens",
-                        other.len()
-                    ))),
-                },
-            )
+            .map(|d| one_token(&d.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
+        let letters = [one_token("A")?, one_token("B")?];
         Ok(Self {
             policy,
             prompt,
             digits,
+            letters,
         })
     }
 
-    fn encode(&self, c: &Candidate<'_>) -> Result<Vec<u32>, RewardError> {
-        let question = c
-            .messages
+    /// Renders `prompt` as the judge's user turn and opens its answer with `prefix`.
+    fn encode(&self, prompt: &str, prefix: &str) -> Result<Vec<u32>, RewardError> {
+        let mut rendered = self
+            .policy
+            .render_chat(&[Message::new(Role::User, prompt)])
+            .map_err(model_err)?;
+        rendered.push_str(prefix);
+        crate::encode_for(&self.policy, &rendered)
+    }
+
+    /// The last user message: what the response answers.
+    fn question(messages: &[Message]) -> Result<&str, RewardError> {
+        messages
             .iter()
             .rev()
             .find(|m| m.role == Role::User)
             .map(|m| m.content.as_str())
             .ok_or_else(|| {
                 RewardError::Config("conversation has no user message to judge against".into())
-            })?;
-        let text = self
-            .prompt
-            .replace("{question}", question)
-            .replace("{response}", c.response);
-        let mut rendered = self
-            .policy
-            .render_chat(&[Message::new(Role::User, text)])
+            })
+    }
+
+    /// The last position's logits of each row, in one batched forward pass.
+    fn last_logits(&self, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, RewardError> {
+        let model = self.policy.model();
+        let mut cache = model.new_cache(rows.len());
+        let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        let logits = model
+            .forward(&refs, &mut cache, Logits::Last)
             .map_err(model_err)?;
-        rendered.push_str(ANSWER_PREFIX);
-        crate::encode_for(&self.policy, &rendered)
+        logits.to_vec2().map_err(model_err)
     }
 
     /// Expected rating from one row of logits: softmax restricted to the nine digit tokens.
     fn expected_rating(&self, logits: &[f32]) -> f32 {
-        let picked: Vec<f32> = self.digits.iter().map(|&id| logits[id as usize]).collect();
-        let max = picked.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let weights: Vec<f32> = picked.iter().map(|l| (l - max).exp()).collect();
-        let total: f32 = weights.iter().sum();
+        let (weights, total) = restricted_softmax(logits, &self.digits);
         weights
             .iter()
             .enumerate()
@@ -83,6 +100,52 @@ impl Judge {
             .sum::<f32>()
             / total
     }
+
+    /// The probability that `first` answers the question better than `second`, asked with
+    /// `first` shown as A and again shown as B, and averaged: a judge's preference for a
+    /// position cancels out.
+    pub fn prefer_first(
+        &self,
+        messages: &[Message],
+        first: &str,
+        second: &str,
+    ) -> Result<f32, RewardError> {
+        let question = Self::question(messages)?;
+        let ask = |a: &str, b: &str| {
+            let prompt = PAIRWISE_PROMPT
+                .replace("{question}", question)
+                .replace("{a}", a)
+                .replace("{b}", b);
+            self.encode(&prompt, VERDICT_PREFIX)
+        };
+        let rows = [ask(first, second)?, ask(second, first)?];
+        let logits = self.last_logits(&rows)?;
+        let [shown_a, shown_b] = logits.as_slice() else {
+            return Err(RewardError::Model("expected two rows of logits".into()));
+        };
+        let p_a = |l: &[f32]| {
+            let (w, total) = restricted_softmax(l, &self.letters);
+            w[0] / total
+        };
+        Ok((p_a(shown_a) + (1.0 - p_a(shown_b))) / 2.0)
+    }
+}
+
+/// Unnormalized softmax weights over the logits of `ids` alone, and their sum.
+fn restricted_softmax(logits: &[f32], ids: &[u32]) -> (Vec<f32>, f32) {
+    let picked: Vec<f32> = ids
+        .iter()
+        .map(|&id| {
+            logits
+                .get(id as usize)
+                .copied()
+                .unwrap_or(f32::NEG_INFINITY)
+        })
+        .collect();
+    let max = picked.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f32> = picked.iter().map(|l| (l - max).exp()).collect();
+    let total = weights.iter().sum();
+    (weights, total)
 }
 
 impl RewardModel for Judge {
@@ -92,16 +155,16 @@ impl RewardModel for Judge {
         }
         let rows = batch
             .iter()
-            .map(|c| self.encode(c))
+            .map(|c| {
+                let prompt = self
+                    .prompt
+                    .replace("{question}", Self::question(c.messages)?)
+                    .replace("{response}", c.response);
+                self.encode(&prompt, ANSWER_PREFIX)
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let model = self.policy.model();
-        let mut cache = model.new_cache(rows.len());
-        let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
-        let logits = model
-            .forward(&refs, &mut cache, Logits::Last)
-            .map_err(model_err)?;
-        let logits: Vec<Vec<f32>> = logits.to_vec2().map_err(model_err)?;
-        Ok(logits
+        Ok(self
+            .last_logits(&rows)?
             .iter()
             .map(|l| Score {
                 value: self.expected_rating(l),

@@ -6,6 +6,7 @@
 //! can batch their forward passes.
 
 pub mod classifier;
+pub mod combined;
 pub mod judge;
 pub mod manifest;
 pub mod remote;

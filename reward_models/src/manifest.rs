@@ -11,10 +11,11 @@
 //! `reward` name and a `weight`), which sums its parts' scores with those weights.
 
 use crate::classifier::ClassifierRm;
+use crate::combined::Combined;
 use crate::judge::Judge;
 use crate::remote::RemoteScorer;
 use crate::verifier::{Constraint, Verifier};
-use crate::{Candidate, RewardError, RewardModel, Score};
+use crate::{RewardError, RewardModel};
 use candle_core::Device;
 use policies::{store, Policy};
 use serde::Deserialize;
@@ -174,7 +175,7 @@ impl Manifests {
                         ))
                     })
                     .collect::<Result<Vec<_>, RewardError>>()?;
-                Arc::new(Combined { parts })
+                Arc::new(Combined::new(parts))
             }
         })
     }
@@ -212,42 +213,5 @@ impl PolicyCache {
             Arc::new(Policy::load(&path, device).map_err(|e| RewardError::Model(e.to_string()))?);
         self.loaded.insert(path, policy.clone());
         Ok(policy)
-    }
-}
-
-/// A weighted sum of other rewards.
-struct Combined {
-    parts: Vec<(Arc<dyn RewardModel>, f32)>,
-}
-
-impl RewardModel for Combined {
-    fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError> {
-        let mut total: Vec<Score> = batch
-            .iter()
-            .map(|_| Score {
-                value: 0.0,
-                reasons: Vec::new(),
-            })
-            .collect();
-        for (model, weight) in &self.parts {
-            for (acc, s) in total.iter_mut().zip(model.score(batch)?) {
-                acc.value += weight * s.value;
-                acc.reasons.extend(s.reasons);
-            }
-        }
-        Ok(total)
-    }
-
-    /// The weighted sum of the parts' highest scores, summed in the order `score` sums, when
-    /// every part has one and no weight is negative (a negative part's best is its lowest).
-    fn max_score(&self) -> Option<f32> {
-        let mut max = 0.0;
-        for (model, weight) in &self.parts {
-            if *weight < 0.0 {
-                return None;
-            }
-            max += weight * model.max_score()?;
-        }
-        Some(max)
     }
 }

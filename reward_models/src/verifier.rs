@@ -22,6 +22,7 @@
 
 mod answer;
 mod constraint;
+pub mod extract;
 mod json;
 mod text;
 

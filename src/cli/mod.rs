@@ -1,6 +1,7 @@
 //! Subcommands of the `hone` binary.
 
 pub mod bench;
+pub mod eval;
 pub mod generate;
 pub mod optimize;
 pub mod score;

@@ -10,6 +10,7 @@ use super::error::ApiError;
 use crate::budget::Budget;
 use crate::strategy::{Request, Strategy, Trace};
 use policies::{Message, Role};
+use reward_models::verifier::{self, Constraint, Verifier};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,12 @@ pub struct OptimizeBody {
     pub reward: Option<String>,
     /// The policy: must be the one this server serves (its id, `default`, or its `--model`).
     pub policy: Option<String>,
+    /// Checkable requirements of this query: verifier constraint tables. Absent: read from the
+    /// prompt's own words; `[]`: none.
+    pub constraints: Option<Vec<serde_json::Value>>,
+    /// Score by the constraints alone rather than adding them to the reward.
+    #[serde(default)]
+    pub constraints_only: bool,
     /// Also answer with plain decoding of the same prompt, scored by the same reward.
     #[serde(default)]
     pub compare_plain: bool,
@@ -57,6 +64,8 @@ impl OptimizeBody {
             top_p: self.top_p,
             seed: self.seed,
             reward: self.reward.clone(),
+            constraints: self.constraints.clone(),
+            constraints_only: self.constraints_only,
         }
     }
 }
@@ -76,6 +85,12 @@ pub struct Options {
     pub seed: Option<u64>,
     /// A reward manifest name (default: the server's `--reward`).
     pub reward: Option<String>,
+    /// Checkable requirements of this query: verifier constraint tables. Absent: read from the
+    /// prompt's own words; `[]`: none.
+    pub constraints: Option<Vec<serde_json::Value>>,
+    /// Score by the constraints alone rather than adding them to the reward.
+    #[serde(default)]
+    pub constraints_only: bool,
 }
 
 /// Signed, so that a negative budget is reported as a bad value (422) rather than a bad type.
@@ -109,8 +124,86 @@ pub struct Job {
     pub strategy: Strategy,
     pub request: Request,
     pub reward: Option<String>,
+    /// The query's own verifier, when it has constraints.
+    pub checks: Option<Checks>,
     /// When the request arrived: the start of its deadline and of its latency figures.
     pub arrived: Instant,
+}
+
+/// A query's own constraints and how they join the reward.
+#[derive(Debug, Clone)]
+pub struct Checks {
+    pub verifier: Verifier,
+    pub source: Source,
+    /// Scored by the constraints alone, without the reward.
+    pub only: bool,
+}
+
+/// Where a query's constraints came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The request's `constraints`.
+    Request,
+    /// Requirements written in the prompt ("in fewer than 40 words", "all lowercase").
+    Prompt,
+}
+
+/// The constraints an answer was scored against, as its body reports them.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppliedConstraints {
+    pub source: Source,
+    pub only: bool,
+    pub constraints: Vec<Constraint>,
+}
+
+impl Checks {
+    pub fn applied(&self) -> AppliedConstraints {
+        AppliedConstraints {
+            source: self.source,
+            only: self.only,
+            constraints: self.verifier.constraints().cloned().collect(),
+        }
+    }
+}
+
+/// The query's constraints: the request's own, else those its last user message states.
+fn checks(options: &Options, messages: &[Message]) -> Result<Option<Checks>, ApiError> {
+    let (constraints, source) = match &options.constraints {
+        Some(tables) => {
+            let parsed = tables
+                .iter()
+                .enumerate()
+                .map(|(i, table)| {
+                    serde_json::from_value::<Constraint>(table.clone())
+                        .map_err(|e| ApiError::invalid(&format!("constraints[{i}]"), e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (parsed, Source::Request)
+        }
+        None => {
+            let prompt = messages.iter().rev().find(|m| m.role == Role::User);
+            let found =
+                prompt.map_or_else(Vec::new, |m| verifier::extract::from_prompt(&m.content));
+            (found, Source::Prompt)
+        }
+    };
+    if constraints.is_empty() {
+        if options.constraints_only {
+            return Err(ApiError::invalid(
+                "constraints_only",
+                "constraints_only needs constraints, given or found in the prompt",
+            ));
+        }
+        return Ok(None);
+    }
+    let verifier =
+        Verifier::new(constraints).map_err(|e| ApiError::invalid("constraints", e.to_string()))?;
+    Ok(Some(Checks {
+        verifier,
+        source,
+        only: options.constraints_only,
+    }))
 }
 
 impl Job {
@@ -208,6 +301,7 @@ pub fn build(
         return Err(ApiError::invalid("top_p", "top_p must be in (0, 1]"));
     }
     let budget = budget(options.budget.unwrap_or_default(), limits, arrived)?;
+    let checks = checks(options, &messages)?;
     Ok(Job {
         strategy,
         request: Request {
@@ -222,6 +316,7 @@ pub fn build(
             prompts_dir: None,
         },
         reward: options.reward.clone(),
+        checks,
         arrived,
     })
 }
@@ -275,6 +370,9 @@ pub struct OptimizeResponse {
     pub arm: Arm,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plain: Option<Trace>,
+    /// The query's own constraints, when it had any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub constraints: Option<AppliedConstraints>,
 }
 
 #[cfg(test)]

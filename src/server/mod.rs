@@ -23,6 +23,7 @@ use anyhow::{bail, Context};
 use api::{Job, Limits};
 use error::ApiError;
 use policies::{manifest, Policy, Speculation};
+use reward_models::combined::Combined;
 use reward_models::manifest::{Manifests, PolicyCache};
 use reward_models::RewardModel;
 use std::collections::HashMap;
@@ -40,6 +41,10 @@ pub type Progress = Box<dyn FnMut(Event) + Send>;
 
 /// A built reward and its weight in compute units per position it reads.
 type LoadedReward = (Arc<dyn RewardModel>, f64);
+
+/// The weight of a query's own constraints when they join its reward: all of them met is worth
+/// 10 points, more than the whole range of a 1-9 judge.
+const CONSTRAINT_WEIGHT: f32 = 10.0;
 
 /// Everything the handlers share.
 pub struct AppState {
@@ -281,7 +286,20 @@ impl AppState {
         mut progress: Option<Progress>,
     ) -> Result<Outcome, ApiError> {
         let name = job.reward.as_deref().unwrap_or(&self.config.reward);
-        let (reward, reward_weight) = self.reward(name)?;
+        let (named, named_weight) = self.reward(name)?;
+        // A query's own constraints join the reward, weighted so that meeting all of them
+        // outweighs any difference on a judge's 1-9 scale, or replace it.
+        let (reward, reward_weight): (Arc<dyn RewardModel>, f64) = match &job.checks {
+            None => (named, named_weight),
+            Some(c) if c.only => (Arc::new(c.verifier.clone()), 0.0),
+            Some(c) => (
+                Arc::new(Combined::new(vec![
+                    (named, 1.0),
+                    (Arc::new(c.verifier.clone()), CONSTRAINT_WEIGHT),
+                ])),
+                named_weight,
+            ),
+        };
         let engine = Engine {
             policy: &self.policy,
             reward: reward.as_ref(),

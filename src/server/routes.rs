@@ -66,6 +66,7 @@ async fn optimize(
     }
     let budget = job.compute_budget();
     let strategy = job.strategy;
+    let constraints = job.checks.as_ref().map(api::Checks::applied);
     let state: Arc<AppState> = state.into_inner();
     let cancel = CancelOnDrop::new(&req);
     if body.stream {
@@ -87,6 +88,7 @@ async fn optimize(
         trace: outcome.trace,
         arm,
         plain: outcome.plain,
+        constraints,
     }))
 }
 
@@ -101,6 +103,7 @@ fn optimize_stream(
     cancel: CancelOnDrop,
 ) -> HttpResponse {
     let (strategy, budget) = (job.strategy, job.compute_budget());
+    let constraints = job.checks.as_ref().map(api::Checks::applied);
     let flag = cancel.flag();
     let (tx, rx) = mpsc::unbounded_channel();
     let events = tx.clone();
@@ -130,6 +133,7 @@ fn optimize_stream(
                 trace: outcome.trace,
                 arm,
                 plain: outcome.plain,
+                constraints,
             }) {
                 Ok(body) => sse_event("result", &body),
                 Err(e) => sse_event("error", &ApiError::internal(e.to_string()).body()),

@@ -1,7 +1,7 @@
 //! The constraints a verifier can check, and the plain-English reasons given when one fails.
 
 use regex::Regex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{answer, json, text};
 
@@ -11,7 +11,7 @@ use super::{answer, json, text};
 /// `{ kind = "word_count", max = 50 }`. Counting constraints take `exact`, or `min` and/or
 /// `max` (both inclusive). Every constraint takes an optional `weight` (default 1.0): its share
 /// of the score. A weight of 0 keeps the constraint in the critique without moving the score.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Constraint {
     /// Words are whitespace-separated tokens with at least one letter or digit.
@@ -128,7 +128,7 @@ pub enum Constraint {
 }
 
 /// The letter case a [`Constraint::LetterCase`] requires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Case {
     Lowercase,

@@ -1,0 +1,152 @@
+//! Judge accuracy on labelled preference pairs: for each pair, does the judge prefer the
+//! better response? Measured two ways, as the [`Judge`] can judge:
+//!
+//! - **absolute**: each response rated alone (expected 1-9 rating); right when the better one
+//!   is rated strictly higher. This is how the `judge` reward scores candidates.
+//! - **pairwise**: both responses shown together, in both orders, and the probabilities that
+//!   the better one wins averaged; right when that average is above one half.
+
+use anyhow::{Context, Result};
+use policies::{Message, Role};
+use reward_models::judge::Judge;
+use reward_models::{Candidate, RewardModel};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// One labelled pair (a line of `tests/fixtures/judge_pairs.jsonl`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pair {
+    /// What the pair tests: correct, constraint, on_topic, fluent or concise.
+    pub category: String,
+    pub question: String,
+    pub better: String,
+    pub worse: String,
+}
+
+/// Reads a JSONL file of pairs.
+pub fn read_pairs(path: &Path) -> Result<Vec<Pair>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| format!("{} line {}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// How often one way of judging got a pair right, overall and per category.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    pub right: usize,
+    pub total: usize,
+    pub by_category: BTreeMap<String, (usize, usize)>,
+}
+
+impl Tally {
+    fn add(&mut self, category: &str, right: bool) {
+        self.total += 1;
+        self.right += usize::from(right);
+        let entry = self.by_category.entry(category.to_string()).or_default();
+        entry.0 += usize::from(right);
+        entry.1 += 1;
+    }
+
+    /// The fraction right, 0 for no pairs.
+    pub fn accuracy(&self) -> f64 {
+        self.right as f64 / self.total.max(1) as f64
+    }
+}
+
+/// One judge's results.
+#[derive(Debug, Clone)]
+pub struct JudgeReport {
+    pub absolute: Tally,
+    pub pairwise: Tally,
+    /// Wall time per pair of each way of judging.
+    pub absolute_secs_per_pair: f64,
+    pub pairwise_secs_per_pair: f64,
+}
+
+/// Runs `judge` over `pairs` both ways; `progress` hears each finished pair.
+pub fn evaluate(
+    judge: &Judge,
+    pairs: &[Pair],
+    mut progress: impl FnMut(usize),
+) -> Result<JudgeReport> {
+    let mut absolute = Tally::default();
+    let mut pairwise = Tally::default();
+    let (mut t_abs, mut t_pair) = (0.0, 0.0);
+    for (i, pair) in pairs.iter().enumerate() {
+        let messages = [Message::new(Role::User, pair.question.clone())];
+        let start = Instant::now();
+        let scores = judge.score(&[
+            Candidate {
+                messages: &messages,
+                response: &pair.better,
+            },
+            Candidate {
+                messages: &messages,
+                response: &pair.worse,
+            },
+        ])?;
+        t_abs += start.elapsed().as_secs_f64();
+        let [better, worse] = scores.as_slice() else {
+            anyhow::bail!("the judge returned {} scores for 2 responses", scores.len());
+        };
+        absolute.add(&pair.category, better.value > worse.value);
+        let start = Instant::now();
+        let p = judge.prefer_first(&messages, &pair.better, &pair.worse)?;
+        t_pair += start.elapsed().as_secs_f64();
+        pairwise.add(&pair.category, p > 0.5);
+        progress(i + 1);
+    }
+    let n = pairs.len().max(1) as f64;
+    Ok(JudgeReport {
+        absolute,
+        pairwise,
+        absolute_secs_per_pair: t_abs / n,
+        pairwise_secs_per_pair: t_pair / n,
+    })
+}
+
+/// A Markdown table of judges' results: one row per judge and way of judging.
+pub fn markdown(reports: &[(String, JudgeReport)]) -> String {
+    let categories: Vec<String> = reports
+        .iter()
+        .flat_map(|(_, r)| r.pairwise.by_category.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut out = format!(
+        "| judge | mode | accuracy | {} | s/pair |\n|---|---|---|{}---|\n",
+        categories.join(" | "),
+        "---|".repeat(categories.len())
+    );
+    for (name, r) in reports {
+        for (mode, tally, secs) in [
+            ("absolute", &r.absolute, r.absolute_secs_per_pair),
+            ("pairwise", &r.pairwise, r.pairwise_secs_per_pair),
+        ] {
+            let cells: Vec<String> = categories
+                .iter()
+                .map(|c| match tally.by_category.get(c) {
+                    Some((right, total)) => format!("{right}/{total}"),
+                    None => "-".into(),
+                })
+                .collect();
+            out.push_str(&format!(
+                "| {name} | {mode} | {:.1}% ({}/{}) | {} | {secs:.2} |\n",
+                100.0 * tally.accuracy(),
+                tally.right,
+                tally.total,
+                cells.join(" | ")
+            ));
+        }
+    }
+    out
+}
