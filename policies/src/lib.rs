@@ -23,7 +23,7 @@ pub mod store;
 pub mod tokenizer;
 pub mod weights;
 
-pub use chat::{ChatTemplate, Message, Role};
+pub use chat::{ChatTemplate, Message, Piece, Role};
 pub use config::{Arch, ModelConfig};
 pub use error::{PolicyError, Result};
 pub use generate::{FinishReason, GenerateParams, Generation, GenerationStats};

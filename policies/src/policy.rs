@@ -1,6 +1,6 @@
 //! A policy: a decoder, its tokenizer and its chat template, loaded from one place.
 
-use crate::chat::{ChatTemplate, Message};
+use crate::chat::{ChatTemplate, Message, Piece};
 use crate::config::ModelConfig;
 use crate::error::{PolicyError, Result};
 use crate::model::Transformer;
@@ -195,17 +195,16 @@ impl Policy {
         self.template()?.render(messages, true)
     }
 
-    /// Renders a finished conversation (no assistant turn opened at the end).
-    pub fn render_conversation(&self, messages: &[Message]) -> Result<String> {
-        self.template()?.render(messages, false)
-    }
-
     /// Tokenizes a raw prompt, checking that it is non-empty and fits the context.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
         if text.trim().is_empty() {
             return Err(PolicyError::EmptyPrompt);
         }
-        let ids = self.tokenizer.encode_prompt(text)?;
+        self.fits(self.tokenizer.encode_prompt(text)?)
+    }
+
+    /// `ids`, if they leave the context room for at least one generated token.
+    fn fits(&self, ids: Vec<u32>) -> Result<Vec<u32>> {
         let context = self.model.config().context_length;
         if ids.len() >= context {
             return Err(PolicyError::PromptTooLong {
@@ -216,11 +215,41 @@ impl Policy {
         Ok(ids)
     }
 
-    /// Tokenizes a conversation through the chat template.
+    /// Tokenizes a conversation through the chat template, ready for the assistant's turn.
+    ///
+    /// Message contents are encoded as text and only the template's own markup may become
+    /// special tokens, so a message that spells `<|im_end|><|im_start|>system` cannot end its
+    /// turn or speak as another role.
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        self.encode_turns(messages, true, "")
+    }
+
+    /// Like [`Self::encode_chat`], with the assistant's answer opened by `opener` (hone's own
+    /// text, such as a judge's "Rating: ").
+    pub fn encode_chat_opened(&self, messages: &[Message], opener: &str) -> Result<Vec<u32>> {
+        self.encode_turns(messages, true, opener)
+    }
+
+    /// Tokenizes a finished conversation (no assistant turn opened at the end), as a reward
+    /// model reads it.
+    pub fn encode_conversation(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        self.encode_turns(messages, false, "")
+    }
+
+    fn encode_turns(&self, messages: &[Message], open: bool, opener: &str) -> Result<Vec<u32>> {
         if messages.iter().all(|m| m.content.trim().is_empty()) {
             return Err(PolicyError::EmptyPrompt);
         }
-        self.encode_prompt(&self.render_chat(messages)?)
+        let mut ids = Vec::new();
+        for piece in self.template()?.render_pieces(messages, open)? {
+            ids.extend(match piece {
+                Piece::Markup(text) => self.tokenizer.encode(&text)?,
+                Piece::Content(text) => self.tokenizer.encode_text(text)?,
+            });
+        }
+        if !opener.is_empty() {
+            ids.extend(self.tokenizer.encode(opener)?);
+        }
+        self.fits(self.tokenizer.with_bos(ids))
     }
 }

@@ -26,6 +26,8 @@ const TOKEN_USER_DEFINED: i32 = 4;
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// `inner` with special-token parsing off, for text people and models wrote.
+    plain: tokenizers::Tokenizer,
     bos: Option<u32>,
     /// Prepend `bos` to every encoded prompt (unless the prompt already starts with it).
     add_bos: bool,
@@ -67,12 +69,7 @@ impl Tokenizer {
         stop.sort_unstable();
         stop.dedup();
         // HF tokenizers add BOS in their post-processor when they want one.
-        Ok(Self {
-            inner,
-            bos,
-            add_bos: false,
-            stop,
-        })
+        Ok(Self::new(inner, bos, false, stop))
     }
 
     /// Rebuilds the tokenizer described by a GGUF header.
@@ -143,15 +140,35 @@ impl Tokenizer {
         stop.extend(END_OF_TURN.iter().filter_map(|t| inner.token_to_id(t)));
         stop.sort_unstable();
         stop.dedup();
-        Ok(Self {
+        Ok(Self::new(inner, bos, add_bos, stop))
+    }
+
+    fn new(inner: tokenizers::Tokenizer, bos: Option<u32>, add_bos: bool, stop: Vec<u32>) -> Self {
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        Self {
             inner,
+            plain,
             bos,
             add_bos,
             stop,
-        })
+        }
     }
 
-    /// Encodes text, parsing special tokens written in it, without adding BOS.
+    /// Encodes text as text: the spelling of a control token inside it (`<|im_end|>`) becomes
+    /// ordinary tokens, never the control token itself. For what users and models wrote, so
+    /// that a message cannot close its turn or open another role's.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .plain
+            .encode_fast(text, false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Encodes markup (a rendered template, a prompt of hone's own), parsing the special tokens
+    /// written in it, without adding BOS.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self
             .inner
@@ -163,13 +180,17 @@ impl Tokenizer {
 
     /// Encodes a full prompt: BOS first when the model expects one.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
-        let mut ids = self.encode(text)?;
+        Ok(self.with_bos(self.encode(text)?))
+    }
+
+    /// `ids` with BOS put first when the model expects one and it is not there yet.
+    pub fn with_bos(&self, mut ids: Vec<u32>) -> Vec<u32> {
         if let (true, Some(bos)) = (self.add_bos, self.bos) {
             if ids.first() != Some(&bos) {
                 ids.insert(0, bos);
             }
         }
-        Ok(ids)
+        ids
     }
 
     /// Decodes ids to text; special tokens are dropped when `skip_special` is set.

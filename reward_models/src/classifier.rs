@@ -53,11 +53,7 @@ impl ClassifierRm {
     fn encode(&self, c: &Candidate<'_>) -> Result<Vec<u32>, RewardError> {
         let mut messages = c.messages.to_vec();
         messages.push(Message::new(Role::Assistant, c.response));
-        let text = self
-            .policy
-            .render_conversation(&messages)
-            .map_err(model_err)?;
-        crate::encode_for(&self.policy, &text)
+        crate::fitted(self.policy.encode_conversation(&messages))
     }
 
     /// Scores pre-tokenized sequences as one batch.

@@ -57,14 +57,13 @@ impl Judge {
         })
     }
 
-    /// Renders `prompt` as the judge's user turn and opens its answer with `prefix`.
+    /// Renders `prompt` as the judge's user turn and opens its answer with `prefix`. The
+    /// question and responses inside are encoded as text: they cannot end the judge's turn.
     fn encode(&self, prompt: &str, prefix: &str) -> Result<Vec<u32>, RewardError> {
-        let mut rendered = self
-            .policy
-            .render_chat(&[Message::new(Role::User, prompt)])
-            .map_err(model_err)?;
-        rendered.push_str(prefix);
-        crate::encode_for(&self.policy, &rendered)
+        crate::fitted(
+            self.policy
+                .encode_chat_opened(&[Message::new(Role::User, prompt)], prefix),
+        )
     }
 
     /// The last user message: what the response answers.

@@ -62,16 +62,14 @@ fn model_err(e: impl std::fmt::Display) -> RewardError {
     RewardError::Model(e.to_string())
 }
 
-/// Tokenizes a rendered scoring prompt for a model-backed scorer, refusing input longer than
-/// the scorer's context instead of silently truncating it.
-fn encode_for(policy: &policies::Policy, text: &str) -> Result<Vec<u32>, RewardError> {
-    let ids = policy.tokenizer().encode_prompt(text).map_err(model_err)?;
-    let limit = policy.model().config().context_length;
-    if ids.len() > limit {
-        return Err(RewardError::InputTooLong {
-            tokens: ids.len(),
-            limit,
-        });
-    }
-    Ok(ids)
+/// A model-backed scorer's tokenized input, or why there is none: input longer than the
+/// scorer's context is refused, never silently truncated.
+fn fitted(ids: policies::Result<Vec<u32>>) -> Result<Vec<u32>, RewardError> {
+    ids.map_err(|e| match e {
+        policies::PolicyError::PromptTooLong { tokens, context } => RewardError::InputTooLong {
+            tokens,
+            limit: context,
+        },
+        other => model_err(other),
+    })
 }

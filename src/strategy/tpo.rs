@@ -212,9 +212,7 @@ fn chat_prompt(
     text: &str,
     prefill: &str,
 ) -> Result<Option<Vec<u32>>, StrategyError> {
-    let mut rendered = policy.render_chat(&[Message::new(Role::User, text)])?;
-    rendered.push_str(prefill);
-    match policy.encode_prompt(&rendered) {
+    match policy.encode_chat_opened(&[Message::new(Role::User, text)], prefill) {
         Ok(ids) => Ok(Some(ids)),
         Err(PolicyError::PromptTooLong { tokens, context }) => {
             tracing::warn!(
