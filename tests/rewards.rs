@@ -7,14 +7,12 @@ mod common;
 use candle_core::Device;
 use policies::{Logits, Message, Role};
 use reward_models::classifier::ClassifierRm;
-use reward_models::judge::Judge;
 use reward_models::remote::RemoteScorer;
 use reward_models::{Candidate, RewardError, RewardModel};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// f32 agreement with transformers' f32 forward pass.
@@ -174,88 +172,6 @@ fn classifier_errors_name_the_cause() {
         }])
         .unwrap_err();
     assert!(matches!(e, RewardError::InputTooLong { .. }), "{e}");
-}
-
-/// (question, good answer, bad answer)
-const LABELLED: [(&str, &str, &str); 10] = [
-    (
-        "What is the capital of France?",
-        "The capital of France is Paris.",
-        "The capital of France is a banana.",
-    ),
-    (
-        "What is 2 + 2?",
-        "2 + 2 = 4.",
-        "2 + 2 = 17, because numbers are purple.",
-    ),
-    (
-        "What color is the sky on a clear day?",
-        "On a clear day the sky is blue.",
-        "The sky is made of cheese and is plaid.",
-    ),
-    (
-        "How many legs does a spider have?",
-        "A spider has eight legs.",
-        "Spiders have no legs; they roll on wheels.",
-    ),
-    (
-        "What do bees make?",
-        "Bees make honey.",
-        "Bees make cars in factories.",
-    ),
-    (
-        "What is the boiling point of water at sea level?",
-        "Water boils at 100 degrees Celsius at sea level.",
-        "Water never boils.",
-    ),
-    (
-        "Which planet do we live on?",
-        "We live on Earth.",
-        "We live on the Sun.",
-    ),
-    (
-        "What is the opposite of hot?",
-        "The opposite of hot is cold.",
-        "The opposite of hot is Tuesday.",
-    ),
-    (
-        "How many days are in a week?",
-        "There are seven days in a week.",
-        "A week has 93 days.",
-    ),
-    (
-        "What animal says 'moo'?",
-        "A cow says 'moo'.",
-        "A fish says 'moo' loudly every morning.",
-    ),
-];
-
-#[test]
-fn default_judge_rates_labelled_pairs() {
-    let judge = Judge::new(Arc::new(common::load(&policies::store::SMOLLM2)), None).unwrap();
-    let mut wins = 0;
-    for (q, good, bad) in LABELLED {
-        let messages = [Message::new(Role::User, q)];
-        let s = judge
-            .score(&[
-                Candidate {
-                    messages: &messages,
-                    response: good,
-                },
-                Candidate {
-                    messages: &messages,
-                    response: bad,
-                },
-            ])
-            .unwrap();
-        assert!((1.0..=9.0).contains(&s[0].value) && (1.0..=9.0).contains(&s[1].value));
-        wins += usize::from(s[0].value > s[1].value);
-    }
-    // Reported, not asserted: a 135M-parameter judge is weak (docs/PERFORMANCE.md has the figure).
-    eprintln!(
-        "default judge preferred the correct answer in {wins} of {} pairs",
-        LABELLED.len()
-    );
 }
 
 /// A one-shot HTTP server on loopback answering every request with `status` and `body`.

@@ -150,3 +150,51 @@ pub fn markdown(reports: &[(String, JudgeReport)]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped set is what docs/EVAL.md describes: 75 distinct pairs, 15 per category.
+    #[test]
+    fn the_labelled_pairs_are_balanced_and_distinct() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/judge_pairs.jsonl");
+        let pairs = read_pairs(&path).unwrap();
+        assert_eq!(pairs.len(), 75);
+        let mut per_category = BTreeMap::new();
+        for p in &pairs {
+            *per_category.entry(p.category.as_str()).or_insert(0) += 1;
+            assert_ne!(p.better, p.worse, "{}", p.question);
+        }
+        let expected: BTreeMap<&str, usize> =
+            ["concise", "constraint", "correct", "fluent", "on_topic"]
+                .into_iter()
+                .map(|c| (c, 15))
+                .collect();
+        assert_eq!(per_category, expected);
+        let questions: std::collections::BTreeSet<&str> =
+            pairs.iter().map(|p| p.question.as_str()).collect();
+        assert_eq!(questions.len(), pairs.len(), "questions repeat");
+    }
+
+    #[test]
+    fn tallies_count_per_category_and_render_as_markdown() {
+        let mut t = Tally::default();
+        t.add("correct", true);
+        t.add("correct", false);
+        t.add("fluent", true);
+        assert_eq!((t.right, t.total), (2, 3));
+        assert_eq!(t.by_category["correct"], (1, 2));
+        let report = JudgeReport {
+            absolute: t.clone(),
+            pairwise: t,
+            absolute_secs_per_pair: 1.0,
+            pairwise_secs_per_pair: 2.0,
+        };
+        let table = markdown(&[("m".into(), report)]);
+        assert!(
+            table.contains("| m | absolute | 66.7% (2/3) | 1/2 | 1/1 | 1.00 |"),
+            "{table}"
+        );
+    }
+}

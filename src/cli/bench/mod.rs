@@ -43,8 +43,8 @@ pub struct BenchArgs {
     /// Times each measurement is repeated (service: requests per arm).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-    /// reward, tpo, service: the reward (a manifest name) [default: `default`, or `concise`
-    /// for service, whose requests should cost the engine as little as possible].
+    /// reward, tpo, service: the reward (a manifest name) [default: `judge`, the cost of a
+    /// model-backed reward; `concise` for service, whose requests should cost the engine little].
     #[arg(long)]
     reward: Option<String>,
     /// Folder of reward manifests.

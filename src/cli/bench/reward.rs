@@ -10,7 +10,7 @@ use std::time::Instant;
 
 /// Scores the same 8 candidates `batch` at a time and reports pairs per second.
 pub fn run(a: &BenchArgs) -> Result<()> {
-    let name = a.reward.as_deref().unwrap_or("default");
+    let name = a.reward.as_deref().unwrap_or("judge");
     let manifests = Manifests::read_dir(&a.rewards)?;
     let reward = manifests.build(
         name,
