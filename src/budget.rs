@@ -294,6 +294,27 @@ fn read_config(path: &Path) -> policies::Result<ModelConfig> {
     ModelConfig::from_gguf(&content)
 }
 
+/// Compute units that take about one CPU core-minute on the default model (SmolLM2-135M, 30
+/// layers of width 576): it decodes about 30 positions per core-second and prefills about 50
+/// (60 and 100 tok/s on 2 threads, docs/PERFORMANCE.md), so 1,800 units are at most a minute
+/// of one core's decoding, and less when much of it is prefill.
+pub const CORE_MINUTE_UNITS: u64 = 1800;
+
+/// The shape (`n_layers`, `hidden_size`) [`CORE_MINUTE_UNITS`] was measured on.
+const CORE_MINUTE_SHAPE: (usize, usize) = (30, 576);
+
+/// The server's cap on one request's compute when the operator sets none: about one CPU
+/// core-minute of work on `policy`. A unit is one position of the policy, and a position of a
+/// larger model costs more (`layers × hidden²`, as [`relative_size`] prices it), so the cap
+/// is [`CORE_MINUTE_UNITS`] scaled down by the policy's size relative to the default model:
+/// 1,800 for SmolLM2-135M, about 270 for Qwen2.5-1.5B. Never below one unit.
+pub fn default_max_budget(policy: &ModelConfig) -> u64 {
+    let (layers, hidden) = CORE_MINUTE_SHAPE;
+    let reference = layers as f64 * (hidden as f64).powi(2);
+    let size = policy.n_layers as f64 * (policy.hidden_size as f64).powi(2);
+    ((CORE_MINUTE_UNITS as f64 * reference / size.max(1.0)).round() as u64).max(1)
+}
+
 /// Cost per position of `model` in units of the policy's.
 pub fn relative_size(model: &ModelConfig, policy: &ModelConfig) -> f64 {
     let size = |c: &ModelConfig| c.n_layers as f64 * (c.hidden_size as f64).powi(2);
@@ -414,6 +435,20 @@ mod tests {
         };
         assert!(Meter::new(budget, 0.0).deadline_passed());
         assert!(!Meter::new(Budget::default(), 0.0).deadline_passed());
+    }
+
+    #[test]
+    fn the_default_cap_is_a_core_minute_of_the_policy() {
+        let text = r#"{"model_type":"llama","vocab_size":10,"hidden_size":576,"num_hidden_layers":30,"num_attention_heads":9}"#;
+        let smollm = ModelConfig::from_hf_json(text).unwrap();
+        assert_eq!(default_max_budget(&smollm), CORE_MINUTE_UNITS);
+        // Qwen2.5-1.5B: 28 layers of 1536, 6.6 times the cost per position.
+        let mut qwen = smollm.clone();
+        qwen.n_layers = 28;
+        qwen.hidden_size = 1536;
+        assert_eq!(default_max_budget(&qwen), 271);
+        qwen.n_layers = 100_000;
+        assert_eq!(default_max_budget(&qwen), 1);
     }
 
     #[test]

@@ -30,6 +30,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Measure answer quality: judges on labelled pairs.
     Eval(cli::eval::EvalArgs),
+    /// Check the GPU engine against the CPU engine and its exactness; non-zero exit on failure.
+    Check(cli::check::CheckArgs),
 }
 
 fn main() {
@@ -41,6 +43,7 @@ fn main() {
         Command::Optimize(a) => cli::optimize::run(a),
         Command::Serve(a) => cli::serve::run(a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::Check(a) => cli::check::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -26,7 +26,7 @@ tpo = client.chat.completions.create(
     model="tpo/" + model,
     messages=messages,
     max_tokens=16,
-    extra_body={"hone": {"n": 2, "rounds": 1, "budget": {"compute": 4000}}},
+    extra_body={"hone": {"n": 2, "rounds": 1, "budget": {"compute": 1500}}},  # within the default --max-budget
 )
 assert tpo.choices[0].message.content, tpo
 

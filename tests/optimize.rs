@@ -376,3 +376,37 @@ fn sequential_tpo_finds_the_same_candidates_at_a_higher_cost() {
     );
     assert!(sequential.usage.reward_calls > batched.usage.reward_calls);
 }
+
+#[test]
+fn a_deadline_that_passes_during_a_long_prefill_stops_it() {
+    // About 2,000 prompt tokens: seconds of prefill on any CPU, against a 300 ms deadline that
+    // has not passed when the loop starts, so only the prefill's own checks can stop it.
+    let words: Vec<String> = (0..500)
+        .map(|i| {
+            format!(
+                "{}{i}",
+                ["alpha", "river", "stone", "cloud", "seven"][i % 5]
+            )
+        })
+        .collect();
+    let prompt = format!("Summarize this list: {}", words.join(" "));
+    for strategy in [Strategy::Plain, Strategy::BestOfN] {
+        let req = Request {
+            messages: vec![Message::new(Role::User, prompt.clone())],
+            n: 2,
+            max_tokens: 8,
+            budget: Budget {
+                deadline: Some(std::time::Instant::now() + std::time::Duration::from_millis(300)),
+                ..Budget::default()
+            },
+            ..Request::default()
+        };
+        let learned = Learned::default();
+        let err = run(strategy, &verifier(), 0.0, &learned, &req, None).unwrap_err();
+        assert!(
+            matches!(err, StrategyError::DeadlineBeforeAnswer),
+            "{}: {err}",
+            strategy.name()
+        );
+    }
+}

@@ -295,3 +295,41 @@ fn default_manifests_parse_and_build() {
         .to_string();
     assert!(e.contains("unknown reward `nope`"), "{e}");
 }
+
+#[test]
+fn model_scorers_stop_when_interrupted() {
+    use policies::Interrupt;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let r = reference();
+    let c = Candidate {
+        messages: &r.chat.messages,
+        response: &r.chat.response,
+    };
+    let cancelled = Interrupt {
+        cancel: Some(Arc::new(AtomicBool::new(true))),
+        deadline: None,
+    };
+    let late = Interrupt {
+        cancel: None,
+        deadline: Some(std::time::Instant::now()),
+    };
+    let rm = ClassifierRm::load(&tiny("llama_rm"), &Device::Cpu).unwrap();
+    let e = rm.score_interruptible(&[c, c], &cancelled).unwrap_err();
+    assert!(matches!(e, RewardError::Cancelled), "{e}");
+    let e = rm.score_interruptible(&[c], &late).unwrap_err();
+    assert!(matches!(e, RewardError::DeadlinePassed), "{e}");
+    assert_eq!(
+        rm.score_interruptible(&[c], &Interrupt::default()).unwrap(),
+        rm.score(&[c]).unwrap()
+    );
+    // A judge inside a combination stops too.
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reward_models/manifests");
+    let manifests = reward_models::manifest::Manifests::read_dir(&dir).unwrap();
+    let mut cache = reward_models::manifest::PolicyCache::default();
+    let combined = manifests
+        .build("judge_concise", &Device::Cpu, &mut cache)
+        .unwrap();
+    let e = combined.score_interruptible(&[c], &cancelled).unwrap_err();
+    assert!(matches!(e, RewardError::Cancelled), "{e}");
+}

@@ -21,43 +21,79 @@ struct Server {
     state: Arc<AppState>,
 }
 
-/// One server for every test, with half of /optimize traffic in the plain arm.
+/// A folder of reward manifests: `check`, a verifier, and `broken`, a classifier whose model
+/// folder does not exist.
+fn manifests() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hone-server-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("check.toml"),
+        "kind = \"verifier\"\n\n[[constraints]]\nkind = \"word_count\"\nmin = 3\nmax = 40\n\n\
+         [[constraints]]\nkind = \"required_keywords\"\nkeywords = [\"Paris\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("broken.toml"),
+        "kind = \"classifier\"\npath = \"no-such-model\"\n",
+    )
+    .unwrap();
+    dir
+}
+
+fn config() -> Config {
+    Config {
+        host: "127.0.0.1".into(),
+        port: 0,
+        model: common::model_path(&SMOLLM2).to_string_lossy().into_owned(),
+        reward: "check".into(),
+        rewards: manifests(),
+        max_concurrency: 1,
+        max_queue: 64,
+        ab_plain_fraction: 0.5,
+        cpu: true,
+        workers: Some(2),
+        speculate: 4,
+        // Room for the budgets these tests ask for (the default cap is 1800 for this model).
+        max_budget: Some(20_000),
+        ..Config::default()
+    }
+}
+
+/// Starts a server on its own thread.
+fn start(config: Config) -> Server {
+    let state = AppState::load(config).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let started = server::start(state).unwrap();
+            tx.send((started.addr, started.state.clone())).unwrap();
+            started.server.await
+        })
+    });
+    let (addr, state) = rx.recv().unwrap();
+    Server { addr, state }
+}
+
+/// One server for most tests, with half of /optimize traffic in the plain arm.
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| start(config()))
+}
+
+const KEY: &str = "test-key-1";
+
+/// A server with an API key, a short request timeout, and room for one running request and
+/// one waiting.
+fn guarded() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("hone-server-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("check.toml"),
-            "kind = \"verifier\"\n\n[[constraints]]\nkind = \"word_count\"\nmin = 3\nmax = 40\n\n\
-             [[constraints]]\nkind = \"required_keywords\"\nkeywords = [\"Paris\"]\n",
-        )
-        .unwrap();
-        let config = Config {
-            host: "127.0.0.1".into(),
-            port: 0,
-            model: common::model_path(&SMOLLM2).to_string_lossy().into_owned(),
-            reward: "check".into(),
-            rewards: dir,
-            max_concurrency: 1,
-            max_queue: 64,
-            ab_plain_fraction: 0.5,
-            cpu: true,
-            workers: Some(2),
-            speculate: 4,
-            ..Config::default()
-        };
-        let state = AppState::load(config).unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let started = server::start(state).unwrap();
-                tx.send((started.addr, started.state.clone())).unwrap();
-                started.server.await
-            })
-        });
-        let (addr, state) = rx.recv().unwrap();
-        Server { addr, state }
+        start(Config {
+            api_keys: vec!["other-key".into(), KEY.into()],
+            request_timeout_ms: 2000,
+            max_queue: 1,
+            ab_plain_fraction: 0.0,
+            ..config()
+        })
     })
 }
 
@@ -263,6 +299,7 @@ fn openapi_lists_the_endpoints() {
         "/health",
         "/metrics",
         "/ab",
+        "/rewards",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
@@ -341,6 +378,14 @@ fn ab_reports_both_arms() {
     assert_eq!(arms, ["optimized", "optimized", "plain", "plain"]);
     let summary = get_json("/ab");
     assert_eq!(summary["plain_fraction"], 0.5);
+    // Compared per reward scale: constraints the prompt states join the `check` reward.
+    let stated = reward_models::verifier::extract::from_prompt(QUESTION);
+    let scale = if stated.is_empty() {
+        "check"
+    } else {
+        "check+constraints"
+    };
+    let summary = &summary["rewards"][scale];
     for arm in ["optimized", "plain"] {
         let s = &summary[arm];
         assert!(s["requests"].as_u64().unwrap() >= 2, "{summary}");
@@ -587,7 +632,12 @@ fn a_plain_request_whose_client_leaves_is_cancelled() {
     let cancelled =
         "hone_requests_total{arm=\"optimized\",status=\"499\",strategy=\"best_of_n\"} 1";
     for _ in 0..240 {
-        if send("GET", "/metrics", None).1.contains(cancelled) {
+        let metrics = send("GET", "/metrics", None).1;
+        if metrics.contains(cancelled) {
+            assert!(
+                !metrics.contains("hone_requests_cancelled_total{route=\"/optimize\"} 0"),
+                "{metrics}"
+            );
             assert_healthy();
             return;
         }
@@ -633,4 +683,280 @@ fn oversize_post(path: &str, len: usize) -> (u16, Value) {
         serde_json::from_str(b).unwrap_or(Value::Null)
     });
     (status, body)
+}
+
+/// A response read off a raw connection.
+struct Raw {
+    status: u16,
+    /// The status line and headers, as sent.
+    head: String,
+    body: Value,
+}
+
+impl Raw {
+    /// The value of header `name` (case-insensitive), if sent.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// Sends `request` as is and reads the answer until the server closes or a whole JSON body has
+/// arrived; `None` when the server closed without answering.
+fn exchange(addr: SocketAddr, request: &str) -> Option<Raw> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => response.extend_from_slice(&buf[..k]),
+        }
+        let text = String::from_utf8_lossy(&response);
+        if let Some((_, body)) = text.split_once("\r\n\r\n") {
+            if serde_json::from_str::<Value>(body).is_ok() {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Some(Raw {
+        status,
+        head: head.to_string(),
+        body: serde_json::from_str(body).unwrap_or(Value::Null),
+    })
+}
+
+/// A request with the given method, path, extra header lines and body.
+fn request(method: &str, path: &str, headers: &str, body: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn bodies_must_be_declared_json() {
+    let body = json!({"prompt": "hi", "strategy": "plain", "max_tokens": 1}).to_string();
+    for headers in [
+        "Content-Type: text/plain\r\n",
+        "Content-Type: application/x-www-form-urlencoded\r\n",
+        "",
+    ] {
+        for path in ["/optimize", "/v1/chat/completions"] {
+            let raw = exchange(server().addr, &request("POST", path, headers, &body)).unwrap();
+            assert_error(raw.status, &raw.body, 415, None);
+            assert_eq!(raw.body["error"]["type"], "unsupported_media_type");
+        }
+    }
+}
+
+#[test]
+fn wrong_methods_and_unknown_routes_get_json_errors() {
+    for (method, path, allow) in [
+        ("GET", "/optimize", "POST"),
+        ("PUT", "/v1/chat/completions", "POST"),
+        ("POST", "/health", "GET"),
+        ("DELETE", "/metrics", "GET"),
+    ] {
+        let raw = exchange(server().addr, &request(method, path, "", "")).unwrap();
+        assert_error(raw.status, &raw.body, 405, None);
+        assert_eq!(raw.header("allow"), Some(allow), "{}", raw.head);
+    }
+    let raw = exchange(server().addr, &request("GET", "/nowhere", "", "")).unwrap();
+    assert_error(raw.status, &raw.body, 404, None);
+}
+
+#[test]
+fn errors_speak_plain_words() {
+    let (status, body) = post("/optimize", &json!({"prompt": "hi", "n": "two"}));
+    assert_error(status, &body, 400, Some("n"));
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("a non-negative integer"), "{message}");
+    assert!(!message.contains("usize"), "{message}");
+    let (status, body) = post(
+        "/optimize",
+        &json!({"prompt": "hi", "budget": {"compute": 1.5}}),
+    );
+    assert_error(status, &body, 400, Some("budget.compute"));
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("an integer"), "{message}");
+    assert!(!message.contains("i64"), "{message}");
+}
+
+#[test]
+fn a_vanishing_temperature_is_refused() {
+    let (status, body) = post("/optimize", &json!({"prompt": "hi", "temperature": 1e-39}));
+    assert_error(status, &body, 422, Some("temperature"));
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}], "temperature": 1e-39});
+    let (status, body) = post("/v1/chat/completions", &chat);
+    assert_error(status, &body, 422, Some("temperature"));
+}
+
+#[test]
+fn a_stream_below_one_prefill_is_refused_before_it_starts() {
+    let chat = json!({
+        "messages": [{"role": "user", "content": QUESTION}], "stream": true,
+        "hone": {"budget": {"compute": 3}},
+    });
+    let (status, body) = post("/v1/chat/completions", &chat);
+    assert_error(status, &body, 422, Some("budget.compute"));
+    let optimize = json!({"prompt": QUESTION, "stream": true, "budget": {"compute": 3}});
+    let (status, body) = post("/optimize", &optimize);
+    assert_error(status, &body, 422, Some("budget.compute"));
+}
+
+#[test]
+fn rewards_are_listed_and_errors_name_no_paths() {
+    // An unknown reward: a short message that says where the list is.
+    let (status, body) = post("/optimize", &json!({"prompt": "hi", "reward": "nope"}));
+    assert_error(status, &body, 404, Some("reward"));
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("GET /rewards"), "{message}");
+    assert!(!message.contains("check"), "{message}");
+    let list = get_json("/rewards");
+    assert_eq!(list["default"], "check");
+    let rewards = list["rewards"].as_array().unwrap();
+    let find = |name: &str| rewards.iter().find(|r| r["name"] == name).cloned();
+    assert_eq!(find("check").unwrap()["available"], true, "{list}");
+    assert_eq!(find("broken").unwrap()["available"], false, "{list}");
+    // A reward whose files are missing: 503 naming the reward, never a path.
+    let (status, text) = send(
+        "POST",
+        "/optimize",
+        Some(&json!({"prompt": "hi", "reward": "broken"}).to_string()),
+    );
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_error(status, &body, 503, Some("reward"));
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`broken`"), "{message}");
+    assert!(
+        !message.contains('/') && !message.contains("no-such-model"),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_api_key_is_required_when_configured() {
+    let addr = guarded().addr;
+    let models =
+        |headers: &str| exchange(addr, &request("GET", "/v1/models", headers, "")).unwrap();
+    let raw = models("");
+    assert_error(raw.status, &raw.body, 401, None);
+    assert_eq!(raw.body["error"]["type"], "authentication_error");
+    assert_eq!(raw.header("www-authenticate"), Some("Bearer"));
+    let raw = models("Authorization: Bearer test-key-2\r\n");
+    assert_error(raw.status, &raw.body, 401, None);
+    let raw = models(&format!("Authorization: Bearer {KEY}\r\n"));
+    assert_eq!(raw.status, 200, "{}", raw.head);
+    assert_eq!(raw.body["object"], "list");
+    // Probes and scrapers need no key.
+    for path in ["/health", "/metrics"] {
+        let raw = exchange(addr, &request("GET", path, "", "")).unwrap();
+        assert_eq!(raw.status, 200, "{path}: {}", raw.head);
+    }
+}
+
+#[test]
+fn a_slow_body_is_cut_off() {
+    // Declares 100 bytes, sends 10, and waits: the server's request timeout is 2 s.
+    let mut stream = TcpStream::connect(guarded().addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    write!(
+        stream,
+        "POST /optimize HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"prompt\":"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => response.extend_from_slice(&buf[..k]),
+            Err(e) => panic!("no answer after {:?}: {e}", started.elapsed()),
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(6), "held for {elapsed:?}");
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+    if let Some((_, body)) = text.split_once("\r\n\r\n") {
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["error"]["type"], "request_timeout", "{body}");
+    }
+}
+
+/// Waits until the guarded server's metrics contain `line`.
+fn wait_for_metric(line: &str) {
+    let addr = guarded().addr;
+    let mut last = String::new();
+    for _ in 0..600 {
+        // The server's request timeout is short and the model keeps both cores busy: a scrape
+        // may time out (408); try again.
+        match ureq::get(&format!("http://{addr}/metrics")).call() {
+            Ok(r) => {
+                let metrics = r.into_string().unwrap();
+                if metrics.lines().any(|l| l == line) {
+                    return;
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("`{line}` never appeared in /metrics (last error: {last})");
+}
+
+#[test]
+fn a_queued_request_whose_client_leaves_gives_its_place_up() {
+    let addr = guarded().addr;
+    // Long enough to keep the one model slot busy for about half a minute.
+    let long = json!({
+        "prompt": "Write a long story about a dragon.", "strategy": "best_of_n", "n": 4,
+        "max_tokens": 512,
+    })
+    .to_string();
+    let auth = format!("Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n");
+    let open = || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(request("POST", "/optimize", &auth, &long).as_bytes())
+            .unwrap();
+        stream
+    };
+    let running = open();
+    wait_for_metric("hone_in_flight 1");
+    let waiting = open();
+    wait_for_metric("hone_queue_depth 1");
+    // The queue (one place) is full: 429, with a Retry-After.
+    let raw = exchange(addr, &request("POST", "/optimize", &auth, &long)).unwrap();
+    assert_error(raw.status, &raw.body, 429, None);
+    let retry: u64 = raw.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry > 0);
+    // The waiting client leaves: its place is free at once, and it counts as cancelled.
+    drop(waiting);
+    wait_for_metric("hone_queue_depth 0");
+    wait_for_metric("hone_requests_cancelled_total{route=\"/optimize\"} 1");
+    let next = open();
+    wait_for_metric("hone_queue_depth 1");
+    drop(next);
+    drop(running);
+    wait_for_metric("hone_in_flight 0");
+    wait_for_metric("hone_queue_depth 0");
 }

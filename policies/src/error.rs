@@ -30,6 +30,8 @@ pub enum PolicyError {
     OverBudget { needed: usize, limit: usize },
     #[error("generation cancelled")]
     Cancelled,
+    #[error("the deadline passed before the model finished")]
+    DeadlinePassed,
     #[error("model download failed: {0}")]
     Download(String),
     #[error(transparent)]

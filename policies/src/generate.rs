@@ -4,6 +4,7 @@ use crate::error::{PolicyError, Result};
 use crate::kv_cache::KvCache;
 use crate::model::Logits;
 use crate::policy::Policy;
+use crate::prefill::{Interrupt, Output};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::speculative::{self, Speculation};
 use candle_core::Tensor;
@@ -21,8 +22,14 @@ pub struct GenerateParams {
     /// The most token positions this call may compute, prefill included. Decoding stops (with
     /// [`FinishReason::Budget`]) before a step would pass it; a prompt alone above it is an error.
     pub max_positions: Option<usize>,
-    /// Set from another thread to abandon the call (e.g. the client went away).
+    /// Set from another thread to abandon the call (e.g. the client went away): checked
+    /// between prefill chunks and between decoding steps.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// The prefill gives up ([`PolicyError::DeadlinePassed`]) when this passes between two of
+    /// its chunks: a long prompt must not run on long after its answer stopped mattering.
+    /// Decoding does not look at it; its length is bounded by `max_tokens` and the budget, and
+    /// the loop checks the deadline between its steps.
+    pub deadline: Option<Instant>,
     /// Draft tokens from the context and verify them in one pass (off by default).
     pub speculation: Speculation,
 }
@@ -35,6 +42,7 @@ impl Default for GenerateParams {
             stop: Vec::new(),
             max_positions: None,
             cancel: None,
+            deadline: None,
             speculation: Speculation::OFF,
         }
     }
@@ -58,6 +66,14 @@ impl GenerateParams {
                 limit,
             }),
             _ => Ok(()),
+        }
+    }
+
+    /// What interrupts the prefill.
+    fn interrupt(&self) -> Interrupt {
+        Interrupt {
+            cancel: self.cancel.clone(),
+            deadline: self.deadline,
         }
     }
 
@@ -144,7 +160,9 @@ impl Policy {
         params.check_prefill(prompt.len())?;
         let start = Instant::now();
         let mut cache = self.model().new_cache(1);
-        let logits = self.model().forward(&[prompt], &mut cache, Logits::Last)?;
+        let logits =
+            self.model()
+                .prefill(&[prompt], &mut cache, Output::Logits, &params.interrupt())?;
         let logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
         let mut stats = GenerationStats {
             prefill_tokens: prompt.len(),
@@ -172,7 +190,9 @@ impl Policy {
         let start = Instant::now();
         let mut cache = self.model().new_cache(prompts.len());
         let rows: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-        let logits = self.model().forward(&rows, &mut cache, Logits::Last)?;
+        let logits =
+            self.model()
+                .prefill(&rows, &mut cache, Output::Logits, &params.interrupt())?;
         let first = rows_to_vecs(&logits)?;
         let mut stats = GenerationStats {
             prefill_tokens: prompts.iter().map(Vec::len).sum(),
@@ -329,15 +349,15 @@ impl Policy {
     }
 
     /// Speculation is exact only where a chunk of tokens computes bit for bit what lone
-    /// steps compute. On the CPU it does (tested); on CUDA the matmul kernels differ with the
-    /// number of rows, and greedy output then drifts from plain decoding's at near-ties
-    /// (measured on an H200), so it is refused there rather than silently lossy.
+    /// steps compute (see [`crate::Transformer::exact_chunks`]); elsewhere it is refused
+    /// rather than silently lossy.
     fn check_speculation(&self, params: &GenerateParams) -> Result<()> {
-        if params.speculation.is_on() && !self.model().device().is_cpu() {
+        if params.speculation.is_on() && !self.model().exact_chunks() {
             return Err(PolicyError::InvalidParameter {
                 param: "speculation",
-                reason: "speculative decoding is exact only on the CPU backend; turn it off on \
-                         a GPU"
+                reason: "speculative decoding needs hone's own kernels for every weight of the \
+                         model on this device, and some weights are of a type without one; turn \
+                         it off"
                     .into(),
             });
         }

@@ -6,7 +6,7 @@
 //! mask built from the slots' positions, so rows of different lengths decode together as one
 //! batch, and rolling one row back is a matter of emptying its slots, with no tensor copied.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 /// Per-layer keys and values, `[batch, kv_heads, capacity, head_dim]`, plus the slot map.
 #[derive(Debug, Clone)]
@@ -14,6 +14,15 @@ pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     /// `slots[row][slot]`: the position of the token stored there, if any.
     slots: Vec<Vec<Option<u32>>>,
+    /// Names the current set of buffers: a new one whenever any is (re)allocated, so that
+    /// work recorded against them (a CUDA graph) can tell that they changed.
+    buffers: u64,
+}
+
+/// A fresh [`KvCache::buffers`] name.
+fn new_buffers() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl KvCache {
@@ -22,6 +31,7 @@ impl KvCache {
         Self {
             layers: vec![None; n_layers],
             slots: vec![Vec::new(); batch],
+            buffers: new_buffers(),
         }
     }
 
@@ -69,20 +79,36 @@ impl KvCache {
         v: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor)> {
         let used = self.used();
-        let chunk = k.dim(2)?;
-        let start = used - chunk;
+        let start = used - k.dim(2)?;
+        let (_, kv_heads, _, head_dim) = k.dims4()?;
+        let (ck, cv) = self.reserve(layer, kv_heads, head_dim, k.device())?;
+        ck.slice_set(&k.contiguous()?, 2, start)?;
+        cv.slice_set(&v.contiguous()?, 2, start)?;
+        Ok((ck.narrow(2, 0, used)?, cv.narrow(2, 0, used)?))
+    }
+
+    /// The layer's whole buffers, `[batch, kv_heads, capacity, head_dim]` (f32), grown to hold
+    /// every slot in use; slots of the chunk just pushed are for the caller to write.
+    pub(crate) fn reserve(
+        &mut self,
+        layer: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        device: &Device,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let used = self.used();
+        let b = self.batch_size();
         let held = match &self.layers[layer] {
             Some((ck, _)) => ck.dim(2)?,
             None => 0,
         };
         if held < used {
             // Grow geometrically so appends stay amortized O(1) per token.
-            let (b, h, _, d) = k.dims4()?;
             let cap = used.max(2 * held).max(64);
             let grow = |old: Option<&Tensor>| -> candle_core::Result<Tensor> {
-                let t = Tensor::zeros((b, h, cap, d), k.dtype(), k.device())?;
+                let t = Tensor::zeros((b, kv_heads, cap, head_dim), DType::F32, device)?;
                 if let Some(old) = old {
-                    t.slice_set(&old.narrow(2, 0, start)?.contiguous()?, 2, 0)?;
+                    t.slice_set(old, 2, 0)?;
                 }
                 Ok(t)
             };
@@ -92,13 +118,27 @@ impl KvCache {
                 grow(old.as_ref().map(|(_, v)| v))?,
             );
             self.layers[layer] = Some(grown);
+            self.buffers = new_buffers();
         }
-        let (ck, cv) = self.layers[layer]
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg("kv cache layer missing".into()))?;
-        ck.slice_set(&k.contiguous()?, 2, start)?;
-        cv.slice_set(&v.contiguous()?, 2, start)?;
-        Ok((ck.narrow(2, 0, used)?, cv.narrow(2, 0, used)?))
+        self.layers[layer]
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg("kv cache layer missing".into()))
+    }
+
+    /// Grows every layer's buffers to hold the slots in use, and names them (see
+    /// [`Self::buffers`]) with their capacity.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn reserve_all(
+        &mut self,
+        kv_heads: usize,
+        head_dim: usize,
+        device: &Device,
+    ) -> candle_core::Result<(u64, usize)> {
+        let mut capacity = 0;
+        for layer in 0..self.layers.len() {
+            capacity = self.reserve(layer, kv_heads, head_dim, device)?.0.dim(2)?;
+        }
+        Ok((self.buffers, capacity))
     }
 
     /// Keeps only the first `len` slots of every row.
@@ -150,6 +190,7 @@ impl KvCache {
         Ok(Self {
             layers,
             slots: rows.iter().map(|&r| self.slots[r].clone()).collect(),
+            buffers: new_buffers(),
         })
     }
 }

@@ -4,6 +4,7 @@
 //! - [`Transformer`]: the decoder body (Llama, Qwen2, Qwen3, Gemma 3), GGUF or safetensors.
 //! - [`KvCache`]: a batch cache that can be forked, truncated and rolled back.
 //! - [`Tokenizer`], [`ChatTemplate`], [`Sampler`]: text in, tokens out, and back.
+//! - [`Interrupt`]: a cancel flag and a deadline, checked between chunks of a prefill.
 //! - [`Speculation`]: lossless speculative decoding with a prompt-lookup drafter.
 
 mod attention;
@@ -11,12 +12,17 @@ pub mod chat;
 pub mod config;
 pub mod cpu;
 mod cpu_matmul;
+#[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_graph;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;
 pub mod manifest;
 pub mod model;
 pub mod policy;
+pub mod prefill;
 pub mod sampling;
 pub mod speculative;
 pub mod store;
@@ -30,6 +36,26 @@ pub use generate::{FinishReason, GenerateParams, Generation, GenerationStats};
 pub use kv_cache::KvCache;
 pub use model::{Logits, Transformer};
 pub use policy::{Checkpoint, Policy};
+pub use prefill::{Interrupt, Output};
 pub use sampling::{Sampler, SamplingParams};
 pub use speculative::Speculation;
 pub use tokenizer::Tokenizer;
+
+/// The device hone runs on: the first CUDA GPU when built with the `cuda` feature and one is
+/// present (unless `cpu`), else the CPU.
+///
+/// On CUDA, cudarc's per-allocation events are turned off: they order work between streams,
+/// hone runs everything on one stream, and they cost a driver call for every kernel argument.
+pub fn device(cpu: bool) -> candle_core::Result<candle_core::Device> {
+    if cpu || !candle_core::utils::cuda_is_available() {
+        return Ok(candle_core::Device::Cpu);
+    }
+    let device = candle_core::Device::new_cuda(0)?;
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(d) = &device {
+        // SAFETY: every tensor of the process lives on this device's single stream, so work
+        // is ordered by the stream itself (the condition `disable_event_tracking` states).
+        unsafe { d.disable_event_tracking() };
+    }
+    Ok(device)
+}

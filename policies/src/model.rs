@@ -118,6 +118,9 @@ pub struct Transformer {
     lm_head: Linear,
     ropes: Vec<Rope>,
     device: Device,
+    /// Decode steps replayed as CUDA graphs (see [`crate::cuda_graph`]).
+    #[cfg(feature = "cuda")]
+    graphs: crate::cuda_graph::Graphs,
 }
 
 impl Transformer {
@@ -191,6 +194,8 @@ impl Transformer {
             ropes: ropes.into_iter().map(|(_, r)| r).collect(),
             cfg,
             device,
+            #[cfg(feature = "cuda")]
+            graphs: Default::default(),
         })
     }
 
@@ -200,6 +205,19 @@ impl Transformer {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Whether a chunk of tokens gets, bit for bit, the logits that lone steps would: what
+    /// makes speculative verification lossless. It holds when every matrix goes through one of
+    /// hone's row-invariant kernels (quantized weights of the types they cover, on the CPU and
+    /// on CUDA); attention and the element-wise steps always compute a row on its own.
+    pub fn exact_chunks(&self) -> bool {
+        let layers = self.layers.iter().all(|l| {
+            [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
+                .iter()
+                .all(|m| m.row_invariant())
+        });
+        layers && self.lm_head.row_invariant()
     }
 
     /// An empty cache sized for this model.
@@ -214,9 +232,18 @@ impl Transformer {
     /// [`Logits::Last`] gives `[batch, vocab]`; [`Logits::All`] gives `[tokens, vocab]`, every
     /// row's tokens one after another.
     pub fn forward(&self, rows: &[&[u32]], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
-        Ok(self
-            .lm_head
-            .forward(&self.forward_hidden(rows, cache, logits)?)?)
+        let step = self.prepare(rows, cache)?;
+        #[cfg(feature = "cuda")]
+        if self.device.is_cuda()
+            && logits == Logits::Last
+            && step.tokens() == step.rows
+            && self.exact_chunks()
+        {
+            // Only hone's kernels are recorded: candle's fallbacks may allocate or copy.
+            return self.graphs.decode(self, &step, cache);
+        }
+        let hidden = self.run(&step, &self.upload(&step)?, cache, logits)?;
+        Ok(self.lm_head.forward(&hidden)?)
     }
 
     /// Like [`Self::forward`], but returns the final normalized hidden states instead of
@@ -227,15 +254,15 @@ impl Transformer {
         cache: &mut KvCache,
         logits: Logits,
     ) -> Result<Tensor> {
-        self.hidden(rows, cache, logits)
+        let step = self.prepare(rows, cache)?;
+        self.run(&step, &self.upload(&step)?, cache, logits)
     }
 
-    /// The forward pass. Rows are packed: the linear layers see only real tokens
-    /// (`[1, tokens, hidden]`, each row's tokens one after another), so rows of different
-    /// lengths cost no padding; keys and values are spread into the cache's slot grid, and
-    /// attention runs row by row. Returns `[batch, hidden]` for [`Logits::Last`], else the
-    /// packed `[tokens, hidden]`.
-    fn hidden(&self, rows: &[&[u32]], cache: &mut KvCache, logits: Logits) -> Result<Tensor> {
+    /// The host side of a forward pass: checks the rows, packs their tokens, takes their cache
+    /// slots and plans which keys each token sees. Rows are packed: the linear layers see only
+    /// real tokens (`[1, tokens, hidden]`, each row's tokens one after another), so rows of
+    /// different lengths cost no padding; keys and values go to the cache's slot grid.
+    fn prepare(&self, rows: &[&[u32]], cache: &mut KvCache) -> Result<Step> {
         let b = rows.len();
         if b != cache.batch_size() {
             return Err(PolicyError::InvalidParameter {
@@ -248,13 +275,21 @@ impl Transformer {
         }
         let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let n: usize = rows.iter().map(|r| r.len()).sum();
-        let mut ids = Vec::with_capacity(n);
-        let mut positions = Vec::with_capacity(n);
+        let mut step = Step {
+            rows: b,
+            chunk: t,
+            ids: Vec::with_capacity(n),
+            positions: Vec::with_capacity(n),
+            spread: Vec::with_capacity(b * t),
+            token_rows: Vec::with_capacity(n),
+            token_slots: Vec::with_capacity(n),
+            last: Vec::with_capacity(b),
+            keys: KeyPlan::default(),
+        };
         let mut chunk_slots = Vec::with_capacity(b);
         let mut queries = Vec::with_capacity(b);
-        // For each (row, chunk slot), the packed token stored there; padding points at the
-        // row's first token, and its slot is marked empty so that it is never read.
-        let mut spread = Vec::with_capacity(b * t);
+        // The chunk starts after every slot in use.
+        let first_slot = cache.used() as u32;
         for (i, row) in rows.iter().enumerate() {
             let start = cache.next_position(i);
             if start as usize + row.len() > self.cfg.context_length {
@@ -263,11 +298,17 @@ impl Transformer {
                     context: self.cfg.context_length,
                 });
             }
-            let (offset, pad) = (ids.len() as u32, t - row.len());
-            ids.extend_from_slice(row);
+            let (offset, pad) = (step.ids.len() as u32, t - row.len());
+            step.ids.extend_from_slice(row);
+            step.last.push(offset + row.len() as u32 - 1);
+            step.token_rows
+                .extend(std::iter::repeat_n(i as u32, row.len()));
+            step.token_slots
+                .extend((0..row.len() as u32).map(|j| first_slot + pad as u32 + j));
             let own: Vec<u32> = (0..row.len() as u32).map(|j| start + j).collect();
-            positions.extend_from_slice(&own);
-            spread.extend(
+            step.positions.extend_from_slice(&own);
+            // Padding slots point at the row's first token; they are marked empty, never read.
+            step.spread.extend(
                 std::iter::repeat_n(offset, pad).chain((0..row.len() as u32).map(|j| offset + j)),
             );
             let mut slots = vec![None; pad];
@@ -275,28 +316,58 @@ impl Transformer {
             chunk_slots.push(slots);
             queries.push(own);
         }
-        let ids = Tensor::from_vec(ids, (1, n), &self.device)?;
-        let pos = Tensor::from_vec(positions, n, &self.device)?;
-        let spread = Tensor::from_vec(spread, b * t, &self.device)?;
         cache.push_slots(&chunk_slots);
-        let keys = self.plan_keys(cache, &queries);
-        let rows_on_device = if self.device.is_cpu() {
-            Vec::new()
-        } else {
-            self.device_rows(&keys)?
-        };
+        step.keys = self.plan_keys(cache, &queries);
+        Ok(step)
+    }
+
+    /// The step's indices on the model's device.
+    fn upload(&self, step: &Step) -> Result<Uploaded> {
+        #[cfg(feature = "cuda")]
+        if self.device.is_cuda() {
+            let all = Tensor::from_vec(step.gpu_layout(0), step.gpu_len(0), &self.device)?;
+            return Ok(Uploaded::Gpu(GpuPlan::views(step, &all, 0)?));
+        }
+        Ok(Uploaded::Cpu {
+            ids: Tensor::from_vec(step.ids.clone(), (1, step.tokens()), &self.device)?,
+            last: Tensor::from_vec(step.last.clone(), step.rows, &self.device)?,
+        })
+    }
+
+    /// The device side of a forward pass: every layer, then the final norm, for every token
+    /// ([`Logits::All`], `[tokens, hidden]`) or each row's last ([`Logits::Last`],
+    /// `[batch, hidden]`).
+    fn run(
+        &self,
+        step: &Step,
+        up: &Uploaded,
+        cache: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Tensor> {
+        let n = step.tokens();
+        // The CPU attention path's indices; they stay on the CPU wherever the model runs.
+        let pos = Tensor::from_vec(step.positions.clone(), n, &Device::Cpu)?;
+        let spread = Tensor::from_vec(step.spread.clone(), step.rows * step.chunk, &Device::Cpu)?;
         let batch = Batch {
             pos: &pos,
             spread: &spread,
-            rows: b,
-            chunk: t,
-            held: &keys.held,
-            global: &keys.global,
-            local: &keys.local,
-            device_rows: &rows_on_device,
+            rows: step.rows,
+            chunk: step.chunk,
+            held: &step.keys.held,
+            global: &step.keys.global,
+            local: &step.keys.local,
+            #[cfg(feature = "cuda")]
+            gpu: match up {
+                Uploaded::Gpu(plan) => Some(plan),
+                Uploaded::Cpu { .. } => None,
+            },
         };
-
-        let mut xs = self.embed.forward(&ids)?;
+        let (ids, last) = match up {
+            Uploaded::Cpu { ids, last } => (ids, last),
+            #[cfg(feature = "cuda")]
+            Uploaded::Gpu(plan) => (&plan.ids, &plan.last),
+        };
+        let mut xs = self.embed.forward(ids)?;
         if self.cfg.arch == Arch::Gemma3 {
             xs = (xs * (self.cfg.hidden_size as f64).sqrt())?;
         }
@@ -305,21 +376,23 @@ impl Transformer {
         }
         let xs = xs.squeeze(0)?;
         let xs = match logits {
-            Logits::Last => {
-                let mut end = 0u32;
-                let last: Vec<u32> = rows
-                    .iter()
-                    .map(|r| {
-                        end += r.len() as u32;
-                        end - 1
-                    })
-                    .collect();
-                xs.contiguous()?
-                    .index_select(&Tensor::from_vec(last, b, &self.device)?, 0)?
-            }
+            Logits::Last => xs.contiguous()?.index_select(last, 0)?,
             Logits::All => xs,
         };
         Ok(self.norm.forward(&xs)?)
+    }
+
+    /// [`Self::run`] and the output projection: the logits of each row's last token, for
+    /// a replayable decode step (see [`crate::cuda_graph`]).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn run_logits(
+        &self,
+        step: &Step,
+        plan: GpuPlan,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let hidden = self.run(step, &Uploaded::Gpu(plan), cache, Logits::Last)?;
+        Ok(self.lm_head.forward(&hidden)?)
     }
 
     fn layer(
@@ -332,19 +405,96 @@ impl Transformer {
     ) -> Result<Tensor> {
         let (_, n, _) = xs.dims3()?;
         let (h, hkv, d) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
-        let (b, t) = (batch.rows, batch.chunk);
         let residual = xs;
         let x = l.attn_norm.forward(xs)?;
-        let q = l.q.forward(&x)?.reshape((1, n, h, d))?;
-        let k = l.k.forward(&x)?.reshape((1, n, hkv, d))?;
-        let v = l.v.forward(&x)?.reshape((1, n, hkv, d))?;
-        let (q, k) = match (&l.q_norm, &l.k_norm) {
-            (Some(qn), Some(kn)) => (qn.forward(&q)?, kn.forward(&k)?),
-            _ => (q, k),
-        };
+        let mut q = l.q.forward(&x)?;
+        let mut k = l.k.forward(&x)?;
+        let v = l.v.forward(&x)?;
+        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            q = qn.forward(&q.reshape((1, n, h, d))?)?;
+            k = kn.forward(&k.reshape((1, n, hkv, d))?)?;
+        }
         let rope = &self.ropes[l.rope];
-        let q = rope.apply(&q.transpose(1, 2)?, batch.pos, self.cfg.rope_interleaved)?;
-        let k = rope.apply(&k.transpose(1, 2)?, batch.pos, self.cfg.rope_interleaved)?;
+        let scale = 1.0 / (d as f32).sqrt();
+        let local = l.window.is_some();
+        #[cfg(feature = "cuda")]
+        let attn = match batch.gpu {
+            Some(plan) => {
+                let (kc, vc) = cache.reserve(index, hkv, d, &self.device)?;
+                let q = crate::cuda::rope_store(
+                    &q.reshape((n, h * d))?,
+                    &k.reshape((n, hkv * d))?,
+                    &v.reshape((n, hkv * d))?,
+                    &rope.cos,
+                    &rope.sin,
+                    &plan.placement,
+                    (&kc, &vc),
+                    self.cfg.rope_interleaved,
+                )?;
+                let keys = if local { &plan.local } else { &plan.global };
+                crate::cuda::attend(&q, (&kc, &vc), keys, scale)?.reshape((1, n, h * d))?
+            }
+            None => self.attend_cpu(index, (q, k, v), rope, cache, batch, local, scale)?,
+        };
+        #[cfg(not(feature = "cuda"))]
+        let attn = self.attend_cpu(index, (q, k, v), rope, cache, batch, local, scale)?;
+        let xs = match &l.post_attn_norm {
+            Some(norm) => (residual + norm.forward(&l.o.forward(&attn)?)?)?,
+            None => l.o.forward_add(&attn, residual)?,
+        };
+
+        let x = l.ffn_norm.forward(&xs)?;
+        let act = self.glu(l, &x)?;
+        Ok(match &l.post_ffn_norm {
+            Some(norm) => (&xs + norm.forward(&l.down.forward(&act)?)?)?,
+            None => l.down.forward_add(&act, &xs)?,
+        })
+    }
+
+    /// The gated MLP's first half, `act(x gateᵀ) * (x upᵀ)`: one kernel on CUDA.
+    fn glu(&self, l: &Layer, x: &Tensor) -> Result<Tensor> {
+        let gemma = self.cfg.arch == Arch::Gemma3;
+        #[cfg(feature = "cuda")]
+        if let (Some(gate), Some(up)) = (l.gate.gpu(), l.up.gpu()) {
+            if gate.pairs_with(up) {
+                let act = if gemma {
+                    crate::cuda::Activation::Gelu
+                } else {
+                    crate::cuda::Activation::Silu
+                };
+                return Ok(crate::cuda::glu(gate, up, x, act)?);
+            }
+        }
+        let gate = l.gate.forward(x)?;
+        let gate = if gemma {
+            gate.gelu()?
+        } else {
+            candle_nn::ops::silu(&gate)?
+        };
+        Ok((gate * l.up.forward(x)?)?)
+    }
+
+    /// RoPE, the cache write and attention with hone's CPU kernel ([`attention::attend`]);
+    /// q, k, v are the packed projections `[1, tokens, heads × d]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_cpu(
+        &self,
+        index: usize,
+        (q, k, v): (Tensor, Tensor, Tensor),
+        rope: &Rope,
+        cache: &mut KvCache,
+        batch: &Batch<'_>,
+        local: bool,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let (_, n, _) = v.dims3()?;
+        let (h, hkv, d) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
+        let (b, t) = (batch.rows, batch.chunk);
+        let q = q.reshape((1, n, h, d))?.transpose(1, 2)?;
+        let k = k.reshape((1, n, hkv, d))?.transpose(1, 2)?;
+        let v = v.reshape((1, n, hkv, d))?;
+        let q = rope.apply(&q, batch.pos, self.cfg.rope_interleaved)?;
+        let k = rope.apply(&k, batch.pos, self.cfg.rope_interleaved)?;
         // Packed `[1, kv_heads, tokens, d]` into the grid's `[batch, kv_heads, chunk, d]`.
         let to_grid = |x: &Tensor| -> candle_core::Result<Tensor> {
             x.squeeze(0)?
@@ -355,32 +505,8 @@ impl Transformer {
                 .contiguous()
         };
         let (k, v) = cache.append(index, &to_grid(&k)?, &to_grid(&v.transpose(1, 2)?)?)?;
-
-        let scale = 1.0 / (d as f64).sqrt();
-        let local = l.window.is_some();
-        let attn = if self.device.is_cpu() {
-            let queries = if local { &batch.local } else { &batch.global };
-            attention::attend(&q, &k, &v, batch.held, queries, scale as f32)?
-        } else {
-            self.attend_rows(&q, &k, &v, batch, local, scale)?
-        };
-        let mut attn = l.o.forward(&attn)?;
-        if let Some(n) = &l.post_attn_norm {
-            attn = n.forward(&attn)?;
-        }
-        let xs = (residual + attn)?;
-
-        let x = l.ffn_norm.forward(&xs)?;
-        let gate = l.gate.forward(&x)?;
-        let gate = match self.cfg.arch {
-            Arch::Gemma3 => gate.gelu()?,
-            _ => candle_nn::ops::silu(&gate)?,
-        };
-        let mut ffn = l.down.forward(&(gate * l.up.forward(&x)?)?)?;
-        if let Some(n) = &l.post_ffn_norm {
-            ffn = n.forward(&ffn)?;
-        }
-        Ok((xs + ffn)?)
+        let queries = if local { &batch.local } else { &batch.global };
+        Ok(attention::attend(&q, &k, &v, batch.held, queries, scale)?)
     }
 
     /// Which keys every packed query sees: its row's held slots at or before its position, and
@@ -406,78 +532,6 @@ impl Transformer {
         }
         plan
     }
-
-    /// For attention on an accelerator: each row's slot index and additive masks
-    /// `[1, 1, 1, tokens, keys]` (global and sliding-window), built once per forward pass.
-    fn device_rows(&self, plan: &KeyPlan) -> Result<Vec<DeviceRow>> {
-        let mut rows = Vec::with_capacity(plan.held.len());
-        let mut next = 0;
-        for (row, held) in plan.held.iter().enumerate() {
-            let len = plan.global[next..]
-                .iter()
-                .take_while(|q| q.row == row)
-                .count();
-            let s = held.len();
-            let mask = |queries: &[QueryKeys]| -> candle_core::Result<Tensor> {
-                let mut m = vec![f32::NEG_INFINITY; len * s];
-                for (i, q) in queries.iter().enumerate() {
-                    m[i * s + q.lo..i * s + q.hi].fill(0.0);
-                }
-                Tensor::from_vec(m, (1, 1, 1, len, s), &self.device)
-            };
-            let idx: Vec<u32> = held.iter().map(|&slot| slot as u32).collect();
-            rows.push(DeviceRow {
-                slots: Tensor::from_vec(idx, s, &self.device)?,
-                tokens: next..next + len,
-                global: mask(&plan.global[next..next + len])?,
-                local: mask(&plan.local[next..next + len])?,
-            });
-            next += len;
-        }
-        Ok(rows)
-    }
-
-    /// Attention with candle's tensor operations, row by row over each row's own keys, for
-    /// devices without [`attention::attend`]. Grouped-query heads are stacked along the query
-    /// axis so K/V are never copied per head.
-    fn attend_rows(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        batch: &Batch<'_>,
-        local: bool,
-        scale: f64,
-    ) -> Result<Tensor> {
-        let (h, hkv, d) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
-        let g = h / hkv;
-        let mut outs = Vec::with_capacity(batch.device_rows.len());
-        for (r, row) in batch.device_rows.iter().enumerate() {
-            let len = row.tokens.len();
-            let keys = |x: &Tensor| x.narrow(0, r, 1)?.contiguous()?.index_select(&row.slots, 2);
-            let (k, v) = (keys(k)?, keys(v)?);
-            let mask = if local { &row.local } else { &row.global };
-            let q =
-                q.narrow(2, row.tokens.start, len)?
-                    .contiguous()?
-                    .reshape((1, hkv, g * len, d))?;
-            let s = k.dim(2)?;
-            let scores = (q * scale)?
-                .matmul(&k.t()?)?
-                .reshape((1, hkv, g, len, s))?
-                .broadcast_add(mask)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores.reshape((1, hkv, g * len, s))?)?;
-            // `[1, heads, len, d]` to the packed `[1, len, heads × d]`.
-            outs.push(
-                probs
-                    .matmul(&v)?
-                    .reshape((1, h, len, d))?
-                    .transpose(1, 2)?
-                    .reshape((1, len, h * d))?,
-            );
-        }
-        Ok(Tensor::cat(&outs, 1)?)
-    }
 }
 
 /// What every layer of one forward pass shares.
@@ -494,8 +548,9 @@ struct Batch<'a> {
     /// The keys each packed token sees, in global and in sliding-window layers.
     global: &'a [QueryKeys],
     local: &'a [QueryKeys],
-    /// The same, as index and mask tensors, when attention runs off the CPU.
-    device_rows: &'a [DeviceRow],
+    /// The same, on the GPU, when the model runs there.
+    #[cfg(feature = "cuda")]
+    gpu: Option<&'a GpuPlan>,
 }
 
 /// [`Batch`]'s key plan, before it is borrowed.
@@ -506,11 +561,134 @@ struct KeyPlan {
     local: Vec<QueryKeys>,
 }
 
-/// One row's keys and masks as tensors on the model's device.
-struct DeviceRow {
-    slots: Tensor,
-    /// The row's packed tokens.
-    tokens: std::ops::Range<usize>,
-    global: Tensor,
-    local: Tensor,
+/// One forward pass's host-side plan ([`Transformer::prepare`]).
+pub(crate) struct Step {
+    pub(crate) rows: usize,
+    /// The chunk length: the longest row.
+    chunk: usize,
+    /// The packed tokens, row after row, and their positions.
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    /// For each (row, chunk slot), the packed token stored there.
+    spread: Vec<u32>,
+    /// Each packed token's cache row and slot.
+    token_rows: Vec<u32>,
+    token_slots: Vec<u32>,
+    /// Per row: the packed index of its last token.
+    last: Vec<u32>,
+    keys: KeyPlan,
+}
+
+impl Step {
+    pub(crate) fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// A step's indices on the device.
+enum Uploaded {
+    Cpu {
+        ids: Tensor,
+        last: Tensor,
+    },
+    #[cfg(feature = "cuda")]
+    Gpu(GpuPlan),
+}
+
+/// A forward pass's token ids, placement and key lists on the GPU, shared by every layer:
+/// one u32 vector (each upload is a synchronous copy), read through views.
+#[cfg(feature = "cuda")]
+pub(crate) struct GpuPlan {
+    ids: Tensor,
+    last: Tensor,
+    placement: crate::cuda::Placement,
+    global: crate::cuda::QueryKeys,
+    local: crate::cuda::QueryKeys,
+}
+
+#[cfg(feature = "cuda")]
+impl Step {
+    /// The lengths of the parts of [`Self::gpu_layout`]; the key list takes `keys_room`
+    /// entries when that is more than it needs (a replayed step's layout must not move).
+    fn gpu_parts(&self, keys_room: usize) -> [usize; 8] {
+        let (n, b) = (self.tokens(), self.rows);
+        let keys: usize = self.keys.held.iter().map(Vec::len).sum();
+        [n, n, n, n, b, keys.max(keys_room), 3 * n, 3 * n]
+    }
+
+    pub(crate) fn gpu_len(&self, keys_room: usize) -> usize {
+        self.gpu_parts(keys_room).iter().sum()
+    }
+
+    /// Ids, positions, cache rows, cache slots, last tokens, every row's held slots one
+    /// after another (a query's keys are a run of its row's), then each query's
+    /// (row, key offset, key count) in global and in sliding-window layers.
+    pub(crate) fn gpu_layout(&self, keys_room: usize) -> Vec<u32> {
+        let mut out = Vec::with_capacity(self.gpu_len(keys_room));
+        out.extend_from_slice(&self.ids);
+        out.extend_from_slice(&self.positions);
+        out.extend_from_slice(&self.token_rows);
+        out.extend_from_slice(&self.token_slots);
+        out.extend_from_slice(&self.last);
+        let mut starts = Vec::with_capacity(self.keys.held.len());
+        let keys_at = out.len();
+        for held in &self.keys.held {
+            starts.push((out.len() - keys_at) as u32);
+            out.extend(held.iter().map(|&s| s as u32));
+        }
+        out.resize(keys_at + self.gpu_parts(keys_room)[5], 0);
+        for queries in [&self.keys.global, &self.keys.local] {
+            out.extend(queries.iter().flat_map(|q| {
+                [
+                    q.row as u32,
+                    starts[q.row] + q.lo as u32,
+                    (q.hi - q.lo) as u32,
+                ]
+            }));
+        }
+        out
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl GpuPlan {
+    /// Views of `all`, which holds `step.gpu_layout(keys_room)` (or will when the views are
+    /// read: a replayed step refills it).
+    pub(crate) fn views(step: &Step, all: &Tensor, keys_room: usize) -> Result<Self> {
+        let mut start = 0;
+        let mut parts = step.gpu_parts(keys_room).into_iter().map(|len| {
+            let view = all.narrow(0, start, len);
+            start += len;
+            view
+        });
+        let mut next = || -> Result<Tensor> {
+            match parts.next() {
+                Some(view) => Ok(view?),
+                None => Err(PolicyError::Candle(candle_core::Error::Msg(
+                    "gpu plan layout".into(),
+                ))),
+            }
+        };
+        let ids = next()?.unsqueeze(0)?;
+        let placement = crate::cuda::Placement {
+            pos: next()?,
+            row: next()?,
+            slot: next()?,
+        };
+        let last = next()?;
+        let keys = next()?;
+        Ok(Self {
+            ids,
+            last,
+            placement,
+            global: crate::cuda::QueryKeys {
+                keys: keys.clone(),
+                meta: next()?,
+            },
+            local: crate::cuda::QueryKeys {
+                keys,
+                meta: next()?,
+            },
+        })
+    }
 }

@@ -4,6 +4,8 @@
 //! checkpoints are mapped onto those names here, so the model code has one vocabulary.
 
 use crate::cpu_matmul::QuantMatrix;
+#[cfg(feature = "cuda")]
+use crate::cuda::GpuMatrix;
 use crate::error::{PolicyError, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
@@ -19,16 +21,25 @@ pub struct Linear {
     bias: Option<Tensor>,
 }
 
-/// A linear layer's weights: on the CPU, quantized types go through hone's row-invariant
-/// products ([`QuantMatrix`]); everything else through candle's.
+/// A linear layer's weights: quantized types go through hone's row-invariant products, on the
+/// CPU ([`QuantMatrix`]) and on CUDA ([`GpuMatrix`]); everything else through candle's.
 #[derive(Debug, Clone)]
 enum Matrix {
     Quant(QuantMatrix),
+    #[cfg(feature = "cuda")]
+    Gpu(GpuMatrix),
     Candle(QMatMul),
 }
 
 impl Matrix {
     fn quantized(q: Arc<QTensor>) -> Result<Self> {
+        #[cfg(feature = "cuda")]
+        if q.device().is_cuda() {
+            let (rows, cols) = q.shape().dims2()?;
+            if let Some(m) = GpuMatrix::upload(q.dtype(), rows, cols, &q.data()?, &q.device())? {
+                return Ok(Self::Gpu(m));
+            }
+        }
         let q = for_cpu_matmul(q)?;
         Ok(match QuantMatrix::from_qtensor(&q)? {
             Some(m) => Self::Quant(m),
@@ -41,11 +52,38 @@ impl Linear {
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let ys = match &self.weight {
             Matrix::Quant(m) => m.forward(xs)?,
+            #[cfg(feature = "cuda")]
+            Matrix::Gpu(m) => return m.forward(xs, self.bias.as_ref(), None),
             Matrix::Candle(m) => m.forward(xs)?,
         };
         match &self.bias {
             Some(b) => ys.broadcast_add(b),
             None => Ok(ys),
+        }
+    }
+
+    /// `residual + self.forward(xs)`, in one kernel where there is one.
+    pub fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Matrix::Gpu(m) = &self.weight {
+            return m.forward(xs, self.bias.as_ref(), Some(residual));
+        }
+        residual + self.forward(xs)?
+    }
+
+    /// Whether the product computes each row the same way whatever else the call holds:
+    /// true for hone's own kernels, false for candle's (dense weights, or a quantized type
+    /// hone has no kernel for on this device).
+    pub fn row_invariant(&self) -> bool {
+        !matches!(self.weight, Matrix::Candle(_))
+    }
+
+    /// The GPU matrix, for kernels that take two layers at once.
+    #[cfg(feature = "cuda")]
+    pub fn gpu(&self) -> Option<&GpuMatrix> {
+        match &self.weight {
+            Matrix::Gpu(m) if self.bias.is_none() => Some(m),
+            _ => None,
         }
     }
 }

@@ -5,9 +5,9 @@
 //! A round's candidates are scored as one left-padded batch, so the last position of every row is
 //! its last real token and the head reads one hidden state per row.
 
-use crate::{model_err, Candidate, RewardError, RewardModel, Score};
+use crate::{model_err, policy_err, Candidate, RewardError, RewardModel, Score};
 use candle_core::{Device, Tensor};
-use policies::{Checkpoint, Logits, Message, Policy, Role, Transformer};
+use policies::{Checkpoint, Interrupt, Message, Output, Policy, Role, Transformer};
 use std::path::Path;
 
 /// A classifier reward model.
@@ -58,12 +58,21 @@ impl ClassifierRm {
 
     /// Scores pre-tokenized sequences as one batch.
     pub fn score_ids(&self, rows: &[Vec<u32>]) -> Result<Vec<f32>, RewardError> {
+        self.score_ids_interruptible(rows, &Interrupt::default())
+    }
+
+    /// [`Self::score_ids`], prefilled in chunks that check `interrupt` between them.
+    pub fn score_ids_interruptible(
+        &self,
+        rows: &[Vec<u32>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<f32>, RewardError> {
         let model = self.policy.model();
         let mut cache = model.new_cache(rows.len());
         let rows: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
         let hidden = model
-            .forward_hidden(&rows, &mut cache, Logits::Last)
-            .map_err(model_err)?;
+            .prefill(&rows, &mut cache, Output::Hidden, interrupt)
+            .map_err(policy_err)?;
         let scores = hidden
             .matmul(&self.head.t().map_err(model_err)?)
             .map_err(model_err)?;
@@ -76,6 +85,14 @@ impl ClassifierRm {
 
 impl RewardModel for ClassifierRm {
     fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError> {
+        self.score_interruptible(batch, &Interrupt::default())
+    }
+
+    fn score_interruptible(
+        &self,
+        batch: &[Candidate<'_>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Score>, RewardError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -83,7 +100,7 @@ impl RewardModel for ClassifierRm {
             .iter()
             .map(|c| self.encode(c))
             .collect::<Result<Vec<_>, _>>()?;
-        let values = self.score_ids(&rows)?;
+        let values = self.score_ids_interruptible(&rows, interrupt)?;
         Ok(values
             .into_iter()
             .map(|value| Score {

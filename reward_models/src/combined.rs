@@ -1,6 +1,7 @@
 //! Rewards added together.
 
 use crate::{Candidate, RewardError, RewardModel, Score};
+use policies::Interrupt;
 use std::sync::Arc;
 
 /// A weighted sum of other rewards: a reward manifest of kind `combined`, or a request's own
@@ -18,6 +19,15 @@ impl Combined {
 
 impl RewardModel for Combined {
     fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError> {
+        self.score_interruptible(batch, &Interrupt::default())
+    }
+
+    /// Every part scores with the same interrupt, so a judge inside a combination stops too.
+    fn score_interruptible(
+        &self,
+        batch: &[Candidate<'_>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Score>, RewardError> {
         let mut total: Vec<Score> = batch
             .iter()
             .map(|_| Score {
@@ -26,7 +36,7 @@ impl RewardModel for Combined {
             })
             .collect();
         for (model, weight) in &self.parts {
-            let scores = model.score(batch)?;
+            let scores = model.score_interruptible(batch, interrupt)?;
             if scores.len() != total.len() {
                 return Err(RewardError::Model(format!(
                     "a part scored {} of {} candidates",

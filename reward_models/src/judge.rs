@@ -5,8 +5,8 @@
 //! between candidates are rare), costs one forward pass per candidate with no decoding, and
 //! cannot fail to parse.
 
-use crate::{model_err, Candidate, RewardError, RewardModel, Score};
-use policies::{Logits, Message, Policy, Role};
+use crate::{model_err, policy_err, Candidate, RewardError, RewardModel, Score};
+use policies::{Interrupt, Message, Output, Policy, Role};
 use std::sync::Arc;
 
 /// The judge's instructions. `{question}` and `{response}` are filled in.
@@ -78,14 +78,18 @@ impl Judge {
             })
     }
 
-    /// The last position's logits of each row, in one batched forward pass.
-    fn last_logits(&self, rows: &[Vec<u32>]) -> Result<Vec<Vec<f32>>, RewardError> {
+    /// The last position's logits of each row, prefilled as one batch in interruptible chunks.
+    fn last_logits(
+        &self,
+        rows: &[Vec<u32>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Vec<f32>>, RewardError> {
         let model = self.policy.model();
         let mut cache = model.new_cache(rows.len());
         let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
         let logits = model
-            .forward(&refs, &mut cache, Logits::Last)
-            .map_err(model_err)?;
+            .prefill(&refs, &mut cache, Output::Logits, interrupt)
+            .map_err(policy_err)?;
         logits.to_vec2().map_err(model_err)
     }
 
@@ -118,7 +122,7 @@ impl Judge {
             self.encode(&prompt, VERDICT_PREFIX)
         };
         let rows = [ask(first, second)?, ask(second, first)?];
-        let logits = self.last_logits(&rows)?;
+        let logits = self.last_logits(&rows, &Interrupt::default())?;
         let [shown_a, shown_b] = logits.as_slice() else {
             return Err(RewardError::Model("expected two rows of logits".into()));
         };
@@ -149,6 +153,14 @@ fn restricted_softmax(logits: &[f32], ids: &[u32]) -> (Vec<f32>, f32) {
 
 impl RewardModel for Judge {
     fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError> {
+        self.score_interruptible(batch, &Interrupt::default())
+    }
+
+    fn score_interruptible(
+        &self,
+        batch: &[Candidate<'_>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Score>, RewardError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -163,7 +175,7 @@ impl RewardModel for Judge {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(self
-            .last_logits(&rows)?
+            .last_logits(&rows, interrupt)?
             .iter()
             .map(|l| Score {
                 value: self.expected_rating(l),

@@ -14,7 +14,7 @@ pub mod verifier;
 
 pub use verifier::{Constraint, Verifier};
 
-use policies::Message;
+use policies::{Interrupt, Message};
 
 /// One (conversation, response) pair to score.
 #[derive(Debug, Clone, Copy)]
@@ -44,12 +44,30 @@ pub enum RewardError {
     Remote(String),
     #[error("reward model failed: {0}")]
     Model(String),
+    #[error("scoring cancelled")]
+    Cancelled,
+    #[error("the deadline passed while scoring")]
+    DeadlinePassed,
 }
 
 /// A scorer of candidate responses.
 pub trait RewardModel: Send + Sync {
     /// Scores every candidate; the result has one entry per candidate, in order.
     fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError>;
+
+    /// Like [`RewardModel::score`], but model-backed scorers check `interrupt` between chunks
+    /// of their prefill and give up with [`RewardError::Cancelled`] or
+    /// [`RewardError::DeadlinePassed`]: a judge reading a long conversation must not hold the
+    /// model for minutes after its client has gone. Scorers that do no model work keep this
+    /// default, which ignores it.
+    fn score_interruptible(
+        &self,
+        batch: &[Candidate<'_>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Score>, RewardError> {
+        let _ = interrupt;
+        self.score(batch)
+    }
 
     /// The highest score this reward can give, when it has one. A response that reaches it
     /// cannot be beaten, so a search may stop there.
@@ -60,6 +78,15 @@ pub trait RewardModel: Send + Sync {
 
 fn model_err(e: impl std::fmt::Display) -> RewardError {
     RewardError::Model(e.to_string())
+}
+
+/// A policy error met while scoring: an interruption stays one, the rest are model failures.
+fn policy_err(e: policies::PolicyError) -> RewardError {
+    match e {
+        policies::PolicyError::Cancelled => RewardError::Cancelled,
+        policies::PolicyError::DeadlinePassed => RewardError::DeadlinePassed,
+        other => model_err(other),
+    }
 }
 
 /// A model-backed scorer's tokenized input, or why there is none: input longer than the

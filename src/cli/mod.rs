@@ -1,6 +1,7 @@
 //! Subcommands of the `hone` binary.
 
 pub mod bench;
+pub mod check;
 pub mod eval;
 pub mod generate;
 pub mod optimize;
@@ -24,10 +25,7 @@ pub fn load_policy(model: &str, cpu: bool) -> Result<Policy> {
 
 /// The GPU when hone was built with CUDA and one is present, else the CPU.
 pub fn device(cpu: bool) -> Result<candle_core::Device> {
-    if cpu {
-        return Ok(candle_core::Device::Cpu);
-    }
-    Ok(candle_core::Device::cuda_if_available(0)?)
+    Ok(policies::device(cpu)?)
 }
 
 /// The folder of policy manifests: `$HONE_POLICIES`, else `policies/manifests`.

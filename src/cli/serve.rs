@@ -43,10 +43,13 @@ pub struct ServeArgs {
     /// Compute budget of requests that name none. [default: unlimited]
     #[arg(long, env = "HONE_DEFAULT_BUDGET")]
     default_budget: Option<u64>,
-    /// The most compute units any request may spend; larger budgets are lowered to it.
-    /// [default: unlimited]
+    /// The most compute units any request may spend; a request asking for more gets 422.
+    /// [default: about one CPU core-minute of the served model: 1800 for the default model]
     #[arg(long, env = "HONE_MAX_BUDGET")]
     max_budget: Option<u64>,
+    /// Conversations longer than this many tokens get 422 before they queue. [default: 4096]
+    #[arg(long, env = "HONE_MAX_PROMPT_TOKENS")]
+    max_prompt_tokens: Option<usize>,
     /// Request bodies above this many bytes get 413. [default: 1048576]
     #[arg(long, env = "HONE_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
@@ -60,6 +63,26 @@ pub struct ServeArgs {
     /// Run on the CPU even when a GPU is available.
     #[arg(long, env = "HONE_CPU")]
     cpu: bool,
+    /// Milliseconds a client gets to send a request's headers, and then its body; slower ones
+    /// get 408. [default: 10000]
+    #[arg(long, env = "HONE_REQUEST_TIMEOUT_MS")]
+    request_timeout_ms: Option<u64>,
+    /// Open connections in all; more wait to be accepted. [default: 256]
+    #[arg(long, env = "HONE_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Seconds running requests get to finish after SIGINT/SIGTERM. [default: 3600, the longest
+    /// deadline a request may ask for]
+    #[arg(long, env = "HONE_SHUTDOWN_TIMEOUT_SECS")]
+    shutdown_timeout_secs: Option<u64>,
+    /// A key clients must send as `Authorization: Bearer <key>` (repeatable; HONE_API_KEYS is
+    /// comma-separated). Without any, the server is open. /health and /metrics are always open.
+    #[arg(
+        long = "api-key",
+        env = "HONE_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_keys: Vec<String>,
 }
 
 impl ServeArgs {
@@ -79,7 +102,20 @@ impl ServeArgs {
         set(&mut c.max_queue, self.max_queue);
         set(&mut c.ab_plain_fraction, self.ab_plain_fraction);
         set(&mut c.max_body_bytes, self.max_body_bytes);
+        set(&mut c.max_prompt_tokens, self.max_prompt_tokens);
         set(&mut c.speculate, self.speculate);
+        set(&mut c.request_timeout_ms, self.request_timeout_ms);
+        set(&mut c.max_connections, self.max_connections);
+        set(&mut c.shutdown_timeout_secs, self.shutdown_timeout_secs);
+        // `HONE_API_KEYS=a,,b` or a trailing comma leaves empty items; they are no keys.
+        let keys: Vec<String> = self
+            .api_keys
+            .into_iter()
+            .filter(|k| !k.is_empty())
+            .collect();
+        if !keys.is_empty() {
+            c.api_keys = keys;
+        }
         if self.default_budget.is_some() {
             c.default_budget = self.default_budget;
         }
@@ -101,6 +137,13 @@ fn set<T>(field: &mut T, flag: Option<T>) {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
+    // Logs go to stderr; RUST_LOG overrides the default (warnings, and hone's request log).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hone=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     let state = AppState::load(a.config()?)?;
     actix_web::rt::System::new().block_on(async move {
         let started = server::start(state).context("binding the server")?;
@@ -145,6 +188,11 @@ mod tests {
         assert_eq!(config.max_queue, Config::default().max_queue);
         let config = Cli::parse_from(["hone"]).serve.config().unwrap();
         assert_eq!(config.port, Config::default().port);
+        let config = Cli::parse_from(["hone", "--api-key", "k1", "--api-key", "k2,k3"])
+            .serve
+            .config()
+            .unwrap();
+        assert_eq!(config.api_keys, ["k1", "k2", "k3"]);
         std::fs::remove_file(&file).ok();
     }
 }

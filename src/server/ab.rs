@@ -4,10 +4,14 @@
 //! Assignment hashes the request's `user` (or, without one, its prompt) so that a user stays in
 //! one arm across requests and across restarts: the hash is FNV-1a with a fixed mixer, not the
 //! standard library's, whose output may change between Rust releases.
+//!
+//! Rewards have each their own scale (a verifier 0-1, a judge 1-9, a classifier's logits, plus
+//! 10 when a query's own constraints are added), so the arms are compared per scale: one
+//! comparison per reward name, and per way constraints joined it ([`scale`]).
 
 use crate::strategy::Strategy;
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 /// Which arm answered a request.
@@ -69,20 +73,33 @@ pub struct Sample {
     pub latency_ms: f64,
 }
 
-/// Only the most recent samples are kept, so memory stays bounded on a long-running server.
+/// Only the most recent samples of each scale are kept, so memory stays bounded on a
+/// long-running server. (The number of scales is bounded too: the server's reward manifests,
+/// each alone, with constraints, and constraints alone.)
 const KEEP: usize = 100_000;
 
-/// The samples of both arms.
+/// The name under which a request's scores are compared: the reward's name, with
+/// `+constraints` when the query's own constraints were added to it, or `constraints` when
+/// they replaced it.
+pub fn scale(reward: &str, constraints: Option<bool>) -> String {
+    match constraints {
+        None => reward.to_string(),
+        Some(false) => format!("{reward}+constraints"),
+        Some(true) => "constraints".to_string(),
+    }
+}
+
+/// The samples of both arms, per scale.
 #[derive(Debug, Default)]
 pub struct AbStats {
-    arms: Mutex<[VecDeque<Sample>; 2]>,
+    scales: Mutex<BTreeMap<String, [VecDeque<Sample>; 2]>>,
 }
 
 impl AbStats {
-    pub fn record(&self, arm: Arm, sample: Sample) {
+    pub fn record(&self, scale: &str, arm: Arm, sample: Sample) {
         // A panic elsewhere while holding the lock leaves plain numbers behind; keep using them.
-        let mut arms = self.arms.lock().unwrap_or_else(|p| p.into_inner());
-        let samples = &mut arms[arm as usize];
+        let mut scales = self.scales.lock().unwrap_or_else(|p| p.into_inner());
+        let samples = &mut scales.entry(scale.to_string()).or_default()[arm as usize];
         if samples.len() == KEEP {
             samples.pop_front();
         }
@@ -90,15 +107,23 @@ impl AbStats {
     }
 
     pub fn summary(&self, plain_fraction: f64) -> Summary {
-        let arms = self.arms.lock().unwrap_or_else(|p| p.into_inner());
-        let optimized = ArmSummary::of(&arms[Arm::Optimized as usize]);
-        let plain = ArmSummary::of(&arms[Arm::Plain as usize]);
-        let uplift = uplift(&arms[Arm::Optimized as usize], &arms[Arm::Plain as usize]);
+        let scales = self.scales.lock().unwrap_or_else(|p| p.into_inner());
+        let rewards = scales
+            .iter()
+            .map(|(name, arms)| {
+                let (optimized, plain) =
+                    (&arms[Arm::Optimized as usize], &arms[Arm::Plain as usize]);
+                let comparison = Comparison {
+                    optimized: ArmSummary::of(optimized),
+                    plain: ArmSummary::of(plain),
+                    uplift: uplift(optimized, plain),
+                };
+                (name.clone(), comparison)
+            })
+            .collect();
         Summary {
             plain_fraction,
-            optimized,
-            plain,
-            uplift,
+            rewards,
         }
     }
 }
@@ -107,6 +132,13 @@ impl AbStats {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub plain_fraction: f64,
+    /// One comparison per reward scale (see [`scale`]).
+    pub rewards: BTreeMap<String, Comparison>,
+}
+
+/// The two arms on one reward scale.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
     pub optimized: ArmSummary,
     pub plain: ArmSummary,
     /// Mean reward of optimized minus plain; `None` while either arm has fewer than two scored
@@ -225,18 +257,40 @@ mod tests {
             compute: 100,
             latency_ms: 10.0,
         };
-        stats.record(Arm::Optimized, sample(0.9));
-        stats.record(Arm::Optimized, sample(0.7));
-        stats.record(Arm::Plain, sample(0.5));
-        assert!(stats.summary(0.5).uplift.is_none());
-        stats.record(Arm::Plain, sample(0.3));
+        stats.record("v", Arm::Optimized, sample(0.9));
+        stats.record("v", Arm::Optimized, sample(0.7));
+        stats.record("v", Arm::Plain, sample(0.5));
+        assert!(stats.summary(0.5).rewards["v"].uplift.is_none());
+        stats.record("v", Arm::Plain, sample(0.3));
         let s = stats.summary(0.5);
-        let u = s.uplift.unwrap();
+        let v = &s.rewards["v"];
+        let u = v.uplift.as_ref().unwrap();
         assert!((u.mean - 0.4).abs() < 1e-6);
         // Each arm: variance 0.02, se = sqrt(0.01 + 0.01) = 0.1414.
         assert!((u.ci95_high - u.mean - 1.96 * 0.02f64.sqrt()).abs() < 1e-6);
-        assert_eq!(s.optimized.requests, 2);
-        assert_eq!(s.plain.mean_compute, Some(100.0));
+        assert_eq!(v.optimized.requests, 2);
+        assert_eq!(v.plain.mean_compute, Some(100.0));
+    }
+
+    #[test]
+    fn scales_are_compared_apart() {
+        let stats = AbStats::default();
+        let sample = |r: f32| Sample {
+            reward: Some(r),
+            compute: 1,
+            latency_ms: 1.0,
+        };
+        stats.record(&scale("judge", None), Arm::Optimized, sample(8.0));
+        stats.record(&scale("concise", None), Arm::Plain, sample(0.5));
+        stats.record(&scale("concise", Some(false)), Arm::Plain, sample(10.5));
+        let s = stats.summary(0.5);
+        assert_eq!(s.rewards["judge"].optimized.mean_reward, Some(8.0));
+        assert_eq!(s.rewards["concise"].plain.mean_reward, Some(0.5));
+        assert_eq!(
+            s.rewards["concise+constraints"].plain.mean_reward,
+            Some(10.5)
+        );
+        assert_eq!(scale("judge", Some(true)), "constraints");
     }
 
     #[test]

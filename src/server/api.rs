@@ -6,7 +6,7 @@
 //! model, so a bad request costs nothing.
 
 use super::ab::Arm;
-use super::error::ApiError;
+use super::error::{plain_words, ApiError};
 use crate::budget::Budget;
 use crate::strategy::{Request, Strategy, Trace};
 use policies::{Message, Role};
@@ -107,7 +107,8 @@ pub struct BudgetBody {
 pub struct Limits {
     /// The compute budget of a request that names none.
     pub default_budget: Option<u64>,
-    /// The most compute any request may spend; larger budgets are lowered to it.
+    /// The most compute any request may spend: a request asking for more gets 422, one asking
+    /// for nothing gets this.
     pub max_budget: Option<u64>,
 }
 
@@ -116,7 +117,9 @@ const MAX_N: usize = 64;
 const MAX_ROUNDS: u32 = 16;
 const MAX_TOKENS: usize = 8192;
 const MAX_COMPUTE: i64 = 1_000_000_000_000;
-const MAX_DEADLINE_MS: i64 = 3_600_000;
+pub const MAX_DEADLINE_MS: i64 = 3_600_000;
+/// Below this, a positive temperature divides the logits into overflow: 0 (greedy) or this.
+pub const MIN_TEMPERATURE: f32 = 1e-3;
 
 /// A checked request, ready to run.
 #[derive(Debug, Clone)]
@@ -175,8 +178,9 @@ fn checks(options: &Options, messages: &[Message]) -> Result<Option<Checks>, Api
                 .iter()
                 .enumerate()
                 .map(|(i, table)| {
-                    serde_json::from_value::<Constraint>(table.clone())
-                        .map_err(|e| ApiError::invalid(&format!("constraints[{i}]"), e.to_string()))
+                    serde_json::from_value::<Constraint>(table.clone()).map_err(|e| {
+                        ApiError::invalid(&format!("constraints[{i}]"), plain_words(&e.to_string()))
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             (parsed, Source::Request)
@@ -296,6 +300,12 @@ pub fn build(
             "temperature must be between 0 and 2",
         ));
     }
+    if temperature > 0.0 && temperature < MIN_TEMPERATURE {
+        return Err(ApiError::invalid(
+            "temperature",
+            format!("temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}"),
+        ));
+    }
     let top_p = options.top_p.unwrap_or(defaults.top_p);
     if !(top_p.is_finite() && top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::invalid("top_p", "top_p must be in (0, 1]"));
@@ -340,9 +350,19 @@ fn budget(body: BudgetBody, limits: Limits, arrived: Instant) -> Result<Budget, 
         None => limits.default_budget,
     };
     let compute = match (compute, limits.max_budget) {
-        (Some(c), Some(cap)) => Some(c.min(cap)),
+        // Refused rather than lowered: the client learns the cap instead of getting less than
+        // it asked for without a word.
+        (Some(c), Some(cap)) if c > cap => {
+            return Err(ApiError::invalid(
+                "budget.compute",
+                format!(
+                    "budget.compute ({c}) is above this server's cap of {cap} compute units \
+                     per request (--max-budget)"
+                ),
+            ))
+        }
         (None, cap) => cap,
-        (c, None) => c,
+        (c, _) => c,
     };
     let deadline = match body.deadline_ms {
         Some(ms) if !(0..=MAX_DEADLINE_MS).contains(&ms) => {
@@ -422,8 +442,12 @@ mod tests {
         };
         let job = check(serde_json::json!({}), limits).unwrap();
         assert_eq!(job.compute_budget(), Some(500));
-        let job = check(serde_json::json!({"budget": {"compute": 5000}}), limits).unwrap();
+        let job = check(serde_json::json!({"budget": {"compute": 1000}}), limits).unwrap();
         assert_eq!(job.compute_budget(), Some(1000));
+        let err = check(serde_json::json!({"budget": {"compute": 1001}}), limits).unwrap_err();
+        assert_eq!(err.status.as_u16(), 422);
+        assert_eq!(err.param.as_deref(), Some("budget.compute"));
+        assert!(err.message.contains("cap of 1000"), "{}", err.message);
         let capped = Limits {
             default_budget: None,
             max_budget: Some(800),
@@ -455,6 +479,7 @@ mod tests {
             (serde_json::json!({"n": 0}), "n"),
             (serde_json::json!({"top_p": 0.0}), "top_p"),
             (serde_json::json!({"temperature": 9.0}), "temperature"),
+            (serde_json::json!({"temperature": 1e-39}), "temperature"),
         ];
         for (json, param) in cases {
             let err = check(json.clone(), Limits::default()).unwrap_err();

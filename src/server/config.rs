@@ -11,11 +11,20 @@
 //! ab_plain_fraction = 0.1
 //! default_budget = 4000
 //! max_budget = 20000
+//! request_timeout_ms = 10000   # headers, then body, must each arrive within this
+//! max_connections = 256
+//! shutdown_timeout_secs = 3600
+//! api_keys = ["..."]           # when set, every route but /health and /metrics needs one
 //! ```
 
 use anyhow::Context;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+
+/// The prompt-token cap unless configured: room for long documents. A prefill that long takes
+/// minutes of 2 CPU cores for the default model (attention grows with the context), which the
+/// default `max_budget` refuses anyway; the cap bounds servers that raise it.
+pub const DEFAULT_MAX_PROMPT_TOKENS: usize = 4096;
 
 /// Draft tokens per step unless configured.
 pub const DEFAULT_SPECULATE: usize = 0;
@@ -39,7 +48,12 @@ pub struct Config {
     /// Share of /optimize traffic answered by plain decoding, for the A/B comparison.
     pub ab_plain_fraction: f64,
     pub default_budget: Option<u64>,
+    /// The most compute units one request may spend; a request asking for more gets 422.
+    /// `None` is about one CPU core-minute of the served model
+    /// ([`crate::budget::default_max_budget`]); [`super::AppState::load`] fills it in.
     pub max_budget: Option<u64>,
+    /// Conversations longer than this many tokens get 422 before they queue.
+    pub max_prompt_tokens: usize,
     pub cpu: bool,
     /// Request bodies above this many bytes get 413.
     pub max_body_bytes: usize,
@@ -47,6 +61,18 @@ pub struct Config {
     pub workers: Option<usize>,
     /// The most draft tokens speculative decoding verifies per step (0 turns it off).
     pub speculate: usize,
+    /// A client must send a request's headers, and then its body, each within this many
+    /// milliseconds; a slow client otherwise holds a connection (and a worker's attention)
+    /// for as long as it likes.
+    pub request_timeout_ms: u64,
+    /// Open connections in all; more wait in the listen backlog. Bounds what idle or slow
+    /// clients can hold.
+    pub max_connections: usize,
+    /// On SIGINT/SIGTERM, how long running requests get to finish before they are dropped.
+    /// The default covers the longest deadline a request may ask for.
+    pub shutdown_timeout_secs: u64,
+    /// Bearer keys; when any is set, every route but `/health` and `/metrics` needs one.
+    pub api_keys: Vec<String>,
 }
 
 impl Default for Config {
@@ -63,10 +89,15 @@ impl Default for Config {
             ab_plain_fraction: 0.0,
             default_budget: None,
             max_budget: None,
+            max_prompt_tokens: DEFAULT_MAX_PROMPT_TOKENS,
             cpu: false,
             max_body_bytes: 1 << 20,
             workers: None,
             speculate: DEFAULT_SPECULATE,
+            request_timeout_ms: 10_000,
+            max_connections: 256,
+            shutdown_timeout_secs: super::api::MAX_DEADLINE_MS as u64 / 1000,
+            api_keys: Vec::new(),
         }
     }
 }

@@ -2,9 +2,10 @@
 //! `{"error": {"type": "...", "message": "...", "param": "field" | null}}`.
 //!
 //! Each status has one `type`, so clients can branch on it without parsing the message.
+//! Messages are for people: they name the field at fault in plain words, never a Rust type or
+//! a path on the server (a 500 says only that the log has the details).
 
 use crate::strategy::StrategyError;
-use actix_web::error::JsonPayloadError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use policies::PolicyError;
@@ -62,16 +63,33 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, message).with_param(param)
     }
 
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    /// 500. `detail` goes to the log, not to the client: it may name files on the server.
+    pub fn internal(detail: impl fmt::Display) -> Self {
+        tracing::error!("internal error: {detail}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the server failed to answer; its log has the details",
+        )
+    }
+
+    /// 405 for a route that exists under other methods (`allow`, also sent as `Allow`).
+    pub fn method_not_allowed(method: &str, path: &str, allow: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{path} does not answer {method}; use {allow}"),
+        )
     }
 
     /// The `type` of the error body, one per status.
     pub fn kind(&self) -> &'static str {
         match self.status.as_u16() {
             400 => "invalid_request_error",
+            401 => "authentication_error",
             404 => "not_found_error",
+            405 => "method_not_allowed",
+            408 => "request_timeout",
             413 => "request_too_large",
+            415 => "unsupported_media_type",
             422 => "validation_error",
             429 => "queue_full",
             499 => "cancelled",
@@ -92,19 +110,19 @@ impl ApiError {
         })
     }
 
-    /// Turns the JSON extractor's failures into this shape: 413 for an oversize body, 400 for
-    /// the rest (malformed JSON and, through [`from_serde`], wrong types).
-    pub fn from_json(err: &JsonPayloadError) -> Self {
-        match err {
-            JsonPayloadError::Overflow { limit }
-            | JsonPayloadError::OverflowKnownLength { limit, .. } => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is larger than the limit of {limit} bytes"),
-            ),
-            JsonPayloadError::Deserialize(e) => {
-                Self::bad_request(format!("the request body is not valid JSON: {e}"))
-            }
-            e => Self::bad_request(format!("cannot read the request body: {e}")),
+    /// 400 for a body that is not JSON at all.
+    pub fn malformed(err: &serde_json::Error) -> Self {
+        Self::bad_request(format!("the request body is not valid JSON: {err}"))
+    }
+
+    /// How long a client should wait before trying again, for statuses where a retry can
+    /// succeed: a full queue drains in a few requests' time; a server shutting down is
+    /// usually replaced within seconds.
+    pub fn retry_after_secs(&self) -> Option<u32> {
+        match self.status.as_u16() {
+            429 => Some(5),
+            503 => Some(10),
+            _ => None,
         }
     }
 
@@ -112,11 +130,54 @@ impl ApiError {
     pub fn from_serde(err: serde_path_to_error::Error<serde_json::Error>) -> Self {
         let path = err.path().to_string();
         let inner = err.into_inner();
+        let message = plain_words(&inner.to_string());
         if path.is_empty() || path == "." {
-            return Self::bad_request(inner.to_string());
+            return Self::bad_request(message);
         }
-        Self::bad_request(format!("field `{path}`: {inner}")).with_param(path)
+        Self::bad_request(format!("field `{path}`: {message}")).with_param(path)
     }
+}
+
+/// serde's message with the Rust types it expects named in plain words: "expected usize"
+/// becomes "expected a non-negative integer", "expected struct BudgetBody" "expected an
+/// object".
+pub fn plain_words(message: &str) -> String {
+    const TYPES: [(&str, &str); 14] = [
+        ("u8", "a non-negative integer up to 255"),
+        ("u16", "a non-negative integer up to 65535"),
+        ("u32", "a non-negative integer up to 4294967295"),
+        ("u64", "a non-negative integer"),
+        ("u128", "a non-negative integer"),
+        ("usize", "a non-negative integer"),
+        ("i8", "an integer"),
+        ("i16", "an integer"),
+        ("i32", "an integer"),
+        ("i64", "an integer"),
+        ("i128", "an integer"),
+        ("isize", "an integer"),
+        ("f32", "a number"),
+        ("f64", "a number"),
+    ];
+    let Some((head, expected)) = message.split_once("expected ") else {
+        return message.to_string();
+    };
+    // What follows "expected" up to the end of the word: `usize`, or `struct Name`.
+    let word_end = |s: &str| {
+        s.find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(s.len())
+    };
+    let (what, rest) = if let Some(name) = expected.strip_prefix("struct ") {
+        ("an object", &name[word_end(name)..])
+    } else if let Some(name) = expected.strip_prefix("enum ") {
+        ("one of the documented values", &name[word_end(name)..])
+    } else {
+        let (word, rest) = expected.split_at(word_end(expected));
+        match TYPES.iter().find(|(t, _)| *t == word) {
+            Some((_, plain)) => (*plain, rest),
+            None => return message.to_string(),
+        }
+    };
+    format!("{head}expected {what}{rest}")
 }
 
 impl fmt::Display for ApiError {
@@ -131,7 +192,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(self.body())
+        let mut response = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after_secs() {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, secs.to_string()));
+        }
+        response.json(self.body())
     }
 }
 
@@ -188,6 +253,39 @@ mod tests {
         assert_eq!(api.status, StatusCode::BAD_REQUEST);
         assert_eq!(api.param.as_deref(), Some("n"));
         assert!(api.message.contains("`n`"), "{}", api.message);
+        assert!(!api.message.contains("u32"), "{}", api.message);
+    }
+
+    #[test]
+    fn rust_types_become_plain_words() {
+        assert_eq!(
+            plain_words("invalid type: string \"two\", expected usize"),
+            "invalid type: string \"two\", expected a non-negative integer"
+        );
+        assert_eq!(
+            plain_words("invalid value: integer `-1`, expected u64 at line 1"),
+            "invalid value: integer `-1`, expected a non-negative integer at line 1"
+        );
+        assert_eq!(
+            plain_words("invalid type: string \"x\", expected i64"),
+            "invalid type: string \"x\", expected an integer"
+        );
+        assert_eq!(
+            plain_words("invalid type: integer `5`, expected struct BudgetBody"),
+            "invalid type: integer `5`, expected an object"
+        );
+        assert_eq!(
+            plain_words("invalid type: integer `5`, expected a string"),
+            "invalid type: integer `5`, expected a string"
+        );
+        assert_eq!(plain_words("missing field `x`"), "missing field `x`");
+    }
+
+    #[test]
+    fn internal_errors_hide_their_detail() {
+        let e = ApiError::internal("reading /home/someone/models/x.gguf: not found");
+        assert!(!e.message.contains('/'), "{}", e.message);
+        assert_eq!(e.status.as_u16(), 500);
     }
 
     #[test]

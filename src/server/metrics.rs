@@ -10,9 +10,13 @@ use prometheus::{
 };
 use std::time::Duration;
 
+/// The routes that run the model, the values of `hone_requests_cancelled_total`'s label.
+pub const ROUTES: [&str; 2] = ["/optimize", "/v1/chat/completions"];
+
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    cancelled: IntCounterVec,
     duration: HistogramVec,
     first_event: HistogramVec,
     rounds: HistogramVec,
@@ -37,6 +41,17 @@ impl Metrics {
             Opts::new("hone_requests_total", "Requests answered, by outcome"),
             &["strategy", "arm", "status"],
         )?;
+        let cancelled = IntCounterVec::new(
+            Opts::new(
+                "hone_requests_cancelled_total",
+                "Requests whose client went away before the answer, queued or running",
+            ),
+            &["route"],
+        )?;
+        // The label's values are the model routes, fixed here: never a client's path.
+        for route in ROUTES {
+            cancelled.with_label_values(&[route]);
+        }
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "hone_request_duration_seconds",
@@ -142,6 +157,7 @@ impl Metrics {
             tokens.with_label_values(&[arm.name()]);
         }
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(cancelled.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(first_event.clone()))?;
         registry.register(Box::new(rounds.clone()))?;
@@ -185,6 +201,7 @@ impl Metrics {
         Ok(Self {
             registry,
             requests,
+            cancelled,
             duration,
             first_event,
             rounds,
@@ -212,6 +229,11 @@ impl Metrics {
         self.duration
             .with_label_values(&[strategy, arm.name()])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a request whose client went away; `route` is one of [`ROUTES`].
+    pub fn cancelled(&self, route: &'static str) {
+        self.cancelled.with_label_values(&[route]).inc();
     }
 
     /// Records when a request's loop scored its first candidate.

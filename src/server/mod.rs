@@ -2,22 +2,34 @@
 //! loops behind a bounded queue.
 //!
 //! The loops are synchronous and CPU-bound, so each request runs them on tokio's blocking pool
-//! while its handler waits. A semaphore of `max_concurrency` slots bounds the model work; up to
-//! `max_queue` requests wait for a slot and the rest get 429 at once. A client that goes away
-//! sets the loop's cancel flag ([`CancelOnDrop`]), so the slot is freed at the loop's next step
-//! rather than after a full answer nobody reads.
+//! while its handler waits. `max_concurrency` slots bound the model work; up to `max_queue`
+//! requests wait for a slot and the rest get 429 at once ([`queue`]).
+//!
+//! A client that goes away is noticed by actix itself: the server does not allow half-closed
+//! connections, so the end of the client's stream closes the connection and drops the
+//! request's handler (or its stream's body). What the handler held goes with it: its place in
+//! the queue, and its [`CancelOnDrop`], which stops the loop at its next step rather than after
+//! a full answer nobody reads.
 
 pub mod ab;
+mod access_log;
 pub mod api;
+mod auth;
+mod body;
 mod config;
-mod disconnect;
 pub mod error;
+mod fallback;
 pub mod metrics;
 pub mod openai;
+mod queue;
+mod record;
+mod reward_files;
 pub mod routes;
 
 use crate::budget;
-use crate::strategy::{Engine, Event, Execution, Learned, Strategy, Trace};
+use crate::strategy::{Engine, Event, Execution, Learned, Strategy, StrategyError, Trace};
+use actix_web::http::StatusCode;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::{bail, Context};
 use api::{Job, Limits};
@@ -26,15 +38,15 @@ use policies::{manifest, Policy, Speculation};
 use reward_models::combined::Combined;
 use reward_models::manifest::{Manifests, PolicyCache};
 use reward_models::RewardModel;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use config::Config;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use queue::{Queue, Ticket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A progress callback for a streamed request, called on the blocking pool as the loop runs.
 pub type Progress = Box<dyn FnMut(Event) + Send>;
@@ -53,12 +65,13 @@ pub struct AppState {
     policy_path: PathBuf,
     device: candle_core::Device,
     manifests: Manifests,
+    /// Rewards whose manifests name files that are not there, with why (for the log only).
+    broken_rewards: BTreeMap<String, String>,
     /// Rewards by manifest name, built on first use (a classifier or judge loads a model).
     rewards: Mutex<HashMap<String, LoadedReward>>,
     /// Loaded models, so that a judge on the policy's own model shares the loaded copy.
     loaded: Mutex<PolicyCache>,
-    slots: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    queue: Queue,
     shutting_down: AtomicBool,
     pub metrics: metrics::Metrics,
     pub ab: ab::AbStats,
@@ -80,33 +93,57 @@ pub struct Outcome {
 impl AppState {
     /// Loads the policy and the default reward; an error here stops startup rather than
     /// failing every request later.
-    pub fn load(config: Config) -> anyhow::Result<Self> {
+    pub fn load(mut config: Config) -> anyhow::Result<Self> {
         if config.max_concurrency == 0 {
             bail!("--max-concurrency must be at least 1");
         }
         if !(0.0..=1.0).contains(&config.ab_plain_fraction) {
             bail!("--ab-plain-fraction must be between 0 and 1");
         }
-        if let (Some(d), Some(m)) = (config.default_budget, config.max_budget) {
-            if d > m {
-                bail!("--default-budget ({d}) is above --max-budget ({m})");
-            }
+        if config.api_keys.iter().any(|k| k.trim().is_empty()) {
+            bail!("an API key is empty");
+        }
+        if config.workers == Some(0) {
+            bail!("--workers must be at least 1");
+        }
+        // actix reads its clock every 500 ms: a shorter timeout could expire at once.
+        if config.request_timeout_ms < 1000 {
+            bail!("--request-timeout-ms must be at least 1000");
+        }
+        if config.max_connections == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        if config.max_prompt_tokens == 0 {
+            bail!("--max-prompt-tokens must be at least 1");
         }
         let policy_path = manifest::resolve(&config.policies, &config.model)
             .with_context(|| format!("resolving model `{}`", config.model))?;
-        let device = if config.cpu {
-            candle_core::Device::Cpu
-        } else {
-            candle_core::Device::cuda_if_available(0)?
-        };
-        if config.speculate > 0 && !device.is_cpu() {
-            bail!("--speculate is exact only on the CPU backend; use it with --cpu or set it to 0");
-        }
+        let device = policies::device(config.cpu)?;
         let policy = Arc::new(
             Policy::load(&policy_path, &device)
                 .with_context(|| format!("loading model {}", policy_path.display()))?,
         );
+        // Without a cap, one request could keep the model busy for as long as it asks.
+        let max_budget = match config.max_budget {
+            Some(m) => m,
+            None => budget::default_max_budget(policy.model().config()),
+        };
+        if let Some(d) = config.default_budget.filter(|&d| d > max_budget) {
+            bail!(
+                "--default-budget ({d}) is above --max-budget ({max_budget}{})",
+                if config.max_budget.is_none() {
+                    ", the default: about one core-minute of this model"
+                } else {
+                    ""
+                }
+            );
+        }
+        config.max_budget = Some(max_budget);
         let manifests = Manifests::read_dir(&config.rewards)?;
+        let broken_rewards = reward_files::missing(&manifests, &config.rewards);
+        for (name, why) in &broken_rewards {
+            tracing::warn!("reward `{name}` is unavailable: {why}");
+        }
         let mut loaded = PolicyCache::default();
         loaded.insert(policy_path.clone(), policy.clone());
         let metrics =
@@ -114,16 +151,21 @@ impl AppState {
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let queue = Queue::new(
+            config.max_concurrency,
+            config.max_queue,
+            metrics.queue_depth.clone(),
+        );
         let state = Self {
-            slots: Arc::new(Semaphore::new(config.max_concurrency)),
+            queue,
             config,
             policy,
             policy_path,
             device,
             manifests,
+            broken_rewards,
             rewards: Mutex::new(HashMap::new()),
             loaded: Mutex::new(loaded),
-            waiting: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
             metrics,
             ab: ab::AbStats::default(),
@@ -145,6 +187,14 @@ impl AppState {
         self.policy.name()
     }
 
+    /// The bounds on a request body.
+    pub fn body_limits(&self) -> body::Limits {
+        body::Limits {
+            max_bytes: self.config.max_body_bytes,
+            timeout: Duration::from_millis(self.config.request_timeout_ms),
+        }
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             default_budget: self.config.default_budget,
@@ -159,7 +209,19 @@ impl AppState {
     /// Refuses new work: waiting requests and new ones get 503; running ones finish.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
-        self.slots.close();
+        self.queue.close();
+    }
+
+    /// A model slot or a place in the queue, decided now: 429 when the queue is full, 503 when
+    /// shutting down. Dropping the ticket gives the place up.
+    pub fn admit(&self) -> Result<Ticket, ApiError> {
+        if self.shutting_down() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            ));
+        }
+        self.queue.admit()
     }
 
     /// 404 (naming `param`) unless `name` is the served policy: its id, `default`, or the
@@ -177,17 +239,89 @@ impl AppState {
         ))
     }
 
-    /// 404 for a reward no manifest defines, checked before the request queues.
+    /// 404 for a reward no manifest defines, 503 for one whose files are missing; checked
+    /// before the request queues.
     pub fn check_reward(&self, name: Option<&str>) -> Result<(), ApiError> {
         let name = name.unwrap_or(&self.config.reward);
-        if self.manifests.get(name).is_some() {
-            return Ok(());
+        if self.manifests.get(name).is_none() {
+            return Err(ApiError::not_found(
+                "reward",
+                format!("unknown reward `{name}`; GET /rewards lists this server's rewards"),
+            ));
         }
-        let known: Vec<&str> = self.manifests.names().collect();
-        Err(ApiError::not_found(
-            "reward",
-            format!("unknown reward `{name}` (known: {})", known.join(", ")),
-        ))
+        if self.broken_rewards.contains_key(name) {
+            return Err(reward_unavailable(name));
+        }
+        Ok(())
+    }
+
+    /// The reward manifests: name, kind, and whether the server can build it.
+    pub fn reward_list(&self) -> Vec<(&str, &'static str, bool)> {
+        self.manifests
+            .names()
+            .filter_map(|name| {
+                let kind = match self.manifests.get(name)? {
+                    reward_models::manifest::Manifest::Classifier { .. } => "classifier",
+                    reward_models::manifest::Manifest::Judge { .. } => "judge",
+                    reward_models::manifest::Manifest::Verifier { .. } => "verifier",
+                    reward_models::manifest::Manifest::Remote { .. } => "remote",
+                    reward_models::manifest::Manifest::Combined { .. } => "combined",
+                };
+                Some((name, kind, !self.broken_rewards.contains_key(name)))
+            })
+            .collect()
+    }
+
+    /// 422 naming `messages` when the conversation is longer than `--max-prompt-tokens` (or
+    /// than the model's context), checked before the request queues: a long prompt costs the
+    /// model time in proportion to its length, and more per token the longer it gets.
+    pub fn check_prompt(&self, job: &Job) -> Result<(), ApiError> {
+        let tokens = self
+            .policy
+            .encode_chat(&job.request.messages)
+            .map_err(|e| ApiError::from(StrategyError::Policy(e)))?
+            .len();
+        let cap = self.config.max_prompt_tokens;
+        if tokens > cap {
+            return Err(ApiError::invalid(
+                "messages",
+                format!(
+                    "the conversation has {tokens} tokens, above this server's cap of {cap} \
+                     prompt tokens (--max-prompt-tokens)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// For a streamed request, which answers 200 before its loop starts: 422 now, the way the
+    /// loop would refuse it, when its compute budget does not cover one prefill of the prompt
+    /// and a scored response. (A reward not built yet counts as free here; the loop still
+    /// checks with its real weight.)
+    pub fn check_budget(&self, job: &Job) -> Result<(), ApiError> {
+        let Some(budget) = job.compute_budget() else {
+            return Ok(());
+        };
+        let prompt = self
+            .policy
+            .encode_chat(&job.request.messages)
+            .map_err(|e| ApiError::from(StrategyError::Policy(e)))?;
+        let weight = match &job.checks {
+            Some(c) if c.only => 0.0,
+            _ => {
+                let name = job.reward.as_deref().unwrap_or(&self.config.reward);
+                lock(&self.rewards).get(name).map_or(0.0, |(_, w)| *w)
+            }
+        };
+        let minimum = prompt.len() as u64 + 1 + budget::reward_cost(weight, prompt.len() + 1);
+        if budget < minimum {
+            return Err(ApiError::from(StrategyError::BudgetTooSmall {
+                budget,
+                minimum,
+                prompt_tokens: prompt.len(),
+            }));
+        }
+        Ok(())
     }
 
     /// The reward `name`, built on first use.
@@ -197,10 +331,15 @@ impl AppState {
         if let Some(r) = rewards.get(name) {
             return Ok(r.clone());
         }
+        // The error may name files on the server: it goes to the log, not to the client.
+        let failed = |e: reward_models::RewardError| {
+            tracing::error!("reward `{name}` cannot be built: {e}");
+            reward_unavailable(name)
+        };
         let model = self
             .manifests
             .build(name, &self.device, &mut lock(&self.loaded))
-            .map_err(|e| ApiError::internal(format!("reward `{name}`: {e}")))?;
+            .map_err(failed)?;
         let weight = budget::reward_weight(
             &self.manifests,
             &self.config.rewards,
@@ -208,22 +347,24 @@ impl AppState {
             &self.policy_path,
             self.policy.model().config(),
         )
-        .map_err(|e| ApiError::internal(format!("reward `{name}`: {e}")))?;
+        .map_err(failed)?;
         rewards.insert(name.to_string(), (model.clone(), weight));
         Ok((model, weight))
     }
 
-    /// Waits for a model slot, then runs `job` on the blocking pool. 429 when the queue is
-    /// full, 503 when shutting down. Setting `cancel` (see [`CancelOnDrop`]) stops the loop at
-    /// its next step. `progress` sees the loop's events (not the plain baseline's).
+    /// Waits for a model slot (see [`Self::admit`]), then runs `job` on the blocking pool; 503
+    /// when the server starts shutting down meanwhile. Setting `cancel` (see [`CancelOnDrop`])
+    /// stops the loop at its next step. `progress` sees the loop's events (not the plain
+    /// baseline's).
     pub async fn run(
         self: Arc<Self>,
+        ticket: Ticket,
         job: Job,
         compare_plain: bool,
         cancel: Arc<AtomicBool>,
         progress: Option<Progress>,
     ) -> Result<Outcome, ApiError> {
-        let permit = self.acquire().await?;
+        let permit = ticket.slot().await?;
         let flag = cancel;
         let state = self.clone();
         let task = tokio::task::spawn_blocking(move || {
@@ -238,43 +379,6 @@ impl AppState {
             Ok(result) => result,
             Err(e) => Err(ApiError::internal(format!("the model task failed: {e}"))),
         }
-    }
-
-    async fn acquire(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        let unavailable = || {
-            ApiError::new(
-                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                "the server is shutting down",
-            )
-        };
-        if self.shutting_down() {
-            return Err(unavailable());
-        }
-        match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => return Ok(permit),
-            Err(TryAcquireError::Closed) => return Err(unavailable()),
-            Err(TryAcquireError::NoPermits) => {}
-        }
-        let depth = self.waiting.fetch_add(1, Ordering::SeqCst) + 1;
-        self.metrics.queue_depth.set(depth as i64);
-        let _leave = Defer(|| {
-            let depth = self.waiting.fetch_sub(1, Ordering::SeqCst) - 1;
-            self.metrics.queue_depth.set(depth as i64);
-        });
-        if depth > self.config.max_queue {
-            return Err(ApiError::new(
-                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "the queue is full ({} requests waiting); retry later",
-                    self.config.max_queue
-                ),
-            ));
-        }
-        self.slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| unavailable())
     }
 
     /// Runs the loop (and the plain baseline) on this thread.
@@ -354,22 +458,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A request's cancel flag: set when the client is seen to be gone (see [`disconnect`]), and
-/// when this guard is dropped. It is held by whatever stops existing when the client goes away:
-/// the handler's future, or a streaming response's body (dropped when a keep-alive write fails).
+/// A request's cancel flag, set when this guard is dropped. It is held by whatever stops
+/// existing when the client goes away: the handler's future, or a streaming response's body.
+#[derive(Default)]
 pub struct CancelOnDrop {
     flag: Arc<AtomicBool>,
-    _watch: Option<disconnect::Watch>,
 }
 
 impl CancelOnDrop {
-    pub fn new(req: &actix_web::HttpRequest) -> Self {
-        let flag = Arc::new(AtomicBool::new(false));
-        let peer = req.conn_data::<disconnect::Peer>().cloned();
-        Self {
-            _watch: disconnect::watch(peer, flag.clone()),
-            flag,
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     pub fn flag(&self) -> Arc<AtomicBool> {
@@ -381,6 +479,16 @@ impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.flag.store(true, Ordering::Relaxed);
     }
+}
+
+/// 503 for a reward whose manifest names files the server does not have: the reward's name,
+/// never the path.
+fn reward_unavailable(name: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("reward `{name}` is unavailable on this server (its files are missing; the server log says which)"),
+    )
+    .with_param("reward")
 }
 
 /// Runs a closure when dropped, on every exit path.
@@ -401,25 +509,34 @@ pub struct Started {
 }
 
 /// Binds the service to `config.host:config.port` (port 0 picks a free one).
+///
+/// Middleware, outermost first: the access log, the error shape for errors that have none,
+/// the API key check. Bodies are read by the handlers ([`body`]), with their own limits.
 pub fn start(state: AppState) -> std::io::Result<Started> {
     let state = Arc::new(state);
     let data = web::Data::from(state.clone());
-    let limit = state.config.max_body_bytes;
+    let config = &state.config;
     let server = HttpServer::new(move || {
-        let json = web::JsonConfig::default()
-            .limit(limit)
-            .content_type_required(false)
-            .error_handler(|err, _req| ApiError::from_json(&err).into());
         App::new()
             .app_data(data.clone())
-            .app_data(json)
             .configure(routes::configure)
+            .wrap(from_fn(auth::middleware))
+            .wrap(from_fn(fallback::shape_errors))
+            .wrap(from_fn(access_log::middleware))
     });
-    let mut server = server.on_connect(disconnect::remember);
-    if let Some(workers) = state.config.workers {
-        server = server.workers(workers);
-    }
-    let server = server.bind((state.config.host.as_str(), state.config.port))?;
+    let workers = config
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let server = server
+        .workers(workers)
+        // actix's limit is per worker.
+        .max_connections(config.max_connections.div_ceil(workers).max(1))
+        .client_request_timeout(Duration::from_millis(config.request_timeout_ms))
+        // The end of a client's stream ends its connection and drops its handler: that is how
+        // a client that goes away is noticed (see the module's doc).
+        .h1_allow_half_closed(false)
+        .shutdown_timeout(config.shutdown_timeout_secs);
+    let server = server.bind((config.host.as_str(), config.port))?;
     let addr = server
         .addrs()
         .first()

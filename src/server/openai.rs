@@ -10,8 +10,9 @@
 use super::ab::Arm;
 use super::api::{self, Options};
 use super::error::ApiError;
-use super::routes::{parse, record};
-use super::{AppState, CancelOnDrop, Outcome};
+use super::record::{Record, Route};
+use super::routes::parse;
+use super::{body, AppState, CancelOnDrop, Outcome};
 use crate::strategy::{Stopped, Strategy};
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::web::Bytes;
@@ -111,10 +112,10 @@ pub fn split_model(name: &str) -> (Option<Strategy>, &str) {
 pub async fn chat_completions(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<Value>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let arrived = Instant::now();
-    let body: ChatBody = parse(body.into_inner())?;
+    let body: ChatBody = parse(body::json(&req, payload, state.body_limits()).await?)?;
     if body.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid("n", "only n = 1 is supported"));
     }
@@ -140,30 +141,46 @@ pub async fn chat_completions(
         arrived,
     )?;
     state.check_reward(job.reward.as_deref())?;
+    state.check_prompt(&job)?;
     let arm = Arm::of(job.strategy);
-    let (strategy, budget) = (job.strategy, job.compute_budget());
     let state: Arc<AppState> = state.into_inner();
-    if body.stream.unwrap_or(false) {
-        // The loop runs in its own task; the response body holds the cancel guard, so a client
-        // that goes away (a keep-alive write fails) drops it and stops the loop.
-        let cancel = CancelOnDrop::new(&req);
+    // Chat traffic is not randomized between arms, so it stays out of the A/B comparison.
+    let record = Record::new(&req, state.clone(), Route::ChatCompletions, &job, arm);
+    let stream = body.stream.unwrap_or(false);
+    if stream {
+        // A stream answers 200 before its loop starts: refuse a budget the loop would refuse
+        // now, with the same 422 as the plain call.
+        if let Err(e) = state.check_budget(&job) {
+            return Err(record.fail(e));
+        }
+    }
+    let ticket = match state.admit() {
+        Ok(ticket) => ticket,
+        Err(e) => return Err(record.fail(e)),
+    };
+    let cancel = CancelOnDrop::new();
+    if stream {
+        // The loop runs in its own task; the response body holds the cancel guard and the
+        // task, so a client that goes away drops both: the loop stops, a queued request
+        // leaves the queue.
         let flag = cancel.flag();
         let (tx, rx) = mpsc::unbounded_channel();
-        actix_web::rt::spawn(async move {
-            let result = state.clone().run(job, false, flag, None).await;
-            record(&state, strategy, arm, budget, &result, arrived, false);
+        let task = actix_web::rt::spawn(async move {
+            let result = state.run(ticket, job, false, flag, None).await;
+            record.finish(&result);
             let text = match result {
                 Ok(o) => completion(requested, &o).events(),
                 Err(e) => format!("data: {}\n\ndata: [DONE]\n\n", e.body()),
             };
             let _ = tx.send(text);
         });
-        return Ok(sse(rx, cancel));
+        return Ok(sse(rx, cancel, task));
     }
-    let cancel = CancelOnDrop::new(&req);
-    let result = state.clone().run(job, false, cancel.flag(), None).await;
-    // Chat traffic is not randomized between arms, so it stays out of the A/B comparison.
-    record(&state, strategy, arm, budget, &result, arrived, false);
+    let result = state
+        .clone()
+        .run(ticket, job, false, cancel.flag(), None)
+        .await;
+    record.finish(&result);
     Ok(HttpResponse::Ok().json(completion(requested, &result?).body()))
 }
 
@@ -194,9 +211,15 @@ fn completion(model: String, outcome: &Outcome) -> Completion {
 
 /// A `text/event-stream` response whose body is the text `rx` receives, with SSE comments
 /// (`: keep-alive`) every second in between; it ends when every sender is gone. The body holds
-/// `cancel`, so a client that goes away (a keep-alive write fails) stops the loop. Shared by the
-/// streamed chat completions and `/optimize`.
-pub fn sse(rx: mpsc::UnboundedReceiver<String>, cancel: CancelOnDrop) -> HttpResponse {
+/// `cancel` and the `task` that runs the request: a client that goes away (its connection ends,
+/// or a keep-alive write fails) drops the body, which stops the loop and, if the request is
+/// still queued, takes it out of the queue. Shared by the streamed chat completions and
+/// `/optimize`.
+pub fn sse(
+    rx: mpsc::UnboundedReceiver<String>,
+    cancel: CancelOnDrop,
+    task: actix_web::rt::task::JoinHandle<()>,
+) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
@@ -204,6 +227,7 @@ pub fn sse(rx: mpsc::UnboundedReceiver<String>, cancel: CancelOnDrop) -> HttpRes
             rx,
             heartbeat: tokio::time::interval(Duration::from_secs(1)),
             _cancel: cancel,
+            _task: AbortOnDrop(task),
         })
 }
 
@@ -211,6 +235,16 @@ struct SseBody {
     rx: mpsc::UnboundedReceiver<String>,
     heartbeat: tokio::time::Interval,
     _cancel: CancelOnDrop,
+    _task: AbortOnDrop,
+}
+
+/// Aborts a task when dropped (a no-op once it has finished).
+struct AbortOnDrop(actix_web::rt::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl MessageBody for SseBody {

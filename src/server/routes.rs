@@ -1,17 +1,19 @@
-//! The handlers: `/optimize`, `/ab`, `/health`, `/metrics`, `/openapi.json`, and the
+//! The handlers: `/optimize`, `/rewards`, `/ab`, `/health`, `/metrics`, `/openapi.json`, and the
 //! OpenAI-compatible routes (see [`super::openai`]).
 //!
-//! Bodies are taken as JSON values and then deserialized with `serde_path_to_error`, so a wrong
-//! type is reported with the field's path; malformed JSON and oversize bodies are turned into
-//! the error shape by the `JsonConfig` error handler (see [`super::start`]).
+//! Bodies are read as JSON values ([`super::body`]: content type, size and time checked) and
+//! then deserialized with `serde_path_to_error`, so a wrong type is reported with the field's
+//! path. Each route answers one method; the others get 405.
 
-use super::ab::{self, Arm, Sample};
+use super::ab::{self, Arm};
 use super::api::{self, Job, OptimizeResponse};
 use super::error::ApiError;
-use super::{openai, AppState, CancelOnDrop, Outcome, Progress};
+use super::queue::Ticket;
+use super::record::{Record, Route};
+use super::{body, fallback, openai, AppState, CancelOnDrop, Progress};
 use crate::strategy::{Event, Strategy};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -19,17 +21,28 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/optimize", web::post().to(optimize))
-        .route(
+    cfg.service(only("/optimize", "POST", web::post().to(optimize)))
+        .service(only(
             "/v1/chat/completions",
+            "POST",
             web::post().to(openai::chat_completions),
-        )
-        .route("/v1/models", web::get().to(openai::models))
-        .route("/health", web::get().to(health))
-        .route("/metrics", web::get().to(metrics))
-        .route("/ab", web::get().to(ab_summary))
-        .route("/openapi.json", web::get().to(openapi))
-        .default_service(web::to(not_found));
+        ))
+        .service(only("/v1/models", "GET", web::get().to(openai::models)))
+        .service(only("/rewards", "GET", web::get().to(rewards)))
+        .service(only("/health", "GET", web::get().to(health)))
+        .service(only("/metrics", "GET", web::get().to(metrics)))
+        .service(only("/ab", "GET", web::get().to(ab_summary)))
+        .service(only("/openapi.json", "GET", web::get().to(openapi)))
+        .default_service(web::to(fallback::not_found));
+}
+
+/// A route answering one method; the others get 405 with `Allow: allow`.
+fn only(path: &str, allow: &'static str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(move |req: HttpRequest| async move {
+            fallback::method_not_allowed(&req, allow)
+        }))
 }
 
 /// A JSON body as `T`, naming the field at fault when a type is wrong.
@@ -40,10 +53,10 @@ pub fn parse<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
 async fn optimize(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<Value>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let arrived = Instant::now();
-    let body: api::OptimizeBody = parse(body.into_inner())?;
+    let body: api::OptimizeBody = parse(body::json(&req, payload, state.body_limits()).await?)?;
     if let Some(policy) = &body.policy {
         state.check_policy("policy", policy)?;
     }
@@ -57,6 +70,7 @@ async fn optimize(
         arrived,
     )?;
     state.check_reward(job.reward.as_deref())?;
+    state.check_prompt(&job)?;
     let arm = match job.strategy {
         Strategy::Plain => Arm::Plain,
         _ => ab::assign(&key, state.config.ab_plain_fraction),
@@ -64,25 +78,34 @@ async fn optimize(
     if arm == Arm::Plain {
         job.strategy = Strategy::Plain;
     }
-    let budget = job.compute_budget();
-    let strategy = job.strategy;
     let constraints = job.checks.as_ref().map(api::Checks::applied);
     let state: Arc<AppState> = state.into_inner();
-    let cancel = CancelOnDrop::new(&req);
+    let record = Record::new(&req, state.clone(), Route::Optimize, &job, arm);
+    if body.stream {
+        if let Err(e) = state.check_budget(&job) {
+            return Err(record.fail(e));
+        }
+    }
+    let ticket = match state.admit() {
+        Ok(ticket) => ticket,
+        Err(e) => return Err(record.fail(e)),
+    };
+    // Dropped with this handler when the client goes away: the loop stops at its next step.
+    let cancel = CancelOnDrop::new();
     if body.stream {
         return Ok(optimize_stream(
             state,
-            job,
+            (job, ticket),
             body.compare_plain,
-            (arm, arrived),
+            record,
             cancel,
         ));
     }
     let result = state
         .clone()
-        .run(job, body.compare_plain, cancel.flag(), None)
+        .run(ticket, job, body.compare_plain, cancel.flag(), None)
         .await;
-    record(&state, strategy, arm, budget, &result, arrived, true);
+    record.finish(&result);
     let outcome = result?;
     Ok(HttpResponse::Ok().json(OptimizeResponse {
         trace: outcome.trace,
@@ -97,12 +120,12 @@ async fn optimize(
 /// sends the events down the response's channel as they happen.
 fn optimize_stream(
     state: Arc<AppState>,
-    job: Job,
+    (job, ticket): (Job, Ticket),
     compare_plain: bool,
-    (arm, arrived): (Arm, Instant),
+    record: Record,
     cancel: CancelOnDrop,
 ) -> HttpResponse {
-    let (strategy, budget) = (job.strategy, job.compute_budget());
+    let arm = ab::Arm::of(job.strategy);
     let constraints = job.checks.as_ref().map(api::Checks::applied);
     let flag = cancel.flag();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -122,12 +145,11 @@ fn optimize_stream(
             }
         });
     });
-    actix_web::rt::spawn(async move {
+    let task = actix_web::rt::spawn(async move {
         let result = state
-            .clone()
-            .run(job, compare_plain, flag, Some(progress))
+            .run(ticket, job, compare_plain, flag, Some(progress))
             .await;
-        record(&state, strategy, arm, budget, &result, arrived, true);
+        record.finish(&result);
         let text = match result {
             Ok(outcome) => match serde_json::to_value(OptimizeResponse {
                 trace: outcome.trace,
@@ -136,49 +158,18 @@ fn optimize_stream(
                 constraints,
             }) {
                 Ok(body) => sse_event("result", &body),
-                Err(e) => sse_event("error", &ApiError::internal(e.to_string()).body()),
+                Err(e) => sse_event("error", &ApiError::internal(e).body()),
             },
             Err(e) => sse_event("error", &e.body()),
         };
         let _ = tx.send(text);
     });
-    openai::sse(rx, cancel)
+    openai::sse(rx, cancel, task)
 }
 
 /// One server-sent event.
 fn sse_event(name: &str, data: &Value) -> String {
     format!("event: {name}\ndata: {data}\n\n")
-}
-
-/// Counts a finished request in the metrics and, for /optimize, in the A/B comparison.
-pub fn record(
-    state: &AppState,
-    strategy: Strategy,
-    arm: Arm,
-    budget: Option<u64>,
-    result: &Result<Outcome, ApiError>,
-    arrived: Instant,
-    in_experiment: bool,
-) {
-    let elapsed = arrived.elapsed();
-    let status = match result {
-        Ok(_) => 200,
-        Err(e) => e.status.as_u16(),
-    };
-    state.metrics.request(strategy.name(), arm, status, elapsed);
-    if let Ok(outcome) = result {
-        state.metrics.trace(arm, &outcome.trace, budget);
-        if in_experiment {
-            state.ab.record(
-                arm,
-                Sample {
-                    reward: outcome.trace.score,
-                    compute: outcome.trace.usage.compute,
-                    latency_ms: elapsed.as_secs_f64() * 1000.0,
-                },
-            );
-        }
-    }
 }
 
 async fn health(state: web::Data<AppState>) -> HttpResponse {
@@ -206,6 +197,16 @@ async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         .body(text))
 }
 
+/// `GET /rewards`: the reward manifests a request may name in `reward`.
+async fn rewards(state: web::Data<AppState>) -> HttpResponse {
+    let rewards: Vec<Value> = state
+        .reward_list()
+        .into_iter()
+        .map(|(name, kind, available)| json!({"name": name, "kind": kind, "available": available}))
+        .collect();
+    HttpResponse::Ok().json(json!({"default": state.config.reward, "rewards": rewards}))
+}
+
 async fn ab_summary(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.ab.summary(state.config.ab_plain_fraction))
 }
@@ -215,12 +216,4 @@ async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(include_str!("openapi.json"))
-}
-
-async fn not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no route for {} {}", req.method(), req.path()),
-    )
-    .error_response()
 }

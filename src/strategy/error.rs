@@ -34,14 +34,28 @@ pub enum StrategyError {
     #[error(transparent)]
     Policy(PolicyError),
     #[error(transparent)]
-    Reward(#[from] RewardError),
+    Reward(RewardError),
 }
 
+/// A cancelled model call is the request's cancellation, whichever model it was in. A deadline
+/// met inside a call is handled where the call is made (the loop answers with what it has); one
+/// that gets this far had nothing to answer with.
 impl From<PolicyError> for StrategyError {
     fn from(e: PolicyError) -> Self {
         match e {
             PolicyError::Cancelled => Self::Cancelled,
+            PolicyError::DeadlinePassed => Self::DeadlineBeforeAnswer,
             e => Self::Policy(e),
+        }
+    }
+}
+
+impl From<RewardError> for StrategyError {
+    fn from(e: RewardError) -> Self {
+        match e {
+            RewardError::Cancelled => Self::Cancelled,
+            RewardError::DeadlinePassed => Self::DeadlineBeforeAnswer,
+            e => Self::Reward(e),
         }
     }
 }

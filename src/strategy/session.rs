@@ -7,7 +7,8 @@ use super::{
 };
 use crate::budget::{self, Meter};
 use policies::{
-    FinishReason, GenerateParams, Generation, Policy, PolicyError, SamplingParams, Speculation,
+    FinishReason, GenerateParams, Generation, Interrupt, Policy, PolicyError, SamplingParams,
+    Speculation,
 };
 use reward_models::{Candidate, RewardError, RewardModel};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,6 +60,9 @@ pub struct Session<'a> {
     opened: Option<(RoundKind, u64, Option<f32>)>,
     /// What the first round cost, the unit of the costs [`Learned`] keeps.
     first_round_cost: Option<u64>,
+    /// A model call gave up because the deadline passed inside it: the loop then stops on
+    /// `Deadline`, whatever the step that saw nothing come back reports.
+    deadline_hit: bool,
 }
 
 impl<'a> Session<'a> {
@@ -114,6 +118,7 @@ impl<'a> Session<'a> {
             dropped: 0,
             opened: None,
             first_round_cost: None,
+            deadline_hit: false,
         })
     }
 
@@ -128,6 +133,23 @@ impl<'a> Session<'a> {
             return Err(StrategyError::Cancelled);
         }
         Ok(self.meter.deadline_passed().then_some(Stopped::Deadline))
+    }
+
+    /// What interrupts a model call: the request's cancel flag and its deadline.
+    fn interrupt(&self) -> Interrupt {
+        Interrupt {
+            cancel: self.cancel.clone(),
+            deadline: self.meter.budget().deadline,
+        }
+    }
+
+    /// `stopped`, unless a model call was cut short by the deadline.
+    fn stopped(&self, stopped: Stopped) -> Stopped {
+        if self.deadline_hit {
+            Stopped::Deadline
+        } else {
+            stopped
+        }
     }
 
     /// The most improvement rounds after the first: the request's, within the budget's limit.
@@ -201,11 +223,18 @@ impl<'a> Session<'a> {
             stop: stop.iter().map(|s| s.to_string()).collect(),
             max_positions: plan.max_positions,
             cancel: self.cancel.clone(),
+            deadline: self.meter.budget().deadline,
             speculation: self.speculation,
         };
         let (generations, stats) = match self.policy.generate(prompt, plan.n, &params) {
             Ok(out) => out,
             Err(PolicyError::OverBudget { .. }) => return Ok(None),
+            // The prefill gave up at the deadline: nothing came of the call, and the loop
+            // stops on `Deadline` (see `Session::stopped`).
+            Err(PolicyError::DeadlinePassed) => {
+                self.deadline_hit = true;
+                return Ok(None);
+            }
             Err(e) => return Err(e.into()),
         };
         let tokens = generations.iter().map(|g| g.tokens.len()).sum();
@@ -282,8 +311,16 @@ impl<'a> Session<'a> {
                 Execution::Batched => batch.len(),
                 Execution::Sequential => 1,
             };
+            let interrupt = self.interrupt();
             for (call, call_costs) in batch.chunks(size).zip(costs.chunks(size)) {
-                let got = self.reward.score(call)?;
+                // A call the deadline cut short leaves its candidates and the rest unscored.
+                let got = match self.reward.score_interruptible(call, &interrupt) {
+                    Err(RewardError::DeadlinePassed) => {
+                        self.deadline_hit = true;
+                        break;
+                    }
+                    got => got?,
+                };
                 if got.len() != call.len() {
                     return Err(RewardError::Model(format!(
                         "{} scores for {} candidates",
@@ -325,6 +362,8 @@ impl<'a> Session<'a> {
                         index,
                         score: s.value,
                     });
+                } else {
+                    entry.dropped = Some("not scored: the deadline passed".to_string());
                 }
             } else {
                 entry.dropped = Some("not scored: the budget ran out".to_string());
@@ -333,7 +372,7 @@ impl<'a> Session<'a> {
                 r.candidates.push(entry);
             }
         }
-        Ok(afford.len() == usable.len())
+        Ok(afford.len() == usable.len() && !self.deadline_hit)
     }
 
     /// Closes the current round: picks chosen and rejected over the whole cache, and tells
@@ -416,7 +455,7 @@ impl<'a> Session<'a> {
 
     /// Why there is nothing to answer with.
     pub fn no_answer(&self, stopped: Stopped) -> StrategyError {
-        if stopped == Stopped::Deadline {
+        if self.stopped(stopped) == Stopped::Deadline {
             return StrategyError::DeadlineBeforeAnswer;
         }
         StrategyError::NoAnswer {
@@ -437,7 +476,7 @@ impl<'a> Session<'a> {
             strategy,
             answer,
             score,
-            stopped,
+            stopped: self.stopped(stopped),
             rounds: self.rounds,
             usage: self.meter.usage(),
             auto: None,

@@ -1,0 +1,444 @@
+//! hone's CUDA kernels (`kernels/decode.cu`, compiled to PTX by the crate's build) and the
+//! calls that launch them on candle's stream.
+//!
+//! They replace candle's quantized matmul and attention on NVIDIA GPUs for two reasons: speed
+//! (a decode step of a small model was launch-bound on dozens of small candle ops per layer) and
+//! exactness (candle picks kernels by batch size, so a row's logits changed with its batch and
+//! speculative verification was not lossless). Every kernel here reduces each output element in
+//! an order fixed by the reduction length alone; see the comments in the `.cu` file.
+
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId};
+use candle_core::op::BackpropOp;
+use candle_core::quantized::GgmlDType;
+use candle_core::{bail, DType, Device, Result, Shape, Storage, Tensor};
+use std::collections::hash_map::{Entry, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
+/// Warps (output columns) per block of the matrix kernels.
+const COLUMN_WARPS: u32 = 4;
+/// Must match `ROWS` and `TALL_ROWS` in the kernel file.
+const ROWS_PER_WARP: usize = 8;
+const TALL: usize = 32;
+/// The grid's y dimension may not pass 65,535.
+const MAX_ROW_GROUPS: usize = 65_535;
+/// Must match `ATT_WARPS` and `MAX_D` in the kernel file.
+const ATTENTION_WARPS: u32 = 4;
+const MAX_HEAD_DIM: usize = 256;
+
+/// A quantized weight matrix `[rows, cols]` in GGUF block layout on the GPU: `rows` outputs,
+/// each a run of blocks over `cols` inputs.
+#[derive(Debug, Clone)]
+pub struct GpuMatrix {
+    data: CudaSlice<u8>,
+    kind: &'static str,
+    rows: usize,
+    cols: usize,
+}
+
+impl GpuMatrix {
+    /// Uploads GGUF block data; `None` for types without a kernel here (callers fall back to
+    /// candle's).
+    pub fn upload(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+        device: &Device,
+    ) -> Result<Option<Self>> {
+        let Device::Cuda(dev) = device else {
+            return Ok(None);
+        };
+        let kind = match dtype {
+            GgmlDType::Q4_0 => "Q4_0",
+            GgmlDType::Q4_1 => "Q4_1",
+            GgmlDType::Q5_0 => "Q5_0",
+            GgmlDType::Q5_1 => "Q5_1",
+            GgmlDType::Q8_0 => "Q8_0",
+            GgmlDType::Q4K => "Q4_K",
+            GgmlDType::Q5K => "Q5_K",
+            GgmlDType::Q6K => "Q6_K",
+            _ => return Ok(None),
+        };
+        let block = dtype.block_size();
+        if !cols.is_multiple_of(block) || bytes.len() != rows * cols / block * dtype.type_size() {
+            bail!(
+                "{dtype:?} matrix [{rows}, {cols}] does not fit its {} bytes",
+                bytes.len()
+            );
+        }
+        // SAFETY: every byte is written by the copy below before any kernel reads it.
+        let mut data = unsafe { dev.alloc::<u8>(bytes.len()) }?;
+        dev.memcpy_htod(bytes, &mut data)?;
+        Ok(Some(Self {
+            data,
+            kind,
+            rows,
+            cols,
+        }))
+    }
+
+    /// Whether [`glu`] can take this matrix and `other` together.
+    pub fn pairs_with(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.rows == other.rows && self.cols == other.cols
+    }
+
+    /// `xs @ selfᵀ (+ bias) (+ residual)` for `xs` `[..., cols]`: `[..., rows]`.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (dev, n, shape) = self.input(xs)?;
+        if let Some(r) = residual {
+            if r.elem_count() != n * self.rows {
+                bail!(
+                    "matvec: residual of {} for {n} x {}",
+                    r.elem_count(),
+                    self.rows
+                );
+            }
+        }
+        if bias.is_some_and(|b| b.elem_count() != self.rows) {
+            bail!("matvec: bias does not match {} outputs", self.rows);
+        }
+        // Bound here so that any copy lives until after the launch.
+        let xs = xs.contiguous()?;
+        let bias = bias.map(Tensor::contiguous).transpose()?;
+        let residual = residual.map(Tensor::contiguous).transpose()?;
+        let x = ptr::<f32>(&xs)?;
+        let b = bias.as_ref().map(ptr::<f32>).transpose()?;
+        let r = residual.as_ref().map(ptr::<f32>).transpose()?;
+        let y = Output::new(&dev, n * self.rows)?;
+        launch(
+            &dev,
+            &format!("matvec_{}{}", self.kind, height(n)),
+            self.columns(n),
+            &[self.ptr(&dev), x, y.ptr, b.unwrap_or(x), r.unwrap_or(x)],
+            &[
+                b.is_some() as i32,
+                r.is_some() as i32,
+                n as i32,
+                self.cols as i32,
+                self.rows as i32,
+            ],
+            None,
+        )?;
+        y.tensor(shape)
+    }
+
+    fn ptr(&self, dev: &CudaDevice) -> u64 {
+        let stream = dev.cuda_stream();
+        let (p, _sync) = self.data.device_ptr(&stream);
+        p
+    }
+
+    fn input(&self, xs: &Tensor) -> Result<(CudaDevice, usize, Shape)> {
+        let Device::Cuda(dev) = xs.device() else {
+            bail!("matvec: the input is not on a CUDA device");
+        };
+        let dims = xs.dims();
+        if dims.last() != Some(&self.cols) || xs.dtype() != DType::F32 {
+            bail!(
+                "matvec: input {:?} for a [{}, {}] matrix",
+                xs.shape(),
+                self.rows,
+                self.cols
+            );
+        }
+        let mut out = dims.to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = self.rows;
+        }
+        Ok((dev.clone(), xs.elem_count() / self.cols, Shape::from(out)))
+    }
+
+    /// A warp per output column and group of input rows (grid y, capped: a warp then takes
+    /// several groups, which changes no sum's order).
+    fn columns(&self, n: usize) -> LaunchConfig {
+        let per_warp = if n >= TALL { TALL } else { ROWS_PER_WARP };
+        let groups = n.div_ceil(per_warp).clamp(1, MAX_ROW_GROUPS) as u32;
+        LaunchConfig {
+            grid_dim: ((self.rows as u32).div_ceil(COLUMN_WARPS), groups, 1),
+            block_dim: (32 * COLUMN_WARPS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+}
+
+/// The kernel variant for `n` input rows: `_tall` ones dequantize a chunk of weights once for
+/// 32 rows instead of 8 (same bits, fewer dequantizations in a prefill).
+fn height(n: usize) -> &'static str {
+    if n >= TALL {
+        "_tall"
+    } else {
+        ""
+    }
+}
+
+/// The activation of a gated MLP.
+#[derive(Debug, Clone, Copy)]
+pub enum Activation {
+    Silu = 0,
+    Gelu = 1,
+}
+
+/// `act(xs @ gateᵀ) * (xs @ upᵀ)` in one pass; the matrices must pair ([`GpuMatrix::pairs_with`]).
+pub fn glu(gate: &GpuMatrix, up: &GpuMatrix, xs: &Tensor, act: Activation) -> Result<Tensor> {
+    if !gate.pairs_with(up) {
+        bail!("glu: gate and up matrices differ in type or shape");
+    }
+    let (dev, n, shape) = gate.input(xs)?;
+    let xs = xs.contiguous()?;
+    let y = Output::new(&dev, n * gate.rows)?;
+    launch(
+        &dev,
+        &format!("glu_{}{}", gate.kind, height(n)),
+        gate.columns(n),
+        &[gate.ptr(&dev), up.ptr(&dev), ptr::<f32>(&xs)?, y.ptr],
+        &[act as i32, n as i32, gate.cols as i32, gate.rows as i32],
+        None,
+    )?;
+    y.tensor(shape)
+}
+
+/// Where each packed token of a call goes: its position, cache row and cache slot (u32 device
+/// vectors shared by every layer).
+pub struct Placement {
+    pub pos: Tensor,
+    pub row: Tensor,
+    pub slot: Tensor,
+}
+
+/// Rotates q `[tokens, heads * d]` and k `[tokens, kv_heads * d]` by each token's position,
+/// writes the rotated keys and the values into the cache `[batch, kv_heads, cap, d]` at each
+/// token's row and slot, and returns the rotated queries.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_store(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    at: &Placement,
+    cache: (&Tensor, &Tensor),
+    interleaved: bool,
+) -> Result<Tensor> {
+    let Device::Cuda(dev) = q.device() else {
+        bail!("rope_store: not on a CUDA device");
+    };
+    let (_, kv_heads, cap, d) = cache.0.dims4()?;
+    let n = at.pos.elem_count();
+    let heads = q.elem_count() / (n * d).max(1);
+    if d % 2 != 0
+        || heads * n * d != q.elem_count()
+        || k.elem_count() != n * kv_heads * d
+        || v.elem_count() != k.elem_count()
+    {
+        bail!(
+            "rope_store: q {:?}, k {:?} for {n} tokens of head size {d}",
+            q.shape(),
+            k.shape()
+        );
+    }
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let out = Output::new(dev, q.elem_count())?;
+    let cfg = LaunchConfig {
+        grid_dim: (n as u32, (heads + kv_heads) as u32, 1),
+        block_dim: ((d / 2) as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch(
+        dev,
+        "rope_store",
+        cfg,
+        &[
+            ptr::<f32>(&q)?,
+            ptr::<f32>(&k)?,
+            ptr::<f32>(&v)?,
+            ptr::<f32>(cos)?,
+            ptr::<f32>(sin)?,
+            ptr::<u32>(&at.pos)?,
+            ptr::<u32>(&at.row)?,
+            ptr::<u32>(&at.slot)?,
+            out.ptr,
+            ptr::<f32>(cache.0)?,
+            ptr::<f32>(cache.1)?,
+        ],
+        &[
+            heads as i32,
+            kv_heads as i32,
+            d as i32,
+            cap as i32,
+            interleaved as i32,
+        ],
+        None,
+    )?;
+    out.tensor(q.shape().clone())
+}
+
+/// The keys each packed query sees, as u32 device vectors: `keys` holds cache slots, and
+/// `meta[3t..3t + 3]` is query t's (cache row, offset into `keys`, count).
+pub struct QueryKeys {
+    pub keys: Tensor,
+    pub meta: Tensor,
+}
+
+/// Attention of every packed query `q` `[tokens, heads * d]` over its keys in the cache:
+/// `[tokens, heads * d]`.
+pub fn attend(
+    q: &Tensor,
+    cache: (&Tensor, &Tensor),
+    plan: &QueryKeys,
+    scale: f32,
+) -> Result<Tensor> {
+    let Device::Cuda(dev) = q.device() else {
+        bail!("attend: not on a CUDA device");
+    };
+    let (_, kv_heads, cap, d) = cache.0.dims4()?;
+    let n = plan.meta.elem_count() / 3;
+    let heads = q.elem_count() / (n * d).max(1);
+    if d > MAX_HEAD_DIM
+        || !d.is_multiple_of(32)
+        || heads * n * d != q.elem_count()
+        || !heads.is_multiple_of(kv_heads)
+    {
+        bail!(
+            "attend: q {:?} for {n} queries, head size {d}, {kv_heads} kv heads",
+            q.shape()
+        );
+    }
+    let q = q.contiguous()?;
+    let out = Output::new(dev, q.elem_count())?;
+    let cfg = LaunchConfig {
+        grid_dim: (n as u32, heads as u32, 1),
+        block_dim: (32 * ATTENTION_WARPS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch(
+        dev,
+        "attend",
+        cfg,
+        &[
+            ptr::<f32>(&q)?,
+            ptr::<f32>(cache.0)?,
+            ptr::<f32>(cache.1)?,
+            ptr::<u32>(&plan.keys)?,
+            ptr::<u32>(&plan.meta)?,
+            out.ptr,
+        ],
+        &[heads as i32, kv_heads as i32, d as i32, cap as i32],
+        Some(scale),
+    )?;
+    out.tensor(q.shape().clone())
+}
+
+/// Launches `name` with its pointer arguments first, then its integers, then an optional
+/// float: the order every kernel of the file declares.
+fn launch(
+    dev: &CudaDevice,
+    name: &str,
+    cfg: LaunchConfig,
+    ptrs: &[u64],
+    ints: &[i32],
+    float: Option<f32>,
+) -> Result<()> {
+    let func = function(dev, name)?;
+    let stream = dev.cuda_stream();
+    let mut args = stream.launch_builder(&func);
+    for p in ptrs {
+        args.arg(p);
+    }
+    for i in ints {
+        args.arg(i);
+    }
+    if let Some(f) = &float {
+        args.arg(f);
+    }
+    // SAFETY: the arguments match the kernel's declaration in number, order and type, and
+    // every pointer addresses a live allocation large enough for the shapes checked above.
+    unsafe { args.launch(cfg) }.map_err(candle_core::Error::wrap)?;
+    Ok(())
+}
+
+/// The kernel `name` on `dev`, loaded once: a lookup costs a driver call, and a decode step
+/// launches hundreds of kernels.
+fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
+    type Loaded = HashMap<DeviceId, (Arc<CudaModule>, HashMap<String, CudaFunction>)>;
+    static LOADED: OnceLock<Mutex<Loaded>> = OnceLock::new();
+    let mut loaded = LOADED
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("cuda kernel table poisoned".into()))?;
+    let (module, funcs) = match loaded.entry(dev.id()) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => {
+            let module = dev
+                .cuda_stream()
+                .context()
+                .load_module(PTX.into())
+                .map_err(candle_core::Error::wrap)?;
+            e.insert((module, HashMap::new()))
+        }
+    };
+    if let Some(f) = funcs.get(name) {
+        return Ok(f.clone());
+    }
+    let f = module
+        .load_function(name)
+        .map_err(candle_core::Error::wrap)?;
+    funcs.insert(name.to_string(), f.clone());
+    Ok(f)
+}
+
+/// The device address of a contiguous tensor's first element. The tensor must outlive the
+/// launches that use it (candle frees device memory in stream order, so dropping it after the
+/// launch is enough).
+fn ptr<T: CudaDType>(t: &Tensor) -> Result<u64> {
+    let (storage, layout) = t.storage_and_layout();
+    let Some((start, _)) = layout.contiguous_offsets() else {
+        bail!("cuda kernel input is not contiguous");
+    };
+    let Storage::Cuda(s) = &*storage else {
+        bail!("cuda kernel input is not on a CUDA device");
+    };
+    let slice = s.as_cuda_slice::<T>()?;
+    let stream = slice.stream().clone();
+    let (base, _sync) = slice.device_ptr(&stream);
+    Ok(base + (start * std::mem::size_of::<T>()) as u64)
+}
+
+/// A fresh f32 device buffer that a kernel fills completely.
+struct Output {
+    slice: CudaSlice<f32>,
+    ptr: u64,
+    dev: CudaDevice,
+}
+
+impl Output {
+    fn new(dev: &CudaDevice, len: usize) -> Result<Self> {
+        // SAFETY: the kernel it is passed to writes every element before anything reads it.
+        let slice = unsafe { dev.alloc::<f32>(len.max(1)) }?;
+        let stream = dev.cuda_stream();
+        let ptr = slice.device_ptr(&stream).0;
+        Ok(Self {
+            slice,
+            ptr,
+            dev: dev.clone(),
+        })
+    }
+
+    fn tensor(self, shape: Shape) -> Result<Tensor> {
+        let storage = Storage::Cuda(CudaStorage::wrap_cuda_slice(self.slice, self.dev));
+        Ok(Tensor::from_storage(
+            storage,
+            shape,
+            BackpropOp::none(),
+            false,
+        ))
+    }
+}

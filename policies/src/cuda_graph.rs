@@ -1,0 +1,125 @@
+//! Decode steps replayed as CUDA graphs.
+//!
+//! A decode step of a small model is a few hundred short kernels; launched one by one from
+//! the host, their launch cost is most of the step. A graph records the step once and replays
+//! it with one launch. What changes from step to step (token ids, positions, cache slots, key
+//! lists) lives in one device buffer at fixed offsets that the recorded kernels read, refilled
+//! before each replay; the kernels' sizes (rows, cache capacity) are fixed by the recording,
+//! so a step with another row count, or after the cache was reallocated, records a new graph.
+//!
+//! Recording re-runs the step's host code against the same buffers, so a replay computes
+//! exactly what an eager step computes (checked by `hone check`).
+
+use crate::error::{PolicyError, Result};
+use crate::kv_cache::KvCache;
+use crate::model::{GpuPlan, Step, Transformer};
+use candle_core::cuda_backend::cudarc::driver::{sys, CudaGraph};
+use candle_core::{Device, Tensor};
+use std::sync::Mutex;
+
+/// The graph of the latest decode shape a model ran.
+#[derive(Default)]
+pub(crate) struct Graphs {
+    latest: Mutex<Option<Recorded>>,
+}
+
+impl Clone for Graphs {
+    /// A copy of a model records its own graphs.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for Graphs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Graphs")
+    }
+}
+
+/// What a graph was recorded for: it is valid only for these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    rows: usize,
+    /// [`KvCache`]'s name for its buffers, and their capacity in slots.
+    buffers: u64,
+    capacity: usize,
+}
+
+struct Recorded {
+    shape: Shape,
+    graph: CudaGraph,
+    /// The step's indices, refilled before each replay.
+    plan: Tensor,
+    /// Where the replay leaves the logits, `[rows, vocab]`.
+    logits: Tensor,
+}
+
+// SAFETY: CUDA allows a graph to be used from any thread as long as calls on it are
+// serialized; every use goes through the `Mutex` in `Graphs`.
+unsafe impl Send for Recorded {}
+
+impl Graphs {
+    /// One decode step (every row one token, logits of each): replayed when a graph of its
+    /// shape exists, else run eagerly and recorded.
+    pub(crate) fn decode(
+        &self,
+        model: &Transformer,
+        step: &Step,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let Device::Cuda(dev) = model.device() else {
+            return Err(PolicyError::Candle(candle_core::Error::Msg(
+                "cuda graphs need a CUDA device".into(),
+            )));
+        };
+        let cfg = model.config();
+        // The graph writes into the cache's buffers: grow them now, never while recording.
+        let (buffers, capacity) =
+            cache.reserve_all(cfg.n_kv_heads, cfg.head_dim, model.device())?;
+        let shape = Shape {
+            rows: step.rows,
+            buffers,
+            capacity,
+        };
+        let room = step.rows * capacity;
+        let indices = Tensor::from_vec(step.gpu_layout(room), step.gpu_len(room), model.device())?;
+        let mut latest = self
+            .latest
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("cuda graph lock poisoned".into()))?;
+        if let Some(r) = latest.as_ref().filter(|r| r.shape == shape) {
+            r.plan.slice_set(&indices, 0, 0)?;
+            r.graph.launch().map_err(candle_core::Error::wrap)?;
+            return Ok(r.logits.copy()?);
+        }
+        *latest = None;
+        let plan = indices.copy()?;
+        // Small uploads candle makes inside its ops are cached from the eager run and reused
+        // by the recording, which may not copy from the host.
+        let _uploads = dev.enable_cuda_graph_htod_cache();
+        let logits = model.run_logits(step, GpuPlan::views(step, &plan, room)?, cache)?;
+        let out = logits.copy()?;
+        let stream = dev.cuda_stream();
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(candle_core::Error::wrap)?;
+        let recorded = GpuPlan::views(step, &plan, room)
+            .and_then(|views| model.run_logits(step, views, cache))
+            .and_then(|l| Ok(out.slice_set(&l, 0, 0)?));
+        // End the capture whatever happened, or the stream stays unusable.
+        let flags = sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH;
+        let graph = stream
+            .end_capture(flags)
+            .map_err(candle_core::Error::wrap)?;
+        recorded?;
+        if let Some(graph) = graph {
+            *latest = Some(Recorded {
+                shape,
+                graph,
+                plan,
+                logits: out,
+            });
+        }
+        Ok(logits)
+    }
+}

@@ -1,0 +1,264 @@
+//! `hone check`: the engine on this machine's GPU against the CPU engine on the same weights,
+//! and the exactness properties speculative decoding relies on. It prints one line per check
+//! and exits non-zero on any failure, so a GPU machine can run it without cargo.
+//!
+//! Tolerance of the logits comparison: the CPU engine quantizes activations to 8 bits before
+//! each product (as llama.cpp does) while the CUDA kernels keep them in f32, so the two differ
+//! by about what hone and llama.cpp differ by. The bounds are the ones tests/reference.rs holds
+//! hone to against llama.cpp: over the CPU's 32 most likely tokens of every position, the mean
+//! |difference| of log-probabilities at most 0.3 and the largest at most 2.0.
+
+use super::{policies_dir, resolve_model};
+use anyhow::{bail, Result};
+use clap::Args;
+use policies::{GenerateParams, Logits, Message, Policy, Role, Speculation};
+
+const MEAN_TOL: f32 = 0.3;
+const MAX_TOL: f32 = 2.0;
+const TOP: usize = 32;
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// A policy manifest name, a GGUF file, or `default`.
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// Decoding steps compared in the batch and speculation checks.
+    #[arg(long, default_value_t = 24)]
+    steps: usize,
+}
+
+const PROMPTS: [&str; 4] = [
+    "Name three colors.",
+    "Rewrite this sentence in plain words: the meeting has been postponed until further notice.",
+    "Hi",
+    "Write a short poem about the sea, with a title, in four lines.",
+];
+
+pub fn run(a: CheckArgs) -> Result<()> {
+    let path = resolve_model(&policies_dir(), &a.model)?;
+    let gpu = super::device(false)?;
+    if gpu.is_cpu() {
+        bail!("no CUDA device: hone must be built with `--features cuda` and run on a GPU");
+    }
+    let on_gpu = Policy::load(&path, &gpu)?;
+    let on_cpu = Policy::load(&path, &candle_core::Device::Cpu)?;
+    let prompts: Vec<Vec<u32>> = PROMPTS
+        .iter()
+        .map(|p| on_gpu.encode_chat(&[Message::new(Role::User, *p)]))
+        .collect::<Result<_, _>>()?;
+    println!("hone check: {} on {:?}", path.display(), gpu);
+    let results = [
+        (
+            "logits against the CPU engine",
+            against_cpu(&on_gpu, &on_cpu, &prompts),
+        ),
+        (
+            "rows alone = rows in a batch",
+            batch_invariance(&on_gpu, &prompts, a.steps),
+        ),
+        (
+            "a chunk of k = k single steps",
+            chunk_equals_steps(&on_gpu, &prompts),
+        ),
+        (
+            "speculative greedy = plain greedy",
+            speculation(&on_gpu, &prompts, a.steps),
+        ),
+    ];
+    let mut failed = 0;
+    for (name, result) in results {
+        match result {
+            Ok(detail) => println!("PASS  {name}: {detail}"),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL  {name}: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} check(s) failed");
+    }
+    Ok(())
+}
+
+/// Every prompt position's log-probabilities, GPU against CPU.
+fn against_cpu(gpu: &Policy, cpu: &Policy, prompts: &[Vec<u32>]) -> Result<String> {
+    let (mut worst, mut total, mut n, mut agree, mut positions) = (0f32, 0f64, 0usize, 0, 0);
+    for p in prompts {
+        let all = |policy: &Policy| -> Result<Vec<Vec<f32>>> {
+            let mut cache = policy.model().new_cache(1);
+            let logits = policy
+                .model()
+                .forward(&[p.as_slice()], &mut cache, Logits::All)?;
+            Ok(logits.to_vec2()?)
+        };
+        let (ours, theirs) = (all(gpu)?, all(cpu)?);
+        if ours.len() != theirs.len() {
+            bail!(
+                "{} positions on the GPU, {} on the CPU",
+                ours.len(),
+                theirs.len()
+            );
+        }
+        for (g, c) in ours.iter().zip(&theirs) {
+            let (lg, lc) = (log_softmax(g), log_softmax(c));
+            let mut top: Vec<usize> = (0..lc.len()).collect();
+            top.sort_by(|&i, &j| lc[j].total_cmp(&lc[i]));
+            for &i in top.iter().take(TOP) {
+                let d = (lg[i] - lc[i]).abs();
+                worst = worst.max(d);
+                total += d as f64;
+                n += 1;
+            }
+            positions += 1;
+            agree += usize::from(policies::sampling::argmax(g) == top[0] as u32);
+        }
+    }
+    let mean = total / n.max(1) as f64;
+    let detail = format!(
+        "log-prob |diff| over the top {TOP} of {positions} positions: mean {mean:.4} \
+         (bound {MEAN_TOL}), max {worst:.4} (bound {MAX_TOL}); top-1 agrees at \
+         {agree}/{positions}"
+    );
+    if mean > MEAN_TOL as f64 || worst > MAX_TOL {
+        bail!("{detail}");
+    }
+    Ok(detail)
+}
+
+fn log_softmax(xs: &[f32]) -> Vec<f32> {
+    let max = xs.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let lse = max + xs.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+    xs.iter().map(|x| x - lse).collect()
+}
+
+/// Greedy decoding of every prompt alone and of all of them (and 16 rows) in one batch: the
+/// logits of every step must be the same bits.
+fn batch_invariance(policy: &Policy, prompts: &[Vec<u32>], steps: usize) -> Result<String> {
+    let alone: Vec<Vec<Vec<f32>>> = prompts
+        .iter()
+        .map(|p| greedy_logits(policy, std::slice::from_ref(p), steps).map(|mut r| r.remove(0)))
+        .collect::<Result<_>>()?;
+    let mut checked = 0;
+    for rows in [prompts.len(), 16] {
+        let batch: Vec<Vec<u32>> = (0..rows)
+            .map(|i| prompts[i % prompts.len()].clone())
+            .collect();
+        let together = greedy_logits(policy, &batch, steps)?;
+        for (i, row) in together.iter().enumerate() {
+            let reference = &alone[i % prompts.len()];
+            if row.len() != reference.len() {
+                bail!(
+                    "row {i} of {rows}: {} steps, alone {}",
+                    row.len(),
+                    reference.len()
+                );
+            }
+            for (step, (a, b)) in row.iter().zip(reference).enumerate() {
+                identical(a, b, &format!("row {i} of {rows}, step {step}"))?;
+                checked += 1;
+            }
+        }
+    }
+    Ok(format!(
+        "{checked} steps' logits bit-identical (batches of {} and 16)",
+        prompts.len()
+    ))
+}
+
+/// Each row's logits at every greedy step (the prefill's last position first).
+fn greedy_logits(policy: &Policy, rows: &[Vec<u32>], steps: usize) -> Result<Vec<Vec<Vec<f32>>>> {
+    let model = policy.model();
+    let mut cache = model.new_cache(rows.len());
+    let slices: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+    let mut logits: Vec<Vec<f32>> = model
+        .forward(&slices, &mut cache, Logits::Last)?
+        .to_vec2()?;
+    let mut out: Vec<Vec<Vec<f32>>> = logits.iter().map(|l| vec![l.clone()]).collect();
+    for _ in 1..steps {
+        let next: Vec<[u32; 1]> = logits
+            .iter()
+            .map(|l| [policies::sampling::argmax(l)])
+            .collect();
+        let slices: Vec<&[u32]> = next.iter().map(|t| t.as_slice()).collect();
+        logits = model
+            .forward(&slices, &mut cache, Logits::Last)?
+            .to_vec2()?;
+        for (row, l) in out.iter_mut().zip(&logits) {
+            row.push(l.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Five tokens fed in one call (as speculative verification does) against the same five fed
+/// one at a time: every position's logits must be the same bits.
+fn chunk_equals_steps(policy: &Policy, prompts: &[Vec<u32>]) -> Result<String> {
+    let model = policy.model();
+    let mut checked = 0;
+    for p in prompts {
+        let ids: Vec<u32> = p.iter().rev().take(5).copied().collect();
+        let mut cache = model.new_cache(1);
+        model.forward(&[p.as_slice()], &mut cache, Logits::Last)?;
+        let mut stepped = cache.select_rows(&[0])?;
+        let chunk: Vec<Vec<f32>> = model
+            .forward(&[ids.as_slice()], &mut cache, Logits::All)?
+            .to_vec2()?;
+        for (i, id) in ids.iter().enumerate() {
+            let one: Vec<Vec<f32>> = model
+                .forward(&[&[*id]], &mut stepped, Logits::Last)?
+                .to_vec2()?;
+            identical(&chunk[i], &one[0], &format!("position {i} of the chunk"))?;
+            checked += 1;
+        }
+    }
+    Ok(format!("{checked} positions bit-identical"))
+}
+
+/// Greedy generation with and without speculative decoding: the same tokens.
+fn speculation(policy: &Policy, prompts: &[Vec<u32>], steps: usize) -> Result<String> {
+    let plain = GenerateParams {
+        max_tokens: steps,
+        ..Default::default()
+    };
+    let drafted = GenerateParams {
+        speculation: Speculation::drafts(5),
+        ..plain.clone()
+    };
+    let mut tokens = 0;
+    for p in prompts {
+        let (a, _) = policy.generate(p, 1, &plain)?;
+        let (b, _) = policy.generate(p, 1, &drafted)?;
+        if a[0].tokens != b[0].tokens {
+            bail!("the texts differ: {:?} vs {:?}", a[0].text, b[0].text);
+        }
+        tokens += a[0].tokens.len();
+    }
+    Ok(format!(
+        "{tokens} tokens identical over {} prompts",
+        prompts.len()
+    ))
+}
+
+fn identical(a: &[f32], b: &[f32], what: &str) -> Result<()> {
+    if a.len() != b.len() {
+        bail!("{what}: {} vs {} logits", a.len(), b.len());
+    }
+    let differing = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count();
+    if differing > 0 {
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        bail!(
+            "{what}: {differing} of {} logits differ, by up to {diff}",
+            a.len()
+        );
+    }
+    Ok(())
+}
