@@ -6,19 +6,15 @@
 
 mod common;
 
-use hone::server::{self, AppState, Config};
+use common::Server;
+
+use hone::server::Config;
 use policies::store::SMOLLM2;
 use policies::{Logits, Message, Role};
 use serde_json::{json, Value};
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::sync::{mpsc, Arc};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-struct Server {
-    addr: SocketAddr,
-    state: Arc<AppState>,
-}
 
 /// A server on its own thread with one model slot and the `concise` verifier as its reward,
 /// so that scoring costs no model time.
@@ -35,17 +31,7 @@ fn start(config: Config) -> Server {
         workers: Some(2),
         ..config
     };
-    let state = AppState::load(config).unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let started = server::start(state).unwrap();
-            tx.send((started.addr, started.state.clone())).unwrap();
-            started.server.await
-        })
-    });
-    let (addr, state) = rx.recv().unwrap();
-    Server { addr, state }
+    common::start(config)
 }
 
 impl Server {

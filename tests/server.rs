@@ -4,22 +4,19 @@
 
 mod common;
 
+use common::{start, Server};
+
 use hone::server::ab::{self, Arm};
-use hone::server::{self, AppState, Config};
+use hone::server::Config;
 use policies::store::SMOLLM2;
 use policies::{Message, Role};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 const QUESTION: &str = "What is the capital of France? Answer in one sentence.";
-
-struct Server {
-    addr: SocketAddr,
-    state: Arc<AppState>,
-}
 
 /// A folder of reward manifests: `check`, a verifier, and `broken`, a classifier whose model
 /// folder does not exist.
@@ -57,21 +54,6 @@ fn config() -> Config {
         max_budget: Some(20_000),
         ..Config::default()
     }
-}
-
-/// Starts a server on its own thread.
-fn start(config: Config) -> Server {
-    let state = AppState::load(config).unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let started = server::start(state).unwrap();
-            tx.send((started.addr, started.state.clone())).unwrap();
-            started.server.await
-        })
-    });
-    let (addr, state) = rx.recv().unwrap();
-    Server { addr, state }
 }
 
 /// One server for most tests, with half of /optimize traffic in the plain arm.
@@ -648,41 +630,13 @@ fn a_plain_request_whose_client_leaves_is_cancelled() {
 
 /// Announces a body of `len` bytes and sends none of it; returns the status and JSON body.
 fn oversize_post(path: &str, len: usize) -> (u16, Value) {
-    let mut stream = TcpStream::connect(server().addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
+    let request = format!(
         "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
          Content-Length: {len}\r\nConnection: close\r\n\r\n{{"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    let mut buf = [0u8; 4096];
-    // Read until the server closes or a whole JSON body has arrived.
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(k) => response.extend_from_slice(&buf[..k]),
-        }
-        let text = String::from_utf8_lossy(&response);
-        if let Some((_, body)) = text.split_once("\r\n\r\n") {
-            if serde_json::from_str::<Value>(body).is_ok() {
-                break;
-            }
-        }
-    }
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line: {text}"));
-    let body = text.split_once("\r\n\r\n").map_or(Value::Null, |(_, b)| {
-        serde_json::from_str(b).unwrap_or(Value::Null)
-    });
-    (status, body)
+    );
+    let raw = exchange(server().addr, &request)
+        .unwrap_or_else(|| panic!("no answer to an oversized POST {path}"));
+    (raw.status, raw.body)
 }
 
 /// A response read off a raw connection.

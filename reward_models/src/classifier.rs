@@ -84,10 +84,6 @@ impl ClassifierRm {
 }
 
 impl RewardModel for ClassifierRm {
-    fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError> {
-        self.score_interruptible(batch, &Interrupt::default())
-    }
-
     fn score_interruptible(
         &self,
         batch: &[Candidate<'_>],

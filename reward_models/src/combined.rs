@@ -18,10 +18,6 @@ impl Combined {
 }
 
 impl RewardModel for Combined {
-    fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError> {
-        self.score_interruptible(batch, &Interrupt::default())
-    }
-
     /// Every part scores with the same interrupt, so a judge inside a combination stops too.
     fn score_interruptible(
         &self,

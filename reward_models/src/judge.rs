@@ -152,10 +152,6 @@ fn restricted_softmax(logits: &[f32], ids: &[u32]) -> (Vec<f32>, f32) {
 }
 
 impl RewardModel for Judge {
-    fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError> {
-        self.score_interruptible(batch, &Interrupt::default())
-    }
-
     fn score_interruptible(
         &self,
         batch: &[Candidate<'_>],

@@ -53,21 +53,19 @@ pub enum RewardError {
 /// A scorer of candidate responses.
 pub trait RewardModel: Send + Sync {
     /// Scores every candidate; the result has one entry per candidate, in order.
-    fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError>;
+    fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError> {
+        self.score_interruptible(batch, &Interrupt::default())
+    }
 
     /// Like [`RewardModel::score`], but model-backed scorers check `interrupt` between chunks
     /// of their prefill and give up with [`RewardError::Cancelled`] or
     /// [`RewardError::DeadlinePassed`]: a judge reading a long conversation must not hold the
-    /// model for minutes after its client has gone. Scorers that do no model work keep this
-    /// default, which ignores it.
+    /// model for minutes after its client has gone. Scorers that do no model work ignore it.
     fn score_interruptible(
         &self,
         batch: &[Candidate<'_>],
         interrupt: &Interrupt,
-    ) -> Result<Vec<Score>, RewardError> {
-        let _ = interrupt;
-        self.score(batch)
-    }
+    ) -> Result<Vec<Score>, RewardError>;
 
     /// The highest score this reward can give, when it has one. A response that reaches it
     /// cannot be beaten, so a search may stop there.

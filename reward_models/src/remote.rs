@@ -6,7 +6,7 @@
 //! optionally `"reasons": [["...", ...], ...]`. Connection failures and 5xx answers are retried;
 //! anything else is an error that names the cause. A failing scorer never yields a silent zero.
 
-use crate::{Candidate, RewardError, RewardModel, Score};
+use crate::{Candidate, Interrupt, RewardError, RewardModel, Score};
 use policies::Message;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -83,7 +83,11 @@ impl RemoteScorer {
 }
 
 impl RewardModel for RemoteScorer {
-    fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError> {
+    fn score_interruptible(
+        &self,
+        batch: &[Candidate<'_>],
+        _interrupt: &Interrupt,
+    ) -> Result<Vec<Score>, RewardError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }

@@ -30,7 +30,7 @@ pub use constraint::{Case, Constraint};
 
 use regex::Regex;
 
-use crate::{Candidate, RewardError, RewardModel, Score};
+use crate::{Candidate, Interrupt, RewardError, RewardModel, Score};
 
 /// Scores responses by the weighted fraction of constraints they satisfy, in [0, 1].
 #[derive(Debug, Clone)]
@@ -103,7 +103,11 @@ impl Verifier {
 
 impl RewardModel for Verifier {
     /// Only the response is checked; the conversation is not needed.
-    fn score(&self, batch: &[Candidate<'_>]) -> Result<Vec<Score>, RewardError> {
+    fn score_interruptible(
+        &self,
+        batch: &[Candidate<'_>],
+        _interrupt: &Interrupt,
+    ) -> Result<Vec<Score>, RewardError> {
         Ok(batch
             .iter()
             .map(|candidate| self.check(candidate.response))

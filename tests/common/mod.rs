@@ -65,3 +65,24 @@ pub fn fixture(name: &str) -> Fixture {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// A hone server running on its own thread, as `hone serve` runs it.
+pub struct Server {
+    pub addr: std::net::SocketAddr,
+    pub state: std::sync::Arc<hone::server::AppState>,
+}
+
+/// Loads `config` and starts a server on its own thread.
+pub fn start(config: hone::server::Config) -> Server {
+    let state = hone::server::AppState::load(config).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let started = hone::server::start(state).unwrap();
+            tx.send((started.addr, started.state.clone())).unwrap();
+            started.server.await
+        })
+    });
+    let (addr, state) = rx.recv().unwrap();
+    Server { addr, state }
+}
