@@ -170,6 +170,8 @@ fn tpo_answers_within_budget() {
     let compute = body["usage"]["compute"].as_u64().unwrap();
     assert!(compute > 0 && compute <= budget, "{body}");
     assert!(body.get("plain").is_none());
+    let id = body["id"].as_str().unwrap();
+    assert!(id.starts_with("ans-") && id.len() == 4 + 32, "{id}");
 }
 
 #[test]
@@ -268,6 +270,12 @@ fn optimize_streams_progress_then_the_result() {
     assert!(result["answer"].is_string(), "{result}");
     assert!(result["usage"]["compute"].as_u64().unwrap() > 0, "{result}");
     assert_eq!(result["arm"], "optimized");
+    // The final event carries the answer's id, which feedback can name.
+    let id = result["id"].as_str().unwrap();
+    assert!(id.starts_with("ans-"), "{result}");
+    let (status, body) = post("/feedback", &json!({"id": id, "thumbs": "up"}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["arm"], "optimized", "{body}");
 }
 
 #[test]
@@ -282,6 +290,7 @@ fn openapi_lists_the_endpoints() {
         "/metrics",
         "/ab",
         "/rewards",
+        "/feedback",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
@@ -313,6 +322,8 @@ fn metrics_show_the_families_by_arm() {
         "hone_spec_decode_num_drafts_total{",
         "hone_spec_decode_num_draft_tokens_total{",
         "hone_spec_decode_num_accepted_tokens_total{",
+        "hone_feedback_total{arm=",
+        "hone_rate_limited_total{by=",
     ] {
         assert!(text.contains(family), "{family} missing:\n{text}");
     }
@@ -389,7 +400,9 @@ fn chat_completions_plain_and_stream() {
     let (status, body) = post("/v1/chat/completions", &request);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
-    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    let id = body["id"].as_str().unwrap();
+    // 128 random bits: ids of different answers do not collide.
+    assert!(id.starts_with("chatcmpl-") && id.len() == 9 + 32, "{id}");
     assert_eq!(body["choices"][0]["message"]["role"], "assistant");
     assert!(body["choices"][0]["message"]["content"].is_string());
     assert!(body["choices"][0]["finish_reason"].is_string());

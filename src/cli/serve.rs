@@ -83,6 +83,13 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     api_keys: Vec<String>,
+    /// Model requests (/optimize, chat completions) a minute per API key and per `user`; more
+    /// get 429 with Retry-After. [default: unlimited]
+    #[arg(long, env = "HONE_RATE_LIMIT")]
+    rate_limit: Option<u32>,
+    /// Requests a key or user may send at once after a pause. [default: --rate-limit]
+    #[arg(long, env = "HONE_RATE_LIMIT_BURST")]
+    rate_limit_burst: Option<u32>,
 }
 
 impl ServeArgs {
@@ -124,6 +131,12 @@ impl ServeArgs {
         }
         if self.workers.is_some() {
             c.workers = self.workers;
+        }
+        if self.rate_limit.is_some() {
+            c.rate_limit = self.rate_limit;
+        }
+        if self.rate_limit_burst.is_some() {
+            c.rate_limit_burst = self.rate_limit_burst;
         }
         c.cpu |= self.cpu;
         Ok(c)
@@ -193,6 +206,14 @@ mod tests {
             .config()
             .unwrap();
         assert_eq!(config.api_keys, ["k1", "k2", "k3"]);
+        let config = Cli::parse_from(["hone", "--config", path, "--rate-limit", "30"])
+            .serve
+            .config()
+            .unwrap();
+        assert_eq!(
+            (config.rate_limit, config.rate_limit_burst),
+            (Some(30), None)
+        );
         std::fs::remove_file(&file).ok();
     }
 }

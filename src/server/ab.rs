@@ -8,6 +8,9 @@
 //! Rewards have each their own scale (a verifier 0-1, a judge 1-9, a classifier's logits, plus
 //! 10 when a query's own constraints are added), so the arms are compared per scale: one
 //! comparison per reward name, and per way constraints joined it ([`scale`]).
+//!
+//! Each comparison is made twice: by the reward, which is circular (it chose the optimized
+//! answer), and by the feedback the answers received ([`super::feedback`]), which is not.
 
 use crate::strategy::Strategy;
 use serde::Serialize;
@@ -95,6 +98,30 @@ pub struct AbStats {
     scales: Mutex<BTreeMap<String, [VecDeque<Sample>; 2]>>,
 }
 
+/// Feedback outcomes (see [`super::feedback`]) of one kind of traffic: per scale, the outcomes
+/// of each arm's answers, indexed by [`Arm`] as `usize`.
+pub type Outcomes = BTreeMap<String, [Vec<f64>; 2]>;
+
+/// What one arm's samples hold, copied out of the lock: the figures are computed after it is
+/// released, so that a summary of 100,000 samples never holds up a request being recorded.
+struct Copied {
+    requests: usize,
+    rewards: Vec<f64>,
+    compute_sum: f64,
+    latencies: Vec<f64>,
+}
+
+impl Copied {
+    fn of(samples: &VecDeque<Sample>) -> Self {
+        Self {
+            requests: samples.len(),
+            rewards: rewards(samples),
+            compute_sum: samples.iter().map(|s| s.compute as f64).sum(),
+            latencies: samples.iter().map(|s| s.latency_ms).collect(),
+        }
+    }
+}
+
 impl AbStats {
     pub fn record(&self, scale: &str, arm: Arm, sample: Sample) {
         // A panic elsewhere while holding the lock leaves plain numbers behind; keep using them.
@@ -106,24 +133,42 @@ impl AbStats {
         samples.push_back(sample);
     }
 
-    pub fn summary(&self, plain_fraction: f64) -> Summary {
-        let scales = self.scales.lock().unwrap_or_else(|p| p.into_inner());
-        let rewards = scales
-            .iter()
-            .map(|(name, arms)| {
-                let (optimized, plain) =
-                    (&arms[Arm::Optimized as usize], &arms[Arm::Plain as usize]);
-                let comparison = Comparison {
-                    optimized: ArmSummary::of(optimized),
-                    plain: ArmSummary::of(plain),
-                    uplift: uplift(optimized, plain),
+    /// The comparison of the arms on each scale: by the reward, and by the feedback
+    /// `optimize` (randomized /optimize answers) and `chat` (chat answers, whose arm the client
+    /// chose) received.
+    pub fn summary(&self, plain_fraction: f64, optimize: Outcomes, chat: Outcomes) -> Summary {
+        let copied: Vec<(String, [Copied; 2])> = {
+            let scales = self.scales.lock().unwrap_or_else(|p| p.into_inner());
+            scales
+                .iter()
+                .map(|(name, arms)| (name.clone(), arms.each_ref().map(Copied::of)))
+                .collect()
+        };
+        let mut optimize = optimize;
+        let mut rewards = BTreeMap::new();
+        for (name, [optimized, plain]) in copied {
+            let [fo, fp] = optimize.remove(&name).unwrap_or_default();
+            rewards.insert(name, Comparison::of(optimized, plain, &fo, &fp));
+        }
+        // Feedback on a scale whose reward samples are gone (the two forget separately).
+        for (name, [fo, fp]) in optimize {
+            let none = || Copied::of(&VecDeque::new());
+            rewards.insert(name, Comparison::of(none(), none(), &fo, &fp));
+        }
+        let chat_feedback = chat
+            .into_iter()
+            .map(|(name, [o, p])| {
+                let arms = ChatFeedback {
+                    optimized: FeedbackSummary::of(&o),
+                    plain: FeedbackSummary::of(&p),
                 };
-                (name.clone(), comparison)
+                (name, arms)
             })
             .collect();
         Summary {
             plain_fraction,
             rewards,
+            chat_feedback,
         }
     }
 }
@@ -134,6 +179,10 @@ pub struct Summary {
     pub plain_fraction: f64,
     /// One comparison per reward scale (see [`scale`]).
     pub rewards: BTreeMap<String, Comparison>,
+    /// Feedback on chat completions, per reward scale. Their arm is the client's choice (a
+    /// strategy prefix or not), not a random assignment, so no uplift is computed from them:
+    /// a difference would measure who opts in as much as what optimization does.
+    pub chat_feedback: BTreeMap<String, ChatFeedback>,
 }
 
 /// The two arms on one reward scale.
@@ -144,6 +193,21 @@ pub struct Comparison {
     /// Mean reward of optimized minus plain; `None` while either arm has fewer than two scored
     /// requests.
     pub uplift: Option<Uplift>,
+    /// Mean feedback outcome of optimized minus plain: the uplift by a measure the optimizing
+    /// reward did not choose. `None` while either arm has fewer than two answers with feedback.
+    pub feedback_uplift: Option<Uplift>,
+}
+
+impl Comparison {
+    fn of(optimized: Copied, plain: Copied, fo: &[f64], fp: &[f64]) -> Self {
+        let uplift = Uplift::between(&optimized.rewards, &plain.rewards);
+        Self {
+            optimized: ArmSummary::of(optimized, fo),
+            plain: ArmSummary::of(plain, fp),
+            uplift,
+            feedback_uplift: Uplift::between(fo, fp),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -155,9 +219,35 @@ pub struct ArmSummary {
     pub mean_compute: Option<f64>,
     pub latency_ms_p50: Option<f64>,
     pub latency_ms_p95: Option<f64>,
+    /// The feedback this arm's remembered answers received.
+    pub feedback: FeedbackSummary,
 }
 
+/// Feedback outcomes of one arm's answers.
 #[derive(Debug, Clone, Serialize)]
+pub struct FeedbackSummary {
+    /// Answers with feedback (a replaced feedback counts once).
+    pub answers: usize,
+    pub mean: Option<f64>,
+}
+
+impl FeedbackSummary {
+    fn of(outcomes: &[f64]) -> Self {
+        Self {
+            answers: outcomes.len(),
+            mean: mean(outcomes),
+        }
+    }
+}
+
+/// The feedback on chat answers of one scale, per arm.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatFeedback {
+    pub optimized: FeedbackSummary,
+    pub plain: FeedbackSummary,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Uplift {
     pub mean: f64,
     /// 95% confidence interval under the normal approximation (Welch's standard error).
@@ -165,19 +255,40 @@ pub struct Uplift {
     pub ci95_high: f64,
 }
 
+impl Uplift {
+    /// The difference of means `optimized - plain`, with a 95% interval of ±1.96 Welch
+    /// standard errors, sqrt(s²ₒ/nₒ + s²ₚ/nₚ) (sample variances, n − 1). The normal
+    /// approximation rather than Student's t: the interval is for dashboards of many requests,
+    /// where the two agree. `None` while either side has fewer than two values.
+    pub fn between(optimized: &[f64], plain: &[f64]) -> Option<Self> {
+        let diff = mean(optimized)? - mean(plain)?;
+        let se = (variance(optimized)? / optimized.len() as f64
+            + variance(plain)? / plain.len() as f64)
+            .sqrt();
+        Some(Self {
+            mean: diff,
+            ci95_low: diff - 1.96 * se,
+            ci95_high: diff + 1.96 * se,
+        })
+    }
+}
+
 impl ArmSummary {
-    fn of(samples: &VecDeque<Sample>) -> Self {
-        let rewards: Vec<f64> = rewards(samples);
-        let compute: Vec<f64> = samples.iter().map(|s| s.compute as f64).collect();
-        let mut latencies: Vec<f64> = samples.iter().map(|s| s.latency_ms).collect();
-        latencies.sort_by(f64::total_cmp);
+    fn of(copied: Copied, feedback: &[f64]) -> Self {
+        let Copied {
+            requests,
+            rewards,
+            compute_sum,
+            mut latencies,
+        } = copied;
         Self {
-            requests: samples.len(),
+            requests,
             scored: rewards.len(),
             mean_reward: mean(&rewards),
-            mean_compute: mean(&compute),
-            latency_ms_p50: percentile(&latencies, 0.50),
-            latency_ms_p95: percentile(&latencies, 0.95),
+            mean_compute: (requests > 0).then(|| compute_sum / requests as f64),
+            latency_ms_p50: percentile(&mut latencies, 0.50),
+            latency_ms_p95: percentile(&mut latencies, 0.95),
+            feedback: FeedbackSummary::of(feedback),
         }
     }
 }
@@ -201,24 +312,14 @@ fn variance(xs: &[f64]) -> Option<f64> {
     (xs.len() >= 2).then(|| xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (xs.len() - 1) as f64)
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
+/// Nearest-rank percentile, by selection (linear time) rather than a sort; reorders `xs`.
+fn percentile(xs: &mut [f64], q: f64) -> Option<f64> {
+    if xs.is_empty() {
         return None;
     }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
-fn uplift(optimized: &VecDeque<Sample>, plain: &VecDeque<Sample>) -> Option<Uplift> {
-    let (o, p) = (rewards(optimized), rewards(plain));
-    let diff = mean(&o)? - mean(&p)?;
-    let se = (variance(&o)? / o.len() as f64 + variance(&p)? / p.len() as f64).sqrt();
-    Some(Uplift {
-        mean: diff,
-        ci95_low: diff - 1.96 * se,
-        ci95_high: diff + 1.96 * se,
-    })
+    let rank = (q * xs.len() as f64).ceil() as usize;
+    let (_, nth, _) = xs.select_nth_unstable_by(rank.clamp(1, xs.len()) - 1, f64::total_cmp);
+    Some(*nth)
 }
 
 #[cfg(test)]
@@ -260,9 +361,13 @@ mod tests {
         stats.record("v", Arm::Optimized, sample(0.9));
         stats.record("v", Arm::Optimized, sample(0.7));
         stats.record("v", Arm::Plain, sample(0.5));
-        assert!(stats.summary(0.5).rewards["v"].uplift.is_none());
+        assert!(
+            stats.summary(0.5, Outcomes::new(), Outcomes::new()).rewards["v"]
+                .uplift
+                .is_none()
+        );
         stats.record("v", Arm::Plain, sample(0.3));
-        let s = stats.summary(0.5);
+        let s = stats.summary(0.5, Outcomes::new(), Outcomes::new());
         let v = &s.rewards["v"];
         let u = v.uplift.as_ref().unwrap();
         assert!((u.mean - 0.4).abs() < 1e-6);
@@ -283,7 +388,7 @@ mod tests {
         stats.record(&scale("judge", None), Arm::Optimized, sample(8.0));
         stats.record(&scale("concise", None), Arm::Plain, sample(0.5));
         stats.record(&scale("concise", Some(false)), Arm::Plain, sample(10.5));
-        let s = stats.summary(0.5);
+        let s = stats.summary(0.5, Outcomes::new(), Outcomes::new());
         assert_eq!(s.rewards["judge"].optimized.mean_reward, Some(8.0));
         assert_eq!(s.rewards["concise"].plain.mean_reward, Some(0.5));
         assert_eq!(
@@ -295,10 +400,65 @@ mod tests {
 
     #[test]
     fn percentiles_by_nearest_rank() {
-        let xs: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&xs, 0.5), Some(50.0));
-        assert_eq!(percentile(&xs, 0.95), Some(95.0));
-        assert_eq!(percentile(&[7.0], 0.95), Some(7.0));
-        assert_eq!(percentile(&[], 0.5), None);
+        // Shuffled: selection must not rely on sorted input.
+        let mut xs: Vec<f64> = (1..=100).map(|i| f64::from((i * 37) % 100 + 1)).collect();
+        assert_eq!(percentile(&mut xs, 0.5), Some(50.0));
+        assert_eq!(percentile(&mut xs, 0.95), Some(95.0));
+        assert_eq!(percentile(&mut [7.0], 0.95), Some(7.0));
+        assert_eq!(percentile(&mut [], 0.5), None);
+    }
+
+    #[test]
+    fn welch_interval_matches_hand_computation() {
+        // optimized: mean 2.5, s² = 5/3; plain: mean 1/3, s² = 1/3.
+        // se = sqrt((5/3)/4 + (1/3)/3) = sqrt(19/36) = 0.726483157...
+        let u = Uplift::between(&[1.0, 2.0, 3.0, 4.0], &[0.0, 0.0, 1.0]).unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(u.mean, 13.0 / 6.0), "{u:?}");
+        assert!(
+            close(u.ci95_low, 13.0 / 6.0 - 1.96 * (19.0f64 / 36.0).sqrt()),
+            "{u:?}"
+        );
+        assert!(close(u.ci95_low, 0.742759678), "{u:?}");
+        assert!(close(u.ci95_high, 3.590573655), "{u:?}");
+        // No spread: the interval is the point.
+        let u = Uplift::between(&[1.0, 1.0], &[0.0, 0.0, 0.0]).unwrap();
+        assert_eq!((u.mean, u.ci95_low, u.ci95_high), (1.0, 1.0, 1.0));
+        // Fewer than two on either side: no interval.
+        assert_eq!(Uplift::between(&[1.0], &[0.0, 1.0]), None);
+        assert_eq!(Uplift::between(&[1.0, 0.0], &[]), None);
+    }
+
+    #[test]
+    fn feedback_joins_its_scale_and_chat_stays_apart() {
+        let stats = AbStats::default();
+        let sample = Sample {
+            reward: Some(0.5),
+            compute: 10,
+            latency_ms: 1.0,
+        };
+        stats.record("v", Arm::Optimized, sample);
+        stats.record("v", Arm::Plain, sample);
+        let mut optimize = Outcomes::new();
+        optimize.insert("v".into(), [vec![1.0, 1.0, 0.0], vec![0.0, 0.0]]);
+        optimize.insert("gone".into(), [vec![1.0], vec![]]);
+        let mut chat = Outcomes::new();
+        chat.insert("v".into(), [vec![1.0], vec![0.0, 1.0]]);
+        let s = stats.summary(0.5, optimize, chat);
+        let v = &s.rewards["v"];
+        assert_eq!(v.optimized.feedback.answers, 3);
+        assert_eq!(v.plain.feedback.answers, 2);
+        assert_eq!(v.plain.feedback.mean, Some(0.0));
+        let u = v.feedback_uplift.as_ref().unwrap();
+        assert!((u.mean - 2.0 / 3.0).abs() < 1e-12, "{u:?}");
+        // The reward uplift is not the feedback's: one sample per arm is too few.
+        assert!(v.uplift.is_none());
+        let gone = &s.rewards["gone"];
+        assert_eq!(
+            (gone.optimized.requests, gone.optimized.feedback.answers),
+            (0, 1)
+        );
+        assert_eq!(gone.optimized.mean_compute, None);
+        assert_eq!(s.chat_feedback["v"].plain.mean, Some(0.5));
     }
 }

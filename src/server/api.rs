@@ -43,7 +43,7 @@ pub struct OptimizeBody {
     /// Also answer with plain decoding of the same prompt, scored by the same reward.
     #[serde(default)]
     pub compare_plain: bool,
-    /// Who is asking: the key of the A/B assignment.
+    /// Who is asking: the key of the A/B assignment and of the per-user rate limit.
     pub user: Option<String>,
     /// Answer with server-sent events: the loop's progress, then the result.
     #[serde(default)]
@@ -381,10 +381,12 @@ fn budget(body: BudgetBody, limits: Limits, arrived: Instant) -> Result<Budget, 
     })
 }
 
-/// The body of a `/optimize` answer: the loop's trace, the arm that answered, and the plain
-/// baseline when asked for.
+/// The body of a `/optimize` answer: its id, the loop's trace, the arm that answered, and the
+/// plain baseline when asked for.
 #[derive(Debug, Serialize)]
 pub struct OptimizeResponse {
+    /// The answer's id, for `POST /feedback` (see [`super::feedback`]).
+    pub id: String,
     #[serde(flatten)]
     pub trace: Trace,
     pub arm: Arm,

@@ -7,7 +7,7 @@ use super::error::ApiError;
 use super::AppState;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use actix_web::http::header::{HeaderMap, AUTHORIZATION, WWW_AUTHENTICATE};
 use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
 use actix_web::{web, ResponseError};
@@ -47,17 +47,20 @@ pub async fn middleware(
 /// Whether the request's bearer token is one of `keys`. Every key is compared, whatever the
 /// outcome, each in constant time.
 fn carries_key(req: &ServiceRequest, keys: &[String]) -> bool {
-    let Some(token) = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer)
-    else {
+    let Some(token) = token(req.headers()) else {
         return false;
     };
     keys.iter().fold(false, |found, key| {
         found | same(token.as_bytes(), key.as_bytes())
     })
+}
+
+/// The bearer token a request carries, if any (the rate limit's key: see [`super::rate_limit`]).
+pub fn token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer)
 }
 
 /// The token of an `Authorization: Bearer <token>` value (the scheme is case-insensitive).

@@ -15,6 +15,8 @@
 //! max_connections = 256
 //! shutdown_timeout_secs = 3600
 //! api_keys = ["..."]           # when set, every route but /health and /metrics needs one
+//! rate_limit = 60              # model requests a minute per API key and per user
+//! rate_limit_burst = 10        # at once, after a pause (default: rate_limit)
 //! ```
 
 use anyhow::Context;
@@ -73,6 +75,11 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// Bearer keys; when any is set, every route but `/health` and `/metrics` needs one.
     pub api_keys: Vec<String>,
+    /// Model requests (`/optimize`, chat completions) a minute per API key and per `user`;
+    /// `None`: unlimited. See [`super::rate_limit`].
+    pub rate_limit: Option<u32>,
+    /// Requests a key or user may send at once after a pause; `None`: `rate_limit`.
+    pub rate_limit_burst: Option<u32>,
 }
 
 impl Default for Config {
@@ -98,6 +105,8 @@ impl Default for Config {
             max_connections: 256,
             shutdown_timeout_secs: super::api::MAX_DEADLINE_MS as u64 / 1000,
             api_keys: Vec::new(),
+            rate_limit: None,
+            rate_limit_burst: None,
         }
     }
 }
@@ -129,5 +138,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("port"), "{err}");
+        let config: Config = toml::from_str("rate_limit = 60\n").unwrap();
+        assert_eq!(
+            (config.rate_limit, config.rate_limit_burst),
+            (Some(60), None)
+        );
+        assert_eq!(Config::default().rate_limit, None);
     }
 }

@@ -1,7 +1,9 @@
 //! The one error shape every endpoint answers with:
 //! `{"error": {"type": "...", "message": "...", "param": "field" | null}}`.
 //!
-//! Each status has one `type`, so clients can branch on it without parsing the message.
+//! Each status has one `type`, so clients can branch on it without parsing the message; 429 has
+//! two, `queue_full` and `rate_limited`, since a client retries the one soon and backs off from
+//! the other.
 //! Messages are for people: they name the field at fault in plain words, never a Rust type or
 //! a path on the server (a 500 says only that the log has the details).
 
@@ -19,6 +21,11 @@ pub struct ApiError {
     pub message: String,
     /// The request field at fault, when there is one.
     pub param: Option<String>,
+    /// The body's `type` when it is not the status's own (a 429 is `queue_full` unless it is
+    /// `rate_limited`: a client backs off differently from each).
+    pub kind: Option<&'static str>,
+    /// Seconds for `Retry-After` when the error knows better than its status's default.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -40,6 +47,8 @@ impl ApiError {
             status,
             message: message.into(),
             param: None,
+            kind: None,
+            retry_after: None,
         }
     }
 
@@ -63,6 +72,15 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, message).with_param(param)
     }
 
+    /// 429 for a client over its rate limit: `Retry-After` is `retry_after` seconds, when its
+    /// next request will be let through.
+    pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, message);
+        e.kind = Some("rate_limited");
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     /// 500. `detail` goes to the log, not to the client: it may name files on the server.
     pub fn internal(detail: impl fmt::Display) -> Self {
         tracing::error!("internal error: {detail}");
@@ -80,8 +98,11 @@ impl ApiError {
         )
     }
 
-    /// The `type` of the error body, one per status.
+    /// The `type` of the error body: one per status, but for errors that name their own.
     pub fn kind(&self) -> &'static str {
+        if let Some(kind) = self.kind {
+            return kind;
+        }
         match self.status.as_u16() {
             400 => "invalid_request_error",
             401 => "authentication_error",
@@ -118,7 +139,10 @@ impl ApiError {
     /// How long a client should wait before trying again, for statuses where a retry can
     /// succeed: a full queue drains in a few requests' time; a server shutting down is
     /// usually replaced within seconds.
-    pub fn retry_after_secs(&self) -> Option<u32> {
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        if self.retry_after.is_some() {
+            return self.retry_after;
+        }
         match self.status.as_u16() {
             429 => Some(5),
             503 => Some(10),
@@ -301,6 +325,14 @@ mod tests {
         assert_eq!(
             ApiError::from(StrategyError::Cancelled).status.as_u16(),
             499
+        );
+        let limited = ApiError::rate_limited("slow down", 12);
+        assert_eq!(limited.kind(), "rate_limited");
+        assert_eq!(limited.retry_after_secs(), Some(12));
+        let full = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "full");
+        assert_eq!(
+            (full.kind(), full.retry_after_secs()),
+            ("queue_full", Some(5))
         );
     }
 }

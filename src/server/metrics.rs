@@ -2,6 +2,7 @@
 //! one, so that several servers in one process, as in the tests, do not share counters).
 
 use super::ab::Arm;
+use super::rate_limit::By;
 use crate::strategy::learned::Tallies;
 use crate::strategy::{Move, Trace};
 use prometheus::{
@@ -32,6 +33,8 @@ pub struct Metrics {
     auto_win_rate: GaugeVec,
     auto_cost: GaugeVec,
     spec: [IntCounterVec; 3],
+    feedback: IntCounterVec,
+    rate_limited: IntCounterVec,
 }
 
 impl Metrics {
@@ -193,6 +196,28 @@ impl Metrics {
             }
             registry.register(Box::new(counter.clone()))?;
         }
+        let feedback = IntCounterVec::new(
+            Opts::new(
+                "hone_feedback_total",
+                "Feedback received on answers (POST /feedback), replacements included",
+            ),
+            &["arm"],
+        )?;
+        for arm in [Arm::Optimized, Arm::Plain] {
+            feedback.with_label_values(&[arm.name()]);
+        }
+        registry.register(Box::new(feedback.clone()))?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "hone_rate_limited_total",
+                "Requests refused by a rate limit, by the limit: per API key or per user",
+            ),
+            &["by"],
+        )?;
+        for by in [By::Key, By::User] {
+            rate_limited.with_label_values(&[by.name()]);
+        }
+        registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(info))?;
         registry.register(Box::new(auto_trials.clone()))?;
         registry.register(Box::new(auto_wins.clone()))?;
@@ -217,7 +242,19 @@ impl Metrics {
             auto_win_rate,
             auto_cost,
             spec,
+            feedback,
+            rate_limited,
         })
+    }
+
+    /// Counts a feedback on an answer of `arm`.
+    pub fn feedback(&self, arm: Arm) {
+        self.feedback.with_label_values(&[arm.name()]).inc();
+    }
+
+    /// Counts a request refused by the rate limit `by`.
+    pub fn rate_limited(&self, by: By) {
+        self.rate_limited.with_label_values(&[by.name()]).inc();
     }
 
     /// Records a request's outcome; `status` is the HTTP status code.

@@ -19,9 +19,11 @@ mod body;
 mod config;
 pub mod error;
 mod fallback;
+pub mod feedback;
 pub mod metrics;
 pub mod openai;
 mod queue;
+pub mod rate_limit;
 mod record;
 mod reward_files;
 pub mod routes;
@@ -30,7 +32,7 @@ use crate::budget;
 use crate::strategy::{Engine, Event, Execution, Learned, Strategy, StrategyError, Trace};
 use actix_web::http::StatusCode;
 use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpServer};
 use anyhow::{bail, Context};
 use api::{Job, Limits};
 use error::ApiError;
@@ -75,6 +77,10 @@ pub struct AppState {
     shutting_down: AtomicBool,
     pub metrics: metrics::Metrics,
     pub ab: ab::AbStats,
+    /// The last answers given, for `POST /feedback`.
+    pub answers: feedback::Answers,
+    /// Per-key and per-user limits on model requests, when configured.
+    rate_limiter: Option<rate_limit::RateLimiter>,
     /// What `auto` has learned about the policy from the queries so far.
     pub learned: Learned,
     /// Unix seconds at startup (the `created` of /v1/models).
@@ -116,6 +122,19 @@ impl AppState {
         if config.max_prompt_tokens == 0 {
             bail!("--max-prompt-tokens must be at least 1");
         }
+        if config.rate_limit == Some(0) {
+            bail!("--rate-limit must be at least 1 request a minute (leave it out for no limit)");
+        }
+        if config.rate_limit_burst == Some(0) {
+            bail!("--rate-limit-burst must be at least 1");
+        }
+        if config.rate_limit_burst.is_some() && config.rate_limit.is_none() {
+            bail!("--rate-limit-burst needs --rate-limit");
+        }
+        let rate_limiter = config.rate_limit.map(|per_minute| {
+            let burst = config.rate_limit_burst.unwrap_or(per_minute);
+            rate_limit::RateLimiter::new(per_minute, burst, rate_limit::MAX_BUCKETS)
+        });
         let policy_path = manifest::resolve(&config.policies, &config.model)
             .with_context(|| format!("resolving model `{}`", config.model))?;
         let device = policies::device(config.cpu)?;
@@ -169,6 +188,8 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             metrics,
             ab: ab::AbStats::default(),
+            answers: feedback::Answers::default(),
+            rate_limiter,
             learned: Learned::default(),
             started,
         };
@@ -200,6 +221,50 @@ impl AppState {
             default_budget: self.config.default_budget,
             max_budget: self.config.max_budget,
         }
+    }
+
+    /// 429 when the request's API key or `user` is over the rate limit (see [`rate_limit`]);
+    /// else takes a token from each. The key is the bearer token the auth middleware let
+    /// through, counted only when the server has keys.
+    pub fn check_rate(&self, req: &HttpRequest, user: Option<&str>) -> Result<(), ApiError> {
+        let Some(limiter) = &self.rate_limiter else {
+            return Ok(());
+        };
+        let key = (!self.config.api_keys.is_empty())
+            .then(|| auth::token(req.headers()))
+            .flatten();
+        let who: Vec<(rate_limit::By, &str)> = [
+            key.map(|k| (rate_limit::By::Key, k)),
+            user.map(|u| (rate_limit::By::User, u)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if who.is_empty() {
+            return Ok(());
+        }
+        let Err(limited) = limiter.check(&who, std::time::Instant::now()) else {
+            return Ok(());
+        };
+        self.metrics.rate_limited(limited.by);
+        let whose = match limited.by {
+            rate_limit::By::Key => "this API key",
+            rate_limit::By::User => "this user",
+        };
+        let mut error = ApiError::rate_limited(
+            format!(
+                "rate limit of {} requests a minute (bursts of {}) for {whose} reached; \
+                 retry in {} s",
+                limiter.per_minute(),
+                limiter.burst(),
+                limited.retry_after_secs
+            ),
+            limited.retry_after_secs,
+        );
+        if limited.by == rate_limit::By::User {
+            error = error.with_param("user");
+        }
+        Err(error)
     }
 
     pub fn shutting_down(&self) -> bool {

@@ -4,8 +4,9 @@
 //! into test-time compute with a strategy prefix on the model name (`tpo/<model>`, `auto/<model>`,
 //! `best_of_n/<model>`, `weighted_best_of_n/<model>`) or an extra `hone` object carrying the
 //! /optimize options. The common OpenAI fields are accepted; `temperature`, `top_p`,
-//! `max_tokens` and `seed` are honoured, the rest (`stop`, `user`, penalties...) are ignored, as
-//! are fields this server does not know.
+//! `max_tokens` and `seed` are honoured, `user` counts toward the per-user rate limit, the rest
+//! (`stop`, penalties...) are ignored, as are fields this server does not know. The
+//! completion's `id` is the answer's id for `POST /feedback`.
 
 use super::ab::Arm;
 use super::api::{self, Options};
@@ -42,6 +43,9 @@ pub struct ChatBody {
     pub stream: Option<bool>,
     /// Completions per request; only 1 is supported.
     pub n: Option<u32>,
+    /// Who is asking: the key of the per-user rate limit (not of the A/B split, which chat
+    /// traffic is not part of).
+    pub user: Option<String>,
     /// hone's options: strategy, budget, n (candidates per round), rounds, reward...
     pub hone: Option<Options>,
 }
@@ -116,6 +120,7 @@ pub async fn chat_completions(
 ) -> Result<HttpResponse, ApiError> {
     let arrived = Instant::now();
     let body: ChatBody = parse(body::json(&req, payload, state.body_limits()).await?)?;
+    state.check_rate(&req, body.user.as_deref())?;
     if body.n.is_some_and(|n| n != 1) {
         return Err(ApiError::invalid("n", "only n = 1 is supported"));
     }
@@ -165,29 +170,32 @@ pub async fn chat_completions(
         // leaves the queue.
         let flag = cancel.flag();
         let (tx, rx) = mpsc::unbounded_channel();
+        let id = record.answer_id();
         let task = actix_web::rt::spawn(async move {
             let result = state.run(ticket, job, false, flag, None).await;
             record.finish(&result);
             let text = match result {
-                Ok(o) => completion(requested, &o).events(),
+                Ok(o) => completion(id, requested, &o).events(),
                 Err(e) => format!("data: {}\n\ndata: [DONE]\n\n", e.body()),
             };
             let _ = tx.send(text);
         });
         return Ok(sse(rx, cancel, task));
     }
+    let id = record.answer_id();
     let result = state
         .clone()
         .run(ticket, job, false, cancel.flag(), None)
         .await;
     record.finish(&result);
-    Ok(HttpResponse::Ok().json(completion(requested, &result?).body()))
+    Ok(HttpResponse::Ok().json(completion(id, requested, &result?).body()))
 }
 
-fn completion(model: String, outcome: &Outcome) -> Completion {
+/// The completion of answer `id` (see [`super::feedback`]: the id `POST /feedback` takes).
+fn completion(id: String, model: String, outcome: &Outcome) -> Completion {
     let trace = &outcome.trace;
     Completion {
-        id: format!("chatcmpl-{:016x}", rand::random::<u64>()),
+        id,
         created: now(),
         model,
         finish_reason: match trace.stopped {

@@ -5,12 +5,16 @@
 //! runs it: the handler, or a stream's task. It is finished with the outcome; dropped
 //! unfinished, the client went away (actix dropped the handler, or the stream's body), and it
 //! counts as cancelled: status 499 and `hone_requests_cancelled_total`.
+//!
+//! The record also holds the answer's id ([`super::feedback`]): the response shows it, and an
+//! answered request is remembered under it before the response leaves, so that feedback sent
+//! the moment the answer arrives finds it.
 
 use super::ab::{self, Arm, Sample};
 use super::access_log::{self, Logged};
 use super::api::Job;
 use super::error::ApiError;
-use super::{AppState, Outcome};
+use super::{feedback, AppState, Outcome};
 use crate::strategy::Strategy;
 use actix_web::{HttpMessage, HttpRequest};
 use std::sync::Arc;
@@ -41,9 +45,10 @@ pub struct Record {
     strategy: Strategy,
     arm: Arm,
     budget: Option<u64>,
-    /// The A/B comparison this request's score joins (see [`ab::scale`]); `None` for chat
-    /// traffic, which is not randomized between arms.
-    ab_scale: Option<String>,
+    /// The reward scale the answer is scored on (see [`ab::scale`]).
+    scale: String,
+    /// The answer's id: 128 random bits.
+    id: u128,
     arrived: Instant,
     finished: bool,
 }
@@ -53,10 +58,8 @@ impl Record {
     /// request's log line to this record.
     pub fn new(req: &HttpRequest, state: Arc<AppState>, route: Route, job: &Job, arm: Arm) -> Self {
         req.extensions_mut().insert(Logged);
-        let ab_scale = (route == Route::Optimize).then(|| {
-            let reward = job.reward.as_deref().unwrap_or(&state.config.reward);
-            ab::scale(reward, job.checks.as_ref().map(|c| c.only))
-        });
+        let reward = job.reward.as_deref().unwrap_or(&state.config.reward);
+        let scale = ab::scale(reward, job.checks.as_ref().map(|c| c.only));
         Self {
             strategy: job.strategy,
             budget: job.compute_budget(),
@@ -64,9 +67,15 @@ impl Record {
             state,
             route,
             arm,
-            ab_scale,
+            scale,
+            id: feedback::new_id(),
             finished: false,
         }
+    }
+
+    /// The answer's id, as its response shows it.
+    pub fn answer_id(&self) -> String {
+        feedback::show(self.route, self.id)
     }
 
     /// Counts the request's outcome.
@@ -95,14 +104,18 @@ impl Record {
         }
         if let Some(outcome) = outcome {
             state.metrics.trace(self.arm, &outcome.trace, self.budget);
-            if let Some(scale) = &self.ab_scale {
+            // Chat traffic is not randomized between arms: it stays out of the comparison.
+            if self.route == Route::Optimize {
                 let sample = Sample {
                     reward: outcome.trace.score,
                     compute: outcome.trace.usage.compute,
                     latency_ms: elapsed.as_secs_f64() * 1000.0,
                 };
-                state.ab.record(scale, self.arm, sample);
+                state.ab.record(&self.scale, self.arm, sample);
             }
+            state
+                .answers
+                .remember(self.route, self.id, self.arm, &self.scale);
         }
         let compute = outcome.map(|o| o.trace.usage.compute);
         access_log::line(

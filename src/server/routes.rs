@@ -1,5 +1,5 @@
-//! The handlers: `/optimize`, `/rewards`, `/ab`, `/health`, `/metrics`, `/openapi.json`, and the
-//! OpenAI-compatible routes (see [`super::openai`]).
+//! The handlers: `/optimize`, `/rewards`, `/ab`, `/health`, `/metrics`, `/openapi.json`, the
+//! OpenAI-compatible routes (see [`super::openai`]) and `/feedback` ([`super::feedback`]).
 //!
 //! Bodies are read as JSON values ([`super::body`]: content type, size and time checked) and
 //! then deserialized with `serde_path_to_error`, so a wrong type is reported with the field's
@@ -10,7 +10,7 @@ use super::api::{self, Job, OptimizeResponse};
 use super::error::ApiError;
 use super::queue::Ticket;
 use super::record::{Record, Route};
-use super::{body, fallback, openai, AppState, CancelOnDrop, Progress};
+use super::{body, fallback, feedback, openai, AppState, CancelOnDrop, Progress};
 use crate::strategy::{Event, Strategy};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -32,6 +32,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(only("/health", "GET", web::get().to(health)))
         .service(only("/metrics", "GET", web::get().to(metrics)))
         .service(only("/ab", "GET", web::get().to(ab_summary)))
+        .service(only("/feedback", "POST", web::post().to(feedback::post)))
         .service(only("/openapi.json", "GET", web::get().to(openapi)))
         .default_service(web::to(fallback::not_found));
 }
@@ -57,6 +58,7 @@ async fn optimize(
 ) -> Result<HttpResponse, ApiError> {
     let arrived = Instant::now();
     let body: api::OptimizeBody = parse(body::json(&req, payload, state.body_limits()).await?)?;
+    state.check_rate(&req, body.user.as_deref())?;
     if let Some(policy) = &body.policy {
         state.check_policy("policy", policy)?;
     }
@@ -101,6 +103,7 @@ async fn optimize(
             cancel,
         ));
     }
+    let id = record.answer_id();
     let result = state
         .clone()
         .run(ticket, job, body.compare_plain, cancel.flag(), None)
@@ -108,6 +111,7 @@ async fn optimize(
     record.finish(&result);
     let outcome = result?;
     Ok(HttpResponse::Ok().json(OptimizeResponse {
+        id,
         trace: outcome.trace,
         arm,
         plain: outcome.plain,
@@ -145,6 +149,7 @@ fn optimize_stream(
             }
         });
     });
+    let id = record.answer_id();
     let task = actix_web::rt::spawn(async move {
         let result = state
             .run(ticket, job, compare_plain, flag, Some(progress))
@@ -152,6 +157,7 @@ fn optimize_stream(
         record.finish(&result);
         let text = match result {
             Ok(outcome) => match serde_json::to_value(OptimizeResponse {
+                id,
                 trace: outcome.trace,
                 arm,
                 plain: outcome.plain,
@@ -208,7 +214,12 @@ async fn rewards(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn ab_summary(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(state.ab.summary(state.config.ab_plain_fraction))
+    let (optimize, chat) = state.answers.outcomes();
+    HttpResponse::Ok().json(
+        state
+            .ab
+            .summary(state.config.ab_plain_fraction, optimize, chat),
+    )
 }
 
 /// The hand-written OpenAPI 3.0 description of these routes.
