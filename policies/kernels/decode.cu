@@ -12,14 +12,6 @@
 #include <math.h>
 
 #define WARP 32
-// Elements one lane dequantizes at a time: every block format below keeps 8 consecutive
-// elements (starting at a multiple of 8) under one scale.
-#define CHUNK 8
-// Rows of the input reduced together against one dequantized chunk of weights: ROWS for
-// decode-sized calls, TALL_ROWS for prefill-sized ones. Each row's sum is formed the same way
-// with either, so the choice changes speed, never bits.
-#define ROWS 8
-#define TALL_ROWS 32
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -37,78 +29,98 @@ __device__ __forceinline__ float f16(const uint8_t *p) {
     return __half2float(*reinterpret_cast<const __half *>(p));
 }
 
+// Four bytes at a 4-byte aligned address, and at a 2-byte aligned one (blocks of 18, 22, 34
+// and 210 bytes leave their quants only 2-byte aligned).
+__device__ __forceinline__ uint32_t ld4(const uint8_t *p) {
+    return *reinterpret_cast<const uint32_t *>(p);
+}
+__device__ __forceinline__ uint32_t ld2x2(const uint8_t *p) {
+    const uint16_t *h = reinterpret_cast<const uint16_t *>(p);
+    return (uint32_t)h[0] | ((uint32_t)h[1] << 16);
+}
+
 // ---------------------------------------------------------------------------------------------
-// Block formats (ggml's layouts). Each `Dq` type dequantizes the CHUNK elements of one row that
-// start at element `e` (a multiple of CHUNK) from the row's first block `row`.
+// Block formats (ggml's layouts). A row is cut into units of 8 weights: unit `t` of a block
+// holds elements a..a+3 and b..b+3 of the block (`lo` and `hi`), read with one or two 32-bit
+// loads, so a warp's lanes read consecutive words of the quants. `dq` dequantizes unit `t` of
+// block `blk` into w[0..4] (elements a..) and w[4..8] (elements b..).
 
 struct Q4_0 {  // 32 elements: f16 d, 16 bytes of nibbles (elements j and j + 16 share byte j)
-    static const int QK = 32, BYTES = 18;
-    __device__ static void dq(const uint8_t *row, int e, float *y) {
-        const uint8_t *b = row + (e / QK) * BYTES;
-        const float d = f16(b);
-        const int j = e % QK, hi = j >= 16, l = j % 16;
+    static const int QK = 32, BYTES = 18, UNITS = 4;
+    __device__ static int lo(int t) { return 4 * t; }
+    __device__ static int hi(int t) { return 16 + 4 * t; }
+    __device__ static void dq(const uint8_t *blk, int t, float *w) {
+        const float d = f16(blk);
+        const uint32_t q = ld2x2(blk + 2 + 4 * t);
 #pragma unroll
-        for (int i = 0; i < CHUNK; i++) {
-            const int q = hi ? b[2 + l + i] >> 4 : b[2 + l + i] & 0xF;
-            y[i] = (q - 8) * d;
+        for (int i = 0; i < 4; i++) {
+            w[i] = ((int)((q >> (8 * i)) & 0xF) - 8) * d;
+            w[4 + i] = ((int)((q >> (8 * i + 4)) & 0xF) - 8) * d;
         }
     }
 };
 
 struct Q4_1 {  // 32 elements: f16 d, f16 m, 16 bytes of nibbles
-    static const int QK = 32, BYTES = 20;
-    __device__ static void dq(const uint8_t *row, int e, float *y) {
-        const uint8_t *b = row + (e / QK) * BYTES;
-        const float d = f16(b), m = f16(b + 2);
-        const int j = e % QK, hi = j >= 16, l = j % 16;
+    static const int QK = 32, BYTES = 20, UNITS = 4;
+    __device__ static int lo(int t) { return 4 * t; }
+    __device__ static int hi(int t) { return 16 + 4 * t; }
+    __device__ static void dq(const uint8_t *blk, int t, float *w) {
+        const float d = f16(blk), m = f16(blk + 2);
+        const uint32_t q = ld4(blk + 4 + 4 * t);
 #pragma unroll
-        for (int i = 0; i < CHUNK; i++) {
-            const int q = hi ? b[4 + l + i] >> 4 : b[4 + l + i] & 0xF;
-            y[i] = q * d + m;
+        for (int i = 0; i < 4; i++) {
+            w[i] = ((q >> (8 * i)) & 0xF) * d + m;
+            w[4 + i] = ((q >> (8 * i + 4)) & 0xF) * d + m;
         }
     }
 };
 
 struct Q5_0 {  // 32 elements: f16 d, 32 high bits, 16 bytes of nibbles
-    static const int QK = 32, BYTES = 22;
-    __device__ static void dq(const uint8_t *row, int e, float *y) {
-        const uint8_t *b = row + (e / QK) * BYTES;
-        const float d = f16(b);
-        const uint32_t qh = b[2] | (b[3] << 8) | (b[4] << 16) | ((uint32_t)b[5] << 24);
-        const int j = e % QK, hi = j >= 16, l = j % 16;
+    static const int QK = 32, BYTES = 22, UNITS = 4;
+    __device__ static int lo(int t) { return 4 * t; }
+    __device__ static int hi(int t) { return 16 + 4 * t; }
+    __device__ static void dq(const uint8_t *blk, int t, float *w) {
+        const float d = f16(blk);
+        const uint32_t qh = ld2x2(blk + 2), q = ld2x2(blk + 6 + 4 * t);
 #pragma unroll
-        for (int i = 0; i < CHUNK; i++) {
-            const int nib = hi ? b[6 + l + i] >> 4 : b[6 + l + i] & 0xF;
-            const int bit = (qh >> (j + i)) & 1;
-            y[i] = ((nib | (bit << 4)) - 16) * d;
+        for (int i = 0; i < 4; i++) {
+            const int l = ((q >> (8 * i)) & 0xF) | (((qh >> (4 * t + i)) & 1) << 4);
+            const int h = ((q >> (8 * i + 4)) & 0xF) | (((qh >> (16 + 4 * t + i)) & 1) << 4);
+            w[i] = (l - 16) * d;
+            w[4 + i] = (h - 16) * d;
         }
     }
 };
 
 struct Q5_1 {  // 32 elements: f16 d, f16 m, 32 high bits, 16 bytes of nibbles
-    static const int QK = 32, BYTES = 24;
-    __device__ static void dq(const uint8_t *row, int e, float *y) {
-        const uint8_t *b = row + (e / QK) * BYTES;
-        const float d = f16(b), m = f16(b + 2);
-        const uint32_t qh = b[4] | (b[5] << 8) | (b[6] << 16) | ((uint32_t)b[7] << 24);
-        const int j = e % QK, hi = j >= 16, l = j % 16;
+    static const int QK = 32, BYTES = 24, UNITS = 4;
+    __device__ static int lo(int t) { return 4 * t; }
+    __device__ static int hi(int t) { return 16 + 4 * t; }
+    __device__ static void dq(const uint8_t *blk, int t, float *w) {
+        const float d = f16(blk), m = f16(blk + 2);
+        const uint32_t qh = ld4(blk + 4), q = ld4(blk + 8 + 4 * t);
 #pragma unroll
-        for (int i = 0; i < CHUNK; i++) {
-            const int nib = hi ? b[8 + l + i] >> 4 : b[8 + l + i] & 0xF;
-            const int bit = (qh >> (j + i)) & 1;
-            y[i] = (nib | (bit << 4)) * d + m;
+        for (int i = 0; i < 4; i++) {
+            const int l = ((q >> (8 * i)) & 0xF) | (((qh >> (4 * t + i)) & 1) << 4);
+            const int h = ((q >> (8 * i + 4)) & 0xF) | (((qh >> (16 + 4 * t + i)) & 1) << 4);
+            w[i] = l * d + m;
+            w[4 + i] = h * d + m;
         }
     }
 };
 
 struct Q8_0 {  // 32 elements: f16 d, 32 signed bytes
-    static const int QK = 32, BYTES = 34;
-    __device__ static void dq(const uint8_t *row, int e, float *y) {
-        const uint8_t *b = row + (e / QK) * BYTES;
-        const float d = f16(b);
-        const int8_t *q = reinterpret_cast<const int8_t *>(b + 2) + e % QK;
+    static const int QK = 32, BYTES = 34, UNITS = 4;
+    __device__ static int lo(int t) { return 8 * t; }
+    __device__ static int hi(int t) { return 8 * t + 4; }
+    __device__ static void dq(const uint8_t *blk, int t, float *w) {
+        const float d = f16(blk);
+        const uint32_t a = ld2x2(blk + 2 + 8 * t), b = ld2x2(blk + 6 + 8 * t);
 #pragma unroll
-        for (int i = 0; i < CHUNK; i++) y[i] = q[i] * d;
+        for (int i = 0; i < 4; i++) {
+            w[i] = (int8_t)(a >> (8 * i)) * d;
+            w[4 + i] = (int8_t)(b >> (8 * i)) * d;
+        }
     }
 };
 
@@ -123,106 +135,159 @@ __device__ __forceinline__ void scale_min_k4(int j, const uint8_t *q, int &sc, i
     }
 }
 
+// Q4_K and Q5_K: group g = t / 8 of 64 elements; low nibbles are elements 64g + l and high
+// nibbles 64g + 32 + l of byte l of the group's 32, under sub-blocks 2g and 2g + 1.
 struct Q4_K {  // 256 elements: f16 d, f16 dmin, 12 bytes of scales, 128 bytes of nibbles
-    static const int QK = 256, BYTES = 144;
-    __device__ static void dq(const uint8_t *row, int e, float *y) {
-        const uint8_t *b = row + (e / QK) * BYTES;
-        const int j = e % QK, g = j / 64, w = j % 64, hi = w >= 32, l = w % 32;
-        int sc, m;
-        scale_min_k4(2 * g + hi, b + 4, sc, m);
-        const float d = f16(b) * sc, mn = f16(b + 2) * m;
-        const uint8_t *q = b + 16 + 32 * g + l;
+    static const int QK = 256, BYTES = 144, UNITS = 32;
+    __device__ static int lo(int t) { return 64 * (t / 8) + 4 * (t % 8); }
+    __device__ static int hi(int t) { return lo(t) + 32; }
+    __device__ static void dq(const uint8_t *blk, int t, float *w) {
+        const int g = t / 8;
+        int s0, m0, s1, m1;
+        scale_min_k4(2 * g, blk + 4, s0, m0);
+        scale_min_k4(2 * g + 1, blk + 4, s1, m1);
+        const float d = f16(blk), dmin = f16(blk + 2);
+        const float d0 = d * s0, n0 = dmin * m0, d1 = d * s1, n1 = dmin * m1;
+        const uint32_t q = ld4(blk + 16 + 32 * g + 4 * (t % 8));
 #pragma unroll
-        for (int i = 0; i < CHUNK; i++) y[i] = d * (hi ? q[i] >> 4 : q[i] & 0xF) - mn;
-    }
-};
-
-struct Q5_K {  // 256 elements: f16 d, f16 dmin, 12 bytes of scales, 32 bytes of high bits, 128 of nibbles
-    static const int QK = 256, BYTES = 176;
-    __device__ static void dq(const uint8_t *row, int e, float *y) {
-        const uint8_t *b = row + (e / QK) * BYTES;
-        const int j = e % QK, g = j / 64, w = j % 64, hi = w >= 32, l = w % 32;
-        int sc, m;
-        scale_min_k4(2 * g + hi, b + 4, sc, m);
-        const float d = f16(b) * sc, mn = f16(b + 2) * m;
-        const uint8_t *qh = b + 16 + l;
-        const uint8_t *q = b + 48 + 32 * g + l;
-        const int shift = 2 * g + hi;
-#pragma unroll
-        for (int i = 0; i < CHUNK; i++) {
-            const int nib = hi ? q[i] >> 4 : q[i] & 0xF;
-            y[i] = d * (nib + (((qh[i] >> shift) & 1) << 4)) - mn;
+        for (int i = 0; i < 4; i++) {
+            w[i] = d0 * ((q >> (8 * i)) & 0xF) - n0;
+            w[4 + i] = d1 * ((q >> (8 * i + 4)) & 0xF) - n1;
         }
     }
 };
 
-struct Q6_K {  // 256 elements: 128 bytes of low nibbles, 64 of high pairs, 16 int8 scales, f16 d
-    static const int QK = 256, BYTES = 210;
-    __device__ static void dq(const uint8_t *row, int e, float *y) {
-        const uint8_t *b = row + (e / QK) * BYTES;
-        const int j = e % QK, half = j / 128, w = j % 128, quarter = w / 32, l = w % 32;
-        const uint8_t *ql = b + 64 * half + l + (quarter & 1) * 32;
-        const uint8_t *qh = b + 128 + 32 * half + l;
-        const int8_t *sc = reinterpret_cast<const int8_t *>(b + 192) + 8 * half;
-        const float d = f16(b + 208) * sc[l / 16 + 2 * quarter];
-        const int up = quarter >> 1, shift = 2 * quarter;
+struct Q5_K {  // 256 elements: f16 d, f16 dmin, 12 bytes of scales, 32 of high bits, 128 of nibbles
+    static const int QK = 256, BYTES = 176, UNITS = 32;
+    __device__ static int lo(int t) { return 64 * (t / 8) + 4 * (t % 8); }
+    __device__ static int hi(int t) { return lo(t) + 32; }
+    __device__ static void dq(const uint8_t *blk, int t, float *w) {
+        const int g = t / 8;
+        int s0, m0, s1, m1;
+        scale_min_k4(2 * g, blk + 4, s0, m0);
+        scale_min_k4(2 * g + 1, blk + 4, s1, m1);
+        const float d = f16(blk), dmin = f16(blk + 2);
+        const float d0 = d * s0, n0 = dmin * m0, d1 = d * s1, n1 = dmin * m1;
+        const uint32_t qh = ld4(blk + 16 + 4 * (t % 8));
+        const uint32_t q = ld4(blk + 48 + 32 * g + 4 * (t % 8));
 #pragma unroll
-        for (int i = 0; i < CHUNK; i++) {
-            const int lo = up ? ql[i] >> 4 : ql[i] & 0xF;
-            y[i] = d * ((lo | (((qh[i] >> shift) & 3) << 4)) - 32);
+        for (int i = 0; i < 4; i++) {
+            const int l = ((q >> (8 * i)) & 0xF) | (((qh >> (8 * i + 2 * g)) & 1) << 4);
+            const int h = ((q >> (8 * i + 4)) & 0xF) | (((qh >> (8 * i + 2 * g + 1)) & 1) << 4);
+            w[i] = d0 * l - n0;
+            w[4 + i] = d1 * h - n1;
+        }
+    }
+};
+
+// Q6_K: half h = t / 16 of 128 elements; word m = t % 16 of the half's 64 low-nibble bytes
+// holds elements 4m.. (low nibbles) and 64 + 4m.. (high nibbles) of the half; the two high
+// bits of element e of a half sit in byte e % 32 of its 32, at bit 2 * (e / 32).
+struct Q6_K {  // 256 elements: 128 bytes of low nibbles, 64 of high pairs, 16 int8 scales, f16 d
+    static const int QK = 256, BYTES = 210, UNITS = 32;
+    __device__ static int lo(int t) { return 128 * (t / 16) + 4 * (t % 16); }
+    __device__ static int hi(int t) { return lo(t) + 64; }
+    __device__ static void dq(const uint8_t *blk, int t, float *w) {
+        const int h = t / 16, m = t % 16, ql_quarter = m / 8, l = 4 * (m % 8);
+        const uint32_t ql = ld2x2(blk + 64 * h + 4 * m);
+        const uint32_t qh = ld2x2(blk + 128 + 32 * h + l);
+        const int8_t *sc = reinterpret_cast<const int8_t *>(blk + 192) + 8 * h + l / 16;
+        const float d = f16(blk + 208);
+        const float d0 = d * sc[2 * ql_quarter], d1 = d * sc[2 * (ql_quarter + 2)];
+        const int s0 = 2 * ql_quarter, s1 = 2 * (ql_quarter + 2);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int a = ((ql >> (8 * i)) & 0xF) | (((qh >> (8 * i + s0)) & 3) << 4);
+            const int b = ((ql >> (8 * i + 4)) & 0xF) | (((qh >> (8 * i + s1)) & 3) << 4);
+            w[i] = d0 * (a - 32);
+            w[4 + i] = d1 * (b - 32);
         }
     }
 };
 
 // ---------------------------------------------------------------------------------------------
 // Matrix products. `w` is `[cols, k]` (one quantized row per output column), `x` is `[n, k]`
-// f32, `y` is `[n, cols]`. One warp owns one output column for one group of ROWS input rows
-// (grid y): its lanes take chunks lane, lane + 32, ... of the reduction, then the warp sums
-// them in a fixed tree, so a dequantized chunk serves every row of the group and the order of
-// each sum is the same whatever the number of rows.
+// f32, `y` is `[n, cols]`. One warp owns C output columns for one group of R input rows
+// (grid y). Lane l takes units l, l + 32, ... of the reduction; each unit's 8 products are
+// summed in element order, added to the lane's sum, and the warp adds its lanes in a fixed
+// tree. Every output element is therefore reduced the same way whatever R, C and the number
+// of rows are: a row's result never depends on the call it is in, and prefill (R = 8, C = 4)
+// gives the bits of decode (R = 1, C = 1).
 
-template <typename T, int R>
-__device__ void dot_rows(const uint8_t *wrow, const float *x, int n0, int rows, int k,
-                         float *acc) {
-    const int lane = threadIdx.x % WARP;
+
+template <typename T, int R, int C>
+__device__ void dot_tile(const uint8_t *w, size_t row_bytes, int ncols, const float *x,
+                         int rows, int k, float (&acc)[R][C]) {
+    const int lane = threadIdx.x % WARP, units = k / T::QK * T::UNITS;
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = 0.f;
-    for (int e = lane * CHUNK; e < k; e += WARP * CHUNK) {
-        float w[CHUNK];
-        T::dq(wrow, e, w);
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int c = 0; c < C; c++) acc[r][c] = 0.f;
+    // Several units in flight per lane where a warp holds one row: decode is bound by memory
+    // latency; with 8 rows the registers go to the rows instead.
+#pragma unroll(R == 1 ? 4 : 1)
+    for (int u = lane; u < units; u += WARP) {
+        const int blk = u / T::UNITS, t = u % T::UNITS;
+        const int a = blk * T::QK + T::lo(t), b = blk * T::QK + T::hi(t);
+        float wq[C][8];
+#pragma unroll
+        for (int c = 0; c < C; c++)
+            if (c < ncols) T::dq(w + c * row_bytes + (size_t)blk * T::BYTES, t, wq[c]);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r < rows) {
-                const float *xr = x + (size_t)(n0 + r) * k + e;
-                float s = 0.f;
+                const float4 xa = *reinterpret_cast<const float4 *>(x + (size_t)r * k + a);
+                const float4 xb = *reinterpret_cast<const float4 *>(x + (size_t)r * k + b);
 #pragma unroll
-                for (int i = 0; i < CHUNK; i++) s = fmaf(w[i], xr[i], s);
-                acc[r] += s;
+                for (int c = 0; c < C; c++) {
+                    float s = wq[c][0] * xa.x;
+                    s = fmaf(wq[c][1], xa.y, s);
+                    s = fmaf(wq[c][2], xa.z, s);
+                    s = fmaf(wq[c][3], xa.w, s);
+                    s = fmaf(wq[c][4], xb.x, s);
+                    s = fmaf(wq[c][5], xb.y, s);
+                    s = fmaf(wq[c][6], xb.z, s);
+                    s = fmaf(wq[c][7], xb.w, s);
+                    acc[r][c] += s;
+                }
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int c = 0; c < C; c++) acc[r][c] = warp_sum(acc[r][c]);
+}
+
+// The warp's first column, or -1 past the last.
+template <int C>
+__device__ __forceinline__ int first_column(int cols) {
+    const int col = (blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP) * C;
+    return col < cols ? col : -1;
 }
 
 // y = x wᵀ (+ bias) (+ res). `bias` and `res` are read only when their flags are set.
-template <typename T, int R>
+template <typename T, int R, int C>
 __device__ void matvec(const uint8_t *w, const float *x, float *y, const float *bias,
                        const float *res, int has_bias, int has_res, int n, int k, int cols) {
-    const int col = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
-    if (col >= cols) return;
-    const uint8_t *wrow = w + (size_t)col * (k / T::QK) * T::BYTES;
+    const int col = first_column<C>(cols);
+    if (col < 0) return;
+    const size_t row_bytes = (size_t)(k / T::QK) * T::BYTES;
+    const int ncols = min(C, cols - col);
     for (int n0 = blockIdx.y * R; n0 < n; n0 += gridDim.y * R) {
         const int rows = min(R, n - n0);
-        float acc[R];
-        dot_rows<T, R>(wrow, x, n0, rows, k, acc);
+        float acc[R][C];
+        dot_tile<T, R, C>(w + col * row_bytes, row_bytes, ncols, x + (size_t)n0 * k, rows, k,
+                          acc);
         if (threadIdx.x % WARP == 0) {
-            for (int r = 0; r < rows; r++) {
-                float v = acc[r];
-                if (has_bias) v += bias[col];
-                if (has_res) v += res[(size_t)(n0 + r) * cols + col];
-                y[(size_t)(n0 + r) * cols + col] = v;
-            }
+            for (int r = 0; r < rows; r++)
+                for (int c = 0; c < ncols; c++) {
+                    const size_t at = (size_t)(n0 + r) * cols + col + c;
+                    float v = acc[r][c];
+                    if (has_bias) v += bias[col + c];
+                    if (has_res) v += res[at];
+                    y[at] = v;
+                }
         }
     }
 }
@@ -235,39 +300,47 @@ __device__ __forceinline__ float gelu(float g) {
 }
 
 // The gated MLP's first half: y = act(x gateᵀ) * (x upᵀ); act 0 is SiLU, 1 is GELU.
-template <typename T, int R>
+template <typename T, int R, int C>
 __device__ void glu(const uint8_t *gate, const uint8_t *up, const float *x, float *y, int act,
                     int n, int k, int cols) {
-    const int col = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
-    if (col >= cols) return;
-    const size_t stride = (size_t)col * (k / T::QK) * T::BYTES;
+    const int col = first_column<C>(cols);
+    if (col < 0) return;
+    const size_t row_bytes = (size_t)(k / T::QK) * T::BYTES;
+    const int ncols = min(C, cols - col);
     for (int n0 = blockIdx.y * R; n0 < n; n0 += gridDim.y * R) {
         const int rows = min(R, n - n0);
-        float g[R], u[R];
-        dot_rows<T, R>(gate + stride, x, n0, rows, k, g);
-        dot_rows<T, R>(up + stride, x, n0, rows, k, u);
+        float g[R][C], u[R][C];
+        dot_tile<T, R, C>(gate + col * row_bytes, row_bytes, ncols, x + (size_t)n0 * k, rows,
+                          k, g);
+        dot_tile<T, R, C>(up + col * row_bytes, row_bytes, ncols, x + (size_t)n0 * k, rows, k,
+                          u);
         if (threadIdx.x % WARP == 0) {
-            for (int r = 0; r < rows; r++) {
-                const float a = act ? gelu(g[r]) : silu(g[r]);
-                y[(size_t)(n0 + r) * cols + col] = a * u[r];
-            }
+            for (int r = 0; r < rows; r++)
+                for (int c = 0; c < ncols; c++) {
+                    const float a = act ? gelu(g[r][c]) : silu(g[r][c]);
+                    y[(size_t)(n0 + r) * cols + col + c] = a * u[r][c];
+                }
         }
     }
 }
 
-#define QUANT_KERNELS_R(T, SUFFIX, R)                                                         \
+// Shapes: `_1` one row and one column per warp (a decode step of one row: the most warps);
+// `_8` up to 8 rows (small batches, verification); `_wide` 8 rows and 4 columns (prefill and
+// large batches: each weight unit serves 8 rows, each input load 4 columns).
+#define QUANT_KERNELS_RC(T, SUFFIX, R, C)                                                     \
     extern "C" __global__ void matvec_##T##SUFFIX(const uint8_t *w, const float *x, float *y, \
                                                   const float *bias, const float *res,        \
                                                   int has_bias, int has_res, int n, int k,    \
                                                   int cols) {                                 \
-        matvec<T, R>(w, x, y, bias, res, has_bias, has_res, n, k, cols);                      \
+        matvec<T, R, C>(w, x, y, bias, res, has_bias, has_res, n, k, cols);                   \
     }                                                                                         \
     extern "C" __global__ void glu_##T##SUFFIX(const uint8_t *gate, const uint8_t *up,        \
                                                const float *x, float *y, int act, int n,      \
                                                int k, int cols) {                             \
-        glu<T, R>(gate, up, x, y, act, n, k, cols);                                           \
+        glu<T, R, (C > 2 ? 2 : C)>(gate, up, x, y, act, n, k, cols);                          \
     }
-#define QUANT_KERNELS(T) QUANT_KERNELS_R(T, , ROWS) QUANT_KERNELS_R(T, _tall, TALL_ROWS)
+#define QUANT_KERNELS(T) \
+    QUANT_KERNELS_RC(T, _1, 1, 1) QUANT_KERNELS_RC(T, _8, 8, 1) QUANT_KERNELS_RC(T, _wide, 8, 4)
 
 QUANT_KERNELS(Q4_0)
 QUANT_KERNELS(Q4_1)
@@ -277,6 +350,29 @@ QUANT_KERNELS(Q8_0)
 QUANT_KERNELS(Q4_K)
 QUANT_KERNELS(Q5_K)
 QUANT_KERNELS(Q6_K)
+
+// ---------------------------------------------------------------------------------------------
+// RMS norm of each row of `x` `[n, d]`: y = x / sqrt(mean(x²) + eps) * w. One block of
+// NORM_THREADS per row; thread i sums elements i, i + NORM_THREADS, ... and the block adds its
+// threads in a fixed tree, so a row's result depends on d alone.
+
+#define NORM_THREADS 256
+
+extern "C" __global__ void rms_norm(const float *x, const float *w, float *y, int d, float eps) {
+    const float *xr = x + (size_t)blockIdx.x * d;
+    float *yr = y + (size_t)blockIdx.x * d;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < d; i += NORM_THREADS) s = fmaf(xr[i], xr[i], s);
+    s = warp_sum(s);
+    __shared__ float part[NORM_THREADS / WARP];
+    if (threadIdx.x % WARP == 0) part[threadIdx.x / WARP] = s;
+    __syncthreads();
+    float total = 0.f;
+#pragma unroll
+    for (int i = 0; i < NORM_THREADS / WARP; i++) total += part[i];
+    const float inv = rsqrtf(total / d + eps);
+    for (int i = threadIdx.x; i < d; i += NORM_THREADS) yr[i] = xr[i] * inv * w[i];
+}
 
 // ---------------------------------------------------------------------------------------------
 // RoPE and the KV-cache write in one pass. Grid (tokens, heads + kv_heads), d / 2 threads.
@@ -317,7 +413,7 @@ extern "C" __global__ void rope_store(const float *q, const float *k, const floa
 // online softmax; the warps' partial results are merged in warp order. The split depends only
 // on the key count, so a query's output does not depend on the rest of the call.
 
-#define ATT_WARPS 4
+#define ATT_WARPS 8
 #define MAX_D 256
 
 extern "C" __global__ void attend(const float *q, const float *kc, const float *vc,
@@ -366,7 +462,7 @@ extern "C" __global__ void attend(const float *q, const float *kc, const float *
 #pragma unroll
         for (int i = 0; i < MAX_D / WARP; i++) acc[i] *= corr;
         const int in_tile = min((uint32_t)WARP, count - base);
-#pragma unroll 4
+#pragma unroll 8
         for (int kk = 0; kk < in_tile; kk++) {
             const float pk = __shfl_sync(0xffffffffu, p, kk);
             const uint32_t sk = __shfl_sync(0xffffffffu, my_slot, kk);

@@ -20,14 +20,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
 /// Warps (output columns) per block of the matrix kernels.
 const COLUMN_WARPS: u32 = 4;
-/// Must match `ROWS` and `TALL_ROWS` in the kernel file.
-const ROWS_PER_WARP: usize = 8;
-const TALL: usize = 32;
 /// The grid's y dimension may not pass 65,535.
 const MAX_ROW_GROUPS: usize = 65_535;
 /// Must match `ATT_WARPS` and `MAX_D` in the kernel file.
-const ATTENTION_WARPS: u32 = 4;
+const ATTENTION_WARPS: u32 = 8;
 const MAX_HEAD_DIM: usize = 256;
+/// Must match `NORM_THREADS` in the kernel file.
+const NORM_THREADS: u32 = 256;
 
 /// A quantized weight matrix `[rows, cols]` in GGUF block layout on the GPU: `rows` outputs,
 /// each a run of blocks over `cols` inputs.
@@ -116,8 +115,8 @@ impl GpuMatrix {
         let y = Output::new(&dev, n * self.rows)?;
         launch(
             &dev,
-            &format!("matvec_{}{}", self.kind, height(n)),
-            self.columns(n),
+            &format!("matvec_{}{}", self.kind, Tile::of(n).suffix()),
+            self.columns(n, Tile::of(n).columns()),
             &[self.ptr(&dev), x, y.ptr, b.unwrap_or(x), r.unwrap_or(x)],
             &[
                 b.is_some() as i32,
@@ -157,26 +156,68 @@ impl GpuMatrix {
         Ok((dev.clone(), xs.elem_count() / self.cols, Shape::from(out)))
     }
 
-    /// A warp per output column and group of input rows (grid y, capped: a warp then takes
-    /// several groups, which changes no sum's order).
-    fn columns(&self, n: usize) -> LaunchConfig {
-        let per_warp = if n >= TALL { TALL } else { ROWS_PER_WARP };
-        let groups = n.div_ceil(per_warp).clamp(1, MAX_ROW_GROUPS) as u32;
+    /// A warp per `per_warp` output columns and group of input rows (grid y, capped: a warp
+    /// then takes several groups, which changes no sum's order).
+    fn columns(&self, n: usize, per_warp: usize) -> LaunchConfig {
+        let groups = n.div_ceil(Tile::of(n).rows()).clamp(1, MAX_ROW_GROUPS) as u32;
+        let warps = self.rows.div_ceil(per_warp) as u32;
         LaunchConfig {
-            grid_dim: ((self.rows as u32).div_ceil(COLUMN_WARPS), groups, 1),
+            grid_dim: (warps.div_ceil(COLUMN_WARPS), groups, 1),
             block_dim: (32 * COLUMN_WARPS, 1, 1),
             shared_mem_bytes: 0,
         }
     }
 }
 
-/// The kernel variant for `n` input rows: `_tall` ones dequantize a chunk of weights once for
-/// 32 rows instead of 8 (same bits, fewer dequantizations in a prefill).
-fn height(n: usize) -> &'static str {
-    if n >= TALL {
-        "_tall"
-    } else {
-        ""
+/// The kernel variant for `n` input rows: how many rows and columns one warp computes (the
+/// kernel file's `QUANT_KERNELS`). Every variant reduces each element the same way, so the
+/// choice changes speed, never bits.
+#[derive(Debug, Clone, Copy)]
+enum Tile {
+    /// One row, one column per warp: a decode step of one row gets the most warps.
+    One,
+    /// Up to 8 rows per warp: small batches and drafted tokens.
+    Eight,
+    /// 8 rows and 4 columns per warp (2 in the gated MLP): prefill and large batches, where
+    /// each weight unit serves 8 rows and each input load 4 columns.
+    Wide,
+}
+
+impl Tile {
+    fn of(n: usize) -> Self {
+        match n {
+            0 | 1 => Self::One,
+            2..=8 => Self::Eight,
+            _ => Self::Wide,
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Self::One => "_1",
+            Self::Eight => "_8",
+            Self::Wide => "_wide",
+        }
+    }
+
+    fn rows(self) -> usize {
+        match self {
+            Self::One => 1,
+            Self::Eight | Self::Wide => 8,
+        }
+    }
+
+    /// Output columns per warp of `matvec_*`.
+    fn columns(self) -> usize {
+        match self {
+            Self::One | Self::Eight => 1,
+            Self::Wide => 4,
+        }
+    }
+
+    /// Output columns per warp of `glu_*` (two products per column).
+    fn glu_columns(self) -> usize {
+        self.columns().min(2)
     }
 }
 
@@ -194,12 +235,13 @@ pub fn glu(gate: &GpuMatrix, up: &GpuMatrix, xs: &Tensor, act: Activation) -> Re
     }
     let (dev, n, shape) = gate.input(xs)?;
     let xs = xs.contiguous()?;
+    let x = ptr::<f32>(&xs)?;
     let y = Output::new(&dev, n * gate.rows)?;
     launch(
         &dev,
-        &format!("glu_{}{}", gate.kind, height(n)),
-        gate.columns(n),
-        &[gate.ptr(&dev), up.ptr(&dev), ptr::<f32>(&xs)?, y.ptr],
+        &format!("glu_{}{}", gate.kind, Tile::of(n).suffix()),
+        gate.columns(n, Tile::of(n).glu_columns()),
+        &[gate.ptr(&dev), up.ptr(&dev), x, y.ptr],
         &[act as i32, n as i32, gate.cols as i32, gate.rows as i32],
         None,
     )?;
@@ -332,7 +374,11 @@ pub fn attend(
             out.ptr,
         ],
         &[heads as i32, kv_heads as i32, d as i32, cap as i32],
-        Some(scale),
+        Some(if std::env::var_os("OLDV").is_some() {
+            -scale
+        } else {
+            scale
+        }),
     )?;
     out.tensor(q.shape().clone())
 }
@@ -441,4 +487,32 @@ impl Output {
             false,
         ))
     }
+}
+
+/// RMS norm over the last dimension: `xs / sqrt(mean(xs²) + eps) * weight`, one block per row.
+pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    let Device::Cuda(dev) = xs.device() else {
+        bail!("rms_norm: not on a CUDA device");
+    };
+    let d = weight.elem_count();
+    if xs.dims().last() != Some(&d) || xs.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        bail!("rms_norm: input {:?} for a weight of {d}", xs.shape());
+    }
+    let xs = xs.contiguous()?;
+    let rows = xs.elem_count() / d.max(1);
+    let out = Output::new(dev, xs.elem_count())?;
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (NORM_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch(
+        dev,
+        "rms_norm",
+        cfg,
+        &[ptr::<f32>(&xs)?, ptr::<f32>(weight)?, out.ptr],
+        &[d as i32],
+        Some(eps),
+    )?;
+    out.tensor(xs.shape().clone())
 }

@@ -36,6 +36,10 @@ impl RmsNorm {
     }
 
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if xs.device().is_cuda() {
+            return crate::cuda::rms_norm(xs, &self.weight, self.eps);
+        }
         candle_nn::ops::rms_norm(&xs.contiguous()?, &self.weight, self.eps)
     }
 }

@@ -61,6 +61,10 @@ pub fn run(a: CheckArgs) -> Result<()> {
             chunk_equals_steps(&on_gpu, &prompts),
         ),
         (
+            "a prompt in one call = token by token",
+            prefill_equals_steps(&on_gpu, &prompts),
+        ),
+        (
             "speculative greedy = plain greedy",
             speculation(&on_gpu, &prompts, a.steps),
         ),
@@ -213,6 +217,36 @@ fn chunk_equals_steps(policy: &Policy, prompts: &[Vec<u32>]) -> Result<String> {
         }
     }
     Ok(format!("{checked} positions bit-identical"))
+}
+
+/// A whole prompt in one call (a prefill: the widest kernels) against the same prompt fed one
+/// token per call (decode steps: the narrowest): the last position's logits must be the same
+/// bits, so a row's text never depends on how its prompt was cut into calls.
+fn prefill_equals_steps(policy: &Policy, prompts: &[Vec<u32>]) -> Result<String> {
+    let model = policy.model();
+    let mut tokens = 0;
+    for p in prompts {
+        let mut cache = model.new_cache(1);
+        let whole: Vec<Vec<f32>> = model
+            .forward(&[p.as_slice()], &mut cache, Logits::Last)?
+            .to_vec2()?;
+        let mut cache = model.new_cache(1);
+        let mut last = Vec::new();
+        for id in p {
+            last = model
+                .forward(&[std::slice::from_ref(id)], &mut cache, Logits::Last)?
+                .to_vec2()?;
+        }
+        let (Some(a), Some(b)) = (whole.first(), last.first()) else {
+            bail!("no logits for a prompt of {} tokens", p.len());
+        };
+        identical(a, b, &format!("the last of {} prompt tokens", p.len()))?;
+        tokens += p.len();
+    }
+    Ok(format!(
+        "{} prompts ({tokens} tokens) bit-identical",
+        prompts.len()
+    ))
 }
 
 /// Greedy generation with and without speculative decoding: the same tokens.
