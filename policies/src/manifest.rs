@@ -36,11 +36,35 @@ impl PolicyManifest {
     }
 }
 
+/// The manifests of `policies/manifests`, carried in the binary so that a `hone` copied alone
+/// to another machine knows its models by name. Files on disk override them.
+const SHIPPED: [(&str, &str); 4] = [
+    ("default", include_str!("../manifests/default.toml")),
+    ("gemma3-270m", include_str!("../manifests/gemma3-270m.toml")),
+    (
+        "qwen2.5-coder-0.5b",
+        include_str!("../manifests/qwen2.5-coder-0.5b.toml"),
+    ),
+    (
+        "qwen2.5-coder-1.5b",
+        include_str!("../manifests/qwen2.5-coder-1.5b.toml"),
+    ),
+];
+
 /// The model file `name` stands for: the manifest `<dir>/<name>.toml` when there is one, else
-/// a known model name or a path (downloading a known model on first use).
+/// a shipped manifest of that name, else a known model name or a path (downloading a known
+/// model on first use).
 pub fn resolve(dir: &Path, name: &str) -> Result<PathBuf> {
     let file = dir.join(format!("{name}.toml"));
     if !is_plain_name(name) || !file.is_file() {
+        if let Some((_, text)) = SHIPPED.iter().find(|(n, _)| *n == name) {
+            let manifest: PolicyManifest =
+                toml::from_str(text).map_err(|e| PolicyError::Corrupt {
+                    path: PathBuf::from(format!("{DEFAULT_DIR}/{name}.toml")),
+                    reason: e.to_string(),
+                })?;
+            return store::resolve(&manifest.model);
+        }
         return store::resolve(name);
     }
     let manifest = PolicyManifest::read(&file)?;
@@ -85,5 +109,27 @@ mod tests {
             PathBuf::from("some/file.gguf")
         );
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Every file of the shipped folder is carried in the binary, and nothing else is.
+    #[test]
+    fn the_binary_carries_every_shipped_manifest() {
+        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&folder)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        let carried: Vec<&str> = SHIPPED.iter().map(|(name, _)| *name).collect();
+        assert_eq!(on_disk, carried);
+        for (name, text) in SHIPPED {
+            let file = std::fs::read_to_string(folder.join(format!("{name}.toml"))).unwrap();
+            assert_eq!(file, text, "{name}");
+            let manifest: PolicyManifest = toml::from_str(text).unwrap();
+            assert!(!manifest.model.is_empty(), "{name}");
+        }
     }
 }

@@ -69,6 +69,26 @@ fn one() -> f32 {
     1.0
 }
 
+/// Where hone looks for reward manifests unless told otherwise.
+pub const DEFAULT_DIR: &str = "reward_models/manifests";
+
+/// The manifests of `reward_models/manifests`, carried in the binary: a `hone` copied alone to
+/// another machine still serves its default reward. Files on disk override them by name.
+const SHIPPED: [(&str, &str); 6] = [
+    ("concise", include_str!("../manifests/concise.toml")),
+    ("default", include_str!("../manifests/default.toml")),
+    ("judge", include_str!("../manifests/judge.toml")),
+    (
+        "judge_concise",
+        include_str!("../manifests/judge_concise.toml"),
+    ),
+    (
+        "judge_qwen1.5b",
+        include_str!("../manifests/judge_qwen1.5b.toml"),
+    ),
+    ("skywork-v2", include_str!("../manifests/skywork-v2.toml")),
+];
+
 /// The manifests of a folder, by name (file stem).
 #[derive(Debug, Clone, Default)]
 pub struct Manifests {
@@ -76,9 +96,20 @@ pub struct Manifests {
 }
 
 impl Manifests {
-    /// Reads every `*.toml` of `dir`.
+    /// The shipped manifests, then every `*.toml` of `dir`, which replace shipped ones of the
+    /// same name. The default folder may be missing (a deployed binary has only the shipped
+    /// ones); any other folder must exist, so that a mistyped path is not silently ignored.
     pub fn read_dir(dir: &Path) -> Result<Self, RewardError> {
         let mut entries = BTreeMap::new();
+        for (name, text) in SHIPPED {
+            let manifest: Manifest = toml::from_str(text)
+                .map_err(|e| RewardError::Config(format!("shipped reward `{name}`: {e}")))?;
+            let path = Path::new(DEFAULT_DIR).join(format!("{name}.toml"));
+            entries.insert(name.to_string(), (manifest, path));
+        }
+        if dir == Path::new(DEFAULT_DIR) && !dir.exists() {
+            return Ok(Self { entries });
+        }
         let listing = std::fs::read_dir(dir).map_err(|e| {
             RewardError::Config(format!(
                 "cannot read reward manifests in {}: {e}",
@@ -213,5 +244,64 @@ impl PolicyCache {
             Arc::new(Policy::load(&path, device).map_err(|e| RewardError::Model(e.to_string()))?);
         self.loaded.insert(path, policy.clone());
         Ok(policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file of the shipped folder is carried in the binary, and nothing else is.
+    #[test]
+    fn the_binary_carries_every_shipped_manifest() {
+        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&folder)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        let carried: Vec<&str> = SHIPPED.iter().map(|(name, _)| *name).collect();
+        assert_eq!(on_disk, carried);
+        for (name, text) in SHIPPED {
+            let file = std::fs::read_to_string(folder.join(format!("{name}.toml"))).unwrap();
+            assert_eq!(file, text, "{name}");
+        }
+    }
+
+    /// Without the default folder (a binary run elsewhere) the shipped manifests are there; a
+    /// folder that was asked for must exist; a folder's file replaces a shipped one.
+    #[test]
+    fn shipped_manifests_stand_in_for_a_missing_default_folder() {
+        // Tests run in the crate's folder, where `reward_models/manifests` does not exist.
+        assert!(!Path::new(DEFAULT_DIR).exists());
+        let shipped = Manifests::read_dir(Path::new(DEFAULT_DIR)).unwrap();
+        assert!(matches!(
+            shipped.get("default"),
+            Some(Manifest::Combined { .. })
+        ));
+        assert!(matches!(
+            shipped.get("concise"),
+            Some(Manifest::Verifier { .. })
+        ));
+        let missing = Manifests::read_dir(Path::new("no-such-folder")).unwrap_err();
+        assert!(missing.to_string().contains("no-such-folder"), "{missing}");
+
+        let dir = std::env::temp_dir().join(format!("hone-rewards-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("default.toml"),
+            "kind = \"judge\"\nmodel = \"m\"\n",
+        )
+        .unwrap();
+        let overridden = Manifests::read_dir(&dir).unwrap();
+        assert!(matches!(
+            overridden.get("default"),
+            Some(Manifest::Judge { .. })
+        ));
+        assert!(overridden.get("concise").is_some());
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

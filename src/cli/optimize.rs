@@ -42,7 +42,7 @@ pub struct OptimizeArgs {
     #[arg(long, default_value = "default")]
     reward: String,
     /// Folder of reward manifests.
-    #[arg(long, default_value = "reward_models/manifests", env = "HONE_REWARDS")]
+    #[arg(long, default_value = reward_models::manifest::DEFAULT_DIR, env = "HONE_REWARDS")]
     rewards: PathBuf,
     /// A policy manifest name (in $HONE_POLICIES, default policies/manifests), a GGUF file, an
     /// HF checkpoint folder, or `default` (SmolLM2-135M-Instruct).
@@ -59,7 +59,7 @@ pub struct OptimizeArgs {
     cpu: bool,
 }
 
-fn parse_strategy(name: &str) -> Result<Strategy, String> {
+pub fn parse_strategy(name: &str) -> Result<Strategy, String> {
     Strategy::parse(name)
         .ok_or_else(|| format!("unknown strategy `{name}` (known: {})", Strategy::NAMES))
 }

@@ -17,7 +17,7 @@ pub struct ScoreArgs {
     #[arg(long)]
     response: String,
     /// Folder of reward manifests.
-    #[arg(long, default_value = "reward_models/manifests", env = "HONE_REWARDS")]
+    #[arg(long, default_value = reward_models::manifest::DEFAULT_DIR, env = "HONE_REWARDS")]
     rewards: PathBuf,
     #[arg(long)]
     cpu: bool,

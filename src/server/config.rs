@@ -90,7 +90,7 @@ impl Default for Config {
             model: "default".into(),
             policies: PathBuf::from(policies::manifest::DEFAULT_DIR),
             reward: "default".into(),
-            rewards: PathBuf::from("reward_models/manifests"),
+            rewards: PathBuf::from(reward_models::manifest::DEFAULT_DIR),
             max_concurrency: 1,
             max_queue: 16,
             ab_plain_fraction: 0.0,

@@ -48,7 +48,7 @@ pub struct BenchArgs {
     #[arg(long)]
     reward: Option<String>,
     /// Folder of reward manifests.
-    #[arg(long, default_value = "reward_models/manifests", env = "HONE_REWARDS")]
+    #[arg(long, default_value = reward_models::manifest::DEFAULT_DIR, env = "HONE_REWARDS")]
     rewards: PathBuf,
     /// tpo: candidates per round.
     #[arg(long, default_value_t = 4)]
