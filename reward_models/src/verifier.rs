@@ -20,7 +20,7 @@
 //! weight = 2.0
 //! ```
 
-mod answer;
+pub mod answer;
 mod constraint;
 pub mod extract;
 mod json;

@@ -6,6 +6,7 @@
 use super::response::{query_text, usable};
 use super::session::{chosen_rejected, Draft, Session};
 use super::{RoundKind, Stopped, Strategy, StrategyError, Trace};
+use reward_models::verifier::answer;
 use std::ops::ControlFlow;
 
 pub(super) fn run(mut s: Session<'_>) -> Result<Trace, StrategyError> {
@@ -15,7 +16,7 @@ pub(super) fn run(mut s: Session<'_>) -> Result<Trace, StrategyError> {
 
 pub(super) fn run_weighted(mut s: Session<'_>) -> Result<Trace, StrategyError> {
     let stopped = sample_round(&mut s)?;
-    let answers: Vec<Option<String>> = s.cache.iter().map(|c| final_answer(&c.text)).collect();
+    let answers: Vec<Option<String>> = s.cache.iter().map(|c| answer::extract(&c.text)).collect();
     let scores: Vec<f32> = s.cache.iter().map(|c| c.score).collect();
     let Some(pick) = weighted_pick(&answers, &scores) else {
         return Err(s.no_answer(stopped));
@@ -88,8 +89,13 @@ fn fresh_round(s: &mut Session<'_>, kind: RoundKind) -> Result<Option<Stopped>, 
 /// Each group of responses with the same final answer weighs the sum of its members' scores
 /// above the lowest score of the batch: reward scales may be negative (classifiers) or offset
 /// (a judge's 1-9), and a plain sum would then favor small groups, or any group. Responses with
-/// no extractable answer stand alone. Ties go to the larger group, then to the better member.
+/// no extractable answer stand alone; answers are the same as the verifier's `final_answer`
+/// judges them ([`answer::same`]: "42.0" is "42"). Ties go to the larger group, then to the
+/// better member. `None` when there are no responses, or not one score per answer.
 pub fn weighted_pick(answers: &[Option<String>], scores: &[f32]) -> Option<usize> {
+    if answers.len() != scores.len() {
+        return None;
+    }
     let floor = scores
         .iter()
         .copied()
@@ -104,9 +110,11 @@ pub fn weighted_pick(answers: &[Option<String>], scores: &[f32]) -> Option<usize
             0.0
         };
         let group = answer.as_ref().and_then(|a| {
-            groups
-                .iter()
-                .position(|(m, _)| answers[m[0]].as_ref() == Some(a))
+            groups.iter().position(|(m, _)| {
+                answers[m[0]]
+                    .as_ref()
+                    .is_some_and(|first| answer::same(first, a))
+            })
         });
         match group {
             Some(g) => {
@@ -142,83 +150,26 @@ pub fn weighted_pick(answers: &[Option<String>], scores: &[f32]) -> Option<usize
     winner.and_then(|(members, _)| best_member(members))
 }
 
-/// The final answer a response reaches, normalized: the last `\boxed{...}`, else what follows
-/// the last "answer is" or "answer:", else the last non-empty line.
-pub fn final_answer(text: &str) -> Option<String> {
-    let folded = text.to_lowercase();
-    let raw = boxed(&folded)
-        .or_else(|| after_last(&folded, "answer is"))
-        .or_else(|| after_last(&folded, "answer:"))
-        .or_else(|| folded.lines().rev().find(|l| !l.trim().is_empty()))?;
-    let mut answer = raw.trim();
-    loop {
-        let before = answer;
-        answer = answer.trim_end_matches(['.', '。']).trim();
-        for wrapper in ["**", "*", "`", "$", "\"", "'"] {
-            if let Some(inner) = answer
-                .strip_prefix(wrapper)
-                .and_then(|a| a.strip_suffix(wrapper))
-            {
-                answer = inner.trim();
-            }
-        }
-        if answer == before {
-            break;
-        }
-    }
-    let answer = answer.split_whitespace().collect::<Vec<_>>().join(" ");
-    (!answer.is_empty()).then_some(answer)
-}
-
-fn boxed(text: &str) -> Option<&str> {
-    const MARKER: &str = "\\boxed{";
-    let start = text.rfind(MARKER)? + MARKER.len();
-    let mut depth = 1usize;
-    for (i, c) in text[start..].char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return Some(&text[start..start + i]);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-fn after_last<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
-    let rest = &text[text.rfind(marker)? + marker.len()..];
-    let rest = rest.trim_start_matches(|c: char| c == ':' || c.is_whitespace());
-    rest.lines().next().filter(|l| !l.trim().is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn answers(texts: &[&str]) -> Vec<Option<String>> {
-        texts.iter().map(|t| final_answer(t)).collect()
+        texts.iter().map(|t| answer::extract(t)).collect()
     }
 
     #[test]
-    fn final_answers_are_extracted_and_normalized() {
-        assert_eq!(
-            final_answer("so \\boxed{\\frac{1}{2}}.").as_deref(),
-            Some("\\frac{1}{2}")
-        );
-        assert_eq!(
-            final_answer("The answer is **Paris**.").as_deref(),
-            Some("paris")
-        );
-        assert_eq!(final_answer("Work\nAnswer:\n 42 ").as_deref(), Some("42"));
-        assert_eq!(
-            final_answer("steps\n\n  Forty  Two. \n").as_deref(),
-            Some("forty two")
-        );
-        assert_eq!(final_answer(" \n "), None);
+    fn equal_numbers_are_one_answer() {
+        let a = answers(&[
+            "Answer: 42",
+            "so the answer is 42.0",
+            "Answer: 41",
+            "Answer: 40",
+        ]);
+        // Above the floor of 0.5: "42" and "42.0" together weigh 0.2 + 0.2, as much as "41"
+        // alone (0.4), and the larger group wins the tie. Apart, "41" would win.
+        assert_eq!(weighted_pick(&a, &[0.7, 0.7, 0.9, 0.5]), Some(0));
+        assert_eq!(weighted_pick(&a, &[0.7, 0.7]), None);
     }
 
     #[test]
@@ -237,7 +188,7 @@ mod tests {
         // With a weak fifth response setting the floor at 0.5: group "4" = 0.3 × 3 = 0.9 beats
         // "5" = 0.5, though 5 scored highest.
         let mut a = a;
-        a.push(final_answer("Answer: 6"));
+        a.push(answer::extract("Answer: 6"));
         assert_eq!(weighted_pick(&a, &[0.8, 0.8, 0.8, 1.0, 0.5]), Some(0));
     }
 

@@ -3,13 +3,15 @@
 /// Finds the final answer in a response and normalizes it (see [`normalize`]).
 ///
 /// Looks, in order of how deliberately the model marked its answer, for the last `\boxed{...}`,
-/// the last "The answer is X", the last "Answer: X", and finally the last non-empty line.
+/// the last "answer is X" ("the answer is", "my answer is"), the last "Answer: X", and finally
+/// the last non-empty line. Weighted best-of-N groups responses by this answer too, so the
+/// service has one notion of a response's answer.
 /// The search runs on the lowercased text: answers are compared case-folded anyway, and
 /// searching the folded text avoids mapping offsets between two differently sized strings.
 pub fn extract(response: &str) -> Option<String> {
     let folded = response.to_lowercase();
     boxed(&folded)
-        .or_else(|| after_last(&folded, "the answer is"))
+        .or_else(|| after_last(&folded, "answer is"))
         .or_else(|| after_last(&folded, "answer:"))
         .or_else(|| last_line(&folded))
         .map(normalize)
@@ -112,6 +114,7 @@ mod tests {
         let text = "Let me think.\nSo the answer is **Paris**.\nHope that helps!";
         assert_eq!(extract(text).as_deref(), Some("paris"));
         assert_eq!(extract("THE ANSWER IS: 12").as_deref(), Some("12"));
+        assert_eq!(extract("My answer is 12.\nThanks").as_deref(), Some("12"));
     }
 
     #[test]
