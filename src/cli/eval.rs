@@ -1,12 +1,20 @@
 //! `hone eval judges`: each judge's accuracy on labelled preference pairs, as a Markdown table
-//! (the table in docs/EVAL.md).
+//! (the table in docs/EVAL.md). `hone eval run`: a prompt set through every strategy at every
+//! budget, written up as results.json, report.md and a chart (docs/EVAL.md, "Strategies at
+//! equal compute").
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use hone::eval::judges;
+use hone::eval::prompts::{self, spread};
+use hone::eval::run::{self, Plan};
+use hone::eval::service::Service;
+use hone::eval::{judges, report, svg};
+use hone::server::Config;
+use hone::strategy::Strategy;
 use reward_models::judge::Judge;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -19,6 +27,9 @@ enum What {
     /// How often each judge prefers the better response of a labelled pair, rating responses
     /// alone and comparing them in both orders.
     Judges(JudgesArgs),
+    /// Every strategy at every compute budget on a prompt set: pass rate, reward, exact match,
+    /// compute and latency per strategy and budget, with 95% intervals and a chart.
+    Run(RunArgs),
 }
 
 #[derive(Args)]
@@ -40,18 +51,65 @@ struct JudgesArgs {
     cpu: bool,
 }
 
+#[derive(Args)]
+struct RunArgs {
+    /// A JSONL prompt set: {"prompt": ...} or {"messages": [...]}, with optional
+    /// "constraints" (as /optimize takes them) and "reference". Default: the built-in set.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// The strategies, by the names /optimize takes.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = super::optimize::parse_strategy,
+        default_values = ["plain", "best_of_n", "weighted_best_of_n", "tpo", "auto"]
+    )]
+    strategies: Vec<Strategy>,
+    /// Compute budgets per query, in compute units (src/budget.rs). On the default model a
+    /// plain answer costs about 100; 900 buys best-of-N about six whole candidates; 2700 buys
+    /// TPO a whole refinement round (critique, suggestions, rewrites).
+    #[arg(long, value_delimiter = ',', default_values_t = [300u64, 900, 2700])]
+    budgets: Vec<u64>,
+    /// Only N prompts, spread evenly over the set (so the mix of kinds is kept).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The sampling seed of every run; the same seed repeats every answer.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where results.json, runs.jsonl, report.md and pass_rate.svg go.
+    #[arg(long, default_value = "eval-out")]
+    out: PathBuf,
+    /// A reward manifest name. Default: the service's default reward.
+    #[arg(long)]
+    reward: Option<String>,
+    /// Folder of reward manifests (in-process only).
+    #[arg(long, default_value = reward_models::manifest::DEFAULT_DIR, env = "HONE_REWARDS")]
+    rewards: PathBuf,
+    /// The policy (in-process only): as `hone optimize --model`.
+    #[arg(long, default_value = "default", conflicts_with = "server")]
+    model: String,
+    /// Send the requests to a running hone server (http://host:port) instead of starting one
+    /// in this process.
+    #[arg(long)]
+    server: Option<String>,
+    /// Also compare each answer with plain decoding's at the same budget, with this model as a
+    /// pairwise judge (both orders). Slow on a CPU.
+    #[arg(long)]
+    judge: Option<String>,
+    /// Run on the CPU even when a GPU is available.
+    #[arg(long)]
+    cpu: bool,
+}
+
 pub fn run(a: EvalArgs) -> Result<()> {
     match a.what {
         What::Judges(a) => run_judges(a),
+        What::Run(a) => run_strategies(a),
     }
 }
 
 fn run_judges(a: JudgesArgs) -> Result<()> {
-    let mut pairs = judges::read_pairs(&a.pairs)?;
-    if let Some(limit) = a.limit.filter(|&l| l < pairs.len()) {
-        let len = pairs.len();
-        pairs = (0..limit).map(|i| pairs[i * len / limit].clone()).collect();
-    }
+    let pairs = spread(&judges::read_pairs(&a.pairs)?, a.limit);
     println!("CPU: {}\n", policies::cpu::describe());
     let mut reports = Vec::new();
     for model in &a.models {
@@ -64,4 +122,152 @@ fn run_judges(a: JudgesArgs) -> Result<()> {
     }
     print!("{}", judges::markdown(&reports));
     Ok(())
+}
+
+fn run_strategies(a: RunArgs) -> Result<()> {
+    if a.strategies.is_empty() || a.budgets.is_empty() {
+        bail!("--strategies and --budgets need at least one value each");
+    }
+    if a.budgets.contains(&0) {
+        bail!("--budgets must be positive numbers of compute units");
+    }
+    if a.limit == Some(0) {
+        bail!("--limit must be at least 1");
+    }
+    let mut strategies = a.strategies.clone();
+    dedup(&mut strategies);
+    let mut budgets = a.budgets.clone();
+    budgets.sort_unstable();
+    budgets.dedup();
+    if a.judge.is_some() && !strategies.contains(&Strategy::Plain) {
+        bail!("--judge compares answers with plain decoding's: add plain to --strategies");
+    }
+    let all = prompts::read(a.prompts.as_deref())?;
+    let prompts = spread(&all, a.limit);
+    let prompt_set = match &a.prompts {
+        None => format!("the built-in set ({} of {})", prompts.len(), all.len()),
+        Some(p) => format!("{} ({} of {})", p.display(), prompts.len(), all.len()),
+    };
+    let machine = match &a.server {
+        None => policies::cpu::describe(),
+        Some(url) => format!("the server at {url}"),
+    };
+    eprintln!("Machine: {machine}");
+    let judge = match &a.judge {
+        Some(model) => Some(Judge::new(
+            Arc::new(super::load_policy(model, a.cpu)?),
+            None,
+        )?),
+        None => None,
+    };
+    let service = match &a.server {
+        Some(url) => Service::connect(url)?,
+        None => Service::start(Config {
+            model: a.model.clone(),
+            policies: super::policies_dir(),
+            reward: a.reward.clone().unwrap_or_else(|| Config::default().reward),
+            rewards: a.rewards.clone(),
+            cpu: a.cpu,
+            // A free port of 127.0.0.1, never a server's usual one.
+            host: "127.0.0.1".into(),
+            port: 0,
+            // The largest budget asked for, rather than the server's one-core-minute default.
+            max_budget: budgets.last().copied(),
+            ..Config::default()
+        })?,
+    };
+    let plan = Plan {
+        strategies,
+        budgets,
+        seed: a.seed,
+        reward: a.reward.clone(),
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let log_path = a.out.join("runs.jsonl");
+    let mut log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    eprintln!(
+        "{} prompts x {} strategies x {} budgets on `{}` ({}), reward `{}`",
+        prompts.len(),
+        plan.strategies.len(),
+        plan.budgets.len(),
+        service.model,
+        service.url(),
+        plan.reward.as_deref().unwrap_or(&service.reward)
+    );
+    let start = Instant::now();
+    let mut records = run::run_all(&service, &prompts, &plan, Some(&mut log), |done, total| {
+        eprint!(
+            "\r{done}/{total} runs, {:.0} s",
+            start.elapsed().as_secs_f64()
+        );
+    })?;
+    eprintln!();
+    if let Some(judge) = &judge {
+        run::judge_against_plain(judge, &prompts, &mut records, |done, total| {
+            eprint!("\rjudged {done}/{total} answers against plain");
+        })?;
+        eprintln!();
+    }
+    let cells = report::cells(&plan.strategies, &plan.budgets, &records);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let meta = report::Meta {
+        date: report::date(now),
+        machine,
+        model: service.model.clone(),
+        reward: plan
+            .reward
+            .clone()
+            .unwrap_or_else(|| service.reward.clone()),
+        prompt_set,
+        prompts: prompts.len(),
+        seed: plan.seed,
+        judge: a.judge.clone(),
+        wall_secs: start.elapsed().as_secs_f64(),
+    };
+    let results = serde_json::json!({
+        "meta": meta,
+        "strategies": plan.strategies,
+        "budgets": plan.budgets,
+        "cells": cells,
+        "runs": records,
+    });
+    let chart = "pass_rate.svg";
+    let title = format!(
+        "{}: pass rate against compute ({} prompts)",
+        meta.model, meta.prompts
+    );
+    let markdown = report::markdown(&meta, &cells, chart);
+    for (name, text) in [
+        ("results.json", serde_json::to_string_pretty(&results)?),
+        ("report.md", markdown.clone()),
+        (chart, svg::chart(&title, &cells)),
+    ] {
+        let path = a.out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let mut refusals: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r.refused.as_deref())
+        .collect();
+    refusals.sort_unstable();
+    refusals.dedup();
+    for why in refusals {
+        eprintln!("refused: {why}");
+    }
+    print!("{markdown}");
+    eprintln!("written to {}", a.out.display());
+    Ok(())
+}
+
+/// Removes repeated entries, keeping the first of each.
+fn dedup(strategies: &mut Vec<Strategy>) {
+    let mut seen = Vec::new();
+    strategies.retain(|s| {
+        let new = !seen.contains(s);
+        seen.push(*s);
+        new
+    });
 }

@@ -196,6 +196,11 @@ impl AppState {
         state.reward(&state.config.reward).map_err(|e| {
             anyhow::anyhow!("default reward `{}`: {}", state.config.reward, e.message)
         })?;
+        // The rules that read a prompt's constraints compile on first use (about 0.5 s on one
+        // core). Here, not in the first request: that runs on an actix worker thread, and every
+        // connection of that worker stalls meanwhile; on a busy machine, long enough for
+        // actix to answer their requests 408 (its clock is stale after the stall).
+        let _ = reward_models::verifier::extract::from_prompt("Answer in fewer than 40 words.");
         Ok(state)
     }
 

@@ -63,7 +63,7 @@ pub fn usable(text: &str, query: &str) -> Result<(), String> {
 /// True when every word of `text` is a word of the query and it repeats at least half of them:
 /// "The capital of France?" restates "What is the capital of France?", but "yes" does not
 /// restate "Is water wet? Answer yes or no."
-fn restates(text: &str, query: &str) -> bool {
+pub(crate) fn restates(text: &str, query: &str) -> bool {
     let query: HashSet<String> = words(query).collect();
     let text: HashSet<String> = words(text).collect();
     !text.is_empty() && text.is_subset(&query) && text.len() * 2 >= query.len()
@@ -213,7 +213,7 @@ impl Echoes {
     }
 
     /// Whether `line` of a candidate repeats the prompt.
-    fn repeats(&self, line: &str) -> bool {
+    pub(crate) fn repeats(&self, line: &str) -> bool {
         let normalized = normalize(line);
         let cut_short = |e: &String| {
             e.len() >= LONG_LINE
