@@ -140,7 +140,13 @@ struct Row {
     context: Vec<u32>,
     tokens: Vec<u32>,
     finish: Option<FinishReason>,
+    /// The text so far, followed token by token (see [`Policy::extend_text`]); decoded whole
+    /// once more when the row finishes.
     text: String,
+    /// `tokens[text_from..text_to]` are the tokens of the text's last complete piece: the
+    /// window decoded again with each new token, so that following a row costs O(n), not O(n²).
+    text_from: usize,
+    text_to: usize,
 }
 
 impl Policy {
@@ -231,6 +237,8 @@ impl Policy {
                     tokens: Vec::new(),
                     finish: None,
                     text: String::new(),
+                    text_from: 0,
+                    text_to: 0,
                 }
             })
             .collect();
@@ -372,25 +380,71 @@ impl Policy {
         params: &GenerateParams,
         context_full: bool,
     ) -> Result<()> {
-        let tokenizer = self.tokenizer();
-        if tokenizer.is_stop(token) {
-            row.finish = Some(FinishReason::Stop);
-            return Ok(());
+        if self.tokenizer().is_stop(token) {
+            return self.finish(row, FinishReason::Stop, params);
         }
         row.tokens.push(token);
         row.context.push(token);
-        row.text = tokenizer.decode(&row.tokens, true)?;
-        if let Some(cut) = params
+        let (new, pending) = self.extend_text(row)?;
+        // A stop string that ends in the new text starts at most its length before it.
+        let longest = params.stop.iter().map(String::len).max().unwrap_or(0);
+        let mut from = new.saturating_sub(longest);
+        while !row.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let tail = format!("{}{pending}", &row.text[from..]);
+        if params.stop.iter().any(|s| tail.contains(s.as_str())) {
+            self.finish(row, FinishReason::Stop, params)
+        } else if row.tokens.len() >= params.max_tokens || context_full {
+            self.finish(row, FinishReason::Length, params)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Appends the text of the row's newest token; returns where it starts, and the text of
+    /// tokens that end inside a character (a byte of UTF-8), which waits for the next token
+    /// but is searched for stop strings already. Only the window since the last complete piece
+    /// is decoded: the piece before it is decoded again and cut off, which keeps the spaces
+    /// tokenizers add or drop at word starts right.
+    fn extend_text(&self, row: &mut Row) -> Result<(usize, String)> {
+        let tokenizer = self.tokenizer();
+        let start = row.text.len();
+        let prefix = tokenizer.decode(&row.tokens[row.text_from..row.text_to], true)?;
+        let window = tokenizer.decode(&row.tokens[row.text_from..], true)?;
+        let Some(piece) = window.strip_prefix(prefix.as_str()) else {
+            // A tokenizer whose pieces do not concatenate: take the whole text.
+            row.text = tokenizer.decode(&row.tokens, true)?;
+            (row.text_from, row.text_to) = (row.tokens.len(), row.tokens.len());
+            return Ok((0, String::new()));
+        };
+        if piece.is_empty() || piece.ends_with('\u{FFFD}') {
+            return Ok((start, piece.trim_end_matches('\u{FFFD}').to_string()));
+        }
+        row.text.push_str(piece);
+        row.text_from = row.text_to;
+        row.text_to = row.tokens.len();
+        Ok((start, String::new()))
+    }
+
+    /// Ends a row: its text is decoded whole (the followed text may lack a last partial
+    /// character) and cut before the first stop string.
+    fn finish(&self, row: &mut Row, reason: FinishReason, params: &GenerateParams) -> Result<()> {
+        let mut text = self.tokenizer().decode(&row.tokens, true)?;
+        let cut = params
             .stop
             .iter()
-            .filter_map(|s| row.text.find(s.as_str()))
-            .min()
-        {
-            row.text.truncate(cut);
-            row.finish = Some(FinishReason::Stop);
-        } else if row.tokens.len() >= params.max_tokens || context_full {
-            row.finish = Some(FinishReason::Length);
-        }
+            .filter_map(|s| text.find(s.as_str()))
+            .min();
+        let reason = match cut {
+            Some(cut) => {
+                text.truncate(cut);
+                FinishReason::Stop
+            }
+            None => reason,
+        };
+        row.text = text;
+        row.finish = Some(reason);
         Ok(())
     }
 }

@@ -1,0 +1,60 @@
+//! Stop strings are found in the text followed token by token (only the newest piece is
+//! decoded per token), and generation ends at the token that completes one.
+
+mod common;
+
+use common::load;
+use policies::store::SMOLLM2;
+use policies::{FinishReason, GenerateParams, Message, Role, SamplingParams};
+
+#[test]
+fn generation_ends_at_the_token_that_completes_a_stop_string() {
+    let policy = load(&SMOLLM2);
+    let tokenizer = policy.tokenizer();
+    let prompts = [
+        "Write two sentences about the sea.",
+        "Say hello in French, Japanese and Greek, with an emoji after each.",
+    ];
+    let mut checked = 0;
+    for (i, text) in prompts.iter().enumerate() {
+        let prompt = policy
+            .encode_chat(&[Message::new(Role::User, *text)])
+            .unwrap();
+        let free = GenerateParams {
+            max_tokens: 48,
+            sampling: SamplingParams {
+                temperature: 0.8,
+                seed: 7 + i as u64,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (out, _) = policy.generate(&prompt, 1, &free).unwrap();
+        let full = &out[0].text;
+        // A stop string from the middle of the free text: its third word.
+        let Some(stop) = full.split_whitespace().nth(2).map(str::to_string) else {
+            panic!("too short to pick a stop string from: {full:?}");
+        };
+        let first = full.find(&stop).unwrap();
+        let stopped = GenerateParams {
+            stop: vec![stop.clone()],
+            ..free.clone()
+        };
+        let (cut, _) = policy.generate(&prompt, 1, &stopped).unwrap();
+        let cut = &cut[0];
+        assert_eq!(cut.finish, FinishReason::Stop, "{stop:?} in {full:?}");
+        assert_eq!(cut.text, full[..first], "{stop:?} in {full:?}");
+        // It stopped at the first token whose text holds the stop string, not later.
+        let before = tokenizer
+            .decode(&cut.tokens[..cut.tokens.len() - 1], true)
+            .unwrap();
+        assert!(
+            !before.contains(&stop),
+            "{} tokens generated, but {stop:?} was already in {before:?}",
+            cut.tokens.len()
+        );
+        assert!(tokenizer.decode(&cut.tokens, true).unwrap().contains(&stop));
+        checked += 1;
+    }
+    assert_eq!(checked, prompts.len());
+}
