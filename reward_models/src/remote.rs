@@ -9,11 +9,12 @@
 use crate::{Candidate, Interrupt, RewardError, RewardModel, Score};
 use policies::Message;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub struct RemoteScorer {
     url: String,
     agent: ureq::Agent,
+    timeout: Duration,
     retries: u32,
 }
 
@@ -47,17 +48,31 @@ impl RemoteScorer {
         Ok(Self {
             url,
             agent,
+            timeout,
             retries,
         })
     }
 
-    fn call(&self, body: &serde_json::Value) -> Result<Response, RewardError> {
+    /// Posts `body`, retrying connection failures and 5xx answers with growing pauses. The
+    /// request's cancellation and deadline hold throughout: no attempt starts, and no pause
+    /// lasts, past them, and an attempt's timeout is cut to the time left.
+    fn call(
+        &self,
+        body: &serde_json::Value,
+        interrupt: &Interrupt,
+    ) -> Result<Response, RewardError> {
         let mut last = String::new();
         for attempt in 0..=self.retries {
             if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(100 << attempt.min(5)));
+                pause(Duration::from_millis(100 << attempt.min(5)), interrupt)?;
             }
-            match self.agent.post(&self.url).send_json(body.clone()) {
+            interrupt.check().map_err(crate::policy_err)?;
+            let mut request = self.agent.post(&self.url);
+            if let Some(deadline) = interrupt.deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                request = request.timeout(left.min(self.timeout));
+            }
+            match request.send_json(body.clone()) {
                 Ok(resp) => {
                     return resp.into_json::<Response>().map_err(|e| {
                         RewardError::Remote(format!("{}: invalid JSON answer: {e}", self.url))
@@ -82,11 +97,25 @@ impl RemoteScorer {
     }
 }
 
+/// Sleeps `total` in short slices, giving up as soon as `interrupt` says so.
+fn pause(total: Duration, interrupt: &Interrupt) -> Result<(), RewardError> {
+    const SLICE: Duration = Duration::from_millis(10);
+    let end = Instant::now() + total;
+    loop {
+        interrupt.check().map_err(crate::policy_err)?;
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        std::thread::sleep(SLICE.min(end - now));
+    }
+}
+
 impl RewardModel for RemoteScorer {
     fn score_interruptible(
         &self,
         batch: &[Candidate<'_>],
-        _interrupt: &Interrupt,
+        interrupt: &Interrupt,
     ) -> Result<Vec<Score>, RewardError> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -102,7 +131,7 @@ impl RewardModel for RemoteScorer {
         };
         let body =
             serde_json::to_value(&request).map_err(|e| RewardError::Remote(e.to_string()))?;
-        let answer = self.call(&body)?;
+        let answer = self.call(&body, interrupt)?;
         if answer.scores.len() != batch.len() {
             return Err(RewardError::Remote(format!(
                 "{} returned {} scores for {} items",
@@ -126,5 +155,56 @@ impl RewardModel for RemoteScorer {
                 reasons: reasons.next().unwrap_or_default(),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policies::Role;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    /// A scorer that keeps failing gives up at the request's deadline or cancellation, not
+    /// after its retries: five retries against a closed port would pause 6.2 s in all.
+    #[test]
+    fn retries_stop_at_the_deadline_and_on_cancel() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let down = RemoteScorer::new(
+            format!("http://127.0.0.1:{port}/score"),
+            Duration::from_secs(5),
+            5,
+        )
+        .unwrap();
+        let messages = [Message::new(Role::User, "Say hi.")];
+        let batch = [Candidate {
+            messages: &messages,
+            response: "hi",
+        }];
+        let soon = Interrupt {
+            cancel: None,
+            deadline: Some(Instant::now() + Duration::from_millis(300)),
+        };
+        let e = down.score_interruptible(&batch, &soon).unwrap_err();
+        assert!(matches!(e, RewardError::DeadlinePassed), "{e}");
+        let cancelled = Interrupt {
+            cancel: Some(Arc::new(AtomicBool::new(true))),
+            deadline: None,
+        };
+        let e = down.score_interruptible(&batch, &cancelled).unwrap_err();
+        assert!(matches!(e, RewardError::Cancelled), "{e}");
+        // Without an interrupt the retries run out and name the cause.
+        let once = RemoteScorer::new(
+            format!("http://127.0.0.1:{port}/score"),
+            Duration::from_secs(5),
+            0,
+        )
+        .unwrap();
+        let e = once.score(&batch).unwrap_err();
+        assert!(matches!(e, RewardError::Remote(_)), "{e}");
     }
 }
