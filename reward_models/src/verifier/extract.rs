@@ -471,6 +471,8 @@ const GAP2: &str = r"(?P<gap2>(?:[\w'\x{E000}\x{E001}-]+,?\s+){0,4}?)";
 const LOWER: &str = r"(?:(?:only|all|entirely|completely|exclusively|strictly|purely|just)\s+(?:in\s+)?)?(?:all\s+)?(?:lower[\s-]?case(?:\s+(?:letters|characters|text|form))?|small\s+letters)(?:\s+only)?";
 const UPPER: &str = r"(?:(?:only|all|entirely|completely|exclusively|strictly|purely|just)\s+(?:in\s+)?)?(?:all\s+)?(?:caps|capitals|capital\s+letters|capitalized\s+letters|block\s+(?:capitals|letters)|upper[\s-]?case(?:\s+(?:letters|characters|text|form))?)(?:\s+only)?";
 const CAPITALS: &str = r"(?:capital\s+letters|capitals|capitali[sz]ation|capitalized\s+letters|upper[\s-]?case(?:\s+(?:letters|characters))?)";
+/// A count joined to a case clause: "all lowercase and under 30 words".
+const AND_COUNT: &str = r"\s+and\s+(?:(?:in|with|using)\s+)?(?:under|below|over|fewer|less|more|at\s+(?:most|least)|no\s+(?:more|fewer|less|longer)|not\s+more|exactly|up\s+to|within|between|a\s+(?:maximum|minimum)|\d{1,5}|{NUMWORD})\b";
 const CASE_VERB: &str = r"(?:write|respond|reply|answer|type|output|give|provide|format|put|present|produce|rewrite|compose|draft|list|tell|describe|explain|summari[sz]e|translate|return|generate|express|deliver|say)";
 /// A letter case asked for only a part: "use all caps for the title", "in lowercase except...".
 const CASE_TAIL: &str = r"(?P<tail>\s+(?:for|except|but|when|on|apart|other\s+than|to\s+(?:write|spell|mark|show|emphasi[sz]e|highlight)|in\s+(?:the|your)\s+(?:title|heading|headings|headline|first|last))\b)?";
@@ -480,7 +482,11 @@ const JSON_WORD: &str = r"(?:(?:a|an|the|valid|pure|strict|raw|proper|well-forme
 const JSON_NOUN: &str = r"(?:\s+(?:format(?:ted)?|object|only|form|output|string|response|block|data|dictionary|dict|array|document|structure|code\s+block))*";
 /// "with the keys "a", "b"", "with keys name and age", "with a "summary" key". When `ki` matches but no list of keys
 /// can be read after it, the builder gives up rather than drop the keys.
-const KEYS: &str = r"(?:\s*,?\s*(?P<ki>(?:with|containing|that\s+(?:has|have|contains|includes)|having|including|using)\s+(?:exactly\s+|only\s+)?(?:the\s+)?(?:following\s+)?(?:(?:\d+|{NUMWORD})\s+)?(?:top-level\s+)?(?:keys|fields|properties|attributes))\s*:?\s*(?:(?P<kq>{QLIST})|(?P<kw>{KEY}(?:{WSEP}{KEY})*)(?:{KEND}))?|\s*,?\s*with\s+(?:a|an|the|one)\s+(?:single\s+)?(?P<kq2>{QLIST})\s+(?:keys?|fields?|propert(?:y|ies))\b)?";
+const KEYS: &str = r"(?:\s*,?\s*(?:{JSON_DESC}\s*,?\s*)?(?P<ki>(?:with|containing|that\s+(?:has|have|contains|includes)|having|including|using)\s+(?:exactly\s+|only\s+)?(?:the\s+)?(?:following\s+)?(?:(?:\d+|{NUMWORD})\s+)?(?:top-level\s+)?(?:keys|fields|properties|attributes))\s*:?\s*(?:(?P<kq>{QLIST})|(?P<kw>{KEY}(?:{WSEP}{KEY})*)(?:{KEND}))?|\s*,?\s*with\s+(?:a|an|the|one)\s+(?:single\s+)?(?P<kq2>{QLIST})\s+(?:keys?|fields?|propert(?:y|ies))\b)?";
+/// What the object is about, between it and its keys: "a JSON object describing a book, with
+/// the keys...". Read only when keys follow; [`json`] checks its words.
+const JSON_DESC: &str =
+    r"(?P<desc>(?:describing|representing|about|for|of|on)\s+(?:[\w'-]+\s+){0,3}?[\w'-]+)";
 const KEY: &str = r"[\p{L}_][\p{L}\p{N}_-]*";
 const KEND: &str = r"(?:\s*(?:[.;:!?)]|$)|\s*,\s+(?:(?:and|but|then)\s+)?(?:nothing|no|with|without|then|please|do|don't|use|make|keep|end|start|begin|include|avoid|never|write|respond|answer|be|also)\b|\s+(?:for|in|to|only|each|per|where|describing|representing|that|which|and\s+(?:nothing|no))\b)";
 /// JSON as a topic or a tool rather than the answer's format: "in JSON or YAML", "JSON file".
@@ -488,6 +494,8 @@ const JSON_TAIL: &str = r"(?P<tail>\s+(?:or|and/or|file|files|schema|parser|pars
 
 /// What a response is asked to start or end with: a quoted phrase, or "the word X".
 const TARGET: &str = r"(?:(?:(?:the|this|these|that|a)\s+(?:exact\s+|following\s+|same\s+|specific\s+)?(?:phrase|sentence|words?|line|question|text|string|greeting|salutation|sign-?off|closing|statement|quote)\s*:?\s*)?(?P<q>{Q})|the\s+(?:exact\s+)?word\s+(?P<w>{WORD})(?P<tail>{WEND}))";
+/// The whole response, as the subject of "make sure ... ends with".
+const EDGE_SUBJECT: &str = r"(?:it|(?:your|the)\s+(?:entire\s+|whole\s+)?(?:response|answer|reply|message|email|letter|essay|story|poem|text|output|post|speech|summary|note|explanation|description|card|toast))";
 const EDGE_OBJECT: &str = r"(?:(?:your|the)\s+(?:entire\s+|whole\s+|final\s+)?(?:response|answer|reply|message|email|letter|essay|story|poem|text|output|post|speech|summary|note|explanation|description)\s+|it\s+|this\s+|off\s+|things\s+)?";
 
 /// Replaces every `{NAME}` by its fragment, repeatedly, since fragments use fragments.
@@ -518,17 +526,20 @@ fn expand(template: &str) -> String {
         ("{LOWER}", LOWER),
         ("{UPPER}", UPPER),
         ("{CAPITALS}", CAPITALS),
+        ("{AND_COUNT}", AND_COUNT),
         ("{CASE_VERB}", CASE_VERB),
         ("{CASE_TAIL}", CASE_TAIL),
         ("{JSON_VERB}", JSON_VERB),
         ("{JSON_WORD}", JSON_WORD),
         ("{JSON_NOUN}", JSON_NOUN),
         ("{KEYS}", KEYS),
+        ("{JSON_DESC}", JSON_DESC),
         ("{KEY}", KEY),
         ("{KEND}", KEND),
         ("{JSON_TAIL}", JSON_TAIL),
         ("{TARGET}", TARGET),
         ("{EDGE_OBJECT}", EDGE_OBJECT),
+        ("{EDGE_SUBJECT}", EDGE_SUBJECT),
     ];
     let mut out = template.to_string();
     // Fragments nest at most a few levels deep.
@@ -762,7 +773,7 @@ const OTHER_RULES: &[(Group, &str, Make)] = &[
     // A clause of its own: "Write a tweet about coffee, all lowercase."
     (
         Group::Case,
-        r"[,;:]\s*(?:and\s+)?(?:(?:in|using)\s+)?(?:{LOWER}|no\s+{CAPITALS})(?:,?\s+please)?\s*(?:[,;.!]|$)",
+        r"[,;:]\s*(?:and\s+)?(?:(?:in|using)\s+)?(?:{LOWER}|no\s+{CAPITALS})(?:,?\s+please)?(?:\s*(?:[,;.!]|$)|{AND_COUNT})",
         lowercase,
     ),
     (
@@ -788,7 +799,7 @@ const OTHER_RULES: &[(Group, &str, Make)] = &[
     ),
     (
         Group::Case,
-        r"[,;:]\s*(?:and\s+)?(?:(?:in|using)\s+)?{UPPER}(?:,?\s+please)?\s*(?:[,;.!]|$)",
+        r"[,;:]\s*(?:and\s+)?(?:(?:in|using)\s+)?{UPPER}(?:,?\s+please)?(?:\s*(?:[,;.!]|$)|{AND_COUNT})",
         uppercase,
     ),
     // --- JSON. ---
@@ -828,6 +839,12 @@ const OTHER_RULES: &[(Group, &str, Make)] = &[
         r"\b{SUBJECT}\s+{MODAL}\s+(?:always\s+)?(?:end|finish|conclude|close)\s+(?:with|in|on)\s+{TARGET}",
         ends_with,
     ),
+    // "Make sure it ends with 'Good luck!'".
+    (
+        Group::End,
+        r"{LEAD}(?:(?:make|be)\s+sure|ensure)\s+(?:that\s+)?{EDGE_SUBJECT}\s+(?:always\s+)?(?:ends|finishes|concludes|closes)\s+(?:with|on)\s+{TARGET}",
+        ends_with,
+    ),
     (
         Group::End,
         r"\b(?:the\s+)?(?:last|final|closing)\s+(?:line|sentence|words?)\s+(?:of\s+(?:your|the)\s+[\w-]+\s+)?{MODAL}\s+be\s+(?:exactly\s+)?(?P<q>{Q})",
@@ -841,6 +858,11 @@ const OTHER_RULES: &[(Group, &str, Make)] = &[
     (
         Group::Start,
         r"\b{SUBJECT}\s+{MODAL}\s+(?:always\s+)?(?:start|begin|open)\s+(?:with|by)\s+{TARGET}",
+        starts_with,
+    ),
+    (
+        Group::Start,
+        r"{LEAD}(?:(?:make|be)\s+sure|ensure)\s+(?:that\s+)?{EDGE_SUBJECT}\s+(?:always\s+)?(?:starts|begins|opens)\s+with\s+{TARGET}",
         starts_with,
     ),
     (
@@ -941,6 +963,13 @@ static NEGATED: LazyLock<Regex> = LazyLock::new(|| {
 static GAP_GUARD: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?i)\b(?:that|which|who|whom|whose|why|how|what|when|where|whether|from|to|code|program|programs|script|scripts|function|functions|class|classes|method|parser|file|files|api|endpoint|tool|library|app|query|people|someone|users|title|titles|heading|headings|header|headers|headline|headlines|name|names|acronym|acronyms|keyword|keywords|first|last|initial|initials|word|words|letter|letters|term|terms|variable|variables|constant|constants)\b|\x{E000}")
         .expect("valid gap regex")
+});
+
+/// Words in what a JSON object describes that make its keys belong to some other object:
+/// "an object for each user with the keys...", "describing the API, with fields...".
+static DESC_GUARD: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)\b(?:each|every|per|all|list|array|items?|nested|inner|outer|child|parent)\b")
+        .expect("valid description regex")
 });
 
 /// Unquoted "keywords" that are really pronouns or determiners ("don't mention it").
@@ -1196,6 +1225,16 @@ fn json(hit: &Hit) -> Option<Constraint> {
     if hit.has("tail") || !hit.gap_is_clean() {
         return None;
     }
+    // Keys after "describing each planet" or "for the API" may belong to something else.
+    if hit
+        .text("desc")
+        .is_some_and(|desc| DESC_GUARD.is_match(desc) || GAP_GUARD.is_match(desc))
+    {
+        return Some(Constraint::Json {
+            required_keys: Vec::new(),
+            weight: 1.0,
+        });
+    }
     let required_keys = if hit.has("ki") || hit.has("kq2") {
         hit.list(&["kq", "kq2"], "kw")?
     } else {
@@ -1450,6 +1489,45 @@ mod tests {
             }]
         );
         assert_eq!(from_prompt("Use the words cats or dogs."), []);
+    }
+
+    #[test]
+    fn make_sure_it_ends_with_is_about_the_whole_response() {
+        assert_eq!(
+            from_prompt("Write a note. Make sure it ends with 'Good luck!'"),
+            [Constraint::EndsWith {
+                suffix: "Good luck!".into(),
+                weight: 1.0
+            }]
+        );
+        for prompt in [
+            "Make sure it ends with a question.",
+            "Make sure the title ends with 'Inc.'",
+            "Make sure each line ends with 'stop'.",
+        ] {
+            assert_eq!(from_prompt(prompt), [], "{prompt}");
+        }
+    }
+
+    #[test]
+    fn json_keys_may_follow_what_the_object_describes() {
+        let json = |keys: &[&str]| Constraint::Json {
+            required_keys: keys.iter().map(|k| k.to_string()).collect(),
+            weight: 1.0,
+        };
+        assert_eq!(
+            from_prompt("Return a JSON object describing a book, with the keys title and year."),
+            [json(&["title", "year"])]
+        );
+        assert_eq!(
+            from_prompt("Return a JSON object describing a book or a movie."),
+            [json(&[])]
+        );
+        assert_eq!(
+            from_prompt("Return a JSON object for each user, with the keys name and age."),
+            [json(&[])],
+            "the keys may be those of the inner objects"
+        );
     }
 
     #[test]
