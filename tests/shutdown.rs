@@ -58,7 +58,7 @@ fn sigterm_lets_a_running_request_finish() {
             .send_json(serde_json::json!({
                 "model": "default",
                 "messages": [{"role": "user", "content": "Count from 1 to 500, separated by commas."}],
-                "max_tokens": 400,
+                "max_tokens": 120,
                 "temperature": 0
             }));
         (
