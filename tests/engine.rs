@@ -57,8 +57,10 @@ fn batch_rows_equal_their_single_generations() {
         ..Default::default()
     };
     let (batched, _) = policy.generate_batch(&prompts, &params).unwrap();
+    assert_eq!(batched.len(), prompts.len(), "one batch row per prompt");
     for (prompt, row) in prompts.iter().zip(&batched) {
         let (single, _) = policy.generate(prompt, 1, &params).unwrap();
+        assert_eq!(single.len(), 1);
         assert_eq!(row.tokens, single[0].tokens);
     }
 }

@@ -231,8 +231,8 @@ fn best_of_n_never_exceeds_random_budgets() {
                 assert!(!trace.answer.trim().is_empty());
             }
             Err(StrategyError::BudgetTooSmall { minimum, .. }) => assert!(budget < minimum),
-            Err(StrategyError::NoAnswer { usage, .. }) => assert!(usage.compute <= budget),
-            Err(e) => panic!("budget {budget}: {e}"),
+            // A budget that fits one scored response must answer: no answer is a failure.
+            Err(e) => panic!("budget {budget}, weight {weight}: {e}"),
         }
     }
 }
@@ -258,7 +258,7 @@ fn tpo_and_auto_never_exceed_random_budgets() {
                 "budget {budget}: {:?}",
                 trace.usage
             ),
-            Err(StrategyError::NoAnswer { usage, .. }) => assert!(usage.compute <= budget),
+            // No answer (nothing usable within the budget) is a failure like any other error.
             Err(e) => panic!("budget {budget}: {e}"),
         }
     }
@@ -317,8 +317,13 @@ fn auto_explores_both_moves_then_follows_its_estimate() {
     learned.record(Move::Refine, 8, 0, Some(3.0));
     learned.record(Move::Resample, 8, 4, Some(1.0));
     let trace = run(Strategy::Auto, &verifier(), 0.0, &learned, &req, None).unwrap();
-    let auto = trace.auto.expect("auto explains its decisions");
-    assert!(auto.decisions.iter().all(|d| d.chose == Move::Resample));
+    let json = serde_json::to_string_pretty(&trace).unwrap();
+    let auto = trace.auto.as_ref().expect("auto explains its decisions");
+    assert!(!auto.decisions.is_empty(), "{json}");
+    assert!(
+        auto.decisions.iter().all(|d| d.chose == Move::Resample),
+        "{json}"
+    );
 }
 
 #[test]

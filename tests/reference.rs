@@ -69,9 +69,15 @@ fn check_greedy(policy: &Policy, fx: &Fixture) {
         max_tokens: 32,
         ..Default::default()
     };
+    assert!(!fx.greedy.is_empty(), "the fixture has no greedy cases");
     for case in &fx.greedy {
         let (out, _) = policy.generate(&case.prompt_ids, 1, &params).unwrap();
         let ours = &out[0].tokens;
+        assert_eq!(
+            case.tokens.len(),
+            case.margins.len(),
+            "one margin per reference token"
+        );
         let agree = case
             .tokens
             .iter()

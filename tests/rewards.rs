@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::Device;
-use policies::{Logits, Message, Role};
+use policies::{Checkpoint, Logits, Message, Policy, Role, Transformer};
 use reward_models::classifier::ClassifierRm;
 use reward_models::remote::RemoteScorer;
 use reward_models::{Candidate, RewardError, RewardModel};
@@ -72,8 +72,10 @@ fn reference() -> Reference {
 fn safetensors_causal_models_match_transformers() {
     let r = reference();
     for name in ["llama", "qwen2"] {
-        let policy = policies::Policy::load(&tiny(name), &Device::Cpu).unwrap();
-        for case in &r.causal[name] {
+        let policy = Policy::load(&tiny(name), &Device::Cpu).unwrap();
+        let cases = &r.causal[name];
+        assert!(!cases.is_empty(), "{name}: no reference cases");
+        for case in cases {
             let model = policy.model();
             let mut cache = model.new_cache(1);
             let ours: Vec<Vec<f32>> = model
@@ -81,7 +83,13 @@ fn safetensors_causal_models_match_transformers() {
                 .unwrap()
                 .to_vec2()
                 .unwrap();
+            assert_eq!(
+                ours.len(),
+                case.logits.len(),
+                "{name}: positions, ours vs transformers'"
+            );
             for (pos, (a, b)) in ours.iter().zip(&case.logits).enumerate() {
+                assert_eq!(a.len(), b.len(), "{name} position {pos}: vocabulary sizes");
                 let d = a
                     .iter()
                     .zip(b)
@@ -99,6 +107,7 @@ fn classifier_scores_match_transformers_single_and_batched() {
     for name in ["llama_rm", "qwen2_rm"] {
         let rm = ClassifierRm::load(&tiny(name), &Device::Cpu).unwrap();
         let case = &r.reward[name];
+        assert!(!case.single.is_empty(), "{name}: no reference cases");
         let rows: Vec<Vec<u32>> = case.single.iter().map(|s| s.ids.clone()).collect();
         for s in &case.single {
             let ours = rm.score_ids(std::slice::from_ref(&s.ids)).unwrap()[0];
@@ -109,6 +118,12 @@ fn classifier_scores_match_transformers_single_and_batched() {
             );
         }
         let batched = rm.score_ids(&rows).unwrap();
+        assert_eq!(batched.len(), rows.len(), "{name}: one score per row");
+        assert_eq!(
+            batched.len(),
+            case.batched.scores.len(),
+            "{name}: batched scores, ours vs transformers'"
+        );
         for (ours, theirs) in batched.iter().zip(&case.batched.scores) {
             assert!(
                 (ours - theirs).abs() < TOL,
@@ -134,7 +149,23 @@ fn classifier_scores_a_conversation_from_text() {
         r.chat.score
     );
     assert_eq!(score[0], score[1]);
-    let _ = (&r.chat.text, &r.chat.ids);
+    // The conversation is read as transformers reads it: the same chat template text and the
+    // same token ids, and those ids are what the score was computed from.
+    let mut conversation = r.chat.messages.clone();
+    conversation.push(Message::new(Role::Assistant, &r.chat.response));
+    let mut ck = Checkpoint::open(&tiny("llama_rm"), &Device::Cpu).unwrap();
+    let template = ck.template.clone().expect("llama_rm has a chat template");
+    assert_eq!(template.render(&conversation, false).unwrap(), r.chat.text);
+    let body = Transformer::load(ck.config, &mut ck.weights).unwrap();
+    let reader = Policy::from_parts(ck.name, body, ck.tokenizer, ck.template);
+    assert_eq!(
+        reader.encode_conversation(&conversation).unwrap(),
+        r.chat.ids
+    );
+    assert_eq!(
+        rm.score_ids(std::slice::from_ref(&r.chat.ids)).unwrap()[0],
+        score[0].value
+    );
 }
 
 #[test]

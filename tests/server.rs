@@ -11,6 +11,7 @@ use hone::server::Config;
 use policies::store::SMOLLM2;
 use policies::{Message, Role};
 use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::OnceLock;
@@ -79,20 +80,21 @@ fn guarded() -> &'static Server {
     })
 }
 
-fn url(path: &str) -> String {
-    format!("http://{}{path}", server().addr)
-}
-
 fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(300))
         .build()
 }
 
-/// Status and body of a request, whatever the status.
+/// Status and body of a request to the shared server, whatever the status.
 fn send(method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    send_to(server().addr, method, path, body)
+}
+
+/// Status and body of a request to the server at `addr`, whatever the status.
+fn send_to(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let req = agent()
-        .request(method, &url(path))
+        .request(method, &format!("http://{addr}{path}"))
         .set("Content-Type", "application/json");
     let result = match body {
         Some(b) => req.send_string(b),
@@ -106,9 +108,24 @@ fn send(method: &str, path: &str, body: Option<&str>) -> (u16, String) {
 }
 
 fn post(path: &str, body: &Value) -> (u16, Value) {
-    let (status, text) = send("POST", path, Some(&body.to_string()));
+    post_to(server().addr, path, body)
+}
+
+fn post_to(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    let (status, text) = send_to(addr, "POST", path, Some(&body.to_string()));
     let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     (status, json)
+}
+
+/// The value of `series` in a scrape: a metric's name with its labels as the exposition writes
+/// them (sorted by name), e.g. `hone_feedback_total{arm="plain"}`. Panics when it is absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+            Some(value.trim().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
 }
 
 fn get_json(path: &str) -> Value {
@@ -177,11 +194,13 @@ fn tpo_answers_within_budget() {
 #[test]
 fn auto_explains_its_rounds_and_metrics_show_what_it_learned() {
     let budget = 3000;
+    // A keyword no answer names: no first round is perfect, so auto decides further rounds.
     let (status, body) = post(
         "/optimize",
         &json!({
             "prompt": QUESTION, "strategy": "auto", "n": 2, "max_tokens": 16,
             "budget": {"compute": budget}, "user": user_in(Arm::Optimized, "auto"),
+            "constraints": [{"kind": "required_keywords", "keywords": ["Zanzibar"]}],
         }),
     );
     assert_eq!(status, 200, "{body}");
@@ -190,22 +209,61 @@ fn auto_explains_its_rounds_and_metrics_show_what_it_learned() {
         body["usage"]["compute"].as_u64().unwrap() <= budget,
         "{body}"
     );
-    assert_eq!(body["rounds"][0]["kind"], "sample", "{body}");
+    let rounds = body["rounds"].as_array().unwrap();
+    assert_eq!(rounds[0]["kind"], "sample", "{body}");
+    // Every round after the first was decided, in order: one decision each.
     let decisions = body["auto"]["decisions"].as_array().unwrap();
-    for d in decisions {
-        let round = d["round"].as_u64().unwrap() as usize;
-        assert_eq!(body["rounds"][round]["kind"], d["chose"], "{body}");
+    assert!(!decisions.is_empty(), "auto decided no round: {body}");
+    assert_eq!(decisions.len(), rounds.len() - 1, "{body}");
+    for (i, d) in decisions.iter().enumerate() {
+        assert_eq!(d["round"].as_u64(), Some(i as u64 + 1), "{body}");
+        assert_eq!(rounds[i + 1]["kind"], d["chose"], "{body}");
         assert!(d["refine"]["win_rate"].is_number(), "{body}");
+        assert!(d["resample"]["win_rate"].is_number(), "{body}");
     }
-    let (_, text) = send("GET", "/metrics", None);
-    for family in [
-        "hone_auto_win_rate{move=\"refine\"}",
-        "hone_auto_win_rate{move=\"resample\"}",
-        "hone_auto_trials{move=\"refine\"}",
-        "hone_auto_wins{move=\"resample\"}",
-        "hone_auto_round_cost{move=\"refine\"}",
-    ] {
-        assert!(text.contains(family), "{family} missing:\n{text}");
+    // The rounds this request ran are among the trials auto learned, and the metrics, scraped
+    // after the answer, show at least what the answer reported (other tests may add more).
+    let learned = &body["auto"]["learned"];
+    let count = |tally: &Value, field: &str| tally[field].as_u64().unwrap() as f64;
+    let mut scrape = String::new();
+    // Concurrent scrapes of the shared server may interleave their updates of the gauges:
+    // read until one scrape is consistent.
+    for _ in 0..5 {
+        scrape = send("GET", "/metrics", None).1;
+        let consistent = ["refine", "resample"].iter().all(|mv| {
+            let trials = metric(&scrape, &format!("hone_auto_trials{{move=\"{mv}\"}}"));
+            let wins = metric(&scrape, &format!("hone_auto_wins{{move=\"{mv}\"}}"));
+            let rate = metric(&scrape, &format!("hone_auto_win_rate{{move=\"{mv}\"}}"));
+            (rate - (wins + 1.0) / (trials + 2.0)).abs() < 1e-9
+        });
+        if consistent {
+            break;
+        }
+    }
+    for mv in ["refine", "resample"] {
+        let ran: usize = rounds
+            .iter()
+            .filter(|r| r["kind"] == mv)
+            .map(|r| r["candidates"].as_array().unwrap().len())
+            .sum();
+        assert!(count(&learned[mv], "trials") >= ran as f64, "{mv}: {body}");
+        let trials = metric(&scrape, &format!("hone_auto_trials{{move=\"{mv}\"}}"));
+        let wins = metric(&scrape, &format!("hone_auto_wins{{move=\"{mv}\"}}"));
+        assert!(
+            trials >= count(&learned[mv], "trials"),
+            "{mv}: {body}\n{scrape}"
+        );
+        assert!(
+            wins >= count(&learned[mv], "wins"),
+            "{mv}: {body}\n{scrape}"
+        );
+        // The win rate shown is the tallies' (one win and one loss of prior).
+        let rate = metric(&scrape, &format!("hone_auto_win_rate{{move=\"{mv}\"}}"));
+        assert!(
+            (rate - (wins + 1.0) / (trials + 2.0)).abs() < 1e-9,
+            "{mv}: {rate} from {wins} wins of {trials}\n{scrape}"
+        );
+        metric(&scrape, &format!("hone_auto_round_cost{{move=\"{mv}\"}}"));
     }
 }
 
@@ -278,34 +336,135 @@ fn optimize_streams_progress_then_the_result() {
     assert_eq!(body["arm"], "optimized", "{body}");
 }
 
-#[test]
-fn openapi_lists_the_endpoints() {
-    let doc = get_json("/openapi.json");
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"), "{doc}");
-    for path in [
-        "/optimize",
-        "/v1/chat/completions",
-        "/v1/models",
-        "/health",
-        "/metrics",
-        "/ab",
-        "/rewards",
-        "/feedback",
-    ] {
-        assert!(doc["paths"][path].is_object(), "{path} missing");
-    }
+/// The routes `routes::configure` registers, as (path, method): each is registered as
+/// `only(path, method, handler)`, read here from the source.
+fn registered_routes() -> BTreeSet<(String, String)> {
+    let source = include_str!("../src/server/routes.rs");
+    let configure = &source[source.find("pub fn configure").expect("no `configure`")..];
+    let configure = &configure[..configure.find(".default_service(").expect("no default")];
+    let routes: BTreeSet<(String, String)> = configure
+        .split("only(")
+        .skip(1)
+        .map(|call| {
+            let quoted: Vec<&str> = call.split('"').skip(1).step_by(2).take(2).collect();
+            match quoted[..] {
+                [path, method] => (path.to_string(), method.to_string()),
+                _ => panic!("a route not registered as only(path, method, ..): only({call}"),
+            }
+        })
+        .collect();
+    assert!(
+        routes.contains(&("/optimize".into(), "POST".into())),
+        "routes.rs read wrong: {routes:?}"
+    );
+    routes
 }
 
 #[test]
-fn metrics_show_the_families_by_arm() {
-    let (status, body) = post(
-        "/optimize",
-        &json!({"prompt": QUESTION, "strategy": "plain", "max_tokens": 8, "budget": {"compute": 500}}),
+fn openapi_documents_exactly_the_routes_served() {
+    let doc = get_json("/openapi.json");
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"), "{doc}");
+    let methods = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| methods.contains(&k.as_str()))
+                .map(move |m| (path.clone(), m.to_uppercase()))
+        })
+        .collect();
+    assert_eq!(
+        documented,
+        registered_routes(),
+        "openapi.json's operations against routes.rs's"
     );
+    // The server answers every documented operation (with an empty object for a body: an
+    // error of the route's own, never the 404 of an unknown route or a 405), and refuses any
+    // other method on its path naming the documented ones.
+    let mut allowed: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (path, method) in &documented {
+        allowed.entry(path).or_default().push(method);
+    }
+    let json = "Content-Type: application/json\r\n";
+    for (path, method) in &documented {
+        let body = if method == "GET" { "" } else { "{}" };
+        let raw = exchange(server().addr, &request(method, path, json, body)).unwrap();
+        assert!(
+            raw.status != 404 && raw.status != 405,
+            "{method} {path}: {}\n{}",
+            raw.head,
+            raw.body
+        );
+    }
+    for (path, methods) in allowed {
+        let raw = exchange(server().addr, &request("PATCH", path, "", "")).unwrap();
+        assert_error(raw.status, &raw.body, 405, None);
+        assert_eq!(
+            raw.header("allow"),
+            Some(methods.join(", ").as_str()),
+            "{path}"
+        );
+    }
+}
+
+/// The metrics test's own server, so that its counters count that test's requests alone.
+fn metered() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| start(config()))
+}
+
+#[test]
+fn metrics_count_each_request_by_arm() {
+    let addr = metered().addr;
+    let ask = |strategy: &str, user: String| {
+        json!({
+            "prompt": QUESTION, "strategy": strategy, "n": 2, "max_tokens": 8,
+            "budget": {"compute": 3000}, "user": user,
+        })
+    };
+    let requests = [
+        // Plain asked for: the plain arm, whatever the split says of the user.
+        (
+            ask("plain", user_in(Arm::Optimized, "metered-a")),
+            Arm::Plain,
+        ),
+        // Best-of-N asked for: the arm the split puts the user in answers.
+        (
+            ask("best_of_n", user_in(Arm::Plain, "metered-b")),
+            Arm::Plain,
+        ),
+        (
+            ask("best_of_n", user_in(Arm::Optimized, "metered-c")),
+            Arm::Optimized,
+        ),
+    ];
+    let mut answers = Vec::new();
+    for (request, arm) in &requests {
+        let (status, body) = post_to(addr, "/optimize", request);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["arm"], arm.name(), "{body}");
+        answers.push(body);
+    }
+    // Refused once counted: a stream whose budget is below one prefill.
+    let refused = json!({
+        "prompt": QUESTION, "strategy": "plain", "stream": true, "budget": {"compute": 3},
+    });
+    let (status, body) = post_to(addr, "/optimize", &refused);
+    assert_error(status, &body, 422, Some("budget.compute"));
+    // Feedback on the optimized answer.
+    let id = answers[2]["id"].as_str().unwrap();
+    let (status, body) = post_to(addr, "/feedback", &json!({"id": id, "thumbs": "up"}));
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["arm"], "plain");
-    let (status, text) = send("GET", "/metrics", None);
+
+    let (status, text) = send_to(addr, "GET", "/metrics", None);
     assert_eq!(status, 200);
+    let m = |series: &str| metric(&text, series);
     for family in [
         "hone_requests_total{",
         "hone_request_duration_seconds_bucket{",
@@ -327,22 +486,100 @@ fn metrics_show_the_families_by_arm() {
     ] {
         assert!(text.contains(family), "{family} missing:\n{text}");
     }
-    assert!(text.contains("arm=\"plain\""), "{text}");
-    assert!(text.contains("arm=\"optimized\""), "{text}");
-    assert!(text.contains("status=\"200\""), "{text}");
-}
-
-#[test]
-fn ab_assignment_is_stable_and_split() {
-    let users: Vec<String> = (0..20).map(|i| format!("customer-{i}")).collect();
-    let plain = users
-        .iter()
-        .filter(|u| ab::assign(u, 0.5) == Arm::Plain)
-        .count();
-    assert!((5..=15).contains(&plain), "{plain} of 20 in the plain arm");
-    assert!(users
-        .iter()
-        .all(|u| ab::assign(u, 0.5) == ab::assign(u, 0.5)));
+    // Each request counted once, under the strategy that ran, the arm that answered and the
+    // status sent; nothing else.
+    let requests_total = |labels: &str| m(&format!("hone_requests_total{{{labels}}}"));
+    assert_eq!(
+        requests_total(r#"arm="plain",status="200",strategy="plain""#),
+        2.0
+    );
+    assert_eq!(
+        requests_total(r#"arm="optimized",status="200",strategy="best_of_n""#),
+        1.0
+    );
+    assert_eq!(
+        requests_total(r#"arm="plain",status="422",strategy="plain""#),
+        1.0
+    );
+    let all: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("hone_requests_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(all, 4.0, "{text}");
+    let duration = |labels: &str| m(&format!("hone_request_duration_seconds_count{{{labels}}}"));
+    assert_eq!(duration(r#"arm="plain",strategy="plain""#), 3.0);
+    assert_eq!(duration(r#"arm="optimized",strategy="best_of_n""#), 1.0);
+    assert_eq!(
+        m(r#"hone_time_to_first_event_seconds_count{arm="optimized",strategy="best_of_n"}"#),
+        1.0
+    );
+    // What the answers spent, summed by the arm that answered.
+    for arm in [Arm::Plain, Arm::Optimized] {
+        let a = arm.name();
+        let mine: Vec<&Value> = answers.iter().filter(|b| b["arm"] == a).collect();
+        let usage = |field: &str| -> f64 {
+            mine.iter()
+                .map(|b| b["usage"][field].as_u64().unwrap())
+                .sum::<u64>() as f64
+        };
+        let of_arm = |name: &str| m(&format!("{name}{{arm=\"{a}\"}}"));
+        assert!(usage("compute") > 0.0, "{a}");
+        assert_eq!(of_arm("hone_compute_used_total"), usage("compute"), "{a}");
+        assert_eq!(
+            of_arm("hone_tokens_generated_total"),
+            usage("tokens_generated"),
+            "{a}"
+        );
+        for (family, field) in [
+            ("hone_spec_decode_num_drafts_total", "spec_drafts"),
+            (
+                "hone_spec_decode_num_draft_tokens_total",
+                "spec_draft_tokens",
+            ),
+            (
+                "hone_spec_decode_num_accepted_tokens_total",
+                "spec_accepted_tokens",
+            ),
+        ] {
+            assert_eq!(of_arm(family), usage(field), "{a}: {family}");
+        }
+        let answered = mine.len() as f64;
+        let rounds: usize = mine
+            .iter()
+            .map(|b| b["rounds"].as_array().unwrap().len())
+            .sum();
+        let candidates: usize = mine
+            .iter()
+            .flat_map(|b| b["rounds"].as_array().unwrap())
+            .map(|r| r["candidates"].as_array().unwrap().len())
+            .sum();
+        let scored = mine.iter().filter(|b| b["score"].is_number()).count() as f64;
+        assert_eq!(of_arm("hone_rounds_per_request_count"), answered, "{a}");
+        assert_eq!(of_arm("hone_rounds_per_request_sum"), rounds as f64, "{a}");
+        assert_eq!(of_arm("hone_candidates_per_request_count"), answered, "{a}");
+        assert_eq!(
+            of_arm("hone_candidates_per_request_sum"),
+            candidates as f64,
+            "{a}"
+        );
+        assert_eq!(of_arm("hone_compute_budget_ratio_count"), answered, "{a}");
+        assert_eq!(of_arm("hone_reward_count"), scored, "{a}");
+        let feedback = if arm == Arm::Optimized { 1.0 } else { 0.0 };
+        assert_eq!(of_arm("hone_feedback_total"), feedback, "{a}");
+    }
+    // Nothing is left running or waiting, and the model shown is the one served.
+    assert_eq!(m("hone_queue_depth"), 0.0);
+    assert_eq!(m("hone_in_flight"), 0.0);
+    let (_, health) = send_to(addr, "GET", "/health", None);
+    let health: Value = serde_json::from_str(&health).unwrap();
+    let model = health["model"].as_str().unwrap();
+    assert_eq!(
+        m(&format!(
+            "hone_model_info{{policy=\"{model}\",reward=\"check\"}}"
+        )),
+        1.0
+    );
 }
 
 #[test]
@@ -630,7 +867,10 @@ fn a_plain_request_whose_client_leaves_is_cancelled() {
         let metrics = send("GET", "/metrics", None).1;
         if metrics.contains(cancelled) {
             assert!(
-                !metrics.contains("hone_requests_cancelled_total{route=\"/optimize\"} 0"),
+                metric(
+                    &metrics,
+                    "hone_requests_cancelled_total{route=\"/optimize\"}"
+                ) >= 1.0,
                 "{metrics}"
             );
             assert_healthy();

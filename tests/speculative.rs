@@ -52,6 +52,12 @@ fn greedy_speculative_output_is_plain_greedy_output() {
         let (spec, stats) = policy()
             .generate(&prompt, 2, &params(48, 0.0, 0, 4))
             .unwrap();
+        assert_eq!(plain.len(), 2, "{text}: plain rows");
+        assert_eq!(
+            spec.len(),
+            plain.len(),
+            "{text}: speculative rows vs plain rows"
+        );
         for (p, s) in plain.iter().zip(&spec) {
             assert_eq!(p.tokens, s.tokens, "{text}: {:?} vs {:?}", p.text, s.text);
             assert_eq!(p.finish, s.finish);
@@ -77,6 +83,8 @@ fn greedy_speculative_output_is_plain_greedy_output() {
     let (spec, _) = policy()
         .generate_batch(&prompts, &params(32, 0.0, 0, 4))
         .unwrap();
+    assert_eq!(plain.len(), prompts.len(), "plain batch rows");
+    assert_eq!(spec.len(), plain.len(), "speculative batch rows vs plain");
     for (p, s) in plain.iter().zip(&spec) {
         assert_eq!(p.tokens, s.tokens);
     }
