@@ -386,20 +386,33 @@ impl Policy {
         row.tokens.push(token);
         row.context.push(token);
         let (new, pending) = self.extend_text(row)?;
-        // A stop string that ends in the new text starts at most its length before it.
-        let longest = params.stop.iter().map(String::len).max().unwrap_or(0);
-        let mut from = new.saturating_sub(longest);
-        while !row.text.is_char_boundary(from) {
-            from -= 1;
-        }
-        let tail = format!("{}{pending}", &row.text[from..]);
-        if params.stop.iter().any(|s| tail.contains(s.as_str())) {
+        if self.stops_in_new_text(row, new, &pending, params) {
             self.finish(row, FinishReason::Stop, params)
         } else if row.tokens.len() >= params.max_tokens || context_full {
             self.finish(row, FinishReason::Length, params)
         } else {
             Ok(())
         }
+    }
+
+    /// Whether a stop string ends in the text added at `new` (or in the pending text of an
+    /// unfinished character): such a string starts at most its length before `new`.
+    fn stops_in_new_text(
+        &self,
+        row: &Row,
+        new: usize,
+        pending: &str,
+        params: &GenerateParams,
+    ) -> bool {
+        let Some(longest) = params.stop.iter().map(String::len).max() else {
+            return false;
+        };
+        let mut from = new.saturating_sub(longest);
+        while !row.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let tail = format!("{}{pending}", &row.text[from..]);
+        params.stop.iter().any(|s| tail.contains(s.as_str()))
     }
 
     /// Appends the text of the row's newest token; returns where it starts, and the text of

@@ -282,9 +282,14 @@ impl AppState {
         self.queue.close();
     }
 
-    /// A model slot or a place in the queue, decided now: 429 when the queue is full, 503 when
-    /// shutting down. Dropping the ticket gives the place up.
-    pub fn admit(&self) -> Result<Ticket, ApiError> {
+    /// A model slot or a place in the queue for `job`, decided now: 429 when the queue is full,
+    /// 503 when shutting down. A stream answers 200 before its loop starts, so its budget is
+    /// checked first, for the same 422 a plain call would get. Dropping the ticket gives the
+    /// place up.
+    pub fn admit(&self, job: &Job, stream: bool) -> Result<Ticket, ApiError> {
+        if stream {
+            self.check_budget(job)?;
+        }
         if self.shutting_down() {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -152,14 +152,7 @@ pub async fn chat_completions(
     // Chat traffic is not randomized between arms, so it stays out of the A/B comparison.
     let record = Record::new(&req, state.clone(), Route::ChatCompletions, &job, arm);
     let stream = body.stream.unwrap_or(false);
-    if stream {
-        // A stream answers 200 before its loop starts: refuse a budget the loop would refuse
-        // now, with the same 422 as the plain call.
-        if let Err(e) = state.check_budget(&job) {
-            return Err(record.fail(e));
-        }
-    }
-    let ticket = match state.admit() {
+    let ticket = match state.admit(&job, stream) {
         Ok(ticket) => ticket,
         Err(e) => return Err(record.fail(e)),
     };

@@ -83,12 +83,7 @@ async fn optimize(
     let constraints = job.checks.as_ref().map(api::Checks::applied);
     let state: Arc<AppState> = state.into_inner();
     let record = Record::new(&req, state.clone(), Route::Optimize, &job, arm);
-    if body.stream {
-        if let Err(e) = state.check_budget(&job) {
-            return Err(record.fail(e));
-        }
-    }
-    let ticket = match state.admit() {
+    let ticket = match state.admit(&job, body.stream) {
         Ok(ticket) => ticket,
         Err(e) => return Err(record.fail(e)),
     };
