@@ -12,7 +12,6 @@
 //! drafted tokens being verified: batch invariance by construction, on every CPU.
 
 use candle_core::{CpuStorage, Layout, Storage, Tensor};
-use rayon::prelude::*;
 
 /// The keys one packed query sees: `slots[lo..hi]` of its row's held slots, in slot order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,27 +49,25 @@ pub(crate) fn attend(
     let values = Strided::new(&v_store, v_layout)?;
     let group = h / hkv;
     let mut out = vec![0f32; n * h * d];
-    out.par_chunks_mut(d)
-        .enumerate()
-        .try_for_each(|(i, out)| -> candle_core::Result<()> {
-            let (token, head) = (i / h, i % h);
-            let plan = queries[token];
-            let slots = held
-                .get(plan.row)
-                .and_then(|s| s.get(plan.lo..plan.hi))
-                .ok_or_else(|| candle_core::Error::Msg("attention: bad key range".into()))?;
-            let qv = &q[(head * n + token) * d..][..d];
-            let kv_head = head / group;
-            one_query(
-                qv,
-                slots,
-                |s| keys.row(plan.row, kv_head, s, d),
-                |s| values.row(plan.row, kv_head, s, d),
-                scale,
-                out,
-            );
-            Ok(())
-        })?;
+    crate::cpu::for_each_chunk(&mut out, d, |i, out| {
+        let (token, head) = (i / h, i % h);
+        let plan = queries[token];
+        let slots = held
+            .get(plan.row)
+            .and_then(|s| s.get(plan.lo..plan.hi))
+            .ok_or_else(|| candle_core::Error::Msg("attention: bad key range".into()))?;
+        let qv = &q[(head * n + token) * d..][..d];
+        let kv_head = head / group;
+        one_query(
+            qv,
+            slots,
+            |s| keys.row(plan.row, kv_head, s, d),
+            |s| values.row(plan.row, kv_head, s, d),
+            scale,
+            out,
+        );
+        Ok(())
+    })?;
     Tensor::from_vec(out, (1, n, h * d), &candle_core::Device::Cpu)
 }
 

@@ -63,3 +63,53 @@ fn detected() -> String {
 fn detected() -> String {
     std::env::consts::ARCH.to_string()
 }
+
+/// Runs `f(i, chunk)` over `out` cut into chunks of `size` (the last may be shorter), spread
+/// over candle's CPU worker pool; returns the first error.
+///
+/// One pool for everything hone computes on the CPU: candle's element-wise ops already run on
+/// this pool (its workers spin briefly between calls, then park), and a second pool beside it
+/// (rayon's) would leave more busy threads than cores, so every product would wait for threads
+/// the scheduler had put aside. The calling thread works too; `RAYON_NUM_THREADS` (or
+/// `CANDLE_NUM_THREADS`) sets the total. Which thread computes a chunk never changes its result.
+pub(crate) fn for_each_chunk<F>(out: &mut [f32], size: usize, f: F) -> candle_core::Result<()>
+where
+    F: Fn(usize, &mut [f32]) -> candle_core::Result<()> + Sync,
+{
+    let size = size.max(1);
+    let len = out.len();
+    let base = Shared(out.as_mut_ptr());
+    let first_error = std::sync::Mutex::new(None);
+    candle_core::utils::barrier_pool().execute_chunked(len.div_ceil(size), |range| {
+        for i in range {
+            let lo = i * size;
+            let hi = (lo + size).min(len);
+            // SAFETY: the pool hands out each index `i` exactly once, so the ranges
+            // `lo..hi` are disjoint and inside `out`, which is borrowed mutably for the whole
+            // call; `execute_chunked` returns only after every worker has finished.
+            let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(lo), hi - lo) };
+            if let Err(e) = f(i, chunk) {
+                if let Ok(mut slot) = first_error.lock() {
+                    slot.get_or_insert(e);
+                }
+            }
+        }
+    });
+    match first_error.into_inner() {
+        Ok(Some(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// `out`'s pointer, shared with the pool's workers (see the SAFETY note where it is used).
+struct Shared(*mut f32);
+
+// SAFETY: workers only write disjoint ranges through the pointer (see `for_each_chunk`).
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    /// Through a method so that closures capture the `Sync` wrapper, not the bare pointer.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}

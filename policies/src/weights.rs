@@ -220,17 +220,12 @@ impl Weights {
     }
 }
 
-/// candle has SIMD matmul kernels on x86 for Q8_0 and the k-quants, but only scalar code for
-/// the legacy 4/5-bit formats, which made Q4_1 models (the default SmolLM2) 2-3x slower than
-/// they need be. On the CPU such weights are re-quantized to Q8_0 once, at load: the 8-bit grid
-/// is finer than the original one, so the extra error is a fraction of the original
-/// quantization error (tests/reference.rs bounds the result against llama.cpp).
+/// hone's CPU kernels cover the types our models use (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K,
+/// Q6_K). Other quantized types (Q2_K, Q3_K, Q5_1, ...) are re-quantized to Q8_0 once, at
+/// load, so that every quantized product on the CPU goes through them: the 8-bit grid is finer
+/// than the original one, so the extra error is a fraction of the original quantization error.
 fn for_cpu_matmul(q: Arc<QTensor>) -> Result<Arc<QTensor>> {
-    let slow_on_cpu = matches!(
-        q.dtype(),
-        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1
-    );
-    if !slow_on_cpu || !q.device().is_cpu() {
+    if QuantMatrix::has_kernel(q.dtype()) || !q.device().is_cpu() {
         return Ok(q);
     }
     let dense = q.dequantize(&Device::Cpu)?;

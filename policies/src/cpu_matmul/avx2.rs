@@ -1,0 +1,307 @@
+//! The kernels with AVX2: 32 products of unsigned 8-bit weights by signed 8-bit activations
+//! per instruction (`maddubs`), summed in 32-bit integers over a block (over a whole super-block
+//! of 256 for the k-quants) before one conversion to float.
+//!
+//! Each kernel reads a block of weights once for up to four rows. A row's arithmetic is the
+//! same instructions in the same order whatever `R` is, so its result does not depend on the
+//! rows it is computed with.
+
+use super::blocks::{k_scales, Act256, Act32, Unsigned32, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
+use std::arch::x86_64::*;
+
+/// The 32 unsigned values of a 32-wide block, one per byte.
+pub(crate) trait Unpack: Unsigned32 {
+    /// # Safety
+    /// The CPU must have AVX2.
+    unsafe fn unpack(&self) -> __m256i;
+}
+
+impl Unpack for Q4_0 {
+    unsafe fn unpack(&self) -> __m256i {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { nibbles(&self.qs) }
+    }
+}
+
+impl Unpack for Q4_1 {
+    unsafe fn unpack(&self) -> __m256i {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { nibbles(&self.qs) }
+    }
+}
+
+impl Unpack for Q5_0 {
+    unsafe fn unpack(&self) -> __m256i {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { _mm256_or_si256(nibbles(&self.qs), high_bits(u32::from_le_bytes(self.qh))) }
+    }
+}
+
+/// Low nibbles to bytes 0..16, high nibbles to bytes 16..32.
+#[target_feature(enable = "avx2,fma")]
+fn nibbles(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: `qs` is 16 readable bytes; the load has no alignment requirement.
+    let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+    _mm256_and_si256(
+        _mm256_set_m128i(_mm_srli_epi16::<4>(v), v),
+        _mm256_set1_epi8(0x0F),
+    )
+}
+
+/// 0x10 in byte `i` where bit `i` of `bits` is set, 0 elsewhere.
+#[target_feature(enable = "avx2,fma")]
+fn high_bits(bits: u32) -> __m256i {
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_set_epi64x(
+            0x0303030303030303,
+            0x0202020202020202,
+            0x0101010101010101,
+            0,
+        ),
+    );
+    // Every bit but bit `i % 8` set in byte `i`: the byte is all ones exactly where bit `i` was.
+    let others = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
+    let set = _mm256_cmpeq_epi8(_mm256_or_si256(spread, others), _mm256_set1_epi64x(-1));
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn load(bytes: &[i8]) -> __m256i {
+    assert!(bytes.len() >= 32);
+    // SAFETY: at least 32 readable bytes (checked); no alignment requirement.
+    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn load_u8(bytes: &[u8]) -> __m256i {
+    assert!(bytes.len() >= 32);
+    // SAFETY: as in `load`.
+    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+/// Unsigned `q` times signed `x`, summed in pairs to 16 bits (no overflow: `q` < 64, |x| < 128).
+#[target_feature(enable = "avx2,fma")]
+fn pairs(q: __m256i, x: __m256i) -> __m256i {
+    _mm256_maddubs_epi16(q, x)
+}
+
+/// Pairs of 16-bit sums to 32 bits.
+#[target_feature(enable = "avx2,fma")]
+fn widen(p: __m256i) -> __m256i {
+    _mm256_madd_epi16(p, _mm256_set1_epi16(1))
+}
+
+#[target_feature(enable = "avx2,fma")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Checks that every row has `n` blocks, so the loops below can read them unchecked.
+fn same_lengths<A, const R: usize>(xs: &[&[A]; R], n: usize) {
+    assert!(
+        xs.iter().all(|x| x.len() == n),
+        "a row of activations does not match the weights"
+    );
+}
+
+// The 32-wide kernels keep two accumulators per row (even and odd blocks) so that consecutive
+// blocks do not wait on each other's additions; the order is fixed by the block count alone.
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn unsigned32<B: Unpack, const R: usize>(w: &[B], xs: [&[Act32]; R]) -> [f32; R] {
+    same_lengths(&xs, w.len());
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    let mut offset = [[0f32; 2]; R];
+    macro_rules! step {
+        ($b:expr, $lane:literal) => {{
+            let block = &w[$b];
+            // SAFETY: this function runs with AVX2 enabled.
+            let q = unsafe { block.unpack() };
+            let (d, m) = block.scale_offset();
+            for r in 0..R {
+                // SAFETY: `b < w.len()`, which every row's length equals (checked above).
+                let x = unsafe { xs[r].get_unchecked($b) };
+                let sums = _mm256_cvtepi32_ps(widen(pairs(q, load(&x.qs))));
+                acc[r][$lane] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), sums, acc[r][$lane]);
+                offset[r][$lane] += m * x.s;
+            }
+        }};
+    }
+    let even = w.len() & !1;
+    for b in (0..even).step_by(2) {
+        step!(b, 0);
+        step!(b + 1, 1);
+    }
+    if even < w.len() {
+        step!(even, 0);
+    }
+    std::array::from_fn(|r| {
+        hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + (offset[r][0] + offset[r][1])
+    })
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn q8_0<const R: usize>(w: &[Q8_0], xs: [&[Act32]; R]) -> [f32; R] {
+    same_lengths(&xs, w.len());
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    macro_rules! step {
+        ($b:expr, $lane:literal) => {{
+            let block = &w[$b];
+            let q = load(&block.qs);
+            // |q| times x with q's sign: maddubs wants its first operand unsigned.
+            let magnitude = _mm256_sign_epi8(q, q);
+            let d = block.d.to_f32();
+            for r in 0..R {
+                // SAFETY: as in `unsigned32`.
+                let x = unsafe { xs[r].get_unchecked($b) };
+                let signed = _mm256_sign_epi8(load(&x.qs), q);
+                let sums = _mm256_cvtepi32_ps(widen(pairs(magnitude, signed)));
+                acc[r][$lane] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), sums, acc[r][$lane]);
+            }
+        }};
+    }
+    let even = w.len() & !1;
+    for b in (0..even).step_by(2) {
+        step!(b, 0);
+        step!(b + 1, 1);
+    }
+    if even < w.len() {
+        step!(even, 0);
+    }
+    std::array::from_fn(|r| hsum(_mm256_add_ps(acc[r][0], acc[r][1])))
+}
+
+/// Q4K and Q5K once their 4 chunks of 64 values are unpacked: chunk `c` holds groups `2c`
+/// (bytes 0..32) and `2c + 1` (bytes 32..64) as two vectors.
+#[target_feature(enable = "avx2,fma")]
+fn k_minimums<const R: usize>(
+    d: f32,
+    dmin: f32,
+    packed: &[u8; 12],
+    chunk: impl Fn(usize) -> (__m256i, __m256i),
+    xs: [&Act256; R],
+    acc: &mut [__m256; R],
+    offset: &mut [f32; R],
+) {
+    let (scales, mins) = k_scales(packed);
+    let mut isum = [_mm256_setzero_si256(); R];
+    for c in 0..4 {
+        let (low, high) = chunk(c);
+        let s_low = _mm256_set1_epi16(i16::from(scales[2 * c]));
+        let s_high = _mm256_set1_epi16(i16::from(scales[2 * c + 1]));
+        for r in 0..R {
+            let x = &xs[r].qs[64 * c..];
+            let a = _mm256_madd_epi16(pairs(low, load(x)), s_low);
+            let b = _mm256_madd_epi16(pairs(high, load(&x[32..])), s_high);
+            isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(a, b));
+        }
+    }
+    for r in 0..R {
+        let x = xs[r];
+        let min_sum: i32 = (0..8)
+            .map(|j| {
+                i32::from(mins[j]) * (i32::from(x.bsums[2 * j]) + i32::from(x.bsums[2 * j + 1]))
+            })
+            .sum();
+        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(isum[r]), acc[r]);
+        offset[r] += dmin * x.d * min_sum as f32;
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn q4k<const R: usize>(w: &[Q4K], xs: [&[Act256]; R]) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut offset = [0f32; R];
+    let m4 = _mm256_set1_epi8(0x0F);
+    for (b, block) in w.iter().enumerate() {
+        let chunk = |c: usize| {
+            let v = load_u8(&block.qs[32 * c..]);
+            (
+                _mm256_and_si256(v, m4),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4),
+            )
+        };
+        let rows = std::array::from_fn(|r| &xs[r][b]);
+        let (d, dmin) = (block.d.to_f32(), block.dmin.to_f32());
+        k_minimums(d, dmin, &block.scales, chunk, rows, &mut acc, &mut offset);
+    }
+    std::array::from_fn(|r| hsum(acc[r]) - offset[r])
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn q5k<const R: usize>(w: &[Q5K], xs: [&[Act256]; R]) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut offset = [0f32; R];
+    let m4 = _mm256_set1_epi8(0x0F);
+    let one = _mm256_set1_epi8(1);
+    for (b, block) in w.iter().enumerate() {
+        let high = load_u8(&block.qh);
+        // Bit `shift` of each byte of `qh`, moved to bit 4 (0x10).
+        let fifth = |shift: i32| {
+            let bit = _mm256_and_si256(_mm256_srl_epi16(high, _mm_cvtsi32_si128(shift)), one);
+            _mm256_slli_epi16::<4>(bit)
+        };
+        let chunk = |c: usize| {
+            let v = load_u8(&block.qs[32 * c..]);
+            let low = _mm256_or_si256(_mm256_and_si256(v, m4), fifth(2 * c as i32));
+            let up = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+            (low, _mm256_or_si256(up, fifth(2 * c as i32 + 1)))
+        };
+        let rows = std::array::from_fn(|r| &xs[r][b]);
+        let (d, dmin) = (block.d.to_f32(), block.dmin.to_f32());
+        k_minimums(d, dmin, &block.scales, chunk, rows, &mut acc, &mut offset);
+    }
+    std::array::from_fn(|r| hsum(acc[r]) - offset[r])
+}
+
+#[target_feature(enable = "avx2,fma")]
+pub(crate) fn q6k<const R: usize>(w: &[Q6K], xs: [&[Act256]; R]) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut offset = [0f32; R];
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(3);
+    for (b, block) in w.iter().enumerate() {
+        let mut isum = [_mm256_setzero_si256(); R];
+        for half in 0..2 {
+            let low0 = load_u8(&block.ql[64 * half..]);
+            let low1 = load_u8(&block.ql[64 * half + 32..]);
+            let high = load_u8(&block.qh[32 * half..]);
+            let two = |shift: i32| {
+                let bits = _mm256_and_si256(_mm256_srl_epi16(high, _mm_cvtsi32_si128(shift)), m2);
+                _mm256_slli_epi16::<4>(bits)
+            };
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(low0, m4), two(0)),
+                _mm256_or_si256(_mm256_and_si256(low1, m4), two(2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(low0), m4), two(4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(low1), m4), two(6)),
+            ];
+            for (c, &q) in q.iter().enumerate() {
+                // Values 0..16 of the chunk take group g's scale, 16..32 group g + 1's.
+                let g = 8 * half + 2 * c;
+                let scale = _mm256_set_m128i(
+                    _mm_set1_epi16(i16::from(block.scales[g + 1])),
+                    _mm_set1_epi16(i16::from(block.scales[g])),
+                );
+                for r in 0..R {
+                    let x = load(&xs[r][b].qs[128 * half + 32 * c..]);
+                    isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(pairs(q, x), scale));
+                }
+            }
+        }
+        let d = block.d.to_f32();
+        for r in 0..R {
+            let x = &xs[r][b];
+            let sums: i32 = (0..16)
+                .map(|g| i32::from(block.scales[g]) * i32::from(x.bsums[g]))
+                .sum();
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(isum[r]), acc[r]);
+            offset[r] += d * x.d * (32 * sums) as f32;
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]) - offset[r])
+}

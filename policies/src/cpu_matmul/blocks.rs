@@ -1,0 +1,167 @@
+//! The GGUF block layouts the CPU kernels read, and the 8-bit activation blocks they multiply.
+//!
+//! Weights stay in the file's layout (no repacking), so a matrix is its bytes copied once.
+//! Activations are quantized once per row per product: to blocks of 32 for the 32-wide weight
+//! types, to blocks of 256 with per-16 sums for the k-quants, the way llama.cpp pairs them.
+
+use half::f16;
+
+/// A block whose values are `d · q + m` with unsigned `q` (4 or 5 bits): Q4_0 (m = -8d),
+/// Q4_1, Q5_0 (m = -16d). The kernels multiply the unsigned `q` and add `m · Σx` once.
+pub(crate) trait Unsigned32: Copy + Send + Sync + 'static {
+    /// `(d, m)`.
+    fn scale_offset(&self) -> (f32, f32);
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Q4_0 {
+    pub d: f16,
+    pub qs: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Q4_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qs: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Q5_0 {
+    pub d: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Q8_0 {
+    pub d: f16,
+    pub qs: [i8; 32],
+}
+
+/// 256 weights in 8 groups of 32, each with a 6-bit scale and a 6-bit minimum.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Q4K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; 12],
+    pub qs: [u8; 128],
+}
+
+/// Q4K with a fifth bit per weight in `qh`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Q5K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; 12],
+    pub qh: [u8; 32],
+    pub qs: [u8; 128],
+}
+
+/// 256 weights in 16 groups of 16 with signed 8-bit scales; values are 6-bit, offset by 32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Q6K {
+    pub ql: [u8; 128],
+    pub qh: [u8; 64],
+    pub scales: [i8; 16],
+    pub d: f16,
+}
+
+impl Unsigned32 for Q4_0 {
+    fn scale_offset(&self) -> (f32, f32) {
+        let d = self.d.to_f32();
+        (d, -8.0 * d)
+    }
+}
+
+impl Unsigned32 for Q4_1 {
+    fn scale_offset(&self) -> (f32, f32) {
+        (self.d.to_f32(), self.m.to_f32())
+    }
+}
+
+impl Unsigned32 for Q5_0 {
+    fn scale_offset(&self) -> (f32, f32) {
+        let d = self.d.to_f32();
+        (d, -16.0 * d)
+    }
+}
+
+/// The 6-bit scales and minimums of Q4K/Q5K's 8 groups, unpacked from their 12 bytes.
+pub(crate) fn k_scales(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    let mut scales = [0u8; 8];
+    let mut mins = [0u8; 8];
+    for j in 0..8 {
+        if j < 4 {
+            scales[j] = packed[j] & 63;
+            mins[j] = packed[j + 4] & 63;
+        } else {
+            scales[j] = (packed[j + 4] & 0x0F) | ((packed[j - 4] >> 6) << 4);
+            mins[j] = (packed[j + 4] >> 4) | ((packed[j] >> 6) << 4);
+        }
+    }
+    (scales, mins)
+}
+
+/// 32 activations as `d · qs`, with `s = d · Σqs` for the weight types' offsets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Act32 {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; 32],
+}
+
+/// 256 activations as `d · qs`, with the sum of each group of 16 for the k-quants' offsets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Act256 {
+    pub d: f32,
+    pub qs: [i8; 256],
+    pub bsums: [i16; 16],
+}
+
+/// An activation block: quantized from `N` floats.
+pub(crate) trait Activations: Copy + Send + Sync + 'static {
+    const WIDTH: usize;
+    fn quantize(xs: &[f32]) -> Self;
+}
+
+/// Symmetric 8-bit quantization of one block: `(d, q)` with `|x - d·q| <= d/2`.
+fn quantize_block<const N: usize>(xs: &[f32]) -> (f32, [i8; N]) {
+    let amax = xs.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let qs = std::array::from_fn(|i| (xs[i] * inv).round().clamp(-127.0, 127.0) as i8);
+    (d, qs)
+}
+
+impl Activations for Act32 {
+    const WIDTH: usize = 32;
+    fn quantize(xs: &[f32]) -> Self {
+        let (d, qs) = quantize_block::<32>(xs);
+        let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
+        Self {
+            d,
+            s: d * sum as f32,
+            qs,
+        }
+    }
+}
+
+impl Activations for Act256 {
+    const WIDTH: usize = 256;
+    fn quantize(xs: &[f32]) -> Self {
+        let (d, qs) = quantize_block::<256>(xs);
+        let bsums =
+            std::array::from_fn(|g| qs[16 * g..16 * g + 16].iter().map(|&q| i16::from(q)).sum());
+        Self { d, qs, bsums }
+    }
+}

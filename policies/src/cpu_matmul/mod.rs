@@ -1,0 +1,242 @@
+//! Quantized matrix products on the CPU, hone's own: fast, and a row's result the same bits
+//! whatever else the call holds.
+//!
+//! Why not candle's `QMatMul`: it picks among several kernel families at run time (generic
+//! ones, and repacked tiles that quantize activations in wider blocks and sum in another
+//! order) by CPU level and by the number of rows, so a token's logits changed with the batch
+//! it was decoded in and from one machine to the next; and its generic kernels have no SIMD
+//! code for the legacy 4/5-bit types, nor reuse a weight block across the rows of a batch.
+//!
+//! Here, as in llama.cpp, activations are quantized once per row to 8 bits and multiplied
+//! with the weights' integers, summed in 32-bit integers per block before one conversion to
+//! float. Each output column is computed by one thread, a block of weights at a time for up to
+//! four rows, with the same instructions for every row: the result depends on the row and the
+//! column only. Weights keep the GGUF layout; types without a kernel are re-quantized to Q8_0
+//! at load (see `weights.rs`).
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+mod avx2;
+mod blocks;
+#[cfg(any(
+    test,
+    not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    ))
+))]
+mod portable;
+
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+use avx2 as simd;
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+)))]
+use portable as simd;
+
+use blocks::{Act256, Act32, Activations, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Storage, Tensor};
+use std::sync::Arc;
+
+/// A weight block type with a kernel: its activation format and its dot product of one block
+/// row against up to four activation rows.
+pub(crate) trait Kernel: Copy + Send + Sync + 'static {
+    type Act: Activations;
+    const DTYPE: GgmlDType;
+    fn dot<const R: usize>(w: &[Self], xs: [&[Self::Act]; R]) -> [f32; R];
+}
+
+macro_rules! kernel {
+    ($block:ty, $act:ty, $dtype:expr, $f:ident $(::<$g:ty>)?) => {
+        impl Kernel for $block {
+            type Act = $act;
+            const DTYPE: GgmlDType = $dtype;
+            #[allow(unused_unsafe)]
+            fn dot<const R: usize>(w: &[Self], xs: [&[$act]; R]) -> [f32; R] {
+                // SAFETY: the SIMD kernels need the CPU features this build is compiled for
+                // (the module is chosen by `cfg(target_feature)`); the portable ones are safe.
+                unsafe { simd::$f$(::<$g, R>)?(w, xs) }
+            }
+        }
+    };
+}
+
+kernel!(Q4_0, Act32, GgmlDType::Q4_0, unsigned32::<Q4_0>);
+kernel!(Q4_1, Act32, GgmlDType::Q4_1, unsigned32::<Q4_1>);
+kernel!(Q5_0, Act32, GgmlDType::Q5_0, unsigned32::<Q5_0>);
+kernel!(Q8_0, Act32, GgmlDType::Q8_0, q8_0);
+kernel!(Q4K, Act256, GgmlDType::Q4K, q4k);
+kernel!(Q5K, Act256, GgmlDType::Q5K, q5k);
+kernel!(Q6K, Act256, GgmlDType::Q6K, q6k);
+
+/// A weight matrix `[out, in]` as blocks of one quantized type.
+#[derive(Debug, Clone)]
+pub(crate) enum QuantMatrix {
+    Q4_0(Blocks<Q4_0>),
+    Q4_1(Blocks<Q4_1>),
+    Q5_0(Blocks<Q5_0>),
+    Q8_0(Blocks<Q8_0>),
+    Q4K(Blocks<Q4K>),
+    Q5K(Blocks<Q5K>),
+    Q6K(Blocks<Q6K>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Blocks<B> {
+    blocks: Arc<Vec<B>>,
+    rows: usize,
+    cols: usize,
+}
+
+impl QuantMatrix {
+    /// Whether weights of this type have a kernel.
+    pub fn has_kernel(dtype: GgmlDType) -> bool {
+        use GgmlDType::*;
+        matches!(dtype, Q4_0 | Q4_1 | Q5_0 | Q8_0 | Q4K | Q5K | Q6K)
+    }
+
+    /// The matrix of a CPU tensor of a type with a kernel; `None` for other types.
+    pub fn from_qtensor(q: &QTensor) -> candle_core::Result<Option<Self>> {
+        if !q.device().is_cpu() {
+            return Ok(None);
+        }
+        let (rows, cols) = q.shape().dims2()?;
+        let bytes = q.data()?;
+        Ok(Some(match q.dtype() {
+            GgmlDType::Q4_0 => Self::Q4_0(Blocks::read(&bytes, rows, cols)?),
+            GgmlDType::Q4_1 => Self::Q4_1(Blocks::read(&bytes, rows, cols)?),
+            GgmlDType::Q5_0 => Self::Q5_0(Blocks::read(&bytes, rows, cols)?),
+            GgmlDType::Q8_0 => Self::Q8_0(Blocks::read(&bytes, rows, cols)?),
+            GgmlDType::Q4K => Self::Q4K(Blocks::read(&bytes, rows, cols)?),
+            GgmlDType::Q5K => Self::Q5K(Blocks::read(&bytes, rows, cols)?),
+            GgmlDType::Q6K => Self::Q6K(Blocks::read(&bytes, rows, cols)?),
+            _ => return Ok(None),
+        }))
+    }
+
+    /// `xs @ selfᵀ` for `xs` `[..., in]` (f32): `[..., out]`.
+    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Q4_0(b) => b.forward(xs),
+            Self::Q4_1(b) => b.forward(xs),
+            Self::Q5_0(b) => b.forward(xs),
+            Self::Q8_0(b) => b.forward(xs),
+            Self::Q4K(b) => b.forward(xs),
+            Self::Q5K(b) => b.forward(xs),
+            Self::Q6K(b) => b.forward(xs),
+        }
+    }
+}
+
+impl<B: Kernel> Blocks<B> {
+    fn read(bytes: &[u8], rows: usize, cols: usize) -> candle_core::Result<Self> {
+        let size = std::mem::size_of::<B>();
+        let width = B::Act::WIDTH;
+        if !cols.is_multiple_of(width) || bytes.len() != rows * (cols / width) * size {
+            candle_core::bail!(
+                "{:?} matrix [{rows}, {cols}] does not fit its {} bytes",
+                B::DTYPE,
+                bytes.len()
+            );
+        }
+        let count = rows * (cols / width);
+        let mut blocks: Vec<B> = Vec::with_capacity(count);
+        // SAFETY: the block types are `repr(C)` structs of integers, f16 and arrays of them, for
+        // which every bit pattern is a value; `bytes` holds exactly `count` of them (checked
+        // above) and the vector has room for them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                blocks.as_mut_ptr().cast::<u8>(),
+                bytes.len(),
+            );
+            blocks.set_len(count);
+        }
+        Ok(Self {
+            blocks: Arc::new(blocks),
+            rows,
+            cols,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = xs.dims();
+        let k = dims.last().copied().unwrap_or(0);
+        if k != self.cols {
+            candle_core::bail!(
+                "matmul: input of width {k} for a [{}, {}] matrix",
+                self.rows,
+                self.cols
+            );
+        }
+        let m = xs.elem_count() / k.max(1);
+        let xs = xs.contiguous()?;
+        let (storage, layout) = xs.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("matmul: the input is not on the CPU");
+        };
+        let lhs = &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * k];
+        let out = self.product(lhs, m)?;
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = self.rows;
+        }
+        Tensor::from_vec(out, shape, &Device::Cpu)
+    }
+
+    /// `lhs` `[m, cols]` times the matrix: `[m, rows]`.
+    fn product(&self, lhs: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
+        let width = B::Act::WIDTH;
+        let per_row = self.cols / width;
+        let acts: Vec<B::Act> = lhs.chunks_exact(width).map(B::Act::quantize).collect();
+        let rows: Vec<&[B::Act]> = acts.chunks_exact(per_row).collect();
+        // Each column's `m` results are contiguous here, transposed at the end.
+        let mut by_column = vec![0f32; self.rows * m];
+        crate::cpu::for_each_chunk(&mut by_column, m, |col, out| {
+            let w = &self.blocks[col * per_row..(col + 1) * per_row];
+            for (t, out) in out.chunks_mut(4).enumerate() {
+                dot_tile(w, &rows[4 * t..4 * t + out.len()], out);
+            }
+            Ok(())
+        })?;
+        if m == 1 {
+            return Ok(by_column);
+        }
+        let mut out = vec![0f32; m * self.rows];
+        for (col, results) in by_column.chunks_exact(m).enumerate() {
+            for (row, &v) in results.iter().enumerate() {
+                out[row * self.rows + col] = v;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One weight column against 1 to 4 activation rows.
+fn dot_tile<B: Kernel>(w: &[B], rows: &[&[B::Act]], out: &mut [f32]) {
+    match *rows {
+        [a, b, c, d] => out.copy_from_slice(&B::dot(w, [a, b, c, d])),
+        [a, b, c] => out.copy_from_slice(&B::dot(w, [a, b, c])),
+        [a, b] => out.copy_from_slice(&B::dot(w, [a, b])),
+        _ => {
+            debug_assert_eq!(rows.len(), out.len());
+            for (o, &row) in out.iter_mut().zip(rows) {
+                *o = B::dot(w, [row])[0];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,182 @@
+//! The kernels in plain Rust, for CPUs without AVX2, and as the reference the SIMD kernels are
+//! tested against. Integer sums are exact, so the two differ only in the order of the float
+//! additions.
+
+use super::blocks::{k_scales, Act256, Act32, Unsigned32, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
+
+/// The 32 unsigned values of a 32-wide block, element `i` in byte `i`.
+pub(crate) trait Values: Unsigned32 {
+    fn values(&self) -> [u8; 32];
+}
+
+impl Values for Q4_0 {
+    fn values(&self) -> [u8; 32] {
+        std::array::from_fn(|i| nibble(&self.qs, i))
+    }
+}
+
+impl Values for Q4_1 {
+    fn values(&self) -> [u8; 32] {
+        std::array::from_fn(|i| nibble(&self.qs, i))
+    }
+}
+
+impl Values for Q5_0 {
+    fn values(&self) -> [u8; 32] {
+        let high = u32::from_le_bytes(self.qh);
+        std::array::from_fn(|i| nibble(&self.qs, i) | ((((high >> i) & 1) as u8) << 4))
+    }
+}
+
+/// Element `i` of a 32-wide block packed two per byte: low nibbles hold 0..16, high 16..32.
+fn nibble(qs: &[u8; 16], i: usize) -> u8 {
+    if i < 16 {
+        qs[i] & 0x0F
+    } else {
+        qs[i - 16] >> 4
+    }
+}
+
+/// Q5K's 256 unsigned 5-bit values, element `i` in byte `i`.
+fn q5k_values(b: &Q5K) -> [u8; 256] {
+    std::array::from_fn(|i| {
+        let (chunk, l) = (i / 64, i % 64);
+        let (low, bit) = if l < 32 {
+            (b.qs[32 * chunk + l] & 0x0F, 2 * chunk)
+        } else {
+            (b.qs[32 * chunk + l - 32] >> 4, 2 * chunk + 1)
+        };
+        low | (((b.qh[l % 32] >> bit) & 1) << 4)
+    })
+}
+
+/// Q4K's 256 unsigned 4-bit values, element `i` in byte `i`.
+fn q4k_values(b: &Q4K) -> [u8; 256] {
+    std::array::from_fn(|i| {
+        let (chunk, l) = (i / 64, i % 64);
+        if l < 32 {
+            b.qs[32 * chunk + l] & 0x0F
+        } else {
+            b.qs[32 * chunk + l - 32] >> 4
+        }
+    })
+}
+
+/// Q6K's 256 unsigned 6-bit values (before the offset of 32), element `i` in byte `i`.
+fn q6k_values(b: &Q6K) -> [u8; 256] {
+    std::array::from_fn(|i| {
+        let (half, rest) = (i / 128, i % 128);
+        let (chunk, l) = (rest / 32, rest % 32);
+        let ql = &b.ql[64 * half..];
+        let qh = b.qh[32 * half + l];
+        let low = match chunk {
+            0 => ql[l] & 0x0F,
+            1 => ql[l + 32] & 0x0F,
+            2 => ql[l] >> 4,
+            _ => ql[l + 32] >> 4,
+        };
+        low | (((qh >> (2 * chunk)) & 3) << 4)
+    })
+}
+
+fn products<const N: usize>(
+    q: impl Fn(usize) -> i32,
+    x: &[i8; N],
+    range: std::ops::Range<usize>,
+) -> i32 {
+    range.map(|i| q(i) * i32::from(x[i])).sum()
+}
+
+pub(crate) fn unsigned32<B: Values, const R: usize>(w: &[B], xs: [&[Act32]; R]) -> [f32; R] {
+    let mut acc = [0f32; R];
+    for (b, block) in w.iter().enumerate() {
+        let q = block.values();
+        let (d, m) = block.scale_offset();
+        for (r, row) in xs.iter().enumerate() {
+            let x = &row[b];
+            let isum = products(|i| i32::from(q[i]), &x.qs, 0..32);
+            acc[r] += d * x.d * isum as f32 + m * x.s;
+        }
+    }
+    acc
+}
+
+pub(crate) fn q8_0<const R: usize>(w: &[Q8_0], xs: [&[Act32]; R]) -> [f32; R] {
+    let mut acc = [0f32; R];
+    for (b, block) in w.iter().enumerate() {
+        let d = block.d.to_f32();
+        for (r, row) in xs.iter().enumerate() {
+            let x = &row[b];
+            let isum = products(|i| i32::from(block.qs[i]), &x.qs, 0..32);
+            acc[r] += d * x.d * isum as f32;
+        }
+    }
+    acc
+}
+
+/// Q4K and Q5K: 8 groups of 32 with a scale and a minimum each.
+fn k_minimums<const R: usize>(
+    d: f32,
+    dmin: f32,
+    packed: &[u8; 12],
+    q: &[u8; 256],
+    xs: [&Act256; R],
+    acc: &mut [f32; R],
+) {
+    let (scales, mins) = k_scales(packed);
+    for (r, x) in xs.iter().enumerate() {
+        let isum: i32 = (0..8)
+            .map(|j| {
+                i32::from(scales[j]) * products(|i| i32::from(q[i]), &x.qs, 32 * j..32 * j + 32)
+            })
+            .sum();
+        let min_sum: i32 = (0..8)
+            .map(|j| {
+                i32::from(mins[j]) * (i32::from(x.bsums[2 * j]) + i32::from(x.bsums[2 * j + 1]))
+            })
+            .sum();
+        acc[r] += d * x.d * isum as f32 - dmin * x.d * min_sum as f32;
+    }
+}
+
+pub(crate) fn q4k<const R: usize>(w: &[Q4K], xs: [&[Act256]; R]) -> [f32; R] {
+    let mut acc = [0f32; R];
+    for (b, block) in w.iter().enumerate() {
+        let rows = std::array::from_fn(|r| &xs[r][b]);
+        let (d, dmin) = (block.d.to_f32(), block.dmin.to_f32());
+        k_minimums(d, dmin, &block.scales, &q4k_values(block), rows, &mut acc);
+    }
+    acc
+}
+
+pub(crate) fn q5k<const R: usize>(w: &[Q5K], xs: [&[Act256]; R]) -> [f32; R] {
+    let mut acc = [0f32; R];
+    for (b, block) in w.iter().enumerate() {
+        let rows = std::array::from_fn(|r| &xs[r][b]);
+        let (d, dmin) = (block.d.to_f32(), block.dmin.to_f32());
+        k_minimums(d, dmin, &block.scales, &q5k_values(block), rows, &mut acc);
+    }
+    acc
+}
+
+pub(crate) fn q6k<const R: usize>(w: &[Q6K], xs: [&[Act256]; R]) -> [f32; R] {
+    let mut acc = [0f32; R];
+    for (b, block) in w.iter().enumerate() {
+        let q = q6k_values(block);
+        let d = block.d.to_f32();
+        for (r, row) in xs.iter().enumerate() {
+            let x = &row[b];
+            let isum: i32 = (0..16)
+                .map(|g| {
+                    i32::from(block.scales[g])
+                        * products(|i| i32::from(q[i]), &x.qs, 16 * g..16 * g + 16)
+                })
+                .sum();
+            let offset: i32 = (0..16)
+                .map(|g| i32::from(block.scales[g]) * i32::from(x.bsums[g]))
+                .sum();
+            acc[r] += d * x.d * isum as f32 - d * x.d * (32 * offset) as f32;
+        }
+    }
+    acc
+}

@@ -1,0 +1,214 @@
+//! The kernels against candle's dequantization (an independent reading of each block layout),
+//! the SIMD kernels against the portable ones, and row invariance bit for bit.
+
+use super::blocks::{Act256, Act32, Activations};
+use super::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const TYPES: [GgmlDType; 7] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    // Mostly small values with a few outliers, as activations are.
+    (0..n)
+        .map(|i| {
+            let x = rng.random::<f32>() * 2.0 - 1.0;
+            if i % 97 == 0 {
+                8.0 * x
+            } else {
+                x
+            }
+        })
+        .collect()
+}
+
+/// A `[rows, cols]` matrix quantized by candle, with its dequantized values.
+fn matrix(rng: &mut StdRng, dtype: GgmlDType, rows: usize, cols: usize) -> (QTensor, Vec<f32>) {
+    let dense = Tensor::from_vec(random(rng, rows * cols), (rows, cols), &Device::Cpu).unwrap();
+    let q = QTensor::quantize(&dense, dtype).unwrap();
+    let values = q
+        .dequantize(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    (q, values)
+}
+
+fn forward(m: &QuantMatrix, lhs: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let xs = Tensor::from_vec(lhs.to_vec(), (rows, cols), &Device::Cpu).unwrap();
+    m.forward(&xs)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+/// A row of activations as the kernels see it after quantization.
+fn quantized(dtype: GgmlDType, row: &[f32]) -> Vec<f64> {
+    fn values<A: Activations>(row: &[f32], read: impl Fn(&A) -> (f32, Vec<i8>)) -> Vec<f64> {
+        row.chunks_exact(A::WIDTH)
+            .flat_map(|block| {
+                let (d, qs) = read(&A::quantize(block));
+                qs.into_iter().map(move |q| f64::from(d) * f64::from(q))
+            })
+            .collect()
+    }
+    match dtype {
+        GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => {
+            values::<Act256>(row, |a| (a.d, a.qs.to_vec()))
+        }
+        _ => values::<Act32>(row, |a| (a.d, a.qs.to_vec())),
+    }
+}
+
+/// Each kernel computes `Σ w·x̂` (x̂: the 8-bit activations) to float rounding: checked against
+/// the same sum in f64 over candle's dequantized weights, within 1e-5 of `Σ|w·x̂|`.
+#[test]
+fn products_match_dequantized_weights() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let (out, k, m) = (37, 768, 6);
+    for dtype in TYPES {
+        let (q, w) = matrix(&mut rng, dtype, out, k);
+        let matrix = QuantMatrix::from_qtensor(&q).unwrap().expect("a kernel");
+        let lhs = random(&mut rng, m * k);
+        let got = forward(&matrix, &lhs, m, k);
+        assert_eq!(got.len(), m * out);
+        for r in 0..m {
+            let x = quantized(dtype, &lhs[r * k..(r + 1) * k]);
+            assert_eq!(x.len(), k);
+            for c in 0..out {
+                let wc = &w[c * k..(c + 1) * k];
+                let exact: f64 = (0..k).map(|i| f64::from(wc[i]) * x[i]).sum();
+                let scale: f64 = (0..k).map(|i| (f64::from(wc[i]) * x[i]).abs()).sum();
+                let diff = (f64::from(got[r * out + c]) - exact).abs();
+                assert!(
+                    diff <= 1e-5 * scale + 1e-6,
+                    "{dtype:?} row {r} col {c}: {} vs {exact} (scale {scale})",
+                    got[r * out + c]
+                );
+            }
+        }
+    }
+}
+
+/// Quantizing activations moves each by at most half a step (`amax / 254` of its block), so the
+/// product differs from the f32 one by at most `Σ |w| · step/2`.
+#[test]
+fn activation_quantization_error_is_bounded() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let (out, k) = (16, 512);
+    for dtype in [GgmlDType::Q8_0, GgmlDType::Q6K] {
+        let (q, w) = matrix(&mut rng, dtype, out, k);
+        let matrix = QuantMatrix::from_qtensor(&q).unwrap().expect("a kernel");
+        let width = if dtype == GgmlDType::Q8_0 { 32 } else { 256 };
+        let lhs = random(&mut rng, k);
+        let got = forward(&matrix, &lhs, 1, k);
+        for c in 0..out {
+            let wc = &w[c * k..(c + 1) * k];
+            let exact: f64 = (0..k).map(|i| f64::from(wc[i]) * f64::from(lhs[i])).sum();
+            let bound: f64 = lhs
+                .chunks_exact(width)
+                .enumerate()
+                .map(|(b, block)| {
+                    let amax = block.iter().fold(0f32, |a, x| a.max(x.abs()));
+                    let step = f64::from(amax) / 127.0;
+                    (0..width)
+                        .map(|i| f64::from(wc[b * width + i]).abs())
+                        .sum::<f64>()
+                        * step
+                        / 2.0
+                })
+                .sum();
+            let diff = (f64::from(got[c]) - exact).abs();
+            assert!(
+                diff <= 1.001 * bound + 1e-5,
+                "{dtype:?} col {c}: off by {diff}, bound {bound}"
+            );
+        }
+    }
+}
+
+/// A row's results are the same bits alone, in a tile of four, or in a ragged last tile.
+#[test]
+fn a_row_does_not_depend_on_the_batch() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let (out, k, m) = (40, 512, 7);
+    for dtype in TYPES {
+        let (q, _) = matrix(&mut rng, dtype, out, k);
+        let matrix = QuantMatrix::from_qtensor(&q).unwrap().expect("a kernel");
+        let lhs = random(&mut rng, m * k);
+        let all = forward(&matrix, &lhs, m, k);
+        for r in 0..m {
+            let alone = forward(&matrix, &lhs[r * k..(r + 1) * k], 1, k);
+            let in_batch = &all[r * out..(r + 1) * out];
+            let same = alone
+                .iter()
+                .zip(in_batch)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{dtype:?}: row {r} alone differs from row {r} of {m}");
+        }
+    }
+}
+
+/// The SIMD kernels and the portable ones agree to float rounding.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+#[test]
+fn simd_matches_portable() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let (out, k) = (9, 1024);
+    for dtype in TYPES {
+        let (q, _) = matrix(&mut rng, dtype, out, k);
+        let matrix = QuantMatrix::from_qtensor(&q).unwrap().expect("a kernel");
+        let lhs = random(&mut rng, 3 * k);
+        let check = |simd: [f32; 3], portable: [f32; 3]| {
+            for (a, b) in simd.iter().zip(&portable) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{dtype:?}: {a} vs {b}"
+                );
+            }
+        };
+        macro_rules! compare {
+            ($blocks:expr, $act:ty, $simd:expr, $portable:expr) => {{
+                let acts: Vec<$act> = lhs
+                    .chunks_exact(<$act>::WIDTH)
+                    .map(<$act>::quantize)
+                    .collect();
+                let per_row = k / <$act>::WIDTH;
+                let rows: Vec<&[$act]> = acts.chunks_exact(per_row).collect();
+                for c in 0..out {
+                    let w = &$blocks.blocks[c * per_row..(c + 1) * per_row];
+                    check(
+                        // SAFETY: compiled only where the build enables AVX2 and FMA.
+                        unsafe { $simd(w, [rows[0], rows[1], rows[2]]) },
+                        $portable(w, [rows[0], rows[1], rows[2]]),
+                    );
+                }
+            }};
+        }
+        match &matrix {
+            QuantMatrix::Q4_0(b) => compare!(b, Act32, avx2::unsigned32, portable::unsigned32),
+            QuantMatrix::Q4_1(b) => compare!(b, Act32, avx2::unsigned32, portable::unsigned32),
+            QuantMatrix::Q5_0(b) => compare!(b, Act32, avx2::unsigned32, portable::unsigned32),
+            QuantMatrix::Q8_0(b) => compare!(b, Act32, avx2::q8_0, portable::q8_0),
+            QuantMatrix::Q4K(b) => compare!(b, Act256, avx2::q4k, portable::q4k),
+            QuantMatrix::Q5K(b) => compare!(b, Act256, avx2::q5k, portable::q5k),
+            QuantMatrix::Q6K(b) => compare!(b, Act256, avx2::q6k, portable::q6k),
+        }
+    }
+}
