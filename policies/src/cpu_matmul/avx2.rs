@@ -6,7 +6,7 @@
 //! same instructions in the same order whatever `R` is, so its result does not depend on the
 //! rows it is computed with.
 
-use super::blocks::{k_scales, Act256, Act32, Unsigned32, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
+use super::blocks::{k_scales, Act256, Act8x32, Unsigned32, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
 use std::arch::x86_64::*;
 
 /// The 32 unsigned values of a 32-wide block, one per byte.
@@ -14,12 +14,24 @@ pub(crate) trait Unpack: Unsigned32 {
     /// # Safety
     /// The CPU must have AVX2.
     unsafe fn unpack(&self) -> __m256i;
+    /// `(d, m)` of eight blocks as two vectors, as [`Unsigned32::scale_offset`] gives them.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `group` holds at least eight blocks.
+    unsafe fn scales(group: &[Self]) -> (__m256, __m256);
 }
 
 impl Unpack for Q4_0 {
     unsafe fn unpack(&self) -> __m256i {
         // SAFETY: the caller guarantees AVX2.
         unsafe { nibbles(&self.qs) }
+    }
+    unsafe fn scales(group: &[Self]) -> (__m256, __m256) {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe {
+            let d = halves(std::array::from_fn(|j| group[j].d));
+            (d, _mm256_mul_ps(d, _mm256_set1_ps(-8.0)))
+        }
     }
 }
 
@@ -28,6 +40,13 @@ impl Unpack for Q4_1 {
         // SAFETY: the caller guarantees AVX2.
         unsafe { nibbles(&self.qs) }
     }
+    unsafe fn scales(group: &[Self]) -> (__m256, __m256) {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe {
+            let d = halves(std::array::from_fn(|j| group[j].d));
+            (d, halves(std::array::from_fn(|j| group[j].m)))
+        }
+    }
 }
 
 impl Unpack for Q5_0 {
@@ -35,10 +54,17 @@ impl Unpack for Q5_0 {
         // SAFETY: the caller guarantees AVX2.
         unsafe { _mm256_or_si256(nibbles(&self.qs), high_bits(u32::from_le_bytes(self.qh))) }
     }
+    unsafe fn scales(group: &[Self]) -> (__m256, __m256) {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe {
+            let d = halves(std::array::from_fn(|j| group[j].d));
+            (d, _mm256_mul_ps(d, _mm256_set1_ps(-16.0)))
+        }
+    }
 }
 
 /// Low nibbles to bytes 0..16, high nibbles to bytes 16..32.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn nibbles(qs: &[u8; 16]) -> __m256i {
     // SAFETY: `qs` is 16 readable bytes; the load has no alignment requirement.
     let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
@@ -49,7 +75,7 @@ fn nibbles(qs: &[u8; 16]) -> __m256i {
 }
 
 /// 0x10 in byte `i` where bit `i` of `bits` is set, 0 elsewhere.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn high_bits(bits: u32) -> __m256i {
     let spread = _mm256_shuffle_epi8(
         _mm256_set1_epi32(bits as i32),
@@ -66,14 +92,14 @@ fn high_bits(bits: u32) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn load(bytes: &[i8]) -> __m256i {
     assert!(bytes.len() >= 32);
     // SAFETY: at least 32 readable bytes (checked); no alignment requirement.
     unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn load_u8(bytes: &[u8]) -> __m256i {
     assert!(bytes.len() >= 32);
     // SAFETY: as in `load`.
@@ -81,18 +107,18 @@ fn load_u8(bytes: &[u8]) -> __m256i {
 }
 
 /// Unsigned `q` times signed `x`, summed in pairs to 16 bits (no overflow: `q` < 64, |x| < 128).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn pairs(q: __m256i, x: __m256i) -> __m256i {
     _mm256_maddubs_epi16(q, x)
 }
 
 /// Pairs of 16-bit sums to 32 bits.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn widen(p: __m256i) -> __m256i {
     _mm256_madd_epi16(p, _mm256_set1_epi16(1))
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -100,84 +126,129 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// Checks that every row has `n` blocks, so the loops below can read them unchecked.
-fn same_lengths<A, const R: usize>(xs: &[&[A]; R], n: usize) {
+/// Checks that every row has the activation groups for `n` weight blocks, so that the loops
+/// below can read them unchecked.
+fn same_lengths<A, const R: usize>(xs: &[&[A]; R], groups: usize) {
     assert!(
-        xs.iter().all(|x| x.len() == n),
+        xs.iter().all(|x| x.len() == groups),
         "a row of activations does not match the weights"
     );
 }
 
-// The 32-wide kernels keep two accumulators per row (even and odd blocks) so that consecutive
-// blocks do not wait on each other's additions; the order is fixed by the block count alone.
-
-#[target_feature(enable = "avx2,fma")]
-pub(crate) fn unsigned32<B: Unpack, const R: usize>(w: &[B], xs: [&[Act32]; R]) -> [f32; R] {
-    same_lengths(&xs, w.len());
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    let mut offset = [[0f32; 2]; R];
-    macro_rules! step {
-        ($b:expr, $lane:literal) => {{
-            let block = &w[$b];
-            // SAFETY: this function runs with AVX2 enabled.
-            let q = unsafe { block.unpack() };
-            let (d, m) = block.scale_offset();
-            for r in 0..R {
-                // SAFETY: `b < w.len()`, which every row's length equals (checked above).
-                let x = unsafe { xs[r].get_unchecked($b) };
-                let sums = _mm256_cvtepi32_ps(widen(pairs(q, load(&x.qs))));
-                acc[r][$lane] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), sums, acc[r][$lane]);
-                offset[r][$lane] += m * x.s;
-            }
-        }};
-    }
-    let even = w.len() & !1;
-    for b in (0..even).step_by(2) {
-        step!(b, 0);
-        step!(b + 1, 1);
-    }
-    if even < w.len() {
-        step!(even, 0);
-    }
-    std::array::from_fn(|r| {
-        hsum(_mm256_add_ps(acc[r][0], acc[r][1])) + (offset[r][0] + offset[r][1])
-    })
+/// The 8 lanes of each of 8 vectors summed: lane `j` of the result is the sum of `s[j]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum_each(s: [__m256i; 8]) -> __m256i {
+    let a = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+    let b = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
+    // a = [s0..s3 over lanes 0..4 | s0..s3 over lanes 4..8], b the same for s4..s7.
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(a, b),
+        _mm256_permute2x128_si256::<0x31>(a, b),
+    )
 }
 
-#[target_feature(enable = "avx2,fma")]
-pub(crate) fn q8_0<const R: usize>(w: &[Q8_0], xs: [&[Act32]; R]) -> [f32; R] {
-    same_lengths(&xs, w.len());
-    let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    macro_rules! step {
-        ($b:expr, $lane:literal) => {{
-            let block = &w[$b];
-            let q = load(&block.qs);
-            // |q| times x with q's sign: maddubs wants its first operand unsigned.
-            let magnitude = _mm256_sign_epi8(q, q);
-            let d = block.d.to_f32();
-            for r in 0..R {
-                // SAFETY: as in `unsigned32`.
-                let x = unsafe { xs[r].get_unchecked($b) };
-                let signed = _mm256_sign_epi8(load(&x.qs), q);
-                let sums = _mm256_cvtepi32_ps(widen(pairs(magnitude, signed)));
-                acc[r][$lane] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), sums, acc[r][$lane]);
-            }
-        }};
+/// Eight f16 values as a vector of f32. (Inserted one by one: storing them to memory and
+/// loading the vector back would stall on store forwarding.)
+#[target_feature(enable = "avx2,fma,f16c")]
+fn halves(h: [half::f16; 8]) -> __m256 {
+    let b = h.map(|x| x.to_bits() as i16);
+    _mm256_cvtph_ps(_mm_set_epi16(
+        b[7], b[6], b[5], b[4], b[3], b[2], b[1], b[0],
+    ))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_ps(v: &[f32; 8]) -> __m256 {
+    // SAFETY: 32 readable bytes; no alignment requirement.
+    unsafe { _mm256_loadu_ps(v.as_ptr()) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+// The 32-wide kernels take eight blocks at a time: their eight integer sums are gathered into
+// one vector (lane j = block j) and scaled by the eight scales in one multiply-add, instead of
+// a conversion, a broadcast and a multiply-add per block. Blocks past the last multiple of
+// eight are summed one by one. The order of every addition is fixed by the block count.
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn unsigned32<B: Unpack, const R: usize>(w: &[B], xs: [&[Act8x32]; R]) -> [f32; R] {
+    same_lengths(&xs, w.len().div_ceil(8));
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut offset = [_mm256_setzero_ps(); R];
+    let mut tail = [0f32; R];
+    let full = w.len() / 8;
+    for (g, group) in w.chunks_exact(8).enumerate() {
+        // SAFETY: this function runs with AVX2 enabled.
+        let q: [__m256i; 8] = std::array::from_fn(|j| unsafe { group[j].unpack() });
+        // SAFETY: as above.
+        let (d, m) = unsafe { B::scales(group) };
+        for r in 0..R {
+            // SAFETY: `g < full <= xs[r].len()` (checked above).
+            let x = unsafe { xs[r].get_unchecked(g) };
+            let sums = sum_each(std::array::from_fn(|j| widen(pairs(q[j], load(&x.qs[j])))));
+            let scale = _mm256_mul_ps(d, load_ps(&x.d));
+            acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[r]);
+            offset[r] = _mm256_fmadd_ps(m, load_ps(&x.s), offset[r]);
+        }
     }
-    let even = w.len() & !1;
-    for b in (0..even).step_by(2) {
-        step!(b, 0);
-        step!(b + 1, 1);
+    for (j, block) in w[8 * full..].iter().enumerate() {
+        // SAFETY: as above.
+        let q = unsafe { block.unpack() };
+        let (d, m) = block.scale_offset();
+        for r in 0..R {
+            // SAFETY: the last group exists when blocks are left over (checked above).
+            let x = unsafe { xs[r].get_unchecked(full) };
+            let isum = hsum_i32(widen(pairs(q, load(&x.qs[j]))));
+            tail[r] += d * x.d[j] * isum as f32 + m * x.s[j];
+        }
     }
-    if even < w.len() {
-        step!(even, 0);
+    std::array::from_fn(|r| hsum(acc[r]) + hsum(offset[r]) + tail[r])
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) fn q8_0<const R: usize>(w: &[Q8_0], xs: [&[Act8x32]; R]) -> [f32; R] {
+    same_lengths(&xs, w.len().div_ceil(8));
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut tail = [0f32; R];
+    let full = w.len() / 8;
+    for (g, group) in w.chunks_exact(8).enumerate() {
+        let q: [__m256i; 8] = std::array::from_fn(|j| load(&group[j].qs));
+        // |q| times x with q's sign: maddubs wants its first operand unsigned.
+        let magnitude = q.map(|q| _mm256_sign_epi8(q, q));
+        let d = halves(std::array::from_fn(|j| group[j].d));
+        for r in 0..R {
+            // SAFETY: as in `unsigned32`.
+            let x = unsafe { xs[r].get_unchecked(g) };
+            let sums = sum_each(std::array::from_fn(|j| {
+                widen(pairs(magnitude[j], _mm256_sign_epi8(load(&x.qs[j]), q[j])))
+            }));
+            let scale = _mm256_mul_ps(d, load_ps(&x.d));
+            acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[r]);
+        }
     }
-    std::array::from_fn(|r| hsum(_mm256_add_ps(acc[r][0], acc[r][1])))
+    for (j, block) in w[8 * full..].iter().enumerate() {
+        let q = load(&block.qs);
+        let magnitude = _mm256_sign_epi8(q, q);
+        let d = block.d.to_f32();
+        for r in 0..R {
+            // SAFETY: as in `unsigned32`.
+            let x = unsafe { xs[r].get_unchecked(full) };
+            let isum = hsum_i32(widen(pairs(magnitude, _mm256_sign_epi8(load(&x.qs[j]), q))));
+            tail[r] += d * x.d[j] * isum as f32;
+        }
+    }
+    std::array::from_fn(|r| hsum(acc[r]) + tail[r])
 }
 
 /// Q4K and Q5K once their 4 chunks of 64 values are unpacked: chunk `c` holds groups `2c`
 /// (bytes 0..32) and `2c + 1` (bytes 32..64) as two vectors.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn k_minimums<const R: usize>(
     d: f32,
     dmin: f32,
@@ -212,7 +283,7 @@ fn k_minimums<const R: usize>(
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn q4k<const R: usize>(w: &[Q4K], xs: [&[Act256]; R]) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     let mut offset = [0f32; R];
@@ -232,7 +303,7 @@ pub(crate) fn q4k<const R: usize>(w: &[Q4K], xs: [&[Act256]; R]) -> [f32; R] {
     std::array::from_fn(|r| hsum(acc[r]) - offset[r])
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn q5k<const R: usize>(w: &[Q5K], xs: [&[Act256]; R]) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     let mut offset = [0f32; R];
@@ -258,7 +329,7 @@ pub(crate) fn q5k<const R: usize>(w: &[Q5K], xs: [&[Act256]; R]) -> [f32; R] {
     std::array::from_fn(|r| hsum(acc[r]) - offset[r])
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn q6k<const R: usize>(w: &[Q6K], xs: [&[Act256]; R]) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     let mut offset = [0f32; R];

@@ -110,13 +110,15 @@ pub(crate) fn k_scales(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     (scales, mins)
 }
 
-/// 32 activations as `d · qs`, with `s = d · Σqs` for the weight types' offsets.
+/// Eight blocks of 32 activations, block `j` as `d[j] · qs[j]`, with `s[j] = d[j] · Σqs[j]`
+/// for the weight types' offsets. Scales side by side, so that a kernel loads the eight of them
+/// as one vector. A row's last group is padded with zero blocks.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Act32 {
-    pub d: f32,
-    pub s: f32,
-    pub qs: [i8; 32],
+pub(crate) struct Act8x32 {
+    pub d: [f32; 8],
+    pub s: [f32; 8],
+    pub qs: [[i8; 32]; 8],
 }
 
 /// 256 activations as `d · qs`, with the sum of each group of 16 for the k-quants' offsets.
@@ -128,7 +130,7 @@ pub(crate) struct Act256 {
     pub bsums: [i16; 16],
 }
 
-/// An activation block: quantized from `N` floats.
+/// An activation block: quantized from up to `WIDTH` floats (a row's last block may be short).
 pub(crate) trait Activations: Copy + Send + Sync + 'static {
     const WIDTH: usize;
     fn quantize(xs: &[f32]) -> Self;
@@ -143,16 +145,22 @@ fn quantize_block<const N: usize>(xs: &[f32]) -> (f32, [i8; N]) {
     (d, qs)
 }
 
-impl Activations for Act32 {
-    const WIDTH: usize = 32;
+impl Activations for Act8x32 {
+    const WIDTH: usize = 256;
     fn quantize(xs: &[f32]) -> Self {
-        let (d, qs) = quantize_block::<32>(xs);
-        let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
-        Self {
-            d,
-            s: d * sum as f32,
-            qs,
+        let mut group = Self {
+            d: [0.0; 8],
+            s: [0.0; 8],
+            qs: [[0; 32]; 8],
+        };
+        for (j, block) in xs.chunks_exact(32).take(8).enumerate() {
+            let (d, qs) = quantize_block::<32>(block);
+            let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
+            group.d[j] = d;
+            group.s[j] = d * sum as f32;
+            group.qs[j] = qs;
         }
+        group
     }
 }
 

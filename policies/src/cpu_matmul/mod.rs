@@ -17,7 +17,8 @@
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
-    target_feature = "fma"
+    target_feature = "fma",
+    target_feature = "f16c"
 ))]
 mod avx2;
 mod blocks;
@@ -26,7 +27,8 @@ mod blocks;
     not(all(
         target_arch = "x86_64",
         target_feature = "avx2",
-        target_feature = "fma"
+        target_feature = "fma",
+        target_feature = "f16c"
     ))
 ))]
 mod portable;
@@ -34,17 +36,19 @@ mod portable;
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
-    target_feature = "fma"
+    target_feature = "fma",
+    target_feature = "f16c"
 ))]
 use avx2 as simd;
 #[cfg(not(all(
     target_arch = "x86_64",
     target_feature = "avx2",
-    target_feature = "fma"
+    target_feature = "fma",
+    target_feature = "f16c"
 )))]
 use portable as simd;
 
-use blocks::{Act256, Act32, Activations, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
+use blocks::{Act256, Act8x32, Activations, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Storage, Tensor};
 use std::sync::Arc;
@@ -52,14 +56,17 @@ use std::sync::Arc;
 /// A weight block type with a kernel: its activation format and its dot product of one block
 /// row against up to four activation rows.
 pub(crate) trait Kernel: Copy + Send + Sync + 'static {
+    /// Weights per block.
+    const WIDTH: usize;
     type Act: Activations;
     const DTYPE: GgmlDType;
     fn dot<const R: usize>(w: &[Self], xs: [&[Self::Act]; R]) -> [f32; R];
 }
 
 macro_rules! kernel {
-    ($block:ty, $act:ty, $dtype:expr, $f:ident $(::<$g:ty>)?) => {
+    ($block:ty, $width:literal, $act:ty, $dtype:expr, $f:ident $(::<$g:ty>)?) => {
         impl Kernel for $block {
+            const WIDTH: usize = $width;
             type Act = $act;
             const DTYPE: GgmlDType = $dtype;
             #[allow(unused_unsafe)]
@@ -72,13 +79,13 @@ macro_rules! kernel {
     };
 }
 
-kernel!(Q4_0, Act32, GgmlDType::Q4_0, unsigned32::<Q4_0>);
-kernel!(Q4_1, Act32, GgmlDType::Q4_1, unsigned32::<Q4_1>);
-kernel!(Q5_0, Act32, GgmlDType::Q5_0, unsigned32::<Q5_0>);
-kernel!(Q8_0, Act32, GgmlDType::Q8_0, q8_0);
-kernel!(Q4K, Act256, GgmlDType::Q4K, q4k);
-kernel!(Q5K, Act256, GgmlDType::Q5K, q5k);
-kernel!(Q6K, Act256, GgmlDType::Q6K, q6k);
+kernel!(Q4_0, 32, Act8x32, GgmlDType::Q4_0, unsigned32::<Q4_0>);
+kernel!(Q4_1, 32, Act8x32, GgmlDType::Q4_1, unsigned32::<Q4_1>);
+kernel!(Q5_0, 32, Act8x32, GgmlDType::Q5_0, unsigned32::<Q5_0>);
+kernel!(Q8_0, 32, Act8x32, GgmlDType::Q8_0, q8_0);
+kernel!(Q4K, 256, Act256, GgmlDType::Q4K, q4k);
+kernel!(Q5K, 256, Act256, GgmlDType::Q5K, q5k);
+kernel!(Q6K, 256, Act256, GgmlDType::Q6K, q6k);
 
 /// A weight matrix `[out, in]` as blocks of one quantized type.
 #[derive(Debug, Clone)]
@@ -142,8 +149,8 @@ impl QuantMatrix {
 impl<B: Kernel> Blocks<B> {
     fn read(bytes: &[u8], rows: usize, cols: usize) -> candle_core::Result<Self> {
         let size = std::mem::size_of::<B>();
-        let width = B::Act::WIDTH;
-        if !cols.is_multiple_of(width) || bytes.len() != rows * (cols / width) * size {
+        let width = B::WIDTH;
+        if cols == 0 || !cols.is_multiple_of(width) || bytes.len() != rows * (cols / width) * size {
             candle_core::bail!(
                 "{:?} matrix [{rows}, {cols}] does not fit its {} bytes",
                 B::DTYPE,
@@ -197,10 +204,13 @@ impl<B: Kernel> Blocks<B> {
 
     /// `lhs` `[m, cols]` times the matrix: `[m, rows]`.
     fn product(&self, lhs: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
-        let width = B::Act::WIDTH;
-        let per_row = self.cols / width;
-        let acts: Vec<B::Act> = lhs.chunks_exact(width).map(B::Act::quantize).collect();
-        let rows: Vec<&[B::Act]> = acts.chunks_exact(per_row).collect();
+        let per_row = self.cols / B::WIDTH;
+        let acts_per_row = self.cols.div_ceil(B::Act::WIDTH);
+        let acts: Vec<B::Act> = lhs
+            .chunks_exact(self.cols)
+            .flat_map(|row| row.chunks(B::Act::WIDTH).map(B::Act::quantize))
+            .collect();
+        let rows: Vec<&[B::Act]> = acts.chunks_exact(acts_per_row).collect();
         // Each column's `m` results are contiguous here, transposed at the end.
         let mut by_column = vec![0f32; self.rows * m];
         crate::cpu::for_each_chunk(&mut by_column, m, |col, out| {

@@ -2,7 +2,7 @@
 //! tested against. Integer sums are exact, so the two differ only in the order of the float
 //! additions.
 
-use super::blocks::{k_scales, Act256, Act32, Unsigned32, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
+use super::blocks::{k_scales, Act256, Act8x32, Unsigned32, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
 
 /// The 32 unsigned values of a 32-wide block, element `i` in byte `i`.
 pub(crate) trait Values: Unsigned32 {
@@ -87,28 +87,28 @@ fn products<const N: usize>(
     range.map(|i| q(i) * i32::from(x[i])).sum()
 }
 
-pub(crate) fn unsigned32<B: Values, const R: usize>(w: &[B], xs: [&[Act32]; R]) -> [f32; R] {
+pub(crate) fn unsigned32<B: Values, const R: usize>(w: &[B], xs: [&[Act8x32]; R]) -> [f32; R] {
     let mut acc = [0f32; R];
     for (b, block) in w.iter().enumerate() {
         let q = block.values();
         let (d, m) = block.scale_offset();
         for (r, row) in xs.iter().enumerate() {
-            let x = &row[b];
-            let isum = products(|i| i32::from(q[i]), &x.qs, 0..32);
-            acc[r] += d * x.d * isum as f32 + m * x.s;
+            let (x, j) = (&row[b / 8], b % 8);
+            let isum = products(|i| i32::from(q[i]), &x.qs[j], 0..32);
+            acc[r] += d * x.d[j] * isum as f32 + m * x.s[j];
         }
     }
     acc
 }
 
-pub(crate) fn q8_0<const R: usize>(w: &[Q8_0], xs: [&[Act32]; R]) -> [f32; R] {
+pub(crate) fn q8_0<const R: usize>(w: &[Q8_0], xs: [&[Act8x32]; R]) -> [f32; R] {
     let mut acc = [0f32; R];
     for (b, block) in w.iter().enumerate() {
         let d = block.d.to_f32();
         for (r, row) in xs.iter().enumerate() {
-            let x = &row[b];
-            let isum = products(|i| i32::from(block.qs[i]), &x.qs, 0..32);
-            acc[r] += d * x.d * isum as f32;
+            let (x, j) = (&row[b / 8], b % 8);
+            let isum = products(|i| i32::from(block.qs[i]), &x.qs[j], 0..32);
+            acc[r] += d * x.d[j] * isum as f32;
         }
     }
     acc

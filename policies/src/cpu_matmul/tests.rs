@@ -1,7 +1,7 @@
 //! The kernels against candle's dequantization (an independent reading of each block layout),
 //! the SIMD kernels against the portable ones, and row invariance bit for bit.
 
-use super::blocks::{Act256, Act32, Activations};
+use super::blocks::{Act256, Act8x32, Activations};
 use super::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -54,22 +54,40 @@ fn forward(m: &QuantMatrix, lhs: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         .unwrap()
 }
 
+/// The k-quants, whose blocks are 256 wide; the others are 32 wide.
+fn is_k(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K)
+}
+
+/// A row width with blocks left over after the last group of eight for the 32-wide types.
+fn width(dtype: GgmlDType) -> usize {
+    if is_k(dtype) {
+        768
+    } else {
+        864
+    }
+}
+
 /// A row of activations as the kernels see it after quantization.
 fn quantized(dtype: GgmlDType, row: &[f32]) -> Vec<f64> {
-    fn values<A: Activations>(row: &[f32], read: impl Fn(&A) -> (f32, Vec<i8>)) -> Vec<f64> {
-        row.chunks_exact(A::WIDTH)
+    if is_k(dtype) {
+        return row
+            .chunks_exact(256)
             .flat_map(|block| {
-                let (d, qs) = read(&A::quantize(block));
-                qs.into_iter().map(move |q| f64::from(d) * f64::from(q))
+                let a = Act256::quantize(block);
+                a.qs.map(|q| f64::from(a.d) * f64::from(q))
             })
-            .collect()
+            .collect();
     }
-    match dtype {
-        GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K => {
-            values::<Act256>(row, |a| (a.d, a.qs.to_vec()))
-        }
-        _ => values::<Act32>(row, |a| (a.d, a.qs.to_vec())),
-    }
+    row.chunks(256)
+        .flat_map(|group| {
+            let a = Act8x32::quantize(group);
+            let blocks = group.len() / 32;
+            (0..blocks)
+                .flat_map(move |j| a.qs[j].map(|q| f64::from(a.d[j]) * f64::from(q)))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Each kernel computes `Σ w·x̂` (x̂: the 8-bit activations) to float rounding: checked against
@@ -77,8 +95,9 @@ fn quantized(dtype: GgmlDType, row: &[f32]) -> Vec<f64> {
 #[test]
 fn products_match_dequantized_weights() {
     let mut rng = StdRng::seed_from_u64(7);
-    let (out, k, m) = (37, 768, 6);
+    let (out, m) = (37, 6);
     for dtype in TYPES {
+        let k = width(dtype);
         let (q, w) = matrix(&mut rng, dtype, out, k);
         let matrix = QuantMatrix::from_qtensor(&q).unwrap().expect("a kernel");
         let lhs = random(&mut rng, m * k);
@@ -143,8 +162,9 @@ fn activation_quantization_error_is_bounded() {
 #[test]
 fn a_row_does_not_depend_on_the_batch() {
     let mut rng = StdRng::seed_from_u64(3);
-    let (out, k, m) = (40, 512, 7);
+    let (out, m) = (40, 7);
     for dtype in TYPES {
+        let k = width(dtype);
         let (q, _) = matrix(&mut rng, dtype, out, k);
         let matrix = QuantMatrix::from_qtensor(&q).unwrap().expect("a kernel");
         let lhs = random(&mut rng, m * k);
@@ -165,13 +185,15 @@ fn a_row_does_not_depend_on_the_batch() {
 #[cfg(all(
     target_arch = "x86_64",
     target_feature = "avx2",
-    target_feature = "fma"
+    target_feature = "fma",
+    target_feature = "f16c"
 ))]
 #[test]
 fn simd_matches_portable() {
     let mut rng = StdRng::seed_from_u64(5);
-    let (out, k) = (9, 1024);
+    let out = 9;
     for dtype in TYPES {
+        let k = width(dtype);
         let (q, _) = matrix(&mut rng, dtype, out, k);
         let matrix = QuantMatrix::from_qtensor(&q).unwrap().expect("a kernel");
         let lhs = random(&mut rng, 3 * k);
@@ -186,11 +208,11 @@ fn simd_matches_portable() {
         macro_rules! compare {
             ($blocks:expr, $act:ty, $simd:expr, $portable:expr) => {{
                 let acts: Vec<$act> = lhs
-                    .chunks_exact(<$act>::WIDTH)
-                    .map(<$act>::quantize)
+                    .chunks_exact(k)
+                    .flat_map(|row| row.chunks(<$act>::WIDTH).map(<$act>::quantize))
                     .collect();
-                let per_row = k / <$act>::WIDTH;
-                let rows: Vec<&[$act]> = acts.chunks_exact(per_row).collect();
+                let rows: Vec<&[$act]> = acts.chunks_exact(k.div_ceil(<$act>::WIDTH)).collect();
+                let per_row = k / if is_k(dtype) { 256 } else { 32 };
                 for c in 0..out {
                     let w = &$blocks.blocks[c * per_row..(c + 1) * per_row];
                     check(
@@ -202,10 +224,10 @@ fn simd_matches_portable() {
             }};
         }
         match &matrix {
-            QuantMatrix::Q4_0(b) => compare!(b, Act32, avx2::unsigned32, portable::unsigned32),
-            QuantMatrix::Q4_1(b) => compare!(b, Act32, avx2::unsigned32, portable::unsigned32),
-            QuantMatrix::Q5_0(b) => compare!(b, Act32, avx2::unsigned32, portable::unsigned32),
-            QuantMatrix::Q8_0(b) => compare!(b, Act32, avx2::q8_0, portable::q8_0),
+            QuantMatrix::Q4_0(b) => compare!(b, Act8x32, avx2::unsigned32, portable::unsigned32),
+            QuantMatrix::Q4_1(b) => compare!(b, Act8x32, avx2::unsigned32, portable::unsigned32),
+            QuantMatrix::Q5_0(b) => compare!(b, Act8x32, avx2::unsigned32, portable::unsigned32),
+            QuantMatrix::Q8_0(b) => compare!(b, Act8x32, avx2::q8_0, portable::q8_0),
             QuantMatrix::Q4K(b) => compare!(b, Act256, avx2::q4k, portable::q4k),
             QuantMatrix::Q5K(b) => compare!(b, Act256, avx2::q5k, portable::q5k),
             QuantMatrix::Q6K(b) => compare!(b, Act256, avx2::q6k, portable::q6k),
