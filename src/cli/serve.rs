@@ -90,6 +90,11 @@ pub struct ServeArgs {
     /// Requests a key or user may send at once after a pause. [default: --rate-limit]
     #[arg(long, env = "HONE_RATE_LIMIT_BURST")]
     rate_limit_burst: Option<u32>,
+    /// A JSON file where `auto` keeps what it has learned about the policy (which kind of round
+    /// pays), read at start and rewritten after every round it learns from. [default: memory
+    /// only]
+    #[arg(long, env = "HONE_LEARNED_FILE")]
+    learned_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -137,6 +142,9 @@ impl ServeArgs {
         }
         if self.rate_limit_burst.is_some() {
             c.rate_limit_burst = self.rate_limit_burst;
+        }
+        if self.learned_file.is_some() {
+            c.learned_file = self.learned_file;
         }
         c.cpu |= self.cpu;
         Ok(c)

@@ -80,6 +80,8 @@ pub struct Config {
     pub rate_limit: Option<u32>,
     /// Requests a key or user may send at once after a pause; `None`: `rate_limit`.
     pub rate_limit_burst: Option<u32>,
+    /// Where `auto` keeps what it learns about the policy, across restarts; `None`: memory only.
+    pub learned_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -107,6 +109,7 @@ impl Default for Config {
             api_keys: Vec::new(),
             rate_limit: None,
             rate_limit_burst: None,
+            learned_file: None,
         }
     }
 }

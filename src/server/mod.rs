@@ -175,6 +175,10 @@ impl AppState {
             config.max_queue,
             metrics.queue_depth.clone(),
         );
+        let learned = match &config.learned_file {
+            Some(path) => Learned::persistent(path, policy.name())?,
+            None => Learned::default(),
+        };
         let state = Self {
             queue,
             config,
@@ -190,7 +194,7 @@ impl AppState {
             ab: ab::AbStats::default(),
             answers: feedback::Answers::default(),
             rate_limiter,
-            learned: Learned::default(),
+            learned,
             started,
         };
         state.reward(&state.config.reward).map_err(|e| {
