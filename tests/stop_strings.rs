@@ -31,10 +31,14 @@ fn generation_ends_at_the_token_that_completes_a_stop_string() {
         };
         let (out, _) = policy.generate(&prompt, 1, &free).unwrap();
         let full = &out[0].text;
-        // A stop string from the middle of the free text: its third word.
-        let Some(stop) = full.split_whitespace().nth(2).map(str::to_string) else {
-            panic!("too short to pick a stop string from: {full:?}");
-        };
+        // A stop string from the middle of the free text: three characters a third of the
+        // way in (for emoji, several bytes that no single token may hold).
+        let chars: Vec<char> = full.chars().collect();
+        assert!(
+            chars.len() >= 9,
+            "too short to pick a stop string from: {full:?}"
+        );
+        let stop: String = chars[chars.len() / 3..][..3].iter().collect();
         let first = full.find(&stop).unwrap();
         let stopped = GenerateParams {
             stop: vec![stop.clone()],
