@@ -1,6 +1,7 @@
 //! `hone bench engine`: prefill and decode throughput, measured the way llama-bench does (a
 //! prompt of `--prompt-tokens` tokens, then `--gen-tokens` single-token steps), for each batch
-//! size.
+//! size; and what a speculative verification call of `--verify` positions per row costs, in
+//! single steps (speculation pays only when that is well under the tokens it accepts).
 
 use super::BenchArgs;
 use anyhow::Result;
@@ -17,8 +18,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         model.device(),
         candle_core::utils::get_num_threads()
     );
-    println!("| batch | prefill tok/s | decode tok/s |");
-    println!("|---|---|---|");
+    let verify = a.verify;
+    println!("| batch | prefill tok/s | decode tok/s | verify {verify} / step |");
+    println!("|---|---|---|---|");
     for &b in &a.batch {
         // Deterministic pseudo-random token ids away from the special tokens.
         let prompts: Vec<Vec<u32>> = (0..b)
@@ -28,7 +30,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     .collect()
             })
             .collect();
-        let (mut prefill, mut decode) = (0.0, 0.0);
+        let (mut prefill, mut decode, mut verifying) = (0.0, 0.0, 0.0);
+        // As many verification calls as there were decoding steps' worth of positions.
+        let verify_calls = if verify == 0 {
+            0
+        } else {
+            a.gen_tokens.div_ceil(verify)
+        };
         // One untimed pass first: kernel loading and the allocator's first growth are not
         // what a served request pays.
         for repeat in 0..=a.repeats {
@@ -50,14 +58,36 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     .forward(&rows, &mut cache, Logits::Last)?
                     .to_vec2::<f32>()?;
             }
+            let decode_secs = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            for call in 0..verify_calls {
+                let toks: Vec<Vec<u32>> = (0..b)
+                    .map(|r| {
+                        (0..verify)
+                            .map(|i| 100 + ((call * 37 + i * 13 + r) as u32 % (vocab - 100)))
+                            .collect()
+                    })
+                    .collect();
+                let rows: Vec<&[u32]> = toks.iter().map(Vec::as_slice).collect();
+                // Verification reads every position's logits.
+                model
+                    .forward(&rows, &mut cache, Logits::All)?
+                    .to_vec2::<f32>()?;
+            }
             if repeat > 0 {
                 prefill += prefill_secs;
-                decode += t.elapsed().as_secs_f64();
+                decode += decode_secs;
+                verifying += t.elapsed().as_secs_f64();
             }
         }
         let n = a.repeats as f64;
+        let step = decode / (a.gen_tokens as f64 * n);
+        let verify_cost = match verify_calls {
+            0 => "-".to_string(),
+            calls => format!("{:.2}", verifying / (calls as f64 * n) / step),
+        };
         println!(
-            "| {b} | {:.1} | {:.1} |",
+            "| {b} | {:.1} | {:.1} | {verify_cost} |",
             (b * a.prompt_tokens) as f64 * n / prefill,
             (b * a.gen_tokens) as f64 * n / decode
         );

@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// engine: decoding steps.
     #[arg(long, default_value_t = 64)]
     gen_tokens: usize,
+    /// engine: positions per verification call (speculative decoding checks this many drafted
+    /// tokens at once); the table gives its cost in single decoding steps. 0 skips it.
+    #[arg(long, default_value_t = 5)]
+    verify: usize,
     /// engine, reward: batch sizes to measure (comma separated).
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 4])]
     batch: Vec<usize>,
