@@ -5,9 +5,10 @@
 //! pass for a finding.
 
 use super::run::RunRecord;
-use super::stats::{mean, mean_interval, wilson};
+use super::stats::{mean, mean_interval, sign_test, wilson};
 use crate::strategy::Strategy;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// A proportion with its 95% Wilson interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -63,6 +64,52 @@ pub struct Cell {
     /// Judged better than plain decoding at the same budget (ties count half); `--judge` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub beats_plain: Option<Rate>,
+    /// Pass or fail against plain decoding's on the same prompts at the same budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paired: Option<Paired>,
+}
+
+/// A strategy's pass/fail against plain decoding's, prompt by prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Paired {
+    /// Prompts this strategy passes and plain decoding fails, and the reverse.
+    pub gained: usize,
+    pub lost: usize,
+    /// The exact sign test's p-value for that split ([`sign_test`]).
+    pub p: f64,
+}
+
+/// Pairs `runs` with plain decoding's runs of the same prompts at `budget`; `None` for plain
+/// itself or when no prompt with constraints was answered by both.
+fn paired(
+    strategy: Strategy,
+    budget: u64,
+    runs: &[&RunRecord],
+    records: &[RunRecord],
+) -> Option<Paired> {
+    if strategy == Strategy::Plain {
+        return None;
+    }
+    let plain: HashMap<usize, bool> = records
+        .iter()
+        .filter(|r| r.strategy == Strategy::Plain && r.budget == budget && r.answer.is_some())
+        .filter_map(|r| Some((r.line, r.grade.pass?)))
+        .collect();
+    let pairs: Vec<(bool, bool)> = runs
+        .iter()
+        .filter(|r| r.answer.is_some())
+        .filter_map(|r| Some((r.grade.pass?, *plain.get(&r.line)?)))
+        .collect();
+    if pairs.is_empty() {
+        return None;
+    }
+    let gained = pairs.iter().filter(|&&(s, p)| s && !p).count();
+    let lost = pairs.iter().filter(|&&(s, p)| !s && p).count();
+    Some(Paired {
+        gained,
+        lost,
+        p: sign_test(gained, lost),
+    })
 }
 
 /// The cells, strategy by strategy in the order given, each budget in the order given.
@@ -123,6 +170,7 @@ pub fn cells(strategies: &[Strategy], budgets: &[u64], records: &[RunRecord]) ->
                     .filter(|r| r.grade.restates.is_some())
                     .count(),
                 beats_plain: Rate::of(wins.iter().sum(), wins.len()),
+                paired: paired(strategy, budget, &runs, records),
             });
         }
     }
@@ -172,12 +220,12 @@ fn trim_number(x: f64) -> String {
 pub fn table(cells: &[Cell]) -> String {
     let judged = cells.iter().any(|c| c.beats_plain.is_some());
     let mut out = String::from(
-        "| strategy | budget | pass rate [95% CI] | mean reward [95% CI] | exact match [95% CI] | mean units | mean latency (s) | restated | refused |",
+        "| strategy | budget | pass rate [95% CI] | passes vs plain (p) | mean reward [95% CI] | exact match [95% CI] | mean units | mean latency (s) | restated | refused |",
     );
     if judged {
         out.push_str(" beats plain [95% CI] |");
     }
-    out.push_str("\n|---|---:|---|---|---|---:|---:|---:|---:|");
+    out.push_str("\n|---|---:|---|---|---|---|---:|---:|---:|---:|");
     if judged {
         out.push_str("---|");
     }
@@ -186,11 +234,15 @@ pub fn table(cells: &[Cell]) -> String {
         let reward = c.reward.map_or("-".into(), |m| {
             format!("{:.3} [{:.3}, {:.3}]", m.mean, m.lo, m.hi)
         });
+        let paired = c.paired.map_or("-".into(), |p| {
+            format!("+{} -{} ({})", p.gained, p.lost, p_value(p.p))
+        });
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.strategy.name(),
             c.budget,
             percent(&c.pass),
+            paired,
             reward,
             percent(&c.exact),
             c.mean_compute.map_or("-".into(), |u| format!("{u:.0}")),
@@ -205,6 +257,15 @@ pub fn table(cells: &[Cell]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A p-value to three decimals, floored at 0.001.
+fn p_value(p: f64) -> String {
+    if p < 0.001 {
+        "p < 0.001".into()
+    } else {
+        format!("p = {p:.3}")
+    }
 }
 
 /// The whole report: how it was made, the table, and how to read it.
@@ -227,6 +288,9 @@ pub fn markdown(meta: &Meta, cells: &[Cell], chart_file: &str) -> String {
     out.push_str(
         "- **pass rate**: answers meeting every constraint of their prompt (given, or read from \
          its words), over the prompts that have constraints.\n\
+         - **passes vs plain**: prompts this strategy passes and plain decoding fails (+), and \
+         the reverse (-), at the same budget; p is the exact sign test's (McNemar's) chance of a \
+         split this uneven were both equally good.\n\
          - **mean reward**: the reward of the answer as the loop scored it; a prompt's own \
          constraints join the reward, so prompts with constraints score on a larger scale. \
          Compare rows, not prompts.\n\
@@ -332,11 +396,38 @@ mod tests {
         assert!(!lines[0].contains("beats plain"));
         assert_eq!(
             lines[2],
-            "| plain | 900 | 80% (8/10) [49, 94] | 1.000 [1.000, 1.000] | - | 100 | 2.0 | 0 | 0 |"
+            "| plain | 900 | 80% (8/10) [49, 94] | - | 1.000 [1.000, 1.000] | - | 100 | 2.0 | 0 | 0 |"
         );
         // Every row has as many cells as the header.
         let columns = |l: &str| l.matches('|').count();
         assert!(lines.iter().all(|l| columns(l) == columns(lines[0])));
+    }
+
+    #[test]
+    fn strategies_are_paired_with_plain_prompt_by_prompt() {
+        let mut records = Vec::new();
+        // 10 prompts with constraints: plain passes 0..3, best-of-N passes 0..2 and 3..9.
+        for line in 0..10 {
+            let mut p = run(Strategy::Plain, 900, Some(line < 3), 1.0);
+            p.line = line;
+            let mut b = run(Strategy::BestOfN, 900, Some(line != 2), 1.0);
+            b.line = line;
+            records.extend([p, b]);
+        }
+        // A prompt only best-of-N answered is not paired.
+        let mut alone = run(Strategy::BestOfN, 900, Some(true), 1.0);
+        alone.line = 99;
+        records.push(alone);
+        let cells = cells(&[Strategy::Plain, Strategy::BestOfN], &[900], &records);
+        assert_eq!(cells[0].paired, None);
+        let paired = cells[1].paired.unwrap();
+        assert_eq!((paired.gained, paired.lost), (7, 1));
+        assert!((paired.p - sign_test(7, 1)).abs() < 1e-12);
+        assert!(
+            table(&cells).contains("| +7 -1 (p = 0.070) |"),
+            "{}",
+            table(&cells)
+        );
     }
 
     #[test]

@@ -43,6 +43,19 @@ pub fn mean(values: &[f64]) -> Option<f64> {
     mean_interval(values).map(|(m, _, _)| m)
 }
 
+/// The exact two-sided sign test (McNemar's test on paired pass/fail outcomes): the chance,
+/// were both arms equally good, of a split of the `gained + lost` discordant prompts at least
+/// as uneven as this one. Paired, so much stronger than comparing two rates' intervals.
+pub fn sign_test(gained: usize, lost: usize) -> f64 {
+    let n = gained + lost;
+    let tail: f64 = (0..=gained.min(lost)).map(|k| choose(n, k)).sum();
+    (2.0 * tail / 2f64.powi(n as i32)).min(1.0)
+}
+
+fn choose(n: usize, k: usize) -> f64 {
+    (0..k).fold(1.0, |c, i| c * (n - i) as f64 / (i + 1) as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +88,16 @@ mod tests {
         assert!(close(l, 1.0 - h2) && close(h, 1.0 - l2));
         let (l3, h3) = wilson(30.0, 100).unwrap();
         assert!(h3 - l3 < h - l);
+    }
+
+    #[test]
+    fn sign_test_matches_the_binomial() {
+        assert!(close(sign_test(8, 0), 2.0 / 256.0));
+        assert!(close(sign_test(0, 8), 2.0 / 256.0));
+        // 2 * (1 + 12 + 66) / 4096
+        assert!(close(sign_test(10, 2), 158.0 / 4096.0));
+        assert_eq!(sign_test(5, 5), 1.0);
+        assert_eq!(sign_test(0, 0), 1.0);
     }
 
     #[test]

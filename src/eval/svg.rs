@@ -227,6 +227,7 @@ mod tests {
             mean_latency_ms: Some(1000.0),
             restated: 0,
             beats_plain: None,
+            paired: None,
         }
     }
 
