@@ -5,7 +5,7 @@
 //! ones, and repacked tiles that quantize activations in wider blocks and sum in another
 //! order) by CPU level and by the number of rows, so a token's logits changed with the batch
 //! it was decoded in and from one machine to the next; and its generic kernels have no SIMD
-//! code for the legacy 4/5-bit types, nor reuse a weight block across the rows of a batch.
+//! code for the legacy 4/5-bit types.
 //!
 //! Here, as in llama.cpp, activations are quantized once per row to 8 bits and multiplied
 //! with the weights' integers, summed in 32-bit integers per block before one conversion to
