@@ -96,12 +96,13 @@ impl Record {
     fn count(&self, status: u16, outcome: Option<&Outcome>) {
         let state = &self.state;
         let elapsed = self.arrived.elapsed();
-        state
-            .metrics
-            .request(self.strategy.name(), self.arm, status, elapsed);
+        // The cancellation first: a scraper that sees the 499 then sees it counted as cancelled.
         if status == CANCELLED {
             state.metrics.cancelled(self.route.path());
         }
+        state
+            .metrics
+            .request(self.strategy.name(), self.arm, status, elapsed);
         if let Some(outcome) = outcome {
             state.metrics.trace(self.arm, &outcome.trace, self.budget);
             // Chat traffic is not randomized between arms: it stays out of the comparison.
