@@ -172,6 +172,7 @@ fn a_row_does_not_depend_on_the_batch() {
         for r in 0..m {
             let alone = forward(&matrix, &lhs[r * k..(r + 1) * k], 1, k);
             let in_batch = &all[r * out..(r + 1) * out];
+            assert_eq!(alone.len(), in_batch.len());
             let same = alone
                 .iter()
                 .zip(in_batch)
