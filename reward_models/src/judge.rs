@@ -9,8 +9,8 @@ use crate::{model_err, policy_err, Candidate, RewardError, RewardModel, Score};
 use policies::{Interrupt, Message, Output, Policy, Role};
 use std::sync::Arc;
 
-/// The judge's instructions. `{question}` and `{response}` are filled in.
-pub const DEFAULT_PROMPT: &str = "Rate the response to the question on a scale from 1 (wrong, useless or off-topic) to 9 (correct, helpful and clear).\n\nQuestion: {question}\n\nResponse: {response}\n\nReply with a single digit from 1 to 9.";
+/// The rating instructions. `{question}` and `{response}` are filled in.
+pub const RATING_PROMPT: &str = "Rate the response to the question on a scale from 1 (wrong, useless or off-topic) to 9 (correct, helpful and clear).\n\nQuestion: {question}\n\nResponse: {response}\n\nReply with a single digit from 1 to 9.";
 /// Text that opens the judge's answer, so the next token is the rating.
 const ANSWER_PREFIX: &str = "Rating: ";
 /// The instructions of a pairwise comparison. `{question}`, `{a}` and `{b}` are filled in.
@@ -18,9 +18,53 @@ pub const PAIRWISE_PROMPT: &str = "Which response answers the question better? J
 /// Text that opens the judge's verdict, so the next token is the letter.
 const VERDICT_PREFIX: &str = "Better response: ";
 
+/// What the judge is asked: a rating of one response, or a choice between two.
+#[derive(Debug, Clone)]
+pub struct Prompts {
+    /// Holds `{question}` and `{response}`.
+    pub rating: String,
+    /// Holds `{question}`, `{a}` and `{b}`.
+    pub pairwise: String,
+}
+
+impl Default for Prompts {
+    fn default() -> Self {
+        Self {
+            rating: RATING_PROMPT.into(),
+            pairwise: PAIRWISE_PROMPT.into(),
+        }
+    }
+}
+
+impl Prompts {
+    /// The default prompts with `rating` and `pairwise` replaced where given.
+    pub fn new(rating: Option<String>, pairwise: Option<String>) -> Result<Self, RewardError> {
+        let d = Self::default();
+        let prompts = Self {
+            rating: rating.unwrap_or(d.rating),
+            pairwise: pairwise.unwrap_or(d.pairwise),
+        };
+        for (which, text, holes) in [
+            ("rating", &prompts.rating, &["{question}", "{response}"][..]),
+            (
+                "pairwise",
+                &prompts.pairwise,
+                &["{question}", "{a}", "{b}"][..],
+            ),
+        ] {
+            if let Some(hole) = holes.iter().find(|h| !text.contains(**h)) {
+                return Err(RewardError::Config(format!(
+                    "judge {which} prompt must contain {hole}"
+                )));
+            }
+        }
+        Ok(prompts)
+    }
+}
+
 pub struct Judge {
     policy: Arc<Policy>,
-    prompt: String,
+    prompts: Prompts,
     /// Token id of each digit 1..=9.
     digits: Vec<u32>,
     /// Token ids of the letters `A` and `B`, for pairwise comparisons.
@@ -28,13 +72,7 @@ pub struct Judge {
 }
 
 impl Judge {
-    pub fn new(policy: Arc<Policy>, prompt: Option<String>) -> Result<Self, RewardError> {
-        let prompt = prompt.unwrap_or_else(|| DEFAULT_PROMPT.to_string());
-        if !prompt.contains("{question}") || !prompt.contains("{response}") {
-            return Err(RewardError::Config(
-                "judge prompt must contain {question} and {response}".into(),
-            ));
-        }
+    pub fn new(policy: Arc<Policy>, prompts: Prompts) -> Result<Self, RewardError> {
         let tok = policy.tokenizer();
         let one_token = |text: &str| -> Result<u32, RewardError> {
             match tok.encode(text).map_err(model_err)?.as_slice() {
@@ -51,7 +89,7 @@ impl Judge {
         let letters = [one_token("A")?, one_token("B")?];
         Ok(Self {
             policy,
-            prompt,
+            prompts,
             digits,
             letters,
         })
@@ -115,7 +153,9 @@ impl Judge {
     ) -> Result<f32, RewardError> {
         let question = Self::question(messages)?;
         let ask = |a: &str, b: &str| {
-            let prompt = PAIRWISE_PROMPT
+            let prompt = self
+                .prompts
+                .pairwise
                 .replace("{question}", question)
                 .replace("{a}", a)
                 .replace("{b}", b);
@@ -164,7 +204,8 @@ impl RewardModel for Judge {
             .iter()
             .map(|c| {
                 let prompt = self
-                    .prompt
+                    .prompts
+                    .rating
                     .replace("{question}", Self::question(c.messages)?)
                     .replace("{response}", c.response);
                 self.encode(&prompt, ANSWER_PREFIX)

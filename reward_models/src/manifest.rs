@@ -12,7 +12,7 @@
 
 use crate::classifier::ClassifierRm;
 use crate::combined::Combined;
-use crate::judge::Judge;
+use crate::judge::{Judge, Prompts};
 use crate::remote::RemoteScorer;
 use crate::verifier::{Constraint, Verifier};
 use crate::{RewardError, RewardModel};
@@ -32,7 +32,10 @@ pub enum Manifest {
     },
     Judge {
         model: String,
+        /// The rating prompt, with `{question}` and `{response}`.
         prompt: Option<String>,
+        /// The pairwise prompt, with `{question}`, `{a}` and `{b}`.
+        pairwise_prompt: Option<String>,
     },
     Verifier {
         constraints: Vec<Constraint>,
@@ -177,9 +180,13 @@ impl Manifests {
             Manifest::Classifier { path } => {
                 Arc::new(ClassifierRm::load(&base.join(path), device)?)
             }
-            Manifest::Judge { model, prompt } => Arc::new(Judge::new(
+            Manifest::Judge {
+                model,
+                prompt,
+                pairwise_prompt,
+            } => Arc::new(Judge::new(
                 policies.get(model, base, device)?,
-                prompt.clone(),
+                Prompts::new(prompt.clone(), pairwise_prompt.clone())?,
             )?),
             Manifest::Verifier { constraints } => Arc::new(Verifier::new(constraints.clone())?),
             Manifest::Remote {

@@ -11,7 +11,7 @@ use hone::eval::service::Service;
 use hone::eval::{judges, report, svg};
 use hone::server::Config;
 use hone::strategy::Strategy;
-use reward_models::judge::Judge;
+use reward_models::judge::{Judge, Prompts};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -47,8 +47,37 @@ struct JudgesArgs {
     /// Only N pairs, spread evenly over the file (so every category keeps its share).
     #[arg(long)]
     limit: Option<usize>,
+    #[command(flatten)]
+    prompts: PromptFiles,
     #[arg(long)]
     cpu: bool,
+}
+
+/// Judge prompts read from files, to try a prompt before putting it in a reward manifest.
+#[derive(Args)]
+struct PromptFiles {
+    /// The rating prompt (with {question} and {response}) from this file.
+    #[arg(long)]
+    rating_prompt: Option<PathBuf>,
+    /// The pairwise prompt (with {question}, {a} and {b}) from this file.
+    #[arg(long)]
+    pairwise_prompt: Option<PathBuf>,
+}
+
+impl PromptFiles {
+    fn read(&self) -> Result<Prompts> {
+        let read = |p: &Option<PathBuf>| -> Result<Option<String>> {
+            p.as_ref()
+                .map(|p| {
+                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+                })
+                .transpose()
+        };
+        Ok(Prompts::new(
+            read(&self.rating_prompt)?,
+            read(&self.pairwise_prompt)?,
+        )?)
+    }
 }
 
 #[derive(Args)]
@@ -96,6 +125,8 @@ struct RunArgs {
     /// pairwise judge (both orders). Slow on a CPU.
     #[arg(long)]
     judge: Option<String>,
+    #[command(flatten)]
+    judge_prompts: PromptFiles,
     /// Run on the CPU even when a GPU is available.
     #[arg(long)]
     cpu: bool,
@@ -110,10 +141,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
 
 fn run_judges(a: JudgesArgs) -> Result<()> {
     let pairs = spread(&judges::read_pairs(&a.pairs)?, a.limit);
+    let prompts = a.prompts.read()?;
     println!("CPU: {}\n", policies::cpu::describe());
     let mut reports = Vec::new();
     for model in &a.models {
-        let judge = Judge::new(Arc::new(super::load_policy(model, a.cpu)?), None)?;
+        let judge = Judge::new(Arc::new(super::load_policy(model, a.cpu)?), prompts.clone())?;
         let report = judges::evaluate(&judge, &pairs, |done| {
             eprint!("\r{model}: {done}/{} pairs", pairs.len());
         })?;
@@ -156,7 +188,7 @@ fn run_strategies(a: RunArgs) -> Result<()> {
     let judge = match &a.judge {
         Some(model) => Some(Judge::new(
             Arc::new(super::load_policy(model, a.cpu)?),
-            None,
+            a.judge_prompts.read()?,
         )?),
         None => None,
     };
@@ -210,6 +242,7 @@ fn run_strategies(a: RunArgs) -> Result<()> {
         eprintln!();
     }
     let cells = report::cells(&plan.strategies, &plan.budgets, &records);
+    let moves = report::moves(&plan.strategies, &records);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -232,6 +265,7 @@ fn run_strategies(a: RunArgs) -> Result<()> {
         "strategies": plan.strategies,
         "budgets": plan.budgets,
         "cells": cells,
+        "moves": moves,
         "runs": records,
     });
     let chart = "pass_rate.svg";
@@ -239,7 +273,7 @@ fn run_strategies(a: RunArgs) -> Result<()> {
         "{}: pass rate against compute ({} prompts)",
         meta.model, meta.prompts
     );
-    let markdown = report::markdown(&meta, &cells, chart);
+    let markdown = report::markdown(&meta, &cells, &moves, chart);
     for (name, text) in [
         ("results.json", serde_json::to_string_pretty(&results)?),
         ("report.md", markdown.clone()),

@@ -8,7 +8,7 @@
 //! nothing; the loops drop such candidates, so the count should be 0.
 
 use super::prompts::EvalPrompt;
-use crate::strategy::{query_text, restates, Echoes, Prompts};
+use crate::strategy::{query_text, restates, Echoes, Move, Prompts, RoundKind};
 use serde::{Deserialize, Serialize};
 
 /// What the service answered, read from the `/optimize` body (the fields the grading needs).
@@ -33,6 +33,8 @@ pub struct UsageView {
 /// A round of the trace: its candidates and, in TPO rounds, the critique written from it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RoundView {
+    #[serde(default)]
+    pub kind: RoundKind,
     pub candidates: Vec<CandidateView>,
     pub chosen: Option<usize>,
     pub loss: Option<String>,
@@ -43,6 +45,47 @@ pub struct RoundView {
 pub struct CandidateView {
     pub id: usize,
     pub text: String,
+    /// `None` when the candidate was dropped or not scored.
+    #[serde(default)]
+    pub score: Option<f32>,
+}
+
+/// A round after the first: what it tried, and whether its best candidate scored above every
+/// candidate before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveOutcome {
+    #[serde(rename = "move")]
+    pub tried: Move,
+    pub improved: bool,
+}
+
+/// Each later round of a trace and whether it raised the best score. A round none of whose
+/// candidates was scored did not improve.
+pub fn move_outcomes(rounds: &[RoundView]) -> Vec<MoveOutcome> {
+    let best = |r: &RoundView| {
+        r.candidates
+            .iter()
+            .filter_map(|c| c.score)
+            .fold(None, |m: Option<f32>, s| Some(m.map_or(s, |m| m.max(s))))
+    };
+    let mut so_far = rounds.first().and_then(best);
+    let mut out = Vec::new();
+    for round in rounds.iter().skip(1) {
+        let Some(tried) = round.kind.as_move() else {
+            continue;
+        };
+        let this = best(round);
+        let improved = match (this, so_far) {
+            (Some(t), Some(b)) => t > b,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if improved {
+            so_far = this;
+        }
+        out.push(MoveOutcome { tried, improved });
+    }
+    out
 }
 
 /// How one answer fared.
@@ -165,9 +208,11 @@ mod tests {
     fn copying_the_critique_is_counted_unless_it_quotes_the_chosen_response() {
         let p = prompt(r#"{"prompt": "Describe the sea."}"#);
         let round = RoundView {
+            kind: RoundKind::Sample,
             candidates: vec![CandidateView {
                 id: 0,
                 text: "The sea is wide and blue and full of fish.".into(),
+                score: Some(1.0),
             }],
             chosen: Some(0),
             loss: Some(
@@ -185,5 +230,48 @@ mod tests {
         assert!(restatement(&p, kept, &rounds).is_none());
         let better = "The sea is wide and blue; its waves hush the shore at night.";
         assert!(restatement(&p, better, &rounds).is_none());
+    }
+
+    fn round(kind: RoundKind, scores: &[Option<f32>]) -> RoundView {
+        RoundView {
+            kind,
+            candidates: scores
+                .iter()
+                .enumerate()
+                .map(|(id, &score)| CandidateView {
+                    id,
+                    text: format!("candidate {id}"),
+                    score,
+                })
+                .collect(),
+            chosen: None,
+            loss: None,
+            gradient: None,
+        }
+    }
+
+    #[test]
+    fn a_round_improves_only_when_its_best_beats_every_earlier_candidate() {
+        let rounds = [
+            round(RoundKind::Sample, &[Some(1.0), Some(3.0)]),
+            round(RoundKind::Refine, &[Some(3.0), Some(2.0)]),
+            round(RoundKind::Resample, &[None, Some(3.5)]),
+            round(RoundKind::Refine, &[Some(3.4)]),
+            round(RoundKind::Refine, &[None]),
+        ];
+        let got: Vec<(Move, bool)> = move_outcomes(&rounds)
+            .iter()
+            .map(|o| (o.tried, o.improved))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Move::Refine, false),
+                (Move::Resample, true),
+                (Move::Refine, false),
+                (Move::Refine, false),
+            ]
+        );
+        assert!(move_outcomes(&rounds[..1]).is_empty());
     }
 }

@@ -6,7 +6,7 @@
 
 use super::run::RunRecord;
 use super::stats::{mean, mean_interval, sign_test, wilson};
-use crate::strategy::Strategy;
+use crate::strategy::{Move, Strategy};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -268,8 +268,58 @@ fn p_value(p: f64) -> String {
     }
 }
 
+/// How often each kind of round raised the best score, for one strategy over all its budgets:
+/// the question `auto` decides each round (refine or resample?).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Moves {
+    pub strategy: Strategy,
+    pub refine: Option<Rate>,
+    pub resample: Option<Rate>,
+}
+
+/// One row per strategy that ran rounds after its first.
+pub fn moves(strategies: &[Strategy], records: &[RunRecord]) -> Vec<Moves> {
+    strategies
+        .iter()
+        .filter_map(|&strategy| {
+            let rate = |m: Move| {
+                let tried: Vec<bool> = records
+                    .iter()
+                    .filter(|r| r.strategy == strategy)
+                    .flat_map(|r| &r.moves)
+                    .filter(|o| o.tried == m)
+                    .map(|o| o.improved)
+                    .collect();
+                Rate::of(tried.iter().filter(|&&i| i).count() as f64, tried.len())
+            };
+            let row = Moves {
+                strategy,
+                refine: rate(Move::Refine),
+                resample: rate(Move::Resample),
+            };
+            (row.refine.is_some() || row.resample.is_some()).then_some(row)
+        })
+        .collect()
+}
+
+fn moves_table(rows: &[Moves]) -> String {
+    let mut out = String::from(
+        "| strategy | refine rounds that raised the best | resample rounds that raised the best |\n\
+         |---|---|---|\n",
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} |\n",
+            r.strategy.name(),
+            percent(&r.refine),
+            percent(&r.resample)
+        ));
+    }
+    out
+}
+
 /// The whole report: how it was made, the table, and how to read it.
-pub fn markdown(meta: &Meta, cells: &[Cell], chart_file: &str) -> String {
+pub fn markdown(meta: &Meta, cells: &[Cell], moves: &[Moves], chart_file: &str) -> String {
     let mut out = format!(
         "# Strategies at equal compute\n\n\
          {date}; {machine}. Model `{model}`, reward `{reward}`, {prompts} prompts of {set}, \
@@ -285,6 +335,10 @@ pub fn markdown(meta: &Meta, cells: &[Cell], chart_file: &str) -> String {
     );
     out.push_str(&table(cells));
     out.push_str(&format!("\n![pass rate against compute]({chart_file})\n\n"));
+    if !moves.is_empty() {
+        out.push_str(&moves_table(moves));
+        out.push('\n');
+    }
     out.push_str(
         "- **pass rate**: answers meeting every constraint of their prompt (given, or read from \
          its words), over the prompts that have constraints.\n\
@@ -300,7 +354,9 @@ pub fn markdown(meta: &Meta, cells: &[Cell], chart_file: &str) -> String {
          request as the client saw it.\n\
          - **restated**: answers that restate the task or repeat the critique; the goal is 0.\n\
          - **refused**: requests the service refused (422), such as a budget below one \
-         prefill and one token.\n",
+         prefill and one token.\n\
+         - **rounds that raised the best**: of the rounds after the first, those whose best \
+         candidate scored above every candidate before them, by what the round tried.\n",
     );
     if let Some(judge) = &meta.judge {
         out.push_str(&format!(
@@ -348,6 +404,7 @@ mod tests {
                 restates: None,
             },
             beats_plain: None,
+            moves: Vec::new(),
         }
     }
 
@@ -448,5 +505,28 @@ mod tests {
         assert_eq!(date(0), "1970-01-01");
         assert_eq!(date(951_782_400), "2000-02-29");
         assert_eq!(date(1_764_460_800), "2025-11-30");
+    }
+
+    #[test]
+    fn moves_count_rounds_per_strategy_and_kind() {
+        use crate::eval::grade::MoveOutcome;
+        let outcome = |tried, improved| MoveOutcome { tried, improved };
+        let mut tpo = run(Strategy::Tpo, 900, None, 1.0);
+        tpo.moves = vec![outcome(Move::Refine, true), outcome(Move::Refine, false)];
+        let mut auto = run(Strategy::Auto, 900, None, 1.0);
+        auto.moves = vec![outcome(Move::Resample, true)];
+        let plain = run(Strategy::Plain, 900, None, 1.0);
+        let rows = moves(
+            &[Strategy::Plain, Strategy::Tpo, Strategy::Auto],
+            &[plain, tpo, auto],
+        );
+        assert_eq!(rows.len(), 2, "plain ran no later rounds");
+        assert_eq!(rows[0].strategy, Strategy::Tpo);
+        let refine = rows[0].refine.unwrap();
+        assert_eq!((refine.k, refine.n), (1.0, 2));
+        assert_eq!(rows[0].resample, None);
+        let resample = rows[1].resample.unwrap();
+        assert_eq!((resample.k, resample.n), (1.0, 1));
+        assert!(moves_table(&rows).contains("| tpo | 50% (1/2)"));
     }
 }

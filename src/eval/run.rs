@@ -5,7 +5,7 @@
 //! candidate best-of-N samples with seed `s`, so the strategies are compared on the same
 //! draws (a paired comparison) rather than on luck, and a rerun repeats every answer.
 
-use super::grade::{grade, Answered, Grade};
+use super::grade::{grade, move_outcomes, Answered, Grade, MoveOutcome};
 use super::prompts::EvalPrompt;
 use super::service::{Reply, Service};
 use crate::strategy::{query_text, Strategy};
@@ -56,6 +56,9 @@ pub struct RunRecord {
     /// same prompt at the same budget (both orders averaged); with `--judge` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub beats_plain: Option<f32>,
+    /// The rounds after the first, and whether each raised the best score.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<MoveOutcome>,
 }
 
 /// The `/optimize` body of one run.
@@ -128,6 +131,7 @@ fn record(prompt: &EvalPrompt, strategy: Strategy, budget: u64, reply: Reply) ->
         stopped: None,
         grade: Grade::default(),
         beats_plain: None,
+        moves: Vec::new(),
     };
     match reply {
         Reply::Refused(why) => record.refused = Some(why),
@@ -135,6 +139,7 @@ fn record(prompt: &EvalPrompt, strategy: Strategy, budget: u64, reply: Reply) ->
             let answered: Answered =
                 serde_json::from_value(value).context("reading the service's answer")?;
             record.grade = grade(prompt, &answered);
+            record.moves = move_outcomes(&answered.rounds);
             record.latency_ms = Some(latency.as_millis() as u64);
             record.loop_ms = Some(answered.usage.wall_ms);
             record.compute = Some(answered.usage.compute);

@@ -194,7 +194,7 @@ pub struct Trace {
 }
 
 /// What a round did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RoundKind {
     /// The first round: N responses to the query.
