@@ -41,6 +41,26 @@ pub use sampling::{Sampler, SamplingParams};
 pub use speculative::Speculation;
 pub use tokenizer::Tokenizer;
 
+/// The machine a figure was measured on: the GPU's model when `device` is one (as the NVIDIA
+/// driver names it), and the CPU always.
+pub fn describe(device: &candle_core::Device) -> String {
+    let cpu = cpu::describe();
+    if !device.is_cuda() {
+        return cpu;
+    }
+    let gpu = std::fs::read_dir("/proc/driver/nvidia/gpus")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find_map(|entry| {
+            let info = std::fs::read_to_string(entry.path().join("information")).ok()?;
+            let model = info.lines().find_map(|l| l.strip_prefix("Model:"))?;
+            Some(model.trim().to_string())
+        })
+        .unwrap_or_else(|| "an NVIDIA GPU".into());
+    format!("{gpu} (CUDA); host {cpu}")
+}
+
 /// The device hone runs on: the first CUDA GPU when built with the `cuda` feature and one is
 /// present (unless `cpu`), else the CPU.
 ///

@@ -10,7 +10,7 @@ use policies::{Interrupt, Message, Output, Policy, Role};
 use std::sync::Arc;
 
 /// The rating instructions. `{question}` and `{response}` are filled in.
-pub const RATING_PROMPT: &str = "Rate the response to the question on a scale from 1 (wrong, useless or off-topic) to 9 (correct, helpful and clear).\n\nQuestion: {question}\n\nResponse: {response}\n\nReply with a single digit from 1 to 9.";
+pub const RATING_PROMPT: &str = "Rate the response to the question from 1 to 9.\n\n9: correct, does everything the question asks (any limit on length, format or wording included), and says no more than it needs to.\n5: partly correct, or correct but padded with filler, or misses one instruction.\n1: wrong, off-topic, garbled or useless.\n\nA longer response is not a better one: filler, repetition and restating the question lower the rating.\n\nQuestion: {question}\n\nResponse: {response}\n\nReply with a single digit from 1 to 9.";
 /// Text that opens the judge's answer, so the next token is the rating.
 const ANSWER_PREFIX: &str = "Rating: ";
 /// The instructions of a pairwise comparison. `{question}`, `{a}` and `{b}` are filled in.

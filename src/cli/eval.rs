@@ -6,13 +6,15 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use hone::eval::prompts::{self, spread};
+use hone::eval::run::RunRecord;
 use hone::eval::run::{self, Plan};
 use hone::eval::service::Service;
 use hone::eval::{judges, report, svg};
 use hone::server::Config;
 use hone::strategy::Strategy;
 use reward_models::judge::{Judge, Prompts};
-use std::path::PathBuf;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +32,15 @@ enum What {
     /// Every strategy at every compute budget on a prompt set: pass rate, reward, exact match,
     /// compute and latency per strategy and budget, with 95% intervals and a chart.
     Run(RunArgs),
+    /// Writes report.md, results.json and the chart again from a run's folder (plan.json and
+    /// runs.jsonl): after changing the report, or for a run that was stopped part way.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// The folder `hone eval run --out` wrote.
+    dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -136,13 +147,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
     match a.what {
         What::Judges(a) => run_judges(a),
         What::Run(a) => run_strategies(a),
+        What::Report(a) => rebuild_report(&a.dir),
     }
 }
 
 fn run_judges(a: JudgesArgs) -> Result<()> {
     let pairs = spread(&judges::read_pairs(&a.pairs)?, a.limit);
     let prompts = a.prompts.read()?;
-    println!("CPU: {}\n", policies::cpu::describe());
+    println!("Machine: {}\n", policies::describe(&super::device(a.cpu)?));
     let mut reports = Vec::new();
     for model in &a.models {
         let judge = Judge::new(Arc::new(super::load_policy(model, a.cpu)?), prompts.clone())?;
@@ -181,7 +193,7 @@ fn run_strategies(a: RunArgs) -> Result<()> {
         Some(p) => format!("{} ({} of {})", p.display(), prompts.len(), all.len()),
     };
     let machine = match &a.server {
-        None => policies::cpu::describe(),
+        None => policies::describe(&super::device(a.cpu)?),
         Some(url) => format!("the server at {url}"),
     };
     eprintln!("Machine: {machine}");
@@ -227,6 +239,29 @@ fn run_strategies(a: RunArgs) -> Result<()> {
         service.url(),
         plan.reward.as_deref().unwrap_or(&service.reward)
     );
+    let mut meta = report::Meta {
+        date: String::new(),
+        machine,
+        model: service.model.clone(),
+        reward: plan
+            .reward
+            .clone()
+            .unwrap_or_else(|| service.reward.clone()),
+        prompt_set,
+        prompts: prompts.len(),
+        seed: plan.seed,
+        judge: a.judge.clone(),
+        wall_secs: 0.0,
+    };
+    let header = Header {
+        meta: meta.clone(),
+        strategies: plan.strategies.clone(),
+        budgets: plan.budgets.clone(),
+    };
+    write(
+        &a.out.join(PLAN_FILE),
+        serde_json::to_string_pretty(&header)?,
+    )?;
     let start = Instant::now();
     let mut records = run::run_all(&service, &prompts, &plan, Some(&mut log), |done, total| {
         eprint!(
@@ -241,47 +276,14 @@ fn run_strategies(a: RunArgs) -> Result<()> {
         })?;
         eprintln!();
     }
-    let cells = report::cells(&plan.strategies, &plan.budgets, &records);
-    let moves = report::moves(&plan.strategies, &records);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let meta = report::Meta {
-        date: report::date(now),
-        machine,
-        model: service.model.clone(),
-        reward: plan
-            .reward
-            .clone()
-            .unwrap_or_else(|| service.reward.clone()),
-        prompt_set,
-        prompts: prompts.len(),
-        seed: plan.seed,
-        judge: a.judge.clone(),
-        wall_secs: start.elapsed().as_secs_f64(),
-    };
-    let results = serde_json::json!({
-        "meta": meta,
-        "strategies": plan.strategies,
-        "budgets": plan.budgets,
-        "cells": cells,
-        "moves": moves,
-        "runs": records,
-    });
-    let chart = "pass_rate.svg";
-    let title = format!(
-        "{}: pass rate against compute ({} prompts)",
-        meta.model, meta.prompts
-    );
-    let markdown = report::markdown(&meta, &cells, &moves, chart);
-    for (name, text) in [
-        ("results.json", serde_json::to_string_pretty(&results)?),
-        ("report.md", markdown.clone()),
-        (chart, svg::chart(&title, &cells)),
-    ] {
-        let path = a.out.join(name);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    }
+    meta.date = today();
+    meta.wall_secs = start.elapsed().as_secs_f64();
+    let header = Header { meta, ..header };
+    write(
+        &a.out.join(PLAN_FILE),
+        serde_json::to_string_pretty(&header)?,
+    )?;
+    let markdown = write_report(&a.out, &header, &records)?;
     let mut refusals: Vec<&str> = records
         .iter()
         .filter_map(|r| r.refused.as_deref())
@@ -293,6 +295,96 @@ fn run_strategies(a: RunArgs) -> Result<()> {
     }
     print!("{markdown}");
     eprintln!("written to {}", a.out.display());
+    Ok(())
+}
+
+/// What a run folder's `plan.json` holds: how the run was made, written before it starts.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    meta: report::Meta,
+    strategies: Vec<Strategy>,
+    budgets: Vec<u64>,
+}
+
+const PLAN_FILE: &str = "plan.json";
+
+fn write(path: &Path, text: String) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn today() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    report::date(now)
+}
+
+/// Writes results.json, report.md and the chart of `records` into `dir`; returns the report.
+fn write_report(dir: &Path, header: &Header, records: &[RunRecord]) -> Result<String> {
+    let cells = report::cells(&header.strategies, &header.budgets, records);
+    let moves = report::moves(&header.strategies, records);
+    let meta = &header.meta;
+    let results = serde_json::json!({
+        "meta": meta,
+        "strategies": header.strategies,
+        "budgets": header.budgets,
+        "cells": cells,
+        "moves": moves,
+        "runs": records,
+    });
+    let chart = "pass_rate.svg";
+    let title = format!(
+        "{}: pass rate against compute ({} prompts)",
+        meta.model, meta.prompts
+    );
+    let markdown = report::markdown(meta, &cells, &moves, chart);
+    write(
+        &dir.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    write(&dir.join("report.md"), markdown.clone())?;
+    write(&dir.join(chart), svg::chart(&title, &cells))?;
+    Ok(markdown)
+}
+
+/// `hone eval report DIR`: the report of the runs in DIR's log. For a run stopped part way,
+/// the prompt count and the time are those of the runs that finished.
+fn rebuild_report(dir: &Path) -> Result<()> {
+    let plan_path = dir.join(PLAN_FILE);
+    let text = std::fs::read_to_string(&plan_path)
+        .with_context(|| format!("reading {}", plan_path.display()))?;
+    let mut header: Header =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", plan_path.display()))?;
+    let log_path = dir.join("runs.jsonl");
+    let log = std::fs::read_to_string(&log_path)
+        .with_context(|| format!("reading {}", log_path.display()))?;
+    let records = log
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str::<RunRecord>(l)
+                .with_context(|| format!("{} line {}", log_path.display(), i + 1))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if records.is_empty() {
+        bail!("{} holds no runs", log_path.display());
+    }
+    let lines: std::collections::BTreeSet<usize> = records.iter().map(|r| r.line).collect();
+    let meta = &mut header.meta;
+    if meta.date.is_empty() {
+        meta.date = today();
+    }
+    if meta.wall_secs == 0.0 {
+        meta.prompts = lines.len();
+        meta.wall_secs = records
+            .iter()
+            .filter_map(|r| r.latency_ms)
+            .map(|ms| ms as f64 / 1000.0)
+            .sum();
+    }
+    print!("{}", write_report(dir, &header, &records)?);
+    eprintln!("written to {}", dir.display());
     Ok(())
 }
 

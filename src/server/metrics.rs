@@ -329,7 +329,7 @@ impl Metrics {
                 .set(tally.wins as i64);
             self.auto_win_rate
                 .with_label_values(&label)
-                .set(tally.win_rate());
+                .set(tally.win_rate(m));
             self.auto_cost.with_label_values(&label).set(tally.cost(m));
         }
         let mut out = Vec::new();
