@@ -8,6 +8,8 @@ use common::{start, Server};
 
 use hone::server::ab::{self, Arm};
 use hone::server::Config;
+use hone::strategy::learned::PRIOR_TRIALS;
+use hone::strategy::Move;
 use policies::store::SMOLLM2;
 use policies::{Message, Role};
 use serde_json::{json, Value};
@@ -230,17 +232,19 @@ fn auto_explains_its_rounds_and_metrics_show_what_it_learned() {
     // read until one scrape is consistent.
     for _ in 0..5 {
         scrape = send("GET", "/metrics", None).1;
-        let consistent = ["refine", "resample"].iter().all(|mv| {
-            let trials = metric(&scrape, &format!("hone_auto_trials{{move=\"{mv}\"}}"));
-            let wins = metric(&scrape, &format!("hone_auto_wins{{move=\"{mv}\"}}"));
-            let rate = metric(&scrape, &format!("hone_auto_win_rate{{move=\"{mv}\"}}"));
-            (rate - (wins + 1.0) / (trials + 2.0)).abs() < 1e-9
+        let consistent = Move::ALL.iter().all(|&mv| {
+            let label = format!("{{move=\"{}\"}}", mv.name());
+            let trials = metric(&scrape, &format!("hone_auto_trials{label}"));
+            let wins = metric(&scrape, &format!("hone_auto_wins{label}"));
+            let rate = metric(&scrape, &format!("hone_auto_win_rate{label}"));
+            (rate - with_prior(mv, wins, trials)).abs() < 1e-9
         });
         if consistent {
             break;
         }
     }
-    for mv in ["refine", "resample"] {
+    for m in Move::ALL {
+        let mv = m.name();
         let ran: usize = rounds
             .iter()
             .filter(|r| r["kind"] == mv)
@@ -257,14 +261,19 @@ fn auto_explains_its_rounds_and_metrics_show_what_it_learned() {
             wins >= count(&learned[mv], "wins"),
             "{mv}: {body}\n{scrape}"
         );
-        // The win rate shown is the tallies' (one win and one loss of prior).
+        // The win rate shown is the tallies', with the move's measured prior.
         let rate = metric(&scrape, &format!("hone_auto_win_rate{{move=\"{mv}\"}}"));
         assert!(
-            (rate - (wins + 1.0) / (trials + 2.0)).abs() < 1e-9,
+            (rate - with_prior(m, wins, trials)).abs() < 1e-9,
             "{mv}: {rate} from {wins} wins of {trials}\n{scrape}"
         );
         metric(&scrape, &format!("hone_auto_round_cost{{move=\"{mv}\"}}"));
     }
+}
+
+/// A move's win rate from its tallies: `PRIOR_TRIALS` trials at its prior rate added.
+fn with_prior(m: Move, wins: f64, trials: f64) -> f64 {
+    (wins + PRIOR_TRIALS * m.prior_win_rate()) / (trials + PRIOR_TRIALS)
 }
 
 #[test]
@@ -632,7 +641,7 @@ fn chat_completions_plain_and_stream() {
     let request = json!({
         "model": "default",
         "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}],
-        "max_tokens": 16, "temperature": 0.7, "stop": ["\n\n"], "user": "someone",
+        "max_tokens": 16, "temperature": 0.7, "seed": 3, "stop": ["\n\n"], "user": "someone",
     });
     let (status, body) = post("/v1/chat/completions", &request);
     assert_eq!(status, 200, "{body}");
@@ -667,9 +676,38 @@ fn chat_completions_plain_and_stream() {
         .filter(|l| l.starts_with("data: "))
         .collect();
     assert_eq!(events.last(), Some(&"data: [DONE]"));
-    let first: Value = serde_json::from_str(&events[0]["data: ".len()..]).unwrap();
-    assert_eq!(first["object"], "chat.completion.chunk");
-    assert!(first["choices"][0]["delta"]["content"].is_string());
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(&e["data: ".len()..]).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    // Plain decoding streams token by token: the pieces, joined, are the answer the same
+    // request (same seed) gets whole, and the last chunk carries the finish and the usage.
+    let pieces: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        pieces.len() > 1 || answer.chars().count() <= 1,
+        "one piece for {answer:?}"
+    );
+    assert_eq!(pieces.concat(), answer);
+    let last = chunks.last().unwrap();
+    assert_eq!(
+        last["choices"][0]["finish_reason"],
+        body["choices"][0]["finish_reason"]
+    );
+    assert_eq!(last["usage"], body["usage"]);
+    let (_, metrics) = send("GET", "/metrics", None);
+    let first_tokens = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("hone_time_to_first_token_seconds_count "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(first_tokens >= Some(1), "{metrics}");
 
     // A strategy prefix opts into test-time compute.
     let mut bon = request.clone();

@@ -5,7 +5,8 @@ mod common;
 
 use common::load;
 use policies::store::SMOLLM2;
-use policies::{FinishReason, GenerateParams, Message, Role, SamplingParams};
+use policies::{FinishReason, GenerateParams, Message, Role, SamplingParams, TextSink};
+use std::sync::{Arc, Mutex};
 
 #[test]
 fn generation_ends_at_the_token_that_completes_a_stop_string() {
@@ -61,4 +62,53 @@ fn generation_ends_at_the_token_that_completes_a_stop_string() {
         checked += 1;
     }
     assert_eq!(checked, prompts.len());
+}
+
+/// What a [`TextSink`] hears, joined row by row, is each row's final text exactly: with stop
+/// strings (text that might begin one is held back, never sent and taken back) and without.
+#[test]
+fn streamed_text_joins_to_the_final_text_of_every_row() {
+    let policy = load(&SMOLLM2);
+    let prompt = policy
+        .encode_chat(&[Message::new(
+            Role::User,
+            "Write two sentences about the sea.",
+        )])
+        .unwrap();
+    for stop in [vec![], vec!["sea".to_string(), ", ".to_string()]] {
+        let heard: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
+        let sink = heard.clone();
+        let params = GenerateParams {
+            max_tokens: 40,
+            sampling: SamplingParams {
+                temperature: 0.9,
+                seed: 11,
+                ..Default::default()
+            },
+            stop: stop.clone(),
+            on_text: Some(TextSink::new(move |row, text| {
+                sink.lock().unwrap().push((row, text.to_string()));
+            })),
+            ..Default::default()
+        };
+        let (out, _) = policy.generate(&prompt, 3, &params).unwrap();
+        assert_eq!(out.len(), 3);
+        let heard = heard.lock().unwrap();
+        assert!(
+            heard.iter().all(|(_, t)| !t.is_empty()),
+            "empty pieces sent"
+        );
+        for (row, generation) in out.iter().enumerate() {
+            let pieces: Vec<&str> = heard
+                .iter()
+                .filter(|(r, _)| *r == row)
+                .map(|(_, t)| t.as_str())
+                .collect();
+            assert!(
+                pieces.len() > 1 || generation.text.chars().count() <= 1,
+                "row {row}: {pieces:?}"
+            );
+            assert_eq!(pieces.concat(), generation.text, "row {row}, stop {stop:?}");
+        }
+    }
 }

@@ -32,6 +32,33 @@ pub struct GenerateParams {
     pub deadline: Option<Instant>,
     /// Draft tokens from the context and verify them in one pass (off by default).
     pub speculation: Speculation,
+    /// Hears each row's text as it is decoded (see [`TextSink`]).
+    pub on_text: Option<TextSink>,
+}
+
+/// Receives `(row, text)` as rows are decoded: pieces that, joined in order, are each row's
+/// final text exactly. Text that could be the start of a stop string, or an unfinished
+/// character, is held back until the next token settles it, so nothing sent is ever taken
+/// back. Called on the decoding thread: it should hand the text on, not work on it.
+#[derive(Clone)]
+pub struct TextSink(Arc<OnText>);
+
+type OnText = dyn Fn(usize, &str) + Send + Sync;
+
+impl TextSink {
+    pub fn new(f: impl Fn(usize, &str) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    fn send(&self, row: usize, text: &str) {
+        (self.0)(row, text)
+    }
+}
+
+impl std::fmt::Debug for TextSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TextSink")
+    }
 }
 
 impl Default for GenerateParams {
@@ -44,6 +71,7 @@ impl Default for GenerateParams {
             cancel: None,
             deadline: None,
             speculation: Speculation::OFF,
+            on_text: None,
         }
     }
 }
@@ -135,6 +163,8 @@ impl GenerationStats {
 
 /// A sequence being decoded.
 struct Row {
+    /// Its place in the call's output, as [`TextSink`] names it.
+    index: usize,
     sampler: Sampler,
     /// The prompt and the tokens so far: what the drafter looks up.
     context: Vec<u32>,
@@ -147,6 +177,8 @@ struct Row {
     /// window decoded again with each new token, so that following a row costs O(n), not O(n²).
     text_from: usize,
     text_to: usize,
+    /// Bytes of `text` sent to the [`TextSink`].
+    sent: usize,
 }
 
 impl Policy {
@@ -232,6 +264,7 @@ impl Policy {
                     ..params.sampling.clone()
                 };
                 Row {
+                    index: i,
                     sampler: Sampler::new(sampling),
                     context: prompt.clone(),
                     tokens: Vec::new(),
@@ -239,6 +272,7 @@ impl Policy {
                     text: String::new(),
                     text_from: 0,
                     text_to: 0,
+                    sent: 0,
                 }
             })
             .collect();
@@ -391,6 +425,7 @@ impl Policy {
         } else if row.tokens.len() >= params.max_tokens || context_full {
             self.finish(row, FinishReason::Length, params)
         } else {
+            send_settled(row, params);
             Ok(())
         }
     }
@@ -456,9 +491,42 @@ impl Policy {
             }
             None => reason,
         };
+        // The whole text extends what was sent, except where a tokenizer's pieces do not
+        // concatenate; then the rest cannot be sent without taking something back.
+        if let Some(sink) = &params.on_text {
+            if let Some(rest) = text
+                .get(..row.sent)
+                .filter(|sent| row.text.get(..row.sent) == Some(*sent))
+                .and_then(|_| text.get(row.sent..))
+                .filter(|rest| !rest.is_empty())
+            {
+                sink.send(row.index, rest);
+            }
+        }
+        row.sent = text.len();
         row.text = text;
         row.finish = Some(reason);
         Ok(())
+    }
+}
+
+/// Sends the row's text that no later token can change: all of it but the bytes that could
+/// begin a stop string.
+fn send_settled(row: &mut Row, params: &GenerateParams) {
+    let Some(sink) = &params.on_text else { return };
+    let hold = params
+        .stop
+        .iter()
+        .map(|s| s.len().saturating_sub(1))
+        .max()
+        .unwrap_or(0);
+    let mut end = row.text.len().saturating_sub(hold);
+    while !row.text.is_char_boundary(end) {
+        end -= 1;
+    }
+    if let Some(settled) = row.text.get(row.sent..end).filter(|t| !t.is_empty()) {
+        sink.send(row.index, settled);
+        row.sent = end;
     }
 }
 

@@ -32,7 +32,7 @@ pub mod weights;
 pub use chat::{ChatTemplate, Message, Piece, Role};
 pub use config::{Arch, ModelConfig};
 pub use error::{PolicyError, Result};
-pub use generate::{FinishReason, GenerateParams, Generation, GenerationStats};
+pub use generate::{FinishReason, GenerateParams, Generation, GenerationStats, TextSink};
 pub use kv_cache::KvCache;
 pub use model::{Logits, Transformer};
 pub use policy::{Checkpoint, Policy};

@@ -89,6 +89,7 @@ pub fn run(a: OptimizeArgs) -> Result<()> {
             max_rounds: None,
         },
         prompts_dir: a.prompts_dir,
+        on_text: None,
     };
     eprintln!(
         "{}: n={} rounds={} max_tokens={} budget={} reward `{}` (weight {weight:.2})",

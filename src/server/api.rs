@@ -324,6 +324,7 @@ pub fn build(
             seed: options.seed.unwrap_or(defaults.seed),
             budget,
             prompts_dir: None,
+            on_text: None,
         },
         reward: options.reward.clone(),
         checks,

@@ -6,8 +6,8 @@ use super::rate_limit::By;
 use crate::strategy::learned::Tallies;
 use crate::strategy::{Move, Trace};
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ pub struct Metrics {
     cancelled: IntCounterVec,
     duration: HistogramVec,
     first_event: HistogramVec,
+    first_token: Histogram,
     rounds: HistogramVec,
     candidates: HistogramVec,
     reward: HistogramVec,
@@ -70,6 +71,13 @@ impl Metrics {
             )
             .buckets(prometheus::exponential_buckets(0.05, 2.0, 13)?),
             &["strategy", "arm"],
+        )?;
+        let first_token = Histogram::with_opts(
+            HistogramOpts::new(
+                "hone_time_to_first_token_seconds",
+                "Time from arrival to the first streamed token of plain decoding, queueing included",
+            )
+            .buckets(prometheus::exponential_buckets(0.01, 2.0, 13)?),
         )?;
         let rounds = HistogramVec::new(
             HistogramOpts::new("hone_rounds_per_request", "Rounds a loop ran")
@@ -163,6 +171,7 @@ impl Metrics {
         registry.register(Box::new(cancelled.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(first_event.clone()))?;
+        registry.register(Box::new(first_token.clone()))?;
         registry.register(Box::new(rounds.clone()))?;
         registry.register(Box::new(candidates.clone()))?;
         registry.register(Box::new(reward_h.clone()))?;
@@ -229,6 +238,7 @@ impl Metrics {
             cancelled,
             duration,
             first_event,
+            first_token,
             rounds,
             candidates,
             reward: reward_h,
@@ -278,6 +288,11 @@ impl Metrics {
         self.first_event
             .with_label_values(&[strategy, arm.name()])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records when a streamed answer's first token went out.
+    pub fn first_token(&self, elapsed: Duration) {
+        self.first_token.observe(elapsed.as_secs_f64());
     }
 
     /// Records what an answered request spent. `budget` is its compute budget, if any.

@@ -18,11 +18,12 @@ use crate::strategy::{Stopped, Strategy};
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use policies::{Message, Role};
+use policies::{Message, Role, TextSink};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -163,12 +164,46 @@ pub async fn chat_completions(
         // leaves the queue.
         let flag = cancel.flag();
         let (tx, rx) = mpsc::unbounded_channel();
-        let id = record.answer_id();
+        let chunks = Chunks {
+            id: record.answer_id(),
+            created: now(),
+            model: requested,
+        };
+        let mut job = job;
+        // Plain decoding's answer is its one generation: it goes out token by token.
+        let opened = Arc::new(AtomicBool::new(false));
+        if job.strategy == Strategy::Plain {
+            let (tx, chunks, opened) = (tx.clone(), chunks.clone(), opened.clone());
+            let (state, arrived) = (state.clone(), job.arrived);
+            job.request.on_text = Some(TextSink::new(move |row, text| {
+                if row != 0 {
+                    return;
+                }
+                let mut delta = json!({"content": text});
+                if !opened.swap(true, Ordering::Relaxed) {
+                    delta["role"] = json!("assistant");
+                    state.metrics.first_token(arrived.elapsed());
+                }
+                let _ = tx.send(chunks.event(delta, None, None));
+            }));
+        }
         let task = actix_web::rt::spawn(async move {
             let result = state.run(ticket, job, false, flag, None).await;
             record.finish(&result);
             let text = match result {
-                Ok(o) => completion(id, requested, &o).events(),
+                Ok(o) => {
+                    let c = completion(&o);
+                    let mut out = String::new();
+                    if !opened.load(Ordering::Relaxed) {
+                        out = chunks.event(
+                            json!({"role": "assistant", "content": c.answer}),
+                            None,
+                            None,
+                        );
+                    }
+                    out + &chunks.event(json!({}), Some(c.finish_reason), Some(c.usage))
+                        + "data: [DONE]\n\n"
+                }
                 Err(e) => format!("data: {}\n\ndata: [DONE]\n\n", e.body()),
             };
             let _ = tx.send(text);
@@ -181,16 +216,18 @@ pub async fn chat_completions(
         .run(ticket, job, false, cancel.flag(), None)
         .await;
     record.finish(&result);
-    Ok(HttpResponse::Ok().json(completion(id, requested, &result?).body()))
-}
-
-/// The completion of answer `id` (see [`super::feedback`]: the id `POST /feedback` takes).
-fn completion(id: String, model: String, outcome: &Outcome) -> Completion {
-    let trace = &outcome.trace;
-    Completion {
+    let chunks = Chunks {
         id,
         created: now(),
-        model,
+        model: requested,
+    };
+    Ok(HttpResponse::Ok().json(chunks.body(&completion(&result?))))
+}
+
+/// What a finished request answers, in the chat completion's terms.
+fn completion(outcome: &Outcome) -> Completion {
+    let trace = &outcome.trace;
+    Completion {
         finish_reason: match trace.stopped {
             Stopped::Budget | Stopped::Deadline => "length",
             Stopped::Converged | Stopped::Done => "stop",
@@ -270,16 +307,22 @@ impl MessageBody for SseBody {
     }
 }
 
-/// A finished completion, written as one response or as server-sent events.
+/// A finished completion.
 struct Completion {
-    id: String,
-    created: u64,
-    model: String,
     finish_reason: &'static str,
     answer: String,
     usage: ChatUsage,
     /// What the optimization spent, for clients that look (OpenAI clients ignore it).
     hone: Value,
+}
+
+/// What every object of one answer repeats: its id (the answer's id for `POST /feedback`),
+/// when it was created, and the model asked for.
+#[derive(Clone)]
+struct Chunks {
+    id: String,
+    created: u64,
+    model: String,
 }
 
 /// `completion_tokens` counts every token the policy sampled for the answer (all candidates and
@@ -291,8 +334,9 @@ struct ChatUsage {
     total_tokens: u64,
 }
 
-impl Completion {
-    fn body(&self) -> Value {
+impl Chunks {
+    /// The whole completion as one response.
+    fn body(&self, c: &Completion) -> Value {
         json!({
             "id": self.id,
             "object": "chat.completion",
@@ -300,42 +344,27 @@ impl Completion {
             "model": self.model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": self.answer},
-                "finish_reason": self.finish_reason,
+                "message": {"role": "assistant", "content": c.answer},
+                "finish_reason": c.finish_reason,
             }],
-            "usage": self.usage,
-            "hone": self.hone,
+            "usage": c.usage,
+            "hone": c.hone,
         })
     }
 
-    /// The answer as one content chunk, then the finish chunk and `[DONE]`. The answer is
-    /// only known once the loop ends, so there is nothing to send earlier.
-    fn events(&self) -> String {
-        let chunk = |delta: Value, finish: Option<&str>, usage: Option<ChatUsage>| {
-            let mut c = json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            });
-            if let Some(u) = usage {
-                c["usage"] = json!(u);
-            }
-            format!("data: {c}\n\n")
-        };
-        let mut out = chunk(
-            json!({"role": "assistant", "content": self.answer}),
-            None,
-            None,
-        );
-        out.push_str(&chunk(
-            json!({}),
-            Some(self.finish_reason),
-            Some(self.usage),
-        ));
-        out.push_str("data: [DONE]\n\n");
-        out
+    /// One server-sent `chat.completion.chunk` carrying `delta`.
+    fn event(&self, delta: Value, finish: Option<&str>, usage: Option<ChatUsage>) -> String {
+        let mut c = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        if let Some(u) = usage {
+            c["usage"] = json!(u);
+        }
+        format!("data: {c}\n\n")
     }
 }
 
@@ -400,26 +429,27 @@ mod tests {
     }
 
     #[test]
-    fn stream_ends_with_done() {
-        let c = Completion {
+    fn chunks_are_openai_chunk_objects() {
+        let chunks = Chunks {
             id: "chatcmpl-1".into(),
             created: 1,
             model: "m".into(),
-            finish_reason: "stop",
-            answer: "Paris.".into(),
-            usage: ChatUsage {
-                prompt_tokens: 3,
-                completion_tokens: 2,
-                total_tokens: 5,
-            },
-            hone: Value::Null,
         };
-        let events = c.events();
-        let lines: Vec<&str> = events.lines().filter(|l| !l.is_empty()).collect();
-        assert_eq!(lines.len(), 3);
-        let first: Value = serde_json::from_str(&lines[0]["data: ".len()..]).unwrap();
-        assert_eq!(first["object"], "chat.completion.chunk");
-        assert_eq!(first["choices"][0]["delta"]["content"], "Paris.");
-        assert_eq!(lines[2], "data: [DONE]");
+        let usage = ChatUsage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            total_tokens: 5,
+        };
+        let event = chunks.event(json!({"content": "Paris."}), Some("stop"), Some(usage));
+        let data = event
+            .strip_prefix("data: ")
+            .and_then(|e| e.strip_suffix("\n\n"))
+            .unwrap();
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["object"], "chat.completion.chunk");
+        assert_eq!(v["id"], "chatcmpl-1");
+        assert_eq!(v["choices"][0]["delta"]["content"], "Paris.");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(v["usage"]["total_tokens"], 5);
     }
 }

@@ -49,7 +49,7 @@ impl Move {
     /// From Qwen2.5-Coder-1.5B under its own judge on the built-in prompts (docs/EVAL.md): 19%
     /// of refine rounds and 25% of resample rounds of 4 responses raised the best, that is
     /// 1 - (1 - r)^(1/4) per response.
-    fn prior_win_rate(self) -> f64 {
+    pub fn prior_win_rate(self) -> f64 {
         match self {
             Self::Refine => 0.051,
             Self::Resample => 0.068,
@@ -58,7 +58,7 @@ impl Move {
 }
 
 /// The weight of [`Move::prior_win_rate`], in trials.
-const PRIOR_TRIALS: f64 = 2.0;
+pub const PRIOR_TRIALS: f64 = 2.0;
 
 /// Every move gets this many trials before the estimates decide, so both are always measured.
 pub const EXPLORE_TRIALS: u64 = 8;

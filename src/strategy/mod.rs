@@ -23,7 +23,7 @@ pub use prompts::Prompts;
 pub(crate) use response::{query_text, restates, Echoes};
 
 use crate::budget::{Budget, Usage};
-use policies::{Message, Policy, Speculation};
+use policies::{Message, Policy, Speculation, TextSink};
 use reward_models::RewardModel;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -145,6 +145,9 @@ pub struct Request {
     pub budget: Budget,
     /// A folder whose `loss.txt`, `gradient.txt` or `update.txt` replace the built-in prompts.
     pub prompts_dir: Option<PathBuf>,
+    /// Hears plain decoding's answer as it is decoded. The other loops know their answer only
+    /// at the end, so they never call it.
+    pub on_text: Option<TextSink>,
 }
 
 impl Default for Request {
@@ -160,6 +163,7 @@ impl Default for Request {
             seed: 0,
             budget: Budget::default(),
             prompts_dir: None,
+            on_text: None,
         }
     }
 }

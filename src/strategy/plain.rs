@@ -10,6 +10,7 @@ pub(super) fn run(mut s: Session<'_>) -> Result<Trace, StrategyError> {
         return Err(s.no_answer(stopped));
     }
     s.begin_round();
+    s.stream_text();
     let prompt = s.prompt.clone();
     let Some(sampled) = s.sample(&prompt, 1, true, &[])? else {
         return Err(s.no_answer(Stopped::Budget));

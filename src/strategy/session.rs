@@ -63,6 +63,8 @@ pub struct Session<'a> {
     /// A model call gave up because the deadline passed inside it: the loop then stops on
     /// `Deadline`, whatever the step that saw nothing come back reports.
     deadline_hit: bool,
+    /// Where the policy's text goes as it is decoded; set by [`Session::stream_text`].
+    on_text: Option<policies::TextSink>,
 }
 
 impl<'a> Session<'a> {
@@ -119,7 +121,14 @@ impl<'a> Session<'a> {
             opened: None,
             first_round_cost: None,
             deadline_hit: false,
+            on_text: None,
         })
+    }
+
+    /// Sends the text of every later policy call to the request's `on_text` as it is decoded:
+    /// for a loop whose one call is its answer.
+    pub fn stream_text(&mut self) {
+        self.on_text = self.request.on_text.clone();
     }
 
     /// Whether the loop must stop before its next step: an error when cancelled, `Deadline`
@@ -225,6 +234,7 @@ impl<'a> Session<'a> {
             cancel: self.cancel.clone(),
             deadline: self.meter.budget().deadline,
             speculation: self.speculation,
+            on_text: self.on_text.clone(),
         };
         let (generations, stats) = match self.policy.generate(prompt, plan.n, &params) {
             Ok(out) => out,
