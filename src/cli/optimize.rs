@@ -115,7 +115,7 @@ pub fn run(a: OptimizeArgs) -> Result<()> {
     };
     let learned = Learned::default();
     let engine = Engine {
-        policy: &models.policy,
+        policy: models.policy.as_ref(),
         reward: models.reward.as_ref(),
         reward_weight: weight,
         learned: &learned,

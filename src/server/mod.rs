@@ -484,7 +484,7 @@ impl AppState {
             ),
         };
         let engine = Engine {
-            policy: &self.policy,
+            policy: self.policy.as_ref(),
             reward: reward.as_ref(),
             reward_weight,
             learned: &self.learned,

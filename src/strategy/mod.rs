@@ -23,7 +23,7 @@ pub use prompts::Prompts;
 pub(crate) use response::{query_text, restates, Echoes};
 
 use crate::budget::{Budget, Usage};
-use policies::{Message, Policy, Speculation, TextSink};
+use policies::{LanguageModel, Message, Speculation, TextSink};
 use reward_models::RewardModel;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -103,7 +103,7 @@ impl Strategy {
 /// What a loop runs on.
 #[derive(Clone, Copy)]
 pub struct Engine<'a> {
-    pub policy: &'a Policy,
+    pub policy: &'a dyn LanguageModel,
     pub reward: &'a dyn RewardModel,
     /// Compute units per position the reward reads (see [`crate::budget::reward_weight`]).
     pub reward_weight: f64,

@@ -7,8 +7,8 @@ use super::{
 };
 use crate::budget::{self, Meter};
 use policies::{
-    FinishReason, GenerateParams, Generation, Interrupt, Policy, PolicyError, SamplingParams,
-    Speculation,
+    FinishReason, GenerateParams, Generation, Interrupt, LanguageModel, PolicyError,
+    SamplingParams, Speculation,
 };
 use reward_models::{Candidate, RewardError, RewardModel};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +37,7 @@ pub struct Scored {
 }
 
 pub struct Session<'a> {
-    pub policy: &'a Policy,
+    pub policy: &'a dyn LanguageModel,
     reward: &'a dyn RewardModel,
     pub learned: &'a Learned,
     execution: Execution,
@@ -299,7 +299,7 @@ impl<'a> Session<'a> {
             .filter(|&i| drafts[i].dropped.is_none())
             .collect();
         for &i in &usable {
-            let tokens = self.policy.tokenizer().encode(&drafts[i].text)?.len();
+            let tokens = self.policy.count_tokens(&drafts[i].text)?;
             let c = self.reward_cost(tokens);
             if remaining.is_some_and(|r| cost + c > r) {
                 break;

@@ -20,7 +20,7 @@ use super::prompts::{fill, Prompts};
 use super::response::{parse_update, query_text, Echoes, CLOSE, OPEN};
 use super::session::{Draft, Scored, Session};
 use super::{RoundKind, Stopped, Strategy, StrategyError, Trace};
-use policies::{Message, Policy, PolicyError, Role};
+use policies::{LanguageModel, Message, PolicyError, Role};
 use std::ops::ControlFlow;
 
 pub(super) fn run(mut s: Session<'_>) -> Result<Trace, StrategyError> {
@@ -208,7 +208,7 @@ pub(super) fn improved(before: Option<f32>, now: Option<f32>) -> bool {
 /// A feedback prompt as one user message, with `prefill` opening the assistant's turn. `None`
 /// when it does not fit the model's context, which ends the loop like a spent budget.
 fn chat_prompt(
-    policy: &Policy,
+    policy: &dyn LanguageModel,
     text: &str,
     prefill: &str,
 ) -> Result<Option<Vec<u32>>, StrategyError> {

@@ -7,6 +7,8 @@ use policies::Policy;
 use serde::Deserialize;
 use std::path::PathBuf;
 
+pub mod scripted;
+
 pub fn model_path(model: &KnownModel) -> PathBuf {
     // Tests of one binary run in parallel: let one of them fetch a missing model, not all.
     static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());

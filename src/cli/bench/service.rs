@@ -53,7 +53,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let device = &models.device;
     let learned = Learned::default();
     let engine = Engine {
-        policy: &models.policy,
+        policy: models.policy.as_ref(),
         reward: models.reward.as_ref(),
         reward_weight: models.reward_weight,
         learned: &learned,

@@ -86,7 +86,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         for (k, &(arm, execution, speculation)) in arms.iter().enumerate() {
             let learned = Learned::default();
             let engine = Engine {
-                policy,
+                policy: policy.as_ref(),
                 reward: reward.as_ref(),
                 reward_weight: weight,
                 learned: &learned,
