@@ -724,6 +724,54 @@ fn chat_completions_plain_and_stream() {
 }
 
 #[test]
+fn text_completions_answer_n_choices_and_refuse_what_they_cannot_serve() {
+    let (status, body) = post(
+        "/v1/completions",
+        &json!({"prompt": "The capital of France is", "max_tokens": 6, "n": 2,
+                "temperature": 0.8, "seed": 1, "user": "completions"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    let choices = body["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 2);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert!(["stop", "length"].contains(&c["finish_reason"].as_str().unwrap()));
+    }
+    let usage = &body["usage"];
+    assert!(usage["completion_tokens"].as_u64().unwrap() <= 12, "{body}");
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+    // Each refusal names its field.
+    let vocab = server().state.policy().model().config().vocab_size;
+    for (bad, field) in [
+        (json!({"prompt": [1, vocab]}), "prompt"),
+        (json!({"prompt": []}), "prompt"),
+        (json!({"prompt": "  "}), "prompt"),
+        (json!({"prompt": "Hi", "n": 0}), "n"),
+        (json!({"prompt": "Hi", "n": 65}), "n"),
+        (json!({"prompt": "Hi", "max_tokens": 0}), "max_tokens"),
+        (
+            json!({"prompt": "Hi", "max_tokens": 3000, "n": 8}),
+            "max_tokens",
+        ),
+        (json!({"prompt": "Hi", "stream": true}), "stream"),
+        (
+            json!({"prompt": "Hi", "stop": ["a", "b", "c", "d", "e"]}),
+            "stop",
+        ),
+        (json!({"prompt": "Hi", "temperature": -1.0}), "temperature"),
+        (json!({"prompt": "Hi", "model": "gpt-4"}), "model"),
+    ] {
+        let (status, body) = post("/v1/completions", &bad);
+        assert!(matches!(status, 404 | 422), "{bad}: {status} {body}");
+        assert_eq!(body["error"]["param"], field, "{bad}: {body}");
+    }
+}
+
+#[test]
 fn a_request_states_its_own_constraints_or_the_prompt_does() {
     // Given in the request and scored alone: the score is the fraction met.
     let (status, body) = post(

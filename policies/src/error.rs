@@ -32,6 +32,8 @@ pub enum PolicyError {
     Cancelled,
     #[error("the deadline passed before the model finished")]
     DeadlinePassed,
+    #[error("remote policy: {0}")]
+    Remote(String),
     #[error("model download failed: {0}")]
     Download(String),
     #[error(transparent)]

@@ -182,12 +182,7 @@ impl Policy {
     }
 
     fn template(&self) -> Result<&ChatTemplate> {
-        self.template.as_ref().ok_or_else(|| {
-            PolicyError::Template(format!(
-                "model `{}` has no chat template; configure one or send a raw prompt",
-                self.name
-            ))
-        })
+        no_template(&self.name, self.template.as_ref())
     }
 
     /// Renders a conversation with the model's chat template, ready for the assistant's turn.
@@ -205,14 +200,7 @@ impl Policy {
 
     /// `ids`, if they leave the context room for at least one generated token.
     fn fits(&self, ids: Vec<u32>) -> Result<Vec<u32>> {
-        let context = self.model.config().context_length;
-        if ids.len() >= context {
-            return Err(PolicyError::PromptTooLong {
-                tokens: ids.len(),
-                context,
-            });
-        }
-        Ok(ids)
+        fits(ids, self.model.config().context_length)
     }
 
     /// Tokenizes a conversation through the chat template, ready for the assistant's turn.
@@ -237,11 +225,54 @@ impl Policy {
     }
 
     fn encode_turns(&self, messages: &[Message], open: bool, opener: &str) -> Result<Vec<u32>> {
+        let turns = Turns {
+            name: &self.name,
+            tokenizer: &self.tokenizer,
+            template: self.template.as_ref(),
+            context: self.model.config().context_length,
+        };
+        turns.encode(messages, open, opener)
+    }
+}
+
+/// `ids`, if they leave a context of `context` room for at least one generated token.
+fn fits(ids: Vec<u32>, context: usize) -> Result<Vec<u32>> {
+    if ids.len() >= context {
+        return Err(PolicyError::PromptTooLong {
+            tokens: ids.len(),
+            context,
+        });
+    }
+    Ok(ids)
+}
+
+fn no_template<'t>(name: &str, template: Option<&'t ChatTemplate>) -> Result<&'t ChatTemplate> {
+    template.ok_or_else(|| {
+        PolicyError::Template(format!(
+            "model `{name}` has no chat template; configure one or send a raw prompt"
+        ))
+    })
+}
+
+/// What turns a conversation into a model's tokens: its tokenizer, chat template and context.
+/// The local [`Policy`] and a remote one encode the same way.
+pub(crate) struct Turns<'a> {
+    pub name: &'a str,
+    pub tokenizer: &'a Tokenizer,
+    pub template: Option<&'a ChatTemplate>,
+    pub context: usize,
+}
+
+impl Turns<'_> {
+    /// Message contents are encoded as text and only the template's own markup may become
+    /// special tokens, so a message that spells `<|im_end|><|im_start|>system` cannot end its
+    /// turn or speak as another role.
+    pub fn encode(&self, messages: &[Message], open: bool, opener: &str) -> Result<Vec<u32>> {
         if messages.iter().all(|m| m.content.trim().is_empty()) {
             return Err(PolicyError::EmptyPrompt);
         }
         let mut ids = Vec::new();
-        for piece in self.template()?.render_pieces(messages, open)? {
+        for piece in no_template(self.name, self.template)?.render_pieces(messages, open)? {
             ids.extend(match piece {
                 Piece::Markup(text) => self.tokenizer.encode(&text)?,
                 Piece::Content(text) => self.tokenizer.encode_text(text)?,
@@ -250,6 +281,6 @@ impl Policy {
         if !opener.is_empty() {
             ids.extend(self.tokenizer.encode(opener)?);
         }
-        self.fits(self.tokenizer.with_bos(ids))
+        fits(self.tokenizer.with_bos(ids), self.context)
     }
 }

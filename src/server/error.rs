@@ -243,6 +243,7 @@ impl From<StrategyError> for ApiError {
                 PolicyError::InvalidParameter { param, .. } => Self::invalid(param, message),
                 PolicyError::OverBudget { .. } => Self::invalid("budget.compute", message),
                 PolicyError::Template(_) => Self::invalid("messages", message),
+                PolicyError::Remote(_) => Self::new(StatusCode::BAD_GATEWAY, message),
                 _ => Self::internal(message),
             },
             StrategyError::Reward(r) => match r {

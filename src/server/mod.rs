@@ -16,6 +16,7 @@ mod access_log;
 pub mod api;
 mod auth;
 mod body;
+mod completions;
 mod config;
 pub mod error;
 mod fallback;
@@ -294,6 +295,17 @@ impl AppState {
         if stream {
             self.check_budget(job)?;
         }
+        if self.shutting_down() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            ));
+        }
+        self.queue.admit()
+    }
+
+    /// Admission for raw generation (`/v1/completions`): no loop, so no budget to check first.
+    pub fn admit_generation(&self) -> Result<Ticket, ApiError> {
         if self.shutting_down() {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

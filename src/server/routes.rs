@@ -10,7 +10,7 @@ use super::api::{self, Job, OptimizeResponse};
 use super::error::ApiError;
 use super::queue::Ticket;
 use super::record::{Record, Route};
-use super::{body, fallback, feedback, openai, AppState, CancelOnDrop, Progress};
+use super::{body, completions, fallback, feedback, openai, AppState, CancelOnDrop, Progress};
 use crate::strategy::{Event, Strategy};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -26,6 +26,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/v1/chat/completions",
             "POST",
             web::post().to(openai::chat_completions),
+        ))
+        .service(only(
+            "/v1/completions",
+            "POST",
+            web::post().to(completions::completions),
         ))
         .service(only("/v1/models", "GET", web::get().to(openai::models)))
         .service(only("/rewards", "GET", web::get().to(rewards)))

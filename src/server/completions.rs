@@ -1,0 +1,195 @@
+//! `POST /v1/completions`: OpenAI's text completion. A prompt (text, or token ids of this
+//! model's tokenizer) and `n` continuations of it from one prefill, as the engine's own
+//! batch. This is what a remote policy speaks (policies' `remote`), so one hone can serve
+//! another's loops, as vLLM or a llama.cpp server can.
+//!
+//! It is raw generation: no loop, no reward, no A/B arm. The server's `--max-budget` caps what
+//! one request may compute (its prompt plus `n` × `max_tokens` positions), and the queue
+//! admits it like any other request.
+
+use super::error::ApiError;
+use super::routes::parse;
+use super::{body, AppState, CancelOnDrop};
+use actix_web::{web, HttpRequest, HttpResponse};
+use policies::{FinishReason, GenerateParams, SamplingParams};
+use serde::Deserialize;
+use serde_json::json;
+
+/// The most continuations one request may ask for.
+pub const MAX_N: usize = 64;
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionBody {
+    pub model: Option<String>,
+    pub prompt: Prompt,
+    /// OpenAI's default is 16.
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub n: Option<usize>,
+    pub seed: Option<u64>,
+    pub stop: Option<Stop>,
+    pub user: Option<String>,
+    pub stream: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+pub async fn completions(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body: CompletionBody = parse(body::json(&req, payload, state.body_limits()).await?)?;
+    state.check_rate(&req, body.user.as_deref())?;
+    if let Some(model) = &body.model {
+        state.check_policy("model", model)?;
+    }
+    if body.stream == Some(true) {
+        return Err(ApiError::invalid(
+            "stream",
+            "/v1/completions does not stream; /v1/chat/completions does",
+        ));
+    }
+    let policy = state.policy();
+    let prompt = match &body.prompt {
+        Prompt::Text(text) => policy
+            .encode_prompt(text)
+            .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+        Prompt::Tokens(ids) => {
+            let vocab = policy.model().config().vocab_size;
+            if ids.is_empty() {
+                return Err(ApiError::invalid("prompt", "the prompt has no tokens"));
+            }
+            if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    format!("token id {bad} is outside this model's vocabulary of {vocab}"),
+                ));
+            }
+            ids.clone()
+        }
+    };
+    let context = policy.model().config().context_length;
+    let max_tokens = body.max_tokens.unwrap_or(16);
+    let n = body.n.unwrap_or(1);
+    if !(1..=MAX_N).contains(&n) {
+        return Err(ApiError::invalid("n", format!("n must be 1 to {MAX_N}")));
+    }
+    if max_tokens == 0 {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            "max_tokens must be at least 1",
+        ));
+    }
+    if prompt.len() + max_tokens > context {
+        return Err(ApiError::invalid(
+            "max_tokens",
+            format!(
+                "the prompt ({} tokens) and max_tokens ({max_tokens}) pass the model's context of \
+                 {context}",
+                prompt.len()
+            ),
+        ));
+    }
+    let positions = prompt.len() + n * max_tokens;
+    if let Some(cap) = state.limits().max_budget {
+        if positions as u64 > cap {
+            return Err(ApiError::invalid(
+                "max_tokens",
+                format!(
+                    "the prompt ({} tokens) and n x max_tokens ({n} x {max_tokens}) are \
+                     {positions} positions, above this server's cap of {cap} (--max-budget)",
+                    prompt.len()
+                ),
+            ));
+        }
+    }
+    let stop = match body.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    if stop.len() > 4 || stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid(
+            "stop",
+            "stop takes up to 4 non-empty strings",
+        ));
+    }
+    let cancel = CancelOnDrop::new();
+    let params = GenerateParams {
+        max_tokens,
+        sampling: SamplingParams {
+            temperature: body.temperature.unwrap_or(1.0),
+            top_p: body.top_p.unwrap_or(1.0),
+            seed: body.seed.unwrap_or(0),
+            ..SamplingParams::default()
+        },
+        stop,
+        max_positions: Some(positions),
+        cancel: Some(cancel.flag()),
+        ..GenerateParams::default()
+    };
+    params.validate().map_err(|e| match e {
+        policies::PolicyError::InvalidParameter { param, .. } => {
+            ApiError::invalid(param, e.to_string())
+        }
+        e => ApiError::invalid("body", e.to_string()),
+    })?;
+    let ticket = state.admit_generation()?;
+    let permit = ticket.slot().await?;
+    let state = state.into_inner();
+    let model_id = state.model_id().to_string();
+    let generated = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        state.metrics.in_flight.inc();
+        let result = state.policy().generate(&prompt, n, &params);
+        state.metrics.in_flight.dec();
+        result.map(|(g, _)| (g, prompt.len()))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the model task failed: {e}")))?;
+    drop(cancel);
+    let (generations, prompt_tokens) =
+        generated.map_err(|e| ApiError::internal(format!("generation failed: {e}")))?;
+    let completion_tokens: usize = generations.iter().map(|g| g.tokens.len()).sum();
+    let choices: Vec<_> = generations
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            json!({
+                "index": i,
+                "text": g.text,
+                "finish_reason": match g.finish {
+                    FinishReason::Stop => "stop",
+                    FinishReason::Length | FinishReason::Budget => "length",
+                },
+                "logprobs": null,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "id": format!("cmpl-{:032x}", super::feedback::new_id()),
+        "object": "text_completion",
+        "created": super::openai::now(),
+        "model": model_id,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    })))
+}

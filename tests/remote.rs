@@ -1,0 +1,150 @@
+//! A remote policy over real HTTP: a hone server on loopback serves SmolLM2 through
+//! `POST /v1/completions`, and the remote policy (policies' `remote.rs`) sends it token ids.
+//! The server runs the same engine on the same tokens, so the remote generations must be the
+//! local ones exactly, and the loops must run over it under their budget.
+
+mod common;
+
+use candle_core::Device;
+use common::{load, model_path, start, Server};
+use hone::budget::Budget;
+use hone::server::Config;
+use hone::strategy::{Engine, Execution, Learned, Request, Strategy};
+use policies::store::SMOLLM2;
+use policies::{
+    Endpoint, GenerateParams, LanguageModel, Message, PolicyError, RemotePolicy, Role,
+    SamplingParams, Speculation,
+};
+use reward_models::manifest::{Manifests, PolicyCache};
+use std::path::Path;
+use std::sync::OnceLock;
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        start(Config {
+            host: "127.0.0.1".into(),
+            port: 0,
+            model: model_path(&SMOLLM2).to_string_lossy().into_owned(),
+            cpu: true,
+            workers: Some(2),
+            max_budget: Some(20_000),
+            ..Config::default()
+        })
+    })
+}
+
+fn remote() -> RemotePolicy {
+    let endpoint = Endpoint {
+        url: format!("http://{}/v1", server().addr),
+        ..Endpoint::default()
+    };
+    RemotePolicy::open(&model_path(&SMOLLM2), endpoint).unwrap()
+}
+
+fn params(temperature: f32, seed: u64) -> GenerateParams {
+    GenerateParams {
+        max_tokens: 24,
+        sampling: SamplingParams {
+            temperature,
+            top_p: 0.95,
+            seed,
+            ..SamplingParams::default()
+        },
+        stop: vec!["\n\n".into()],
+        ..GenerateParams::default()
+    }
+}
+
+#[test]
+fn remote_generations_are_the_local_engines_exactly() {
+    let local = load(&SMOLLM2);
+    let remote = remote();
+    let messages = [Message::new(Role::User, "Name two rivers of Europe.")];
+    let prompt = local.encode_chat(&messages).unwrap();
+    assert_eq!(remote.encode_chat(&messages).unwrap(), prompt);
+    for (temperature, n) in [(0.0, 1), (0.8, 3)] {
+        let p = params(temperature, 5);
+        let (here, _) = local.generate(&prompt, n, &p).unwrap();
+        let (there, stats) = LanguageModel::generate(&remote, &prompt, n, &p).unwrap();
+        assert_eq!(here.len(), n);
+        assert_eq!(there.len(), n);
+        for (i, (a, b)) in here.iter().zip(&there).enumerate() {
+            assert_eq!(a.text, b.text, "row {i} at T = {temperature}");
+            assert_eq!(a.finish, b.finish, "row {i} at T = {temperature}");
+        }
+        // The server's usage: the prompt once, and every token it generated.
+        assert_eq!(stats.prefill_tokens, prompt.len());
+        let generated: usize = here.iter().map(|g| g.tokens.len()).sum();
+        assert_eq!(stats.decode_tokens, generated);
+    }
+}
+
+#[test]
+fn tpo_runs_over_a_remote_policy_within_its_budget() {
+    let remote = remote();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("reward_models/manifests");
+    let reward = Manifests::read_dir(&dir)
+        .unwrap()
+        .build("concise", &Device::Cpu, &mut PolicyCache::default())
+        .unwrap();
+    let learned = Learned::default();
+    let engine = Engine {
+        policy: &remote,
+        reward: reward.as_ref(),
+        reward_weight: 0.0,
+        learned: &learned,
+        execution: Execution::Batched,
+        speculation: Speculation::OFF,
+    };
+    let request = Request {
+        messages: vec![Message::new(
+            Role::User,
+            "Sorry to ask, but apologise first and then say what the sea is.",
+        )],
+        n: 2,
+        rounds: 1,
+        max_tokens: 32,
+        budget: Budget::compute(1200),
+        ..Request::default()
+    };
+    let trace = Strategy::Tpo.run(&engine, &request, None, None).unwrap();
+    assert!(!trace.answer.trim().is_empty());
+    assert!(trace.usage.compute <= 1200, "{:?}", trace.usage);
+    assert!(trace.usage.policy_positions > 0);
+    assert_eq!(trace.rounds[0].candidates.len(), 2, "{trace:?}");
+}
+
+#[test]
+fn a_remote_policy_refuses_what_it_cannot_do_and_names_the_server() {
+    let remote = remote();
+    let prompt = remote
+        .encode_chat(&[Message::new(Role::User, "Hi.")])
+        .unwrap();
+    let tight = GenerateParams {
+        max_positions: Some(prompt.len()),
+        ..params(0.0, 0)
+    };
+    let e = LanguageModel::generate(&remote, &prompt, 1, &tight).unwrap_err();
+    assert!(matches!(e, PolicyError::OverBudget { .. }), "{e}");
+    let drafting = GenerateParams {
+        speculation: Speculation::drafts(4),
+        ..params(0.0, 0)
+    };
+    let e = LanguageModel::generate(&remote, &prompt, 1, &drafting).unwrap_err();
+    assert!(e.to_string().contains("speculation"), "{e}");
+    // Nothing listens on port 9 of loopback (discard, normally closed).
+    let gone = RemotePolicy::open(
+        &model_path(&SMOLLM2),
+        Endpoint {
+            url: "http://127.0.0.1:9".into(),
+            ..Endpoint::default()
+        },
+    )
+    .unwrap();
+    let e = LanguageModel::generate(&gone, &prompt, 1, &params(0.0, 0)).unwrap_err();
+    assert!(
+        matches!(&e, PolicyError::Remote(m) if m.contains("127.0.0.1:9")),
+        "{e}"
+    );
+}
