@@ -56,6 +56,7 @@ impl Server {
     fn tokens(&self, prompt: &str) -> usize {
         self.state
             .policy()
+            .model()
             .encode_chat(&[Message::new(Role::User, prompt)])
             .unwrap()
             .len()
@@ -90,10 +91,11 @@ fn a_client_that_leaves_during_a_long_prefill_frees_the_slot() {
     // What the figures below are measured against, on this machine, now: one prefill chunk at
     // the start of a prompt (later chunks take fewer tokens and about as long), and the short
     // request alone on an idle server.
-    let model = server.state.policy().model();
-    let ids = server
-        .state
-        .policy()
+    let Some(policy) = server.state.policy().local() else {
+        panic!("the server runs the local engine");
+    };
+    let model = policy.model();
+    let ids = policy
         .encode_chat(&[Message::new(Role::User, prompt.as_str())])
         .unwrap();
     let chunk = policies::prefill::CPU_PREFILL_CHUNK;

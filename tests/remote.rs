@@ -148,3 +148,45 @@ fn a_remote_policy_refuses_what_it_cannot_do_and_names_the_server() {
         "{e}"
     );
 }
+
+/// `hone serve --remote`: a hone whose policy runs on another server answers what that server
+/// would answer itself, and runs its loops over it.
+#[test]
+fn a_server_in_front_of_a_remote_policy_answers_as_the_one_behind_it() {
+    let behind = server();
+    let front = start(Config {
+        host: "127.0.0.1".into(),
+        port: 0,
+        model: model_path(&SMOLLM2).to_string_lossy().into_owned(),
+        remote: Some(format!("http://{}", behind.addr)),
+        cpu: true,
+        workers: Some(2),
+        max_budget: Some(20_000),
+        ..Config::default()
+    });
+    let post = |addr: std::net::SocketAddr, body: serde_json::Value| -> serde_json::Value {
+        let reply = ureq::post(&format!("http://{addr}/optimize"))
+            .send_json(body)
+            .unwrap_or_else(|e| panic!("{e}"));
+        reply.into_json().unwrap()
+    };
+    let plain = serde_json::json!({
+        "prompt": "Name a color.", "strategy": "plain", "max_tokens": 12,
+        "temperature": 0.7, "seed": 9,
+    });
+    let here = post(behind.addr, plain.clone());
+    let there = post(front.addr, plain);
+    assert_eq!(here["answer"], there["answer"], "{here}\n{there}");
+    let tpo = post(
+        front.addr,
+        serde_json::json!({
+            "prompt": "Say what a river is.", "strategy": "tpo", "n": 2, "rounds": 1,
+            "max_tokens": 24, "budget": {"compute": 1500},
+        }),
+    );
+    assert!(tpo["usage"]["compute"].as_u64().unwrap() <= 1500, "{tpo}");
+    assert!(!tpo["answer"].as_str().unwrap().trim().is_empty(), "{tpo}");
+    // What the front server reports as the model is the model's files' name.
+    assert_eq!(front.state.policy().name(), behind.state.policy().name());
+    assert!(front.state.policy().local().is_none());
+}

@@ -149,6 +149,7 @@ fn prompt_tokens() -> u64 {
     server()
         .state
         .policy()
+        .model()
         .encode_chat(&messages)
         .unwrap()
         .len() as u64
@@ -745,7 +746,7 @@ fn text_completions_answer_n_choices_and_refuse_what_they_cannot_serve() {
         usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
     );
     // Each refusal names its field.
-    let vocab = server().state.policy().model().config().vocab_size;
+    let vocab = server().state.policy().config().vocab_size;
     for (bad, field) in [
         (json!({"prompt": [1, vocab]}), "prompt"),
         (json!({"prompt": []}), "prompt"),

@@ -85,6 +85,10 @@ impl RemotePolicy {
         &self.url
     }
 
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
     fn turns(&self) -> Turns<'_> {
         Turns {
             name: &self.name,

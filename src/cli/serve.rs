@@ -95,6 +95,15 @@ pub struct ServeArgs {
     /// only]
     #[arg(long, env = "HONE_LEARNED_FILE")]
     learned_file: Option<PathBuf>,
+    /// Run the policy on an OpenAI-compatible server (http://host:port: vLLM, SGLang, a
+    /// llama.cpp server, another hone) through its /v1/completions; --model then names the
+    /// model's files, read for the tokenizer and chat template only. A key for it goes in
+    /// HONE_REMOTE_API_KEY.
+    #[arg(long, env = "HONE_REMOTE")]
+    remote: Option<String>,
+    /// The model name the remote server expects in its requests.
+    #[arg(long, env = "HONE_REMOTE_MODEL", requires = "remote")]
+    remote_model: Option<String>,
 }
 
 impl ServeArgs {
@@ -145,6 +154,12 @@ impl ServeArgs {
         }
         if self.learned_file.is_some() {
             c.learned_file = self.learned_file;
+        }
+        if self.remote.is_some() {
+            c.remote = self.remote;
+        }
+        if self.remote_model.is_some() {
+            c.remote_model = self.remote_model;
         }
         c.cpu |= self.cpu;
         Ok(c)

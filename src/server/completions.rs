@@ -64,12 +64,17 @@ pub async fn completions(
         ));
     }
     let policy = state.policy();
+    let context = policy.config().context_length;
     let prompt = match &body.prompt {
+        Prompt::Text(text) if text.trim().is_empty() => {
+            return Err(ApiError::invalid("prompt", "the prompt is empty"))
+        }
         Prompt::Text(text) => policy
+            .tokenizer()
             .encode_prompt(text)
             .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
         Prompt::Tokens(ids) => {
-            let vocab = policy.model().config().vocab_size;
+            let vocab = policy.config().vocab_size;
             if ids.is_empty() {
                 return Err(ApiError::invalid("prompt", "the prompt has no tokens"));
             }
@@ -82,7 +87,15 @@ pub async fn completions(
             ids.clone()
         }
     };
-    let context = policy.model().config().context_length;
+    if prompt.len() >= context {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!(
+                "the prompt has {} tokens; the model's context is {context}",
+                prompt.len()
+            ),
+        ));
+    }
     let max_tokens = body.max_tokens.unwrap_or(16);
     let n = body.n.unwrap_or(1);
     if !(1..=MAX_N).contains(&n) {
@@ -155,7 +168,7 @@ pub async fn completions(
     let generated = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         state.metrics.in_flight.inc();
-        let result = state.policy().generate(&prompt, n, &params);
+        let result = state.policy().model().generate(&prompt, n, &params);
         state.metrics.in_flight.dec();
         result.map(|(g, _)| (g, prompt.len()))
     })

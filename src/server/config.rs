@@ -17,6 +17,8 @@
 //! api_keys = ["..."]           # when set, every route but /health and /metrics needs one
 //! rate_limit = 60              # model requests a minute per API key and per user
 //! rate_limit_burst = 10        # at once, after a pause (default: rate_limit)
+//! remote = "http://10.0.0.5:8000"   # the policy runs there (vLLM, llama.cpp server, hone)
+//! remote_model = "Qwen/Qwen2.5-Coder-1.5B-Instruct"
 //! ```
 
 use anyhow::Context;
@@ -82,6 +84,13 @@ pub struct Config {
     pub rate_limit_burst: Option<u32>,
     /// Where `auto` keeps what it learns about the policy, across restarts; `None`: memory only.
     pub learned_file: Option<PathBuf>,
+    /// An OpenAI-compatible server (`http://host:port`: vLLM, SGLang, a llama.cpp server,
+    /// another hone) that runs the policy; `model` then names the model's files, read for
+    /// its tokenizer and chat template only. The key, if the server wants one, comes from
+    /// `HONE_REMOTE_API_KEY`.
+    pub remote: Option<String>,
+    /// The name the remote server knows the model by (its `model` field), if it needs one.
+    pub remote_model: Option<String>,
 }
 
 impl Default for Config {
@@ -110,6 +119,8 @@ impl Default for Config {
             rate_limit: None,
             rate_limit_burst: None,
             learned_file: None,
+            remote: None,
+            remote_model: None,
         }
     }
 }

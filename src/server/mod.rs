@@ -28,6 +28,7 @@ pub mod rate_limit;
 mod record;
 mod reward_files;
 pub mod routes;
+pub mod served;
 
 use crate::budget;
 use crate::strategy::{Engine, Event, Execution, Learned, Strategy, StrategyError, Trace};
@@ -37,10 +38,11 @@ use actix_web::{web, App, HttpRequest, HttpServer};
 use anyhow::{bail, Context};
 use api::{Job, Limits};
 use error::ApiError;
-use policies::{manifest, Policy, Speculation};
+use policies::{manifest, Endpoint, Policy, RemotePolicy, Speculation};
 use reward_models::combined::Combined;
 use reward_models::manifest::{Manifests, PolicyCache};
 use reward_models::RewardModel;
+use served::Served;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,7 +66,7 @@ const CONSTRAINT_WEIGHT: f32 = 10.0;
 /// Everything the handlers share.
 pub struct AppState {
     pub config: Config,
-    policy: Arc<Policy>,
+    policy: Served,
     policy_path: PathBuf,
     device: candle_core::Device,
     manifests: Manifests,
@@ -139,14 +141,31 @@ impl AppState {
         let policy_path = manifest::resolve(&config.policies, &config.model)
             .with_context(|| format!("resolving model `{}`", config.model))?;
         let device = policies::device(config.cpu)?;
-        let policy = Arc::new(
-            Policy::load(&policy_path, &device)
-                .with_context(|| format!("loading model {}", policy_path.display()))?,
-        );
+        let policy = match &config.remote {
+            None => Served::Local(Arc::new(
+                Policy::load(&policy_path, &device)
+                    .with_context(|| format!("loading model {}", policy_path.display()))?,
+            )),
+            Some(url) => {
+                if config.speculate > 0 {
+                    bail!("--speculate is the remote server's to do; leave it out with --remote");
+                }
+                let endpoint = Endpoint {
+                    url: url.clone(),
+                    served_model: config.remote_model.clone(),
+                    api_key: std::env::var("HONE_REMOTE_API_KEY").ok(),
+                };
+                Served::Remote(Box::new(
+                    RemotePolicy::open(&policy_path, endpoint).with_context(|| {
+                        format!("reading model {} for --remote", policy_path.display())
+                    })?,
+                ))
+            }
+        };
         // Without a cap, one request could keep the model busy for as long as it asks.
         let max_budget = match config.max_budget {
             Some(m) => m,
-            None => budget::default_max_budget(policy.model().config()),
+            None => budget::default_max_budget(policy.config()),
         };
         if let Some(d) = config.default_budget.filter(|&d| d > max_budget) {
             bail!(
@@ -165,7 +184,9 @@ impl AppState {
             tracing::warn!("reward `{name}` is unavailable: {why}");
         }
         let mut loaded = PolicyCache::default();
-        loaded.insert(policy_path.clone(), policy.clone());
+        if let Some(local) = policy.local() {
+            loaded.insert(policy_path.clone(), local.clone());
+        }
         let metrics =
             metrics::Metrics::new(policy.name(), &config.reward).context("registering metrics")?;
         let started = SystemTime::now()
@@ -209,7 +230,7 @@ impl AppState {
         Ok(state)
     }
 
-    pub fn policy(&self) -> &Policy {
+    pub fn policy(&self) -> &Served {
         &self.policy
     }
 
@@ -369,6 +390,7 @@ impl AppState {
     pub fn check_prompt(&self, job: &Job) -> Result<(), ApiError> {
         let tokens = self
             .policy
+            .model()
             .encode_chat(&job.request.messages)
             .map_err(|e| ApiError::from(StrategyError::Policy(e)))?
             .len();
@@ -395,6 +417,7 @@ impl AppState {
         };
         let prompt = self
             .policy
+            .model()
             .encode_chat(&job.request.messages)
             .map_err(|e| ApiError::from(StrategyError::Policy(e)))?;
         let weight = match &job.checks {
@@ -436,7 +459,7 @@ impl AppState {
             &self.config.rewards,
             name,
             &self.policy_path,
-            self.policy.model().config(),
+            self.policy.config(),
         )
         .map_err(failed)?;
         rewards.insert(name.to_string(), (model.clone(), weight));
@@ -496,7 +519,7 @@ impl AppState {
             ),
         };
         let engine = Engine {
-            policy: self.policy.as_ref(),
+            policy: self.policy.model(),
             reward: reward.as_ref(),
             reward_weight,
             learned: &self.learned,
@@ -534,6 +557,7 @@ impl AppState {
         };
         let prompt_tokens = self
             .policy
+            .model()
             .encode_chat(&job.request.messages)
             .map_or(0, |t| t.len());
         Ok(Outcome {
