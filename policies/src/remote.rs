@@ -4,8 +4,10 @@
 //! Conversations are rendered and counted here, with the model's own tokenizer and chat
 //! template read from its files (its weights are not loaded), and sent as token ids, which
 //! every one of those servers takes: the server sees exactly the tokens the local engine would
-//! have run. The budget meters what the server reports in `usage`; a server that reports more
-//! positions than the call allowed is an error, never a budget passed in silence.
+//! have run. The budget meters what the server reports in `usage`, or the choices' own token
+//! counts where those are larger (llama.cpp's server reports one choice's tokens for all `n`);
+//! a server that reports more positions than the call allowed is an error, never a budget
+//! passed in silence.
 //!
 //! What hone cannot control there: batching across requests and speculative decoding are the
 //! server's (a call asking for speculation is refused), and text is not streamed token by
@@ -214,11 +216,13 @@ impl LanguageModel for RemotePolicy {
             Err(e) => return Err(remote_err(format!("{}: {e}", self.url))),
         };
         let secs = start.elapsed().as_secs_f64();
-        let positions = reply.usage.prompt_tokens + reply.usage.completion_tokens;
-        if positions > limit || reply.usage.completion_tokens > n * max_tokens {
+        if reply.usage.prompt_tokens + reply.usage.completion_tokens > limit
+            || reply.usage.completion_tokens > n * max_tokens
+        {
             return Err(remote_err(format!(
-                "{} reports {positions} positions for a call allowed {}",
+                "{} reports {} positions for a call allowed {}",
                 self.url,
+                reply.usage.prompt_tokens + reply.usage.completion_tokens,
                 (prompt.len() + n * max_tokens).min(limit)
             )));
         }
@@ -246,10 +250,19 @@ impl LanguageModel for RemotePolicy {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        // Some servers count one choice's tokens for all `n` (llama.cpp's): meter the larger
+        // of their count and the choices' own lengths (within what the call could compute).
+        let counted: usize = generations
+            .iter()
+            .map(|g: &Generation| g.tokens.len())
+            .sum();
         let stats = GenerationStats {
-            prefill_tokens: reply.usage.prompt_tokens,
+            prefill_tokens: reply.usage.prompt_tokens.max(prompt.len()),
             prefill_secs: 0.0,
-            decode_tokens: reply.usage.completion_tokens,
+            decode_tokens: reply
+                .usage
+                .completion_tokens
+                .max(counted.min(n * max_tokens)),
             decode_secs: secs,
             ..GenerationStats::default()
         };
