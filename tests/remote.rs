@@ -35,8 +35,14 @@ fn server() -> &'static Server {
 }
 
 fn remote() -> RemotePolicy {
+    remote_of(None)
+}
+
+/// A remote policy on the loopback server that asks for at most `max_n` rows per call.
+fn remote_of(max_n: Option<usize>) -> RemotePolicy {
     let endpoint = Endpoint {
         url: format!("http://{}/v1", server().addr),
+        max_n,
         ..Endpoint::default()
     };
     RemotePolicy::open(&model_path(&SMOLLM2), endpoint).unwrap()
@@ -59,11 +65,13 @@ fn params(temperature: f32, seed: u64) -> GenerateParams {
 #[test]
 fn remote_generations_are_the_local_engines_exactly() {
     let local = load(&SMOLLM2);
-    let remote = remote();
     let messages = [Message::new(Role::User, "Name two rivers of Europe.")];
     let prompt = local.encode_chat(&messages).unwrap();
-    assert_eq!(remote.encode_chat(&messages).unwrap(), prompt);
-    for (temperature, n) in [(0.0, 1), (0.8, 3)] {
+    // The last case asks a server that gives 2 rows a call for 3: two calls, each prefilling
+    // the prompt, rows still seeded seed + i.
+    for (temperature, n, max_n) in [(0.0, 1, None), (0.8, 3, None), (0.8, 3, Some(2))] {
+        let remote = remote_of(max_n);
+        assert_eq!(remote.encode_chat(&messages).unwrap(), prompt);
         let p = params(temperature, 5);
         let (here, _) = local.generate(&prompt, n, &p).unwrap();
         let (there, stats) = LanguageModel::generate(&remote, &prompt, n, &p).unwrap();
@@ -73,8 +81,9 @@ fn remote_generations_are_the_local_engines_exactly() {
             assert_eq!(a.text, b.text, "row {i} at T = {temperature}");
             assert_eq!(a.finish, b.finish, "row {i} at T = {temperature}");
         }
-        // The server's usage: the prompt once, and every token it generated.
-        assert_eq!(stats.prefill_tokens, prompt.len());
+        // The server's usage: the prompt once a call, and every token it generated.
+        let calls = n.div_ceil(max_n.unwrap_or(n));
+        assert_eq!(stats.prefill_tokens, calls * prompt.len());
         let generated: usize = here.iter().map(|g| g.tokens.len()).sum();
         assert_eq!(stats.decode_tokens, generated);
     }

@@ -37,6 +37,8 @@ pub struct RemotePolicy {
     served: Option<String>,
     /// Sent as `Authorization: Bearer <key>`.
     key: Option<String>,
+    /// The most continuations one call asks for.
+    max_n: Option<usize>,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     config: ModelConfig,
@@ -49,6 +51,10 @@ pub struct Endpoint {
     pub url: String,
     pub served_model: Option<String>,
     pub api_key: Option<String>,
+    /// The most continuations the server gives in one call (a llama.cpp server: its
+    /// `--parallel` slots); more are asked for in several calls, each prefilling the prompt
+    /// again. `None`: no limit.
+    pub max_n: Option<usize>,
 }
 
 impl RemotePolicy {
@@ -69,6 +75,7 @@ impl RemotePolicy {
             url,
             served: endpoint.served_model,
             key: endpoint.api_key,
+            max_n: endpoint.max_n,
             tokenizer: checkpoint.tokenizer,
             template: checkpoint.template,
             config: checkpoint.config,
@@ -133,6 +140,8 @@ impl LanguageModel for RemotePolicy {
         Ok(self.tokenizer.encode(text)?.len())
     }
 
+    /// `n` continuations in calls of at most `max_n` each ([`Endpoint::max_n`]); row `i` is
+    /// sampled with seed `seed + i` whichever call it is in.
     fn generate(
         &self,
         prompt: &[u32],
@@ -152,16 +161,43 @@ impl LanguageModel for RemotePolicy {
         if n == 0 {
             return Ok((Vec::new(), GenerationStats::default()));
         }
-        // The server decodes every row to its end: ask for no more than the limit allows.
+        // Each call prefills the prompt and decodes every row to its end: ask for no more
+        // than the limit allows.
+        let per_call = self.max_n.unwrap_or(n).clamp(1, n);
+        let calls = n.div_ceil(per_call);
         let limit = params.max_positions.unwrap_or(usize::MAX);
-        let room = limit.saturating_sub(prompt.len()) / n;
+        let room = limit.saturating_sub(calls * prompt.len()) / n;
         if room == 0 {
             return Err(PolicyError::OverBudget {
-                needed: prompt.len() + n,
+                needed: calls * prompt.len() + n,
                 limit,
             });
         }
         let max_tokens = params.max_tokens.min(room);
+        let mut generations = Vec::with_capacity(n);
+        let mut stats = GenerationStats::default();
+        for first in (0..n).step_by(per_call) {
+            let rows = per_call.min(n - first);
+            let (got, call) = self.complete(prompt, rows, first, max_tokens, params)?;
+            generations.extend(got);
+            stats.prefill_tokens += call.prefill_tokens;
+            stats.decode_tokens += call.decode_tokens;
+            stats.decode_secs += call.decode_secs;
+        }
+        Ok((generations, stats))
+    }
+}
+
+impl RemotePolicy {
+    /// One `/v1/completions` call: rows `first..first + rows` of a generation.
+    fn complete(
+        &self,
+        prompt: &[u32],
+        rows: usize,
+        first: usize,
+        max_tokens: usize,
+        params: &GenerateParams,
+    ) -> Result<(Vec<Generation>, GenerationStats)> {
         if params
             .cancel
             .as_ref()
@@ -179,11 +215,11 @@ impl LanguageModel for RemotePolicy {
         let s = &params.sampling;
         let mut body = json!({
             "prompt": prompt,
-            "n": n,
+            "n": rows,
             "max_tokens": max_tokens,
             "temperature": s.temperature,
             "top_p": s.top_p,
-            "seed": s.seed,
+            "seed": s.seed.wrapping_add(first as u64),
         });
         if let Some(model) = &self.served {
             body["model"] = json!(model);
@@ -216,21 +252,19 @@ impl LanguageModel for RemotePolicy {
             Err(e) => return Err(remote_err(format!("{}: {e}", self.url))),
         };
         let secs = start.elapsed().as_secs_f64();
-        if reply.usage.prompt_tokens + reply.usage.completion_tokens > limit
-            || reply.usage.completion_tokens > n * max_tokens
-        {
+        let allowed = prompt.len() + rows * max_tokens;
+        let reported = reply.usage.prompt_tokens + reply.usage.completion_tokens;
+        if reported > allowed {
             return Err(remote_err(format!(
-                "{} reports {} positions for a call allowed {}",
-                self.url,
-                reply.usage.prompt_tokens + reply.usage.completion_tokens,
-                (prompt.len() + n * max_tokens).min(limit)
+                "{} reports {reported} positions for a call allowed {allowed}",
+                self.url
             )));
         }
         let mut choices = reply.choices;
         choices.sort_by_key(|c| c.index);
-        if choices.len() != n || choices.iter().enumerate().any(|(i, c)| c.index != i) {
+        if choices.len() != rows || choices.iter().enumerate().any(|(i, c)| c.index != i) {
             return Err(remote_err(format!(
-                "{} answered {} choices for n = {n}",
+                "{} answered {} choices for n = {rows}",
                 self.url,
                 choices.len()
             )));
@@ -252,17 +286,13 @@ impl LanguageModel for RemotePolicy {
             .collect::<Result<Vec<_>>>()?;
         // Some servers count one choice's tokens for all `n` (llama.cpp's): meter the larger
         // of their count and the choices' own lengths (within what the call could compute).
-        let counted: usize = generations
-            .iter()
-            .map(|g: &Generation| g.tokens.len())
-            .sum();
+        let counted: usize = generations.iter().map(|g| g.tokens.len()).sum();
         let stats = GenerationStats {
             prefill_tokens: reply.usage.prompt_tokens.max(prompt.len()),
-            prefill_secs: 0.0,
             decode_tokens: reply
                 .usage
                 .completion_tokens
-                .max(counted.min(n * max_tokens)),
+                .max(counted.min(rows * max_tokens)),
             decode_secs: secs,
             ..GenerationStats::default()
         };

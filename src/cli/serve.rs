@@ -104,6 +104,10 @@ pub struct ServeArgs {
     /// The model name the remote server expects in its requests.
     #[arg(long, env = "HONE_REMOTE_MODEL", requires = "remote")]
     remote_model: Option<String>,
+    /// The most continuations the remote server gives in one call (a llama.cpp server: its
+    /// --parallel slots); more take several calls. [default: no limit]
+    #[arg(long, env = "HONE_REMOTE_MAX_N", requires = "remote")]
+    remote_max_n: Option<usize>,
 }
 
 impl ServeArgs {
@@ -160,6 +164,9 @@ impl ServeArgs {
         }
         if self.remote_model.is_some() {
             c.remote_model = self.remote_model;
+        }
+        if self.remote_max_n.is_some() {
+            c.remote_max_n = self.remote_max_n;
         }
         c.cpu |= self.cpu;
         Ok(c)

@@ -19,6 +19,7 @@
 //! rate_limit_burst = 10        # at once, after a pause (default: rate_limit)
 //! remote = "http://10.0.0.5:8000"   # the policy runs there (vLLM, llama.cpp server, hone)
 //! remote_model = "Qwen/Qwen2.5-Coder-1.5B-Instruct"
+//! remote_max_n = 8                  # a llama.cpp server's --parallel
 //! ```
 
 use anyhow::Context;
@@ -91,6 +92,9 @@ pub struct Config {
     pub remote: Option<String>,
     /// The name the remote server knows the model by (its `model` field), if it needs one.
     pub remote_model: Option<String>,
+    /// The most continuations the remote server gives in one call (a llama.cpp server: its
+    /// `--parallel` slots); more take several calls. `None`: no limit.
+    pub remote_max_n: Option<usize>,
 }
 
 impl Default for Config {
@@ -121,6 +125,7 @@ impl Default for Config {
             learned_file: None,
             remote: None,
             remote_model: None,
+            remote_max_n: None,
         }
     }
 }

@@ -128,6 +128,9 @@ impl AppState {
         if config.rate_limit == Some(0) {
             bail!("--rate-limit must be at least 1 request a minute (leave it out for no limit)");
         }
+        if config.remote_max_n == Some(0) {
+            bail!("--remote-max-n must be at least 1");
+        }
         if config.rate_limit_burst == Some(0) {
             bail!("--rate-limit-burst must be at least 1");
         }
@@ -154,6 +157,7 @@ impl AppState {
                     url: url.clone(),
                     served_model: config.remote_model.clone(),
                     api_key: std::env::var("HONE_REMOTE_API_KEY").ok(),
+                    max_n: config.remote_max_n,
                 };
                 Served::Remote(Box::new(
                     RemotePolicy::open(&policy_path, endpoint).with_context(|| {
