@@ -770,6 +770,23 @@ fn text_completions_answer_n_choices_and_refuse_what_they_cannot_serve() {
         assert!(matches!(status, 404 | 422), "{bad}: {status} {body}");
         assert_eq!(body["error"]["param"], field, "{bad}: {body}");
     }
+    // Counted by status, and the answered one's tokens (other tests may add more).
+    let (_, scrape) = send("GET", "/metrics", None);
+    let counted = |status: u16| {
+        let line = format!("hone_completions_total{{status=\"{status}\"}} ");
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(counted(200) >= 1, "{scrape}");
+    assert!(counted(422) + counted(404) >= 11, "{scrape}");
+    let tokens = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("hone_completion_tokens_total "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(tokens >= usage["completion_tokens"].as_u64(), "{scrape}");
 }
 
 #[test]

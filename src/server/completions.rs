@@ -10,7 +10,7 @@
 use super::error::ApiError;
 use super::routes::parse;
 use super::{body, AppState, CancelOnDrop};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use policies::{FinishReason, GenerateParams, SamplingParams};
 use serde::Deserialize;
 use serde_json::json;
@@ -52,6 +52,21 @@ pub async fn completions(
     state: web::Data<AppState>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let shared = state.clone().into_inner();
+    let result = complete(req, state, payload).await;
+    match &result {
+        Ok((_, tokens)) => shared.metrics.completion(200, *tokens as u64),
+        Err(e) => shared.metrics.completion(e.status_code().as_u16(), 0),
+    }
+    result.map(|(response, _)| response)
+}
+
+/// The completion, and the tokens it generated.
+async fn complete(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<(HttpResponse, usize), ApiError> {
     let body: CompletionBody = parse(body::json(&req, payload, state.body_limits()).await?)?;
     state.check_rate(&req, body.user.as_deref())?;
     if let Some(model) = &body.model {
@@ -193,7 +208,7 @@ pub async fn completions(
             })
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({
+    let response = HttpResponse::Ok().json(json!({
         "id": format!("cmpl-{:032x}", super::feedback::new_id()),
         "object": "text_completion",
         "created": super::openai::now(),
@@ -204,5 +219,6 @@ pub async fn completions(
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         },
-    })))
+    }));
+    Ok((response, completion_tokens))
 }

@@ -6,7 +6,7 @@ use super::rate_limit::By;
 use crate::strategy::learned::Tallies;
 use crate::strategy::{Move, Trace};
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::time::Duration;
@@ -27,6 +27,8 @@ pub struct Metrics {
     compute_used: IntCounterVec,
     budget_ratio: HistogramVec,
     tokens: IntCounterVec,
+    completions: IntCounterVec,
+    completion_tokens: IntCounter,
     pub queue_depth: IntGauge,
     pub in_flight: IntGauge,
     auto_trials: IntGaugeVec,
@@ -116,6 +118,17 @@ impl Metrics {
             .buckets(prometheus::linear_buckets(0.1, 0.1, 10)?),
             &["arm"],
         )?;
+        let completions = IntCounterVec::new(
+            Opts::new(
+                "hone_completions_total",
+                "POST /v1/completions requests answered (raw generation, no loop), by status",
+            ),
+            &["status"],
+        )?;
+        let completion_tokens = IntCounter::new(
+            "hone_completion_tokens_total",
+            "Tokens generated for /v1/completions, over all choices",
+        )?;
         let tokens = IntCounterVec::new(
             Opts::new(
                 "hone_tokens_generated_total",
@@ -172,6 +185,8 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(first_event.clone()))?;
         registry.register(Box::new(first_token.clone()))?;
+        registry.register(Box::new(completions.clone()))?;
+        registry.register(Box::new(completion_tokens.clone()))?;
         registry.register(Box::new(rounds.clone()))?;
         registry.register(Box::new(candidates.clone()))?;
         registry.register(Box::new(reward_h.clone()))?;
@@ -239,6 +254,8 @@ impl Metrics {
             duration,
             first_event,
             first_token,
+            completions,
+            completion_tokens,
             rounds,
             candidates,
             reward: reward_h,
@@ -288,6 +305,14 @@ impl Metrics {
         self.first_event
             .with_label_values(&[strategy, arm.name()])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a `/v1/completions` request's status and, answered, the tokens it generated.
+    pub fn completion(&self, status: u16, tokens: u64) {
+        self.completions
+            .with_label_values(&[&status.to_string()])
+            .inc();
+        self.completion_tokens.inc_by(tokens);
     }
 
     /// Records when a streamed answer's first token went out.
