@@ -198,11 +198,7 @@ impl RemotePolicy {
         max_tokens: usize,
         params: &GenerateParams,
     ) -> Result<(Vec<Generation>, GenerationStats)> {
-        if params
-            .cancel
-            .as_ref()
-            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
-        {
+        if params.cancelled() {
             return Err(PolicyError::Cancelled);
         }
         let timeout = match params.deadline {

@@ -10,6 +10,7 @@
 use super::error::ApiError;
 use super::routes::parse;
 use super::{body, AppState, CancelOnDrop};
+use crate::strategy::StrategyError;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use policies::{FinishReason, GenerateParams, SamplingParams};
 use serde::Deserialize;
@@ -170,12 +171,9 @@ async fn complete(
         cancel: Some(cancel.flag()),
         ..GenerateParams::default()
     };
-    params.validate().map_err(|e| match e {
-        policies::PolicyError::InvalidParameter { param, .. } => {
-            ApiError::invalid(param, e.to_string())
-        }
-        e => ApiError::invalid("body", e.to_string()),
-    })?;
+    params
+        .validate()
+        .map_err(|e| ApiError::from(StrategyError::Policy(e)))?;
     let ticket = state.admit_generation()?;
     let permit = ticket.slot().await?;
     let state = state.into_inner();
@@ -191,7 +189,7 @@ async fn complete(
     .map_err(|e| ApiError::internal(format!("the model task failed: {e}")))?;
     drop(cancel);
     let (generations, prompt_tokens) =
-        generated.map_err(|e| ApiError::internal(format!("generation failed: {e}")))?;
+        generated.map_err(|e| ApiError::from(StrategyError::Policy(e)))?;
     let completion_tokens: usize = generations.iter().map(|g| g.tokens.len()).sum();
     let choices: Vec<_> = generations
         .iter()
