@@ -40,87 +40,117 @@ __device__ __forceinline__ uint32_t ld2x2(const uint8_t *p) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Block formats (ggml's layouts). A row is cut into units of 8 weights: unit `t` of a block
-// holds elements a..a+3 and b..b+3 of the block (`lo` and `hi`), read with one or two 32-bit
-// loads, so a warp's lanes read consecutive words of the quants. `dq` dequantizes unit `t` of
-// block `blk` into w[0..4] (elements a..) and w[4..8] (elements b..).
+// Activations. The products read their input rows as 8-bit integers with one f32 scale per 32
+// values (llama.cpp's Q8_1 without the sum): `xq` `[n, k]` int8 and `xd` `[n, k / 32]`, one
+// buffer, scales after the values. A warp quantizes 32 consecutive values: each value depends
+// on its own 32 alone, so a row quantizes the same way in any call.
 
-struct Q4_0 {  // 32 elements: f16 d, 16 bytes of nibbles (elements j and j + 16 share byte j)
-    static const int QK = 32, BYTES = 18, UNITS = 4;
-    __device__ static int lo(int t) { return 4 * t; }
-    __device__ static int hi(int t) { return 16 + 4 * t; }
-    __device__ static void dq(const uint8_t *blk, int t, float *w) {
-        const float d = f16(blk);
-        const uint32_t q = ld2x2(blk + 2 + 4 * t);
+// Lane `lane` holds `v`, element `lane` of a run of 32 starting at `at` of the row-major values.
+__device__ __forceinline__ void quantize32(float v, int8_t *xq, float *xd, size_t at) {
+    const float amax = warp_max(fabsf(v));
+    const float d = amax / 127.f, id = amax > 0.f ? 127.f / amax : 0.f;
+    xq[at + threadIdx.x % WARP] = (int8_t)roundf(v * id);
+    if (threadIdx.x % WARP == 0) xd[at / 32] = d;
+}
+
+// `x` `[n, k]` f32 to the 8-bit form. One warp per 32 values.
+extern "C" __global__ void quantize_q8(const float *x, int8_t *xq, float *xd, int total) {
+    const size_t at = ((size_t)blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP) * WARP;
+    if (at >= (size_t)total) return;
+    quantize32(x[at + threadIdx.x % WARP], xq, xd, at);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block formats (ggml's layouts). A row is cut into units of 16 weights that share one scale
+// (and one offset) and lie in one run of 32 inputs. `load` turns unit `t` of block `blk` into
+// four words of four signed 8-bit weights, `w[i]` holding elements e..e + 3 of the unit, and
+// its scale `d` and offset `m` (weight = d * q + m; `m` only in types with `MIN`). `at(t)` is
+// the unit's first element in the block.
+
+struct Unit {
+    int w[4];
+    float d, m;
+};
+
+#define LO_NIBBLES(q) ((int)((q) & 0x0F0F0F0Fu))
+#define HI_NIBBLES(q) ((int)(((q) >> 4) & 0x0F0F0F0Fu))
+
+// Bits 0..3 of `h` to bit 4 of bytes 0..3: the fifth bit of four 5-bit quants.
+__device__ __forceinline__ int fifth_bits(uint32_t h) {
+    return (int)(((h & 1u) << 4) | ((h & 2u) << 11) | ((h & 4u) << 18) | ((h & 8u) << 25));
+}
+
+// Q4_0, Q4_1, Q5_0, Q5_1: 32 elements; byte j of the 16 quant bytes holds element j (low
+// nibble) and j + 16 (high nibble), so unit 0 is the low nibbles and unit 1 the high ones.
+struct Q4_0 {  // f16 d, 16 bytes of nibbles
+    static const int QK = 32, BYTES = 18, UNITS = 2;
+    static const bool MIN = false;
+    __device__ static int at(int t) { return 16 * t; }
+    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            w[i] = ((int)((q >> (8 * i)) & 0xF) - 8) * d;
-            w[4 + i] = ((int)((q >> (8 * i + 4)) & 0xF) - 8) * d;
+            const uint32_t q = ld2x2(blk + 2 + 4 * i);
+            u.w[i] = __vsubss4(t ? HI_NIBBLES(q) : LO_NIBBLES(q), 0x08080808);
         }
+        u.d = f16(blk);
     }
 };
 
-struct Q4_1 {  // 32 elements: f16 d, f16 m, 16 bytes of nibbles
-    static const int QK = 32, BYTES = 20, UNITS = 4;
-    __device__ static int lo(int t) { return 4 * t; }
-    __device__ static int hi(int t) { return 16 + 4 * t; }
-    __device__ static void dq(const uint8_t *blk, int t, float *w) {
-        const float d = f16(blk), m = f16(blk + 2);
-        const uint32_t q = ld4(blk + 4 + 4 * t);
+struct Q4_1 {  // f16 d, f16 m, 16 bytes of nibbles
+    static const int QK = 32, BYTES = 20, UNITS = 2;
+    static const bool MIN = true;
+    __device__ static int at(int t) { return 16 * t; }
+    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            w[i] = ((q >> (8 * i)) & 0xF) * d + m;
-            w[4 + i] = ((q >> (8 * i + 4)) & 0xF) * d + m;
+            const uint32_t q = ld4(blk + 4 + 4 * i);
+            u.w[i] = t ? HI_NIBBLES(q) : LO_NIBBLES(q);
         }
+        u.d = f16(blk);
+        u.m = f16(blk + 2);
     }
 };
 
-struct Q5_0 {  // 32 elements: f16 d, 32 high bits, 16 bytes of nibbles
-    static const int QK = 32, BYTES = 22, UNITS = 4;
-    __device__ static int lo(int t) { return 4 * t; }
-    __device__ static int hi(int t) { return 16 + 4 * t; }
-    __device__ static void dq(const uint8_t *blk, int t, float *w) {
-        const float d = f16(blk);
-        const uint32_t qh = ld2x2(blk + 2), q = ld2x2(blk + 6 + 4 * t);
+struct Q5_0 {  // f16 d, 32 high bits (bit e for element e), 16 bytes of nibbles
+    static const int QK = 32, BYTES = 22, UNITS = 2;
+    static const bool MIN = false;
+    __device__ static int at(int t) { return 16 * t; }
+    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
+        const uint32_t qh = ld2x2(blk + 2) >> (16 * t);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const int l = ((q >> (8 * i)) & 0xF) | (((qh >> (4 * t + i)) & 1) << 4);
-            const int h = ((q >> (8 * i + 4)) & 0xF) | (((qh >> (16 + 4 * t + i)) & 1) << 4);
-            w[i] = (l - 16) * d;
-            w[4 + i] = (h - 16) * d;
+            const uint32_t q = ld2x2(blk + 6 + 4 * i);
+            const int h = fifth_bits(qh >> (4 * i));
+            u.w[i] = __vsubss4((t ? HI_NIBBLES(q) : LO_NIBBLES(q)) | h, 0x10101010);
         }
+        u.d = f16(blk);
     }
 };
 
-struct Q5_1 {  // 32 elements: f16 d, f16 m, 32 high bits, 16 bytes of nibbles
-    static const int QK = 32, BYTES = 24, UNITS = 4;
-    __device__ static int lo(int t) { return 4 * t; }
-    __device__ static int hi(int t) { return 16 + 4 * t; }
-    __device__ static void dq(const uint8_t *blk, int t, float *w) {
-        const float d = f16(blk), m = f16(blk + 2);
-        const uint32_t qh = ld4(blk + 4), q = ld4(blk + 8 + 4 * t);
+struct Q5_1 {  // f16 d, f16 m, 32 high bits, 16 bytes of nibbles
+    static const int QK = 32, BYTES = 24, UNITS = 2;
+    static const bool MIN = true;
+    __device__ static int at(int t) { return 16 * t; }
+    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
+        const uint32_t qh = ld4(blk + 4) >> (16 * t);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const int l = ((q >> (8 * i)) & 0xF) | (((qh >> (4 * t + i)) & 1) << 4);
-            const int h = ((q >> (8 * i + 4)) & 0xF) | (((qh >> (16 + 4 * t + i)) & 1) << 4);
-            w[i] = l * d + m;
-            w[4 + i] = h * d + m;
+            const uint32_t q = ld4(blk + 8 + 4 * i);
+            u.w[i] = (t ? HI_NIBBLES(q) : LO_NIBBLES(q)) | fifth_bits(qh >> (4 * i));
         }
+        u.d = f16(blk);
+        u.m = f16(blk + 2);
     }
 };
 
 struct Q8_0 {  // 32 elements: f16 d, 32 signed bytes
-    static const int QK = 32, BYTES = 34, UNITS = 4;
-    __device__ static int lo(int t) { return 8 * t; }
-    __device__ static int hi(int t) { return 8 * t + 4; }
-    __device__ static void dq(const uint8_t *blk, int t, float *w) {
-        const float d = f16(blk);
-        const uint32_t a = ld2x2(blk + 2 + 8 * t), b = ld2x2(blk + 6 + 8 * t);
+    static const int QK = 32, BYTES = 34, UNITS = 2;
+    static const bool MIN = false;
+    __device__ static int at(int t) { return 16 * t; }
+    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            w[i] = (int8_t)(a >> (8 * i)) * d;
-            w[4 + i] = (int8_t)(b >> (8 * i)) * d;
-        }
+        for (int i = 0; i < 4; i++) u.w[i] = (int)ld2x2(blk + 2 + 16 * t + 4 * i);
+        u.d = f16(blk);
     }
 };
 
@@ -135,120 +165,125 @@ __device__ __forceinline__ void scale_min_k4(int j, const uint8_t *q, int &sc, i
     }
 }
 
-// Q4_K and Q5_K: group g = t / 8 of 64 elements; low nibbles are elements 64g + l and high
-// nibbles 64g + 32 + l of byte l of the group's 32, under sub-blocks 2g and 2g + 1.
-struct Q4_K {  // 256 elements: f16 d, f16 dmin, 12 bytes of scales, 128 bytes of nibbles
-    static const int QK = 256, BYTES = 144, UNITS = 32;
-    __device__ static int lo(int t) { return 64 * (t / 8) + 4 * (t % 8); }
-    __device__ static int hi(int t) { return lo(t) + 32; }
-    __device__ static void dq(const uint8_t *blk, int t, float *w) {
-        const int g = t / 8;
-        int s0, m0, s1, m1;
-        scale_min_k4(2 * g, blk + 4, s0, m0);
-        scale_min_k4(2 * g + 1, blk + 4, s1, m1);
-        const float d = f16(blk), dmin = f16(blk + 2);
-        const float d0 = d * s0, n0 = dmin * m0, d1 = d * s1, n1 = dmin * m1;
-        const uint32_t q = ld4(blk + 16 + 32 * g + 4 * (t % 8));
+// Q4_K and Q5_K: 256 elements in 8 sub-blocks of 32, each with a 6-bit scale and minimum.
+// Sub-block j takes the low (j even) or high (j odd) nibbles of the 32 quant bytes of group
+// j / 2; unit t is half t % 2 of sub-block t / 2, so its bytes are 16 * (t % 2).. of the group.
+__device__ __forceinline__ void k4_scale(const uint8_t *blk, int j, Unit &u) {
+    int sc, m;
+    scale_min_k4(j, blk + 4, sc, m);
+    u.d = f16(blk) * sc;
+    u.m = -f16(blk + 2) * m;
+}
+
+struct Q4_K {  // f16 d, f16 dmin, 12 bytes of scales, 128 bytes of nibbles
+    static const int QK = 256, BYTES = 144, UNITS = 16;
+    static const bool MIN = true;
+    __device__ static int at(int t) { return 16 * t; }
+    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
+        const int j = t / 2;
+        const uint8_t *q = blk + 16 + 32 * (j / 2) + 16 * (t % 2);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            w[i] = d0 * ((q >> (8 * i)) & 0xF) - n0;
-            w[4 + i] = d1 * ((q >> (8 * i + 4)) & 0xF) - n1;
+            const uint32_t v = ld4(q + 4 * i);
+            u.w[i] = j % 2 ? HI_NIBBLES(v) : LO_NIBBLES(v);
         }
+        k4_scale(blk, j, u);
     }
 };
 
-struct Q5_K {  // 256 elements: f16 d, f16 dmin, 12 bytes of scales, 32 of high bits, 128 of nibbles
-    static const int QK = 256, BYTES = 176, UNITS = 32;
-    __device__ static int lo(int t) { return 64 * (t / 8) + 4 * (t % 8); }
-    __device__ static int hi(int t) { return lo(t) + 32; }
-    __device__ static void dq(const uint8_t *blk, int t, float *w) {
-        const int g = t / 8;
-        int s0, m0, s1, m1;
-        scale_min_k4(2 * g, blk + 4, s0, m0);
-        scale_min_k4(2 * g + 1, blk + 4, s1, m1);
-        const float d = f16(blk), dmin = f16(blk + 2);
-        const float d0 = d * s0, n0 = dmin * m0, d1 = d * s1, n1 = dmin * m1;
-        const uint32_t qh = ld4(blk + 16 + 4 * (t % 8));
-        const uint32_t q = ld4(blk + 48 + 32 * g + 4 * (t % 8));
+struct Q5_K {  // f16 d, f16 dmin, 12 bytes of scales, 32 of high bits, 128 of nibbles
+    static const int QK = 256, BYTES = 176, UNITS = 16;
+    static const bool MIN = true;
+    __device__ static int at(int t) { return 16 * t; }
+    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
+        // The fifth bit of element l of sub-block j is bit j of high-bit byte l.
+        const int j = t / 2;
+        const uint8_t *q = blk + 48 + 32 * (j / 2) + 16 * (t % 2);
+        const uint8_t *qh = blk + 16 + 16 * (t % 2);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const int l = ((q >> (8 * i)) & 0xF) | (((qh >> (8 * i + 2 * g)) & 1) << 4);
-            const int h = ((q >> (8 * i + 4)) & 0xF) | (((qh >> (8 * i + 2 * g + 1)) & 1) << 4);
-            w[i] = d0 * l - n0;
-            w[4 + i] = d1 * h - n1;
+            const uint32_t v = ld4(q + 4 * i), h = ld4(qh + 4 * i);
+            u.w[i] = (j % 2 ? HI_NIBBLES(v) : LO_NIBBLES(v)) | (int)(((h >> j) & 0x01010101u) << 4);
         }
+        k4_scale(blk, j, u);
     }
 };
 
-// Q6_K: half h = t / 16 of 128 elements; word m = t % 16 of the half's 64 low-nibble bytes
-// holds elements 4m.. (low nibbles) and 64 + 4m.. (high nibbles) of the half; the two high
-// bits of element e of a half sit in byte e % 32 of its 32, at bit 2 * (e / 32).
-struct Q6_K {  // 256 elements: 128 bytes of low nibbles, 64 of high pairs, 16 int8 scales, f16 d
-    static const int QK = 256, BYTES = 210, UNITS = 32;
-    __device__ static int lo(int t) { return 128 * (t / 16) + 4 * (t % 16); }
-    __device__ static int hi(int t) { return lo(t) + 64; }
-    __device__ static void dq(const uint8_t *blk, int t, float *w) {
-        const int h = t / 16, m = t % 16, ql_quarter = m / 8, l = 4 * (m % 8);
-        const uint32_t ql = ld2x2(blk + 64 * h + 4 * m);
-        const uint32_t qh = ld2x2(blk + 128 + 32 * h + l);
-        const int8_t *sc = reinterpret_cast<const int8_t *>(blk + 192) + 8 * h + l / 16;
-        const float d = f16(blk + 208);
-        const float d0 = d * sc[2 * ql_quarter], d1 = d * sc[2 * (ql_quarter + 2)];
-        const int s0 = 2 * ql_quarter, s1 = 2 * (ql_quarter + 2);
+// Q6_K: 256 elements in two halves of 128; element e of half H has its low four bits in
+// nibble e / 64 of byte e % 64 of the half's 64 low bytes, its high two bits at bit
+// 2 * (e / 32) of byte e % 32 of the half's 32 high bytes, and its scale in int8 e / 16.
+// Unit t is elements 16 * (t % 8).. of half t / 8: one scale.
+struct Q6_K {  // 128 bytes of low nibbles, 64 of high pairs, 16 int8 scales, f16 d
+    static const int QK = 256, BYTES = 210, UNITS = 16;
+    static const bool MIN = false;
+    __device__ static int at(int t) { return 16 * t; }
+    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
+        const int half = t / 8, e = 16 * (t % 8);
+        const uint8_t *ql = blk + 64 * half + e % 64;
+        const uint8_t *qh = blk + 128 + 32 * half + e % 32;
+        const int shift = 2 * (e / 32);
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const int a = ((ql >> (8 * i)) & 0xF) | (((qh >> (8 * i + s0)) & 3) << 4);
-            const int b = ((ql >> (8 * i + 4)) & 0xF) | (((qh >> (8 * i + s1)) & 3) << 4);
-            w[i] = d0 * (a - 32);
-            w[4 + i] = d1 * (b - 32);
+            const uint32_t l = ld2x2(ql + 4 * i), h = ld2x2(qh + 4 * i);
+            const int lo = e < 64 ? LO_NIBBLES(l) : HI_NIBBLES(l);
+            u.w[i] = __vsubss4(lo | (int)(((h >> shift) & 0x03030303u) << 4), 0x20202020);
         }
+        u.d = f16(blk + 208) * reinterpret_cast<const int8_t *>(blk + 192)[8 * half + t % 8];
     }
 };
 
 // ---------------------------------------------------------------------------------------------
-// Matrix products. `w` is `[cols, k]` (one quantized row per output column), `x` is `[n, k]`
-// f32, `y` is `[n, cols]`. One warp owns C output columns for one group of R input rows
-// (grid y). Lane l takes units l, l + 32, ... of the reduction; each unit's 8 products are
-// summed in element order, added to the lane's sum, and the warp adds its lanes in a fixed
-// tree. Every output element is therefore reduced the same way whatever R, C and the number
-// of rows are: a row's result never depends on the call it is in, and prefill (R = 8, C = 4)
-// gives the bits of decode (R = 1, C = 1).
+// Matrix products. `w` is `[cols, k]` (one quantized row per output column), the input is
+// `[n, k]` in the 8-bit form above, `y` is `[n, cols]`. One warp owns C output columns for one
+// group of R input rows (grid y). Lane l takes units l, l + 32, ... of the reduction; a unit's
+// 16 products are summed exactly as integers (dp4a), scaled in a fixed order and added to the
+// lane's sum, and the warp adds its lanes in a fixed tree. Every output element is therefore
+// reduced the same way whatever R, C and the number of rows are: a row's result never depends
+// on the call it is in, and prefill (R = 8, C = 4) gives the bits of decode (R = 1, C = 1).
 
+#define ONES 0x01010101
+
+// An integer of magnitude below 2^22 as a float, exactly, in two full-rate instructions (the
+// conversion instruction runs at a quarter of the rate and bound the products).
+__device__ __forceinline__ float small_int(int v) {
+    return __int_as_float(v + 0x4B400000) - 12582912.f;
+}
 
 template <typename T, int R, int C>
-__device__ void dot_tile(const uint8_t *w, size_t row_bytes, int ncols, const float *x,
-                         int rows, int k, float (&acc)[R][C]) {
-    const int lane = threadIdx.x % WARP, units = k / T::QK * T::UNITS;
+__device__ void dot_tile(const uint8_t *w, size_t row_bytes, int ncols, const int8_t *xq,
+                         const float *xd, int rows, int k, float (&acc)[R][C]) {
+    const int lane = threadIdx.x % WARP, units = k / T::QK * T::UNITS, runs = k / 32;
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int c = 0; c < C; c++) acc[r][c] = 0.f;
     // Several units in flight per lane where a warp holds one row: decode is bound by memory
     // latency; with 8 rows the registers go to the rows instead.
-#pragma unroll(R == 1 ? 4 : 1)
+#pragma unroll(R == 1 ? 2 : 1)
     for (int u = lane; u < units; u += WARP) {
-        const int blk = u / T::UNITS, t = u % T::UNITS;
-        const int a = blk * T::QK + T::lo(t), b = blk * T::QK + T::hi(t);
-        float wq[C][8];
+        const int blk = u / T::UNITS, t = u % T::UNITS, e = blk * T::QK + T::at(t);
+        Unit wu[C];
 #pragma unroll
         for (int c = 0; c < C; c++)
-            if (c < ncols) T::dq(w + c * row_bytes + (size_t)blk * T::BYTES, t, wq[c]);
+            if (c < ncols) T::load(w + c * row_bytes + (size_t)blk * T::BYTES, t, wu[c]);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r < rows) {
-                const float4 xa = *reinterpret_cast<const float4 *>(x + (size_t)r * k + a);
-                const float4 xb = *reinterpret_cast<const float4 *>(x + (size_t)r * k + b);
+                const int4 x = *reinterpret_cast<const int4 *>(xq + (size_t)r * k + e);
+                const float dx = xd[(size_t)r * runs + e / 32];
+                const float sum =
+                    T::MIN ? small_int(__dp4a(x.w, ONES, __dp4a(x.z, ONES, __dp4a(x.y, ONES,
+                                                            __dp4a(x.x, ONES, 0)))))
+                           : 0.f;
 #pragma unroll
                 for (int c = 0; c < C; c++) {
-                    float s = wq[c][0] * xa.x;
-                    s = fmaf(wq[c][1], xa.y, s);
-                    s = fmaf(wq[c][2], xa.z, s);
-                    s = fmaf(wq[c][3], xa.w, s);
-                    s = fmaf(wq[c][4], xb.x, s);
-                    s = fmaf(wq[c][5], xb.y, s);
-                    s = fmaf(wq[c][6], xb.z, s);
-                    s = fmaf(wq[c][7], xb.w, s);
-                    acc[r][c] += s;
+                    int dot = __dp4a(wu[c].w[0], x.x, 0);
+                    dot = __dp4a(wu[c].w[1], x.y, dot);
+                    dot = __dp4a(wu[c].w[2], x.z, dot);
+                    dot = __dp4a(wu[c].w[3], x.w, dot);
+                    float f = wu[c].d * small_int(dot);
+                    if (T::MIN) f = fmaf(wu[c].m, sum, f);
+                    acc[r][c] = fmaf(f, dx, acc[r][c]);
                 }
             }
         }
@@ -268,8 +303,9 @@ __device__ __forceinline__ int first_column(int cols) {
 
 // y = x wᵀ (+ bias) (+ res). `bias` and `res` are read only when their flags are set.
 template <typename T, int R, int C>
-__device__ void matvec(const uint8_t *w, const float *x, float *y, const float *bias,
-                       const float *res, int has_bias, int has_res, int n, int k, int cols) {
+__device__ void matvec(const uint8_t *w, const int8_t *xq, const float *xd, float *y,
+                       const float *bias, const float *res, int has_bias, int has_res, int n,
+                       int k, int cols) {
     const int col = first_column<C>(cols);
     if (col < 0) return;
     const size_t row_bytes = (size_t)(k / T::QK) * T::BYTES;
@@ -277,8 +313,8 @@ __device__ void matvec(const uint8_t *w, const float *x, float *y, const float *
     for (int n0 = blockIdx.y * R; n0 < n; n0 += gridDim.y * R) {
         const int rows = min(R, n - n0);
         float acc[R][C];
-        dot_tile<T, R, C>(w + col * row_bytes, row_bytes, ncols, x + (size_t)n0 * k, rows, k,
-                          acc);
+        dot_tile<T, R, C>(w + col * row_bytes, row_bytes, ncols, xq + (size_t)n0 * k,
+                          xd + (size_t)n0 * (k / 32), rows, k, acc);
         if (threadIdx.x % WARP == 0) {
             for (int r = 0; r < rows; r++)
                 for (int c = 0; c < ncols; c++) {
@@ -301,19 +337,19 @@ __device__ __forceinline__ float gelu(float g) {
 
 // The gated MLP's first half: y = act(x gateᵀ) * (x upᵀ); act 0 is SiLU, 1 is GELU.
 template <typename T, int R, int C>
-__device__ void glu(const uint8_t *gate, const uint8_t *up, const float *x, float *y, int act,
-                    int n, int k, int cols) {
+__device__ void glu(const uint8_t *gate, const uint8_t *up, const int8_t *xq, const float *xd,
+                    float *y, int act, int n, int k, int cols) {
     const int col = first_column<C>(cols);
     if (col < 0) return;
     const size_t row_bytes = (size_t)(k / T::QK) * T::BYTES;
     const int ncols = min(C, cols - col);
     for (int n0 = blockIdx.y * R; n0 < n; n0 += gridDim.y * R) {
         const int rows = min(R, n - n0);
+        const int8_t *xr = xq + (size_t)n0 * k;
+        const float *dr = xd + (size_t)n0 * (k / 32);
         float g[R][C], u[R][C];
-        dot_tile<T, R, C>(gate + col * row_bytes, row_bytes, ncols, x + (size_t)n0 * k, rows,
-                          k, g);
-        dot_tile<T, R, C>(up + col * row_bytes, row_bytes, ncols, x + (size_t)n0 * k, rows, k,
-                          u);
+        dot_tile<T, R, C>(gate + col * row_bytes, row_bytes, ncols, xr, dr, rows, k, g);
+        dot_tile<T, R, C>(up + col * row_bytes, row_bytes, ncols, xr, dr, rows, k, u);
         if (threadIdx.x % WARP == 0) {
             for (int r = 0; r < rows; r++)
                 for (int c = 0; c < ncols; c++) {
@@ -327,17 +363,18 @@ __device__ void glu(const uint8_t *gate, const uint8_t *up, const float *x, floa
 // Shapes: `_1` one row and one column per warp (a decode step of one row: the most warps);
 // `_8` up to 8 rows (small batches, verification); `_wide` 8 rows and 4 columns (prefill and
 // large batches: each weight unit serves 8 rows, each input load 4 columns).
-#define QUANT_KERNELS_RC(T, SUFFIX, R, C)                                                     \
-    extern "C" __global__ void matvec_##T##SUFFIX(const uint8_t *w, const float *x, float *y, \
-                                                  const float *bias, const float *res,        \
-                                                  int has_bias, int has_res, int n, int k,    \
-                                                  int cols) {                                 \
-        matvec<T, R, C>(w, x, y, bias, res, has_bias, has_res, n, k, cols);                   \
-    }                                                                                         \
-    extern "C" __global__ void glu_##T##SUFFIX(const uint8_t *gate, const uint8_t *up,        \
-                                               const float *x, float *y, int act, int n,      \
-                                               int k, int cols) {                             \
-        glu<T, R, (C > 2 ? 2 : C)>(gate, up, x, y, act, n, k, cols);                          \
+#define QUANT_KERNELS_RC(T, SUFFIX, R, C)                                                      \
+    extern "C" __global__ void matvec_##T##SUFFIX(const uint8_t *w, const int8_t *xq,          \
+                                                  const float *xd, float *y,                   \
+                                                  const float *bias, const float *res,         \
+                                                  int has_bias, int has_res, int n, int k,     \
+                                                  int cols) {                                  \
+        matvec<T, R, C>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols);               \
+    }                                                                                          \
+    extern "C" __global__ void glu_##T##SUFFIX(const uint8_t *gate, const uint8_t *up,         \
+                                               const int8_t *xq, const float *xd, float *y,    \
+                                               int act, int n, int k, int cols) {              \
+        glu<T, R, (C > 2 ? 2 : C)>(gate, up, xq, xd, y, act, n, k, cols);                      \
     }
 #define QUANT_KERNELS(T) \
     QUANT_KERNELS_RC(T, _1, 1, 1) QUANT_KERNELS_RC(T, _8, 8, 1) QUANT_KERNELS_RC(T, _wide, 8, 4)
@@ -354,11 +391,13 @@ QUANT_KERNELS(Q6_K)
 // ---------------------------------------------------------------------------------------------
 // RMS norm of each row of `x` `[n, d]`: y = x / sqrt(mean(x²) + eps) * w. One block of
 // NORM_THREADS per row; thread i sums elements i, i + NORM_THREADS, ... and the block adds its
-// threads in a fixed tree, so a row's result depends on d alone.
+// threads in a fixed tree, so a row's result depends on d alone. With `quantize` (d a multiple
+// of 32) the row is also written in the products' 8-bit form, saving the products a pass.
 
 #define NORM_THREADS 256
 
-extern "C" __global__ void rms_norm(const float *x, const float *w, float *y, int d, float eps) {
+extern "C" __global__ void rms_norm(const float *x, const float *w, float *y, int8_t *xq,
+                                    float *xd, int d, int quantize, float eps) {
     const float *xr = x + (size_t)blockIdx.x * d;
     float *yr = y + (size_t)blockIdx.x * d;
     float s = 0.f;
@@ -371,7 +410,11 @@ extern "C" __global__ void rms_norm(const float *x, const float *w, float *y, in
 #pragma unroll
     for (int i = 0; i < NORM_THREADS / WARP; i++) total += part[i];
     const float inv = rsqrtf(total / d + eps);
-    for (int i = threadIdx.x; i < d; i += NORM_THREADS) yr[i] = xr[i] * inv * w[i];
+    for (int i = threadIdx.x; i < d; i += NORM_THREADS) {
+        const float v = xr[i] * inv * w[i];
+        yr[i] = v;
+        if (quantize) quantize32(v, xq, xd, (size_t)blockIdx.x * d + i - threadIdx.x % WARP);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -412,13 +455,15 @@ extern "C" __global__ void rope_store(const float *q, const float *k, const floa
 // (one key per lane for the scores, then the tile's keys in order for the values), keeping an
 // online softmax; the warps' partial results are merged in warp order. The split depends only
 // on the key count, so a query's output does not depend on the rest of the call.
+// With `quantize` the output is also written in the products' 8-bit form (d a multiple of 32).
 
 #define ATT_WARPS 8
 #define MAX_D 256
 
 extern "C" __global__ void attend(const float *q, const float *kc, const float *vc,
                                   const uint32_t *keys, const uint32_t *meta, float *out,
-                                  int heads, int kv_heads, int d, int cap, float scale) {
+                                  int8_t *xq, float *xd, int heads, int kv_heads, int d,
+                                  int cap, int quantize, float scale) {
     const int t = blockIdx.x, head = blockIdx.y;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int kh = head / (heads / kv_heads), per_lane = d / WARP;
@@ -489,6 +534,8 @@ extern "C" __global__ void attend(const float *q, const float *kc, const float *
         float o = 0.f;
         for (int w = 0; w < ATT_WARPS; w++)
             if (part_l[w] > 0.f) o += part_acc[w][i] * expf(part_m[w] - big);
-        out[((size_t)t * heads + head) * d + i] = o / total;
+        const size_t at = ((size_t)t * heads + head) * d + i;
+        out[at] = o / total;
+        if (quantize) quantize32(o / total, xq, xd, at - lane);
     }
 }

@@ -8,7 +8,7 @@
 //! an order fixed by the reduction length alone; see the comments in the `.cu` file.
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, DevicePtr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId};
 use candle_core::op::BackpropOp;
@@ -27,6 +27,8 @@ const ATTENTION_WARPS: u32 = 8;
 const MAX_HEAD_DIM: usize = 256;
 /// Must match `NORM_THREADS` in the kernel file.
 const NORM_THREADS: u32 = 256;
+/// Warps (runs of 32 values) per block of `quantize_q8`.
+const QUANTIZE_WARPS: u32 = 8;
 
 /// A quantized weight matrix `[rows, cols]` in GGUF block layout on the GPU: `rows` outputs,
 /// each a run of blocks over `cols` inputs.
@@ -85,10 +87,10 @@ impl GpuMatrix {
         self.kind == other.kind && self.rows == other.rows && self.cols == other.cols
     }
 
-    /// `xs @ selfᵀ (+ bias) (+ residual)` for `xs` `[..., cols]`: `[..., rows]`.
+    /// `xs @ selfᵀ (+ bias) (+ residual)` for `xs` `[n, cols]` in 8-bit form: `[n, rows]`.
     pub fn forward(
         &self,
-        xs: &Tensor,
+        xs: &Q8Rows,
         bias: Option<&Tensor>,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
@@ -106,10 +108,9 @@ impl GpuMatrix {
             bail!("matvec: bias does not match {} outputs", self.rows);
         }
         // Bound here so that any copy lives until after the launch.
-        let xs = xs.contiguous()?;
         let bias = bias.map(Tensor::contiguous).transpose()?;
         let residual = residual.map(Tensor::contiguous).transpose()?;
-        let x = ptr::<f32>(&xs)?;
+        let (xq, xd) = xs.ptrs()?;
         let b = bias.as_ref().map(ptr::<f32>).transpose()?;
         let r = residual.as_ref().map(ptr::<f32>).transpose()?;
         let y = Output::new(&dev, n * self.rows)?;
@@ -117,7 +118,14 @@ impl GpuMatrix {
             &dev,
             &format!("matvec_{}{}", self.kind, Tile::of(n).suffix()),
             self.columns(n, Tile::of(n).columns()),
-            &[self.ptr(&dev), x, y.ptr, b.unwrap_or(x), r.unwrap_or(x)],
+            &[
+                self.ptr(&dev),
+                xq,
+                xd,
+                y.ptr,
+                b.unwrap_or(xd),
+                r.unwrap_or(xd),
+            ],
             &[
                 b.is_some() as i32,
                 r.is_some() as i32,
@@ -136,24 +144,19 @@ impl GpuMatrix {
         p
     }
 
-    fn input(&self, xs: &Tensor) -> Result<(CudaDevice, usize, Shape)> {
-        let Device::Cuda(dev) = xs.device() else {
+    fn input(&self, xs: &Q8Rows) -> Result<(CudaDevice, usize, Shape)> {
+        let Device::Cuda(dev) = xs.data.device() else {
             bail!("matvec: the input is not on a CUDA device");
         };
-        let dims = xs.dims();
-        if dims.last() != Some(&self.cols) || xs.dtype() != DType::F32 {
+        if xs.k != self.cols {
             bail!(
-                "matvec: input {:?} for a [{}, {}] matrix",
-                xs.shape(),
+                "matvec: rows of {} for a [{}, {}] matrix",
+                xs.k,
                 self.rows,
                 self.cols
             );
         }
-        let mut out = dims.to_vec();
-        if let Some(last) = out.last_mut() {
-            *last = self.rows;
-        }
-        Ok((dev.clone(), xs.elem_count() / self.cols, Shape::from(out)))
+        Ok((dev.clone(), xs.n, Shape::from((xs.n, self.rows))))
     }
 
     /// A warp per `per_warp` output columns and group of input rows (grid y, capped: a warp
@@ -228,24 +231,84 @@ pub enum Activation {
     Gelu = 1,
 }
 
-/// `act(xs @ gateᵀ) * (xs @ upᵀ)` in one pass; the matrices must pair ([`GpuMatrix::pairs_with`]).
-pub fn glu(gate: &GpuMatrix, up: &GpuMatrix, xs: &Tensor, act: Activation) -> Result<Tensor> {
+/// `act(xs @ gateᵀ) * (xs @ upᵀ)` in one pass, `[n, rows]`; the matrices must pair
+/// ([`GpuMatrix::pairs_with`]).
+pub fn glu(gate: &GpuMatrix, up: &GpuMatrix, xs: &Q8Rows, act: Activation) -> Result<Tensor> {
     if !gate.pairs_with(up) {
         bail!("glu: gate and up matrices differ in type or shape");
     }
     let (dev, n, shape) = gate.input(xs)?;
-    let xs = xs.contiguous()?;
-    let x = ptr::<f32>(&xs)?;
+    let (xq, xd) = xs.ptrs()?;
     let y = Output::new(&dev, n * gate.rows)?;
     launch(
         &dev,
         &format!("glu_{}{}", gate.kind, Tile::of(n).suffix()),
         gate.columns(n, Tile::of(n).glu_columns()),
-        &[gate.ptr(&dev), up.ptr(&dev), x, y.ptr],
+        &[gate.ptr(&dev), up.ptr(&dev), xq, xd, y.ptr],
         &[act as i32, n as i32, gate.cols as i32, gate.rows as i32],
         None,
     )?;
     y.tensor(shape)
+}
+
+/// Input rows `[..., k]` (k a multiple of 32) as the products read them: each run of 32 values
+/// as 32 signed bytes and an f32 scale (the largest magnitude maps to 127), as llama.cpp's
+/// integer products do. Integer dot products (dp4a) then replace the dequantization of every
+/// weight to f32, which bound the products at batch sizes above one. One buffer: `n * k`
+/// bytes, then `n * k / 32` scales.
+#[derive(Debug)]
+pub struct Q8Rows {
+    data: Tensor,
+    n: usize,
+    k: usize,
+}
+
+impl Q8Rows {
+    fn alloc(dev: &CudaDevice, shape: &Shape) -> Result<(Self, u64, u64)> {
+        let k = shape.dims().last().copied().unwrap_or(0);
+        if k == 0 || !k.is_multiple_of(32) {
+            bail!("8-bit rows need a last dimension that is a multiple of 32, not {shape:?}");
+        }
+        let n = shape.elem_count() / k;
+        let out = Buffer::<u8>::new(dev, n * k + 4 * (n * k / 32))?;
+        let (xq, xd) = (out.ptr, out.ptr + (n * k) as u64);
+        let data = out.tensor(Shape::from(n * k + 4 * (n * k / 32)))?;
+        let rows = Self { data, n, k };
+        Ok((rows, xq, xd))
+    }
+
+    /// The addresses of the values and of the scales.
+    fn ptrs(&self) -> Result<(u64, u64)> {
+        let xq = ptr::<u8>(&self.data)?;
+        Ok((xq, xq + (self.n * self.k) as u64))
+    }
+}
+
+/// `xs` `[..., k]` f32 in the products' 8-bit form.
+pub fn quantize(xs: &Tensor) -> Result<Q8Rows> {
+    let Device::Cuda(dev) = xs.device() else {
+        bail!("quantize: not on a CUDA device");
+    };
+    if xs.dtype() != DType::F32 {
+        bail!("quantize: {:?} input, f32 expected", xs.dtype());
+    }
+    let xs = xs.contiguous()?;
+    let (rows, xq, xd) = Q8Rows::alloc(dev, xs.shape())?;
+    let runs = (xs.elem_count() / 32) as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (runs.div_ceil(QUANTIZE_WARPS), 1, 1),
+        block_dim: (32 * QUANTIZE_WARPS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch(
+        dev,
+        "quantize_q8",
+        cfg,
+        &[ptr::<f32>(&xs)?, xq, xd],
+        &[xs.elem_count() as i32],
+        None,
+    )?;
+    Ok(rows)
 }
 
 /// Where each packed token of a call goes: its position, cache row and cache slot (u32 device
@@ -331,13 +394,14 @@ pub struct QueryKeys {
 }
 
 /// Attention of every packed query `q` `[tokens, heads * d]` over its keys in the cache:
-/// `[tokens, heads * d]`.
+/// `[tokens, heads * d]`, and the same in the products' 8-bit form where `quantize` is set.
 pub fn attend(
     q: &Tensor,
     cache: (&Tensor, &Tensor),
     plan: &QueryKeys,
     scale: f32,
-) -> Result<Tensor> {
+    quantize: bool,
+) -> Result<(Tensor, Option<Q8Rows>)> {
     let Device::Cuda(dev) = q.device() else {
         bail!("attend: not on a CUDA device");
     };
@@ -356,6 +420,12 @@ pub fn attend(
     }
     let q = q.contiguous()?;
     let out = Output::new(dev, q.elem_count())?;
+    let q8 = quantize
+        .then(|| Q8Rows::alloc(dev, q.shape()))
+        .transpose()?;
+    let (xq, xd) = q8
+        .as_ref()
+        .map_or((out.ptr, out.ptr), |(_, xq, xd)| (*xq, *xd));
     let cfg = LaunchConfig {
         grid_dim: (n as u32, heads as u32, 1),
         block_dim: (32 * ATTENTION_WARPS, 1, 1),
@@ -372,15 +442,19 @@ pub fn attend(
             ptr::<u32>(&plan.keys)?,
             ptr::<u32>(&plan.meta)?,
             out.ptr,
+            xq,
+            xd,
         ],
-        &[heads as i32, kv_heads as i32, d as i32, cap as i32],
-        Some(if std::env::var_os("OLDV").is_some() {
-            -scale
-        } else {
-            scale
-        }),
+        &[
+            heads as i32,
+            kv_heads as i32,
+            d as i32,
+            cap as i32,
+            quantize as i32,
+        ],
+        Some(scale),
     )?;
-    out.tensor(q.shape().clone())
+    Ok((out.tensor(q.shape().clone())?, q8.map(|(rows, _, _)| rows)))
 }
 
 /// Launches `name` with its pointer arguments first, then its integers, then an optional
@@ -458,17 +532,20 @@ fn ptr<T: CudaDType>(t: &Tensor) -> Result<u64> {
     Ok(base + (start * std::mem::size_of::<T>()) as u64)
 }
 
-/// A fresh f32 device buffer that a kernel fills completely.
-struct Output {
-    slice: CudaSlice<f32>,
+/// A fresh device buffer that a kernel fills completely.
+struct Buffer<T> {
+    slice: CudaSlice<T>,
     ptr: u64,
     dev: CudaDevice,
 }
 
-impl Output {
+/// Most kernels write f32.
+type Output = Buffer<f32>;
+
+impl<T: CudaDType + DeviceRepr> Buffer<T> {
     fn new(dev: &CudaDevice, len: usize) -> Result<Self> {
         // SAFETY: the kernel it is passed to writes every element before anything reads it.
-        let slice = unsafe { dev.alloc::<f32>(len.max(1)) }?;
+        let slice = unsafe { dev.alloc::<T>(len.max(1)) }?;
         let stream = dev.cuda_stream();
         let ptr = slice.device_ptr(&stream).0;
         Ok(Self {
@@ -489,8 +566,14 @@ impl Output {
     }
 }
 
-/// RMS norm over the last dimension: `xs / sqrt(mean(xs²) + eps) * weight`, one block per row.
-pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+/// RMS norm over the last dimension: `xs / sqrt(mean(xs²) + eps) * weight`, one block per row;
+/// with `quantize`, also the result in the products' 8-bit form, from the same kernel.
+pub fn rms_norm(
+    xs: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+    quantize: bool,
+) -> Result<(Tensor, Option<Q8Rows>)> {
     let Device::Cuda(dev) = xs.device() else {
         bail!("rms_norm: not on a CUDA device");
     };
@@ -501,6 +584,12 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     let xs = xs.contiguous()?;
     let rows = xs.elem_count() / d.max(1);
     let out = Output::new(dev, xs.elem_count())?;
+    let q8 = quantize
+        .then(|| Q8Rows::alloc(dev, xs.shape()))
+        .transpose()?;
+    let (xq, xd) = q8
+        .as_ref()
+        .map_or((out.ptr, out.ptr), |(_, xq, xd)| (*xq, *xd));
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: (NORM_THREADS, 1, 1),
@@ -510,9 +599,9 @@ pub fn rms_norm(xs: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
         dev,
         "rms_norm",
         cfg,
-        &[ptr::<f32>(&xs)?, ptr::<f32>(weight)?, out.ptr],
-        &[d as i32],
+        &[ptr::<f32>(&xs)?, ptr::<f32>(weight)?, out.ptr, xq, xd],
+        &[d as i32, quantize as i32],
         Some(eps),
     )?;
-    out.tensor(xs.shape().clone())
+    Ok((out.tensor(xs.shape().clone())?, q8.map(|(rows, _, _)| rows)))
 }

@@ -9,7 +9,7 @@ use crate::attention::{self, QueryKeys};
 use crate::config::{Arch, ModelConfig};
 use crate::error::{PolicyError, Result};
 use crate::kv_cache::KvCache;
-use crate::weights::{Embedding, Linear, Weights};
+use crate::weights::{Embedding, Linear, Rows, Weights};
 use candle_core::{Device, Tensor};
 
 /// Which positions of a forward pass need logits.
@@ -38,9 +38,19 @@ impl RmsNorm {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         #[cfg(feature = "cuda")]
         if xs.device().is_cuda() {
-            return crate::cuda::rms_norm(xs, &self.weight, self.eps);
+            return Ok(crate::cuda::rms_norm(xs, &self.weight, self.eps, false)?.0);
         }
         candle_nn::ops::rms_norm(&xs.contiguous()?, &self.weight, self.eps)
+    }
+
+    /// The normalized rows as products' input: on CUDA the same kernel writes their 8-bit form.
+    fn rows(&self, xs: &Tensor) -> candle_core::Result<Rows> {
+        #[cfg(feature = "cuda")]
+        if xs.device().is_cuda() && self.weight.elem_count().is_multiple_of(32) {
+            let (ys, q8) = crate::cuda::rms_norm(xs, &self.weight, self.eps, true)?;
+            return Ok(Rows::with_q8(ys, q8));
+        }
+        Ok(Rows::new(self.forward(xs)?))
     }
 }
 
@@ -259,7 +269,9 @@ impl Transformer {
         logits: Logits,
     ) -> Result<Tensor> {
         let step = self.prepare(rows, cache)?;
-        self.run(&step, &self.upload(&step)?, cache, logits)
+        Ok(self
+            .run(&step, &self.upload(&step)?, cache, logits)?
+            .into_tensor())
     }
 
     /// The host side of a forward pass: checks the rows, packs their tokens, takes their cache
@@ -341,13 +353,7 @@ impl Transformer {
     /// The device side of a forward pass: every layer, then the final norm, for every token
     /// ([`Logits::All`], `[tokens, hidden]`) or each row's last ([`Logits::Last`],
     /// `[batch, hidden]`).
-    fn run(
-        &self,
-        step: &Step,
-        up: &Uploaded,
-        cache: &mut KvCache,
-        logits: Logits,
-    ) -> Result<Tensor> {
+    fn run(&self, step: &Step, up: &Uploaded, cache: &mut KvCache, logits: Logits) -> Result<Rows> {
         let n = step.tokens();
         // The CPU attention path's indices; they stay on the CPU wherever the model runs.
         let pos = Tensor::from_vec(step.positions.clone(), n, &Device::Cpu)?;
@@ -383,7 +389,7 @@ impl Transformer {
             Logits::Last => xs.contiguous()?.index_select(last, 0)?,
             Logits::All => xs,
         };
-        Ok(self.norm.forward(&xs)?)
+        Ok(self.norm.rows(&xs)?)
     }
 
     /// [`Self::run`] and the output projection: the logits of each row's last token, for
@@ -410,7 +416,7 @@ impl Transformer {
         let (_, n, _) = xs.dims3()?;
         let (h, hkv, d) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
         let residual = xs;
-        let x = l.attn_norm.forward(xs)?;
+        let x = l.attn_norm.rows(xs)?;
         let mut q = l.q.forward(&x)?;
         let mut k = l.k.forward(&x)?;
         let v = l.v.forward(&x)?;
@@ -436,19 +442,23 @@ impl Transformer {
                     self.cfg.rope_interleaved,
                 )?;
                 let keys = if local { &plan.local } else { &plan.global };
-                crate::cuda::attend(&q, (&kc, &vc), keys, scale)?.reshape((1, n, h * d))?
+                let (out, q8) = crate::cuda::attend(&q, (&kc, &vc), keys, scale, true)?;
+                Rows::with_q8(out.reshape((1, n, h * d))?, q8)
             }
-            None => self.attend_cpu(index, (q, k, v), rope, cache, batch, local, scale)?,
+            None => {
+                Rows::new(self.attend_cpu(index, (q, k, v), rope, cache, batch, local, scale)?)
+            }
         };
         #[cfg(not(feature = "cuda"))]
-        let attn = self.attend_cpu(index, (q, k, v), rope, cache, batch, local, scale)?;
+        let attn =
+            Rows::new(self.attend_cpu(index, (q, k, v), rope, cache, batch, local, scale)?);
         let xs = match &l.post_attn_norm {
             Some(norm) => (residual + norm.forward(&l.o.forward(&attn)?)?)?,
             None => l.o.forward_add(&attn, residual)?,
         };
 
-        let x = l.ffn_norm.forward(&xs)?;
-        let act = self.glu(l, &x)?;
+        let x = l.ffn_norm.rows(&xs)?;
+        let act = Rows::new(self.glu(l, &x)?);
         Ok(match &l.post_ffn_norm {
             Some(norm) => (&xs + norm.forward(&l.down.forward(&act)?)?)?,
             None => l.down.forward_add(&act, &xs)?,
@@ -456,7 +466,7 @@ impl Transformer {
     }
 
     /// The gated MLP's first half, `act(x gateᵀ) * (x upᵀ)`: one kernel on CUDA.
-    fn glu(&self, l: &Layer, x: &Tensor) -> Result<Tensor> {
+    fn glu(&self, l: &Layer, x: &Rows) -> Result<Tensor> {
         let gemma = self.cfg.arch == Arch::Gemma3;
         #[cfg(feature = "cuda")]
         if let (Some(gate), Some(up)) = (l.gate.gpu(), l.up.gpu()) {
@@ -466,7 +476,7 @@ impl Transformer {
                 } else {
                     crate::cuda::Activation::Silu
                 };
-                return Ok(crate::cuda::glu(gate, up, x, act)?);
+                return Ok(x.shaped(crate::cuda::glu(gate, up, x.q8()?, act)?)?);
             }
         }
         let gate = l.gate.forward(x)?;

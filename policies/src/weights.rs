@@ -5,7 +5,7 @@
 
 use crate::cpu_matmul::QuantMatrix;
 #[cfg(feature = "cuda")]
-use crate::cuda::GpuMatrix;
+use crate::cuda::{GpuMatrix, Q8Rows};
 use crate::error::{PolicyError, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
@@ -48,13 +48,69 @@ impl Matrix {
     }
 }
 
-impl Linear {
-    pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        let ys = match &self.weight {
-            Matrix::Quant(m) => m.forward(xs)?,
+/// The input rows of one or more products, `[..., k]`. hone's CUDA kernels read them in an
+/// 8-bit form ([`Q8Rows`]), made once here and shared by every product of the same rows (q, k
+/// and v; gate and up), or handed over by the kernel that wrote the rows (RMS norm, attention).
+#[derive(Debug)]
+pub struct Rows {
+    xs: Tensor,
+    #[cfg(feature = "cuda")]
+    q8: std::cell::OnceCell<Q8Rows>,
+}
+
+impl Rows {
+    pub fn new(xs: Tensor) -> Self {
+        Self {
+            xs,
             #[cfg(feature = "cuda")]
-            Matrix::Gpu(m) => return m.forward(xs, self.bias.as_ref(), None),
-            Matrix::Candle(m) => m.forward(xs)?,
+            q8: Default::default(),
+        }
+    }
+
+    /// Rows whose 8-bit form a kernel already wrote.
+    #[cfg(feature = "cuda")]
+    pub fn with_q8(xs: Tensor, q8: Option<Q8Rows>) -> Self {
+        Self {
+            xs,
+            q8: q8.map(std::cell::OnceCell::from).unwrap_or_default(),
+        }
+    }
+
+    pub fn tensor(&self) -> &Tensor {
+        &self.xs
+    }
+
+    pub fn into_tensor(self) -> Tensor {
+        self.xs
+    }
+
+    #[cfg(feature = "cuda")]
+    pub fn q8(&self) -> candle_core::Result<&Q8Rows> {
+        if let Some(q8) = self.q8.get() {
+            return Ok(q8);
+        }
+        let q8 = crate::cuda::quantize(&self.xs)?;
+        Ok(self.q8.get_or_init(|| q8))
+    }
+
+    /// `ys` `[n, m]`, computed from these rows, in their shape: `[..., m]`.
+    #[cfg(feature = "cuda")]
+    pub fn shaped(&self, ys: Tensor) -> candle_core::Result<Tensor> {
+        let mut dims = self.xs.dims().to_vec();
+        if let (Some(last), Some(m)) = (dims.last_mut(), ys.dims().last()) {
+            *last = *m;
+        }
+        ys.reshape(dims)
+    }
+}
+
+impl Linear {
+    pub fn forward(&self, xs: &Rows) -> candle_core::Result<Tensor> {
+        let ys = match &self.weight {
+            Matrix::Quant(m) => m.forward(xs.tensor())?,
+            #[cfg(feature = "cuda")]
+            Matrix::Gpu(m) => return xs.shaped(m.forward(xs.q8()?, self.bias.as_ref(), None)?),
+            Matrix::Candle(m) => m.forward(xs.tensor())?,
         };
         match &self.bias {
             Some(b) => ys.broadcast_add(b),
@@ -63,10 +119,10 @@ impl Linear {
     }
 
     /// `residual + self.forward(xs)`, in one kernel where there is one.
-    pub fn forward_add(&self, xs: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward_add(&self, xs: &Rows, residual: &Tensor) -> candle_core::Result<Tensor> {
         #[cfg(feature = "cuda")]
         if let Matrix::Gpu(m) = &self.weight {
-            return m.forward(xs, self.bias.as_ref(), Some(residual));
+            return xs.shaped(m.forward(xs.q8()?, self.bias.as_ref(), Some(residual))?);
         }
         residual + self.forward(xs)?
     }

@@ -60,6 +60,9 @@ struct JudgesArgs {
     limit: Option<usize>,
     #[command(flatten)]
     prompts: PromptFiles,
+    /// Also write what each judge said about each pair to this JSONL file.
+    #[arg(long)]
+    scores: Option<PathBuf>,
     #[arg(long)]
     cpu: bool,
 }
@@ -163,6 +166,17 @@ fn run_judges(a: JudgesArgs) -> Result<()> {
         })?;
         eprintln!();
         reports.push((model.clone(), report));
+    }
+    if let Some(path) = &a.scores {
+        let mut lines = String::new();
+        for (model, report) in &reports {
+            for pair in &report.pairs {
+                let mut line = serde_json::to_value(pair)?;
+                line["judge"] = model.clone().into();
+                lines.push_str(&format!("{line}\n"));
+            }
+        }
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
     }
     print!("{}", judges::markdown(&reports));
     Ok(())

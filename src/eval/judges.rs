@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use policies::{Message, Role};
 use reward_models::judge::Judge;
 use reward_models::{Candidate, RewardModel};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -62,11 +62,27 @@ impl Tally {
     }
 }
 
+/// What a judge said about one pair, for studying its mistakes (`hone eval judges --scores`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PairScores {
+    pub category: String,
+    /// Expected 1-9 ratings of each response alone.
+    pub better_rating: f64,
+    pub worse_rating: f64,
+    /// The probability that the better response wins side by side, both orders averaged.
+    pub better_wins: f64,
+    /// Words in each response.
+    pub better_words: usize,
+    pub worse_words: usize,
+}
+
 /// One judge's results.
 #[derive(Debug, Clone)]
 pub struct JudgeReport {
     pub absolute: Tally,
     pub pairwise: Tally,
+    /// Pair by pair, in the order judged.
+    pub pairs: Vec<PairScores>,
     /// Wall time per pair of each way of judging.
     pub absolute_secs_per_pair: f64,
     pub pairwise_secs_per_pair: f64,
@@ -80,6 +96,7 @@ pub fn evaluate(
 ) -> Result<JudgeReport> {
     let mut absolute = Tally::default();
     let mut pairwise = Tally::default();
+    let mut scored = Vec::with_capacity(pairs.len());
     let (mut t_abs, mut t_pair) = (0.0, 0.0);
     for (i, pair) in pairs.iter().enumerate() {
         let messages = [Message::new(Role::User, pair.question.clone())];
@@ -103,12 +120,21 @@ pub fn evaluate(
         let p = judge.prefer_first(&messages, &pair.better, &pair.worse)?;
         t_pair += start.elapsed().as_secs_f64();
         pairwise.add(&pair.category, p > 0.5);
+        scored.push(PairScores {
+            category: pair.category.clone(),
+            better_rating: f64::from(better.value),
+            worse_rating: f64::from(worse.value),
+            better_wins: f64::from(p),
+            better_words: pair.better.split_whitespace().count(),
+            worse_words: pair.worse.split_whitespace().count(),
+        });
         progress(i + 1);
     }
     let n = pairs.len().max(1) as f64;
     Ok(JudgeReport {
         absolute,
         pairwise,
+        pairs: scored,
         absolute_secs_per_pair: t_abs / n,
         pairwise_secs_per_pair: t_pair / n,
     })
@@ -188,6 +214,7 @@ mod tests {
         let report = JudgeReport {
             absolute: t.clone(),
             pairwise: t,
+            pairs: Vec::new(),
             absolute_secs_per_pair: 1.0,
             pairwise_secs_per_pair: 2.0,
         };
