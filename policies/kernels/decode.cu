@@ -301,13 +301,12 @@ __device__ __forceinline__ int first_column(int cols) {
     return col < cols ? col : -1;
 }
 
-// y = x wᵀ (+ bias) (+ res). `bias` and `res` are read only when their flags are set.
+// Output columns col.. of y = x wᵀ (+ bias) (+ res) for one warp. `bias` and `res` are read
+// only when their flags are set.
 template <typename T, int R, int C>
-__device__ void matvec(const uint8_t *w, const int8_t *xq, const float *xd, float *y,
-                       const float *bias, const float *res, int has_bias, int has_res, int n,
-                       int k, int cols) {
-    const int col = first_column<C>(cols);
-    if (col < 0) return;
+__device__ void matvec_at(const uint8_t *w, const int8_t *xq, const float *xd, float *y,
+                          const float *bias, const float *res, int has_bias, int has_res, int n,
+                          int k, int cols, int col) {
     const size_t row_bytes = (size_t)(k / T::QK) * T::BYTES;
     const int ncols = min(C, cols - col);
     for (int n0 = blockIdx.y * R; n0 < n; n0 += gridDim.y * R) {
@@ -326,6 +325,31 @@ __device__ void matvec(const uint8_t *w, const int8_t *xq, const float *xd, floa
                 }
         }
     }
+}
+
+template <typename T, int R, int C>
+__device__ void matvec(const uint8_t *w, const int8_t *xq, const float *xd, float *y,
+                       const float *bias, const float *res, int has_bias, int has_res, int n,
+                       int k, int cols) {
+    const int col = first_column<C>(cols);
+    if (col >= 0) matvec_at<T, R, C>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols, col);
+}
+
+// Three products of the same input in one launch (q, k and v): the matrices' columns side by
+// side, each warp in one of them (every column count a multiple of C), each into its own y.
+template <typename T, int R, int C>
+__device__ void matvec3(const uint8_t *w0, const uint8_t *w1, const uint8_t *w2,
+                        const int8_t *xq, const float *xd, float *y0, float *y1, float *y2,
+                        const float *b0, const float *b1, const float *b2, int has_bias, int n,
+                        int k, int c0, int c1, int c2) {
+    const int col = first_column<C>(c0 + c1 + c2);
+    if (col < 0) return;
+    if (col < c0)
+        matvec_at<T, R, C>(w0, xq, xd, y0, b0, b0, has_bias, 0, n, k, c0, col);
+    else if (col < c0 + c1)
+        matvec_at<T, R, C>(w1, xq, xd, y1, b1, b1, has_bias, 0, n, k, c1, col - c0);
+    else
+        matvec_at<T, R, C>(w2, xq, xd, y2, b2, b2, has_bias, 0, n, k, c2, col - c0 - c1);
 }
 
 __device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
@@ -370,6 +394,13 @@ __device__ void glu(const uint8_t *gate, const uint8_t *up, const int8_t *xq, co
                                                   int has_bias, int has_res, int n, int k,     \
                                                   int cols) {                                  \
         matvec<T, R, C>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols);               \
+    }                                                                                          \
+    extern "C" __global__ void matvec3_##T##SUFFIX(                                           \
+        const uint8_t *w0, const uint8_t *w1, const uint8_t *w2, const int8_t *xq,             \
+        const float *xd, float *y0, float *y1, float *y2, const float *b0, const float *b1,    \
+        const float *b2, int has_bias, int n, int k, int c0, int c1, int c2) {                 \
+        matvec3<T, R, C>(w0, w1, w2, xq, xd, y0, y1, y2, b0, b1, b2, has_bias, n, k, c0, c1,   \
+                         c2);                                                                  \
     }                                                                                          \
     extern "C" __global__ void glu_##T##SUFFIX(const uint8_t *gate, const uint8_t *up,         \
                                                const int8_t *xq, const float *xd, float *y,    \

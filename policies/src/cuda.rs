@@ -138,6 +138,15 @@ impl GpuMatrix {
         y.tensor(shape)
     }
 
+    /// Whether [`forward3`] can take this matrix with `other`: same type and input size, and
+    /// column counts that no warp's columns straddle.
+    pub fn fuses_with(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.cols == other.cols
+            && self.rows.is_multiple_of(Tile::Wide.columns())
+            && other.rows.is_multiple_of(Tile::Wide.columns())
+    }
+
     fn ptr(&self, dev: &CudaDevice) -> u64 {
         let stream = dev.cuda_stream();
         let (p, _sync) = self.data.device_ptr(&stream);
@@ -249,6 +258,79 @@ pub fn glu(gate: &GpuMatrix, up: &GpuMatrix, xs: &Q8Rows, act: Activation) -> Re
         None,
     )?;
     y.tensor(shape)
+}
+
+/// Three products of the same input in one launch (a layer's q, k and v: two launches fewer
+/// per layer, at batch 1 where launches bound a step): `[n, rows]` of each. The matrices must
+/// fuse ([`GpuMatrix::fuses_with`]) and have biases all or none.
+pub fn forward3(mats: [(&GpuMatrix, Option<&Tensor>); 3], xs: &Q8Rows) -> Result<[Tensor; 3]> {
+    let [(m0, b0), (m1, b1), (m2, b2)] = mats;
+    if !m0.fuses_with(m1) || !m0.fuses_with(m2) {
+        bail!("matvec3: the matrices differ in type or input size");
+    }
+    let has_bias = b0.is_some();
+    if b1.is_some() != has_bias || b2.is_some() != has_bias {
+        bail!("matvec3: biases on some matrices only");
+    }
+    for (m, b) in mats {
+        if b.is_some_and(|b| b.elem_count() != m.rows) {
+            bail!("matvec3: bias does not match {} outputs", m.rows);
+        }
+    }
+    let (dev, n, _) = m0.input(xs)?;
+    let (xq, xd) = xs.ptrs()?;
+    let biases = [b0, b1, b2]
+        .map(|b| b.map(Tensor::contiguous).transpose())
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    let b = biases
+        .iter()
+        .map(|b| b.as_ref().map_or(Ok(xd), ptr::<f32>))
+        .collect::<Result<Vec<_>>>()?;
+    let ys = [m0, m1, m2].map(|m| Output::new(&dev, n * m.rows));
+    let [y0, y1, y2] = ys;
+    let (y0, y1, y2) = (y0?, y1?, y2?);
+    let tile = Tile::of(n);
+    let total = m0.rows + m1.rows + m2.rows;
+    let groups = n.div_ceil(tile.rows()).clamp(1, MAX_ROW_GROUPS) as u32;
+    let warps = total.div_ceil(tile.columns()) as u32;
+    let cfg = LaunchConfig {
+        grid_dim: (warps.div_ceil(COLUMN_WARPS), groups, 1),
+        block_dim: (32 * COLUMN_WARPS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch(
+        &dev,
+        &format!("matvec3_{}{}", m0.kind, tile.suffix()),
+        cfg,
+        &[
+            m0.ptr(&dev),
+            m1.ptr(&dev),
+            m2.ptr(&dev),
+            xq,
+            xd,
+            y0.ptr,
+            y1.ptr,
+            y2.ptr,
+            b[0],
+            b[1],
+            b[2],
+        ],
+        &[
+            has_bias as i32,
+            n as i32,
+            m0.cols as i32,
+            m0.rows as i32,
+            m1.rows as i32,
+            m2.rows as i32,
+        ],
+        None,
+    )?;
+    Ok([
+        y0.tensor(Shape::from((n, m0.rows)))?,
+        y1.tensor(Shape::from((n, m1.rows)))?,
+        y2.tensor(Shape::from((n, m2.rows)))?,
+    ])
 }
 
 /// Input rows `[..., k]` (k a multiple of 32) as the products read them: each run of 32 values

@@ -417,9 +417,7 @@ impl Transformer {
         let (h, hkv, d) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
         let residual = xs;
         let x = l.attn_norm.rows(xs)?;
-        let mut q = l.q.forward(&x)?;
-        let mut k = l.k.forward(&x)?;
-        let v = l.v.forward(&x)?;
+        let [mut q, mut k, v] = Linear::forward3([&l.q, &l.k, &l.v], &x)?;
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
             q = qn.forward(&q.reshape((1, n, h, d))?)?;
             k = kn.forward(&k.reshape((1, n, hkv, d))?)?;

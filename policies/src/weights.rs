@@ -127,6 +127,29 @@ impl Linear {
         residual + self.forward(xs)?
     }
 
+    /// `xs` through three layers that read it (a layer's q, k and v): on CUDA in one launch
+    /// where their matrices fuse ([`crate::cuda::forward3`]).
+    pub fn forward3(layers: [&Linear; 3], xs: &Rows) -> candle_core::Result<[Tensor; 3]> {
+        #[cfg(feature = "cuda")]
+        if let [Matrix::Gpu(a), Matrix::Gpu(b), Matrix::Gpu(c)] = layers.map(|l| &l.weight) {
+            let biases = layers.map(|l| l.bias.is_some());
+            if a.fuses_with(b) && a.fuses_with(c) && biases.iter().all(|&x| x == biases[0]) {
+                let ys = crate::cuda::forward3(
+                    [
+                        (a, layers[0].bias.as_ref()),
+                        (b, layers[1].bias.as_ref()),
+                        (c, layers[2].bias.as_ref()),
+                    ],
+                    xs.q8()?,
+                )?;
+                let [q, k, v] = ys;
+                return Ok([xs.shaped(q)?, xs.shaped(k)?, xs.shaped(v)?]);
+            }
+        }
+        let [a, b, c] = layers;
+        Ok([a.forward(xs)?, b.forward(xs)?, c.forward(xs)?])
+    }
+
     /// Whether the product computes each row the same way whatever else the call holds:
     /// true for hone's own kernels, false for candle's (dense weights, or a quantized type
     /// hone has no kernel for on this device).
