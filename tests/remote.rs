@@ -156,6 +156,38 @@ fn a_remote_policy_refuses_what_it_cannot_do_and_names_the_server() {
         matches!(&e, PolicyError::Remote(m) if m.contains("127.0.0.1:9")),
         "{e}"
     );
+    // An https address goes through TLS: a server answering in plain text fails the handshake.
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = plain.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Some(Ok(mut stream)) = plain.incoming().next() {
+            let _ = std::io::Write::write_all(&mut stream, b"HTTP/1.1 200 OK\r\n\r\n");
+        }
+    });
+    let https = RemotePolicy::open(
+        &model_path(&SMOLLM2),
+        Endpoint {
+            url: format!("https://{addr}/v1"),
+            ..Endpoint::default()
+        },
+    )
+    .unwrap();
+    let e = LanguageModel::generate(&https, &prompt, 1, &params(0.0, 0)).unwrap_err();
+    assert!(
+        matches!(&e, PolicyError::Remote(m) if m.contains("InvalidContentType")),
+        "{e}"
+    );
+    let e = RemotePolicy::open(
+        &model_path(&SMOLLM2),
+        Endpoint {
+            url: "ftp://127.0.0.1:21".into(),
+            ..Endpoint::default()
+        },
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("not an http:// or https:// address"), "{e}");
 }
 
 /// `hone serve --remote`: a hone whose policy runs on another server answers what that server

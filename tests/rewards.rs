@@ -207,18 +207,32 @@ fn classifier_errors_name_the_cause() {
 
 /// A one-shot HTTP server on loopback answering every request with `status` and `body`.
 fn serve(status: u16, body: &'static str, requests: usize) -> String {
+    serve_seen(status, body, requests).0
+}
+
+/// [`serve`], also handing over each request's `Authorization` header ("" when absent).
+fn serve_seen(
+    status: u16,
+    body: &'static str,
+    requests: usize,
+) -> (String, std::sync::mpsc::Receiver<String>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let (seen, heard) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for stream in listener.incoming().take(requests) {
             let mut stream = stream.unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut len = 0;
+            let (mut len, mut auth) = (0, String::new());
             loop {
                 let mut line = String::new();
                 reader.read_line(&mut line).unwrap();
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                let lower = line.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
                     len = v.trim().parse().unwrap();
+                }
+                if lower.starts_with("authorization:") {
+                    auth = line["authorization:".len()..].trim().to_string();
                 }
                 if line == "\r\n" {
                     break;
@@ -226,11 +240,12 @@ fn serve(status: u16, body: &'static str, requests: usize) -> String {
             }
             let mut buf = vec![0; len];
             reader.read_exact(&mut buf).unwrap();
+            let _ = seen.send(auth);
             let reply = format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
             stream.write_all(reply.as_bytes()).unwrap();
         }
     });
-    format!("http://{addr}/score")
+    (format!("http://{addr}/score"), heard)
 }
 
 #[test]
@@ -248,35 +263,36 @@ fn remote_scorer_round_trip_and_failures() {
     ];
     let t = Duration::from_secs(5);
 
-    let ok = RemoteScorer::new(
-        serve(
-            200,
-            r#"{"scores": [0.5, 2.0], "reasons": [["short"], []]}"#,
-            1,
-        ),
-        t,
-        0,
-    )
-    .unwrap();
+    let (url, heard) = serve_seen(
+        200,
+        r#"{"scores": [0.5, 2.0], "reasons": [["short"], []]}"#,
+        2,
+    );
+    let ok = RemoteScorer::new(url.clone(), t, 0, None).unwrap();
     let s = ok.score(&batch).unwrap();
     assert_eq!((s[0].value, s[1].value), (0.5, 2.0));
     assert_eq!(s[0].reasons, vec!["short".to_string()]);
+    assert_eq!(heard.recv().unwrap(), "", "no key, no header");
+    let keyed = RemoteScorer::new(url, t, 0, Some("sk-test".into())).unwrap();
+    keyed.score(&batch).unwrap();
+    assert_eq!(heard.recv().unwrap(), "Bearer sk-test");
 
-    let wrong_count = RemoteScorer::new(serve(200, r#"{"scores": [1.0]}"#, 1), t, 0).unwrap();
+    let wrong_count = RemoteScorer::new(serve(200, r#"{"scores": [1.0]}"#, 1), t, 0, None).unwrap();
     assert!(wrong_count
         .score(&batch)
         .unwrap_err()
         .to_string()
         .contains("1 scores for 2 items"));
 
-    let rejected = RemoteScorer::new(serve(422, r#"{"error": "bad items"}"#, 1), t, 2).unwrap();
+    let rejected =
+        RemoteScorer::new(serve(422, r#"{"error": "bad items"}"#, 1), t, 2, None).unwrap();
     assert!(rejected
         .score(&batch)
         .unwrap_err()
         .to_string()
         .contains("422"));
 
-    let flaky = RemoteScorer::new(serve(503, "{}", 2), t, 1).unwrap();
+    let flaky = RemoteScorer::new(serve(503, "{}", 2), t, 1, None).unwrap();
     assert!(flaky
         .score(&batch)
         .unwrap_err()
@@ -289,9 +305,66 @@ fn remote_scorer_round_trip_and_failures() {
         .local_addr()
         .unwrap()
         .port();
-    let down = RemoteScorer::new(format!("http://127.0.0.1:{port}/score"), t, 1).unwrap();
+    let down = RemoteScorer::new(format!("http://127.0.0.1:{port}/score"), t, 1, None).unwrap();
     let e = down.score(&batch).unwrap_err();
     assert!(matches!(e, RewardError::Remote(_)), "{e}");
+}
+
+/// https URLs go through TLS: a server that answers in plain text fails the handshake (the
+/// error names TLS, not the address), and schemes other than http and https are refused.
+#[test]
+fn remote_scorers_speak_tls_on_https_urls() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Some(Ok(mut stream)) = listener.incoming().next() {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let messages = [Message::new(Role::User, "q")];
+    let batch = [Candidate {
+        messages: &messages,
+        response: "a",
+    }];
+    let plain = RemoteScorer::new(
+        format!("https://{addr}/score"),
+        Duration::from_secs(5),
+        0,
+        None,
+    )
+    .unwrap();
+    let e = plain.score(&batch).unwrap_err().to_string();
+    assert!(e.contains("tls connection init failed"), "{e}");
+    let e = RemoteScorer::new(
+        "ftp://example.com/score".into(),
+        Duration::from_secs(1),
+        0,
+        None,
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("http:// or https://"), "{e}");
+}
+
+/// A remote reward whose key variable is unset fails to build, naming the variable.
+#[test]
+fn a_remote_reward_names_its_missing_key_variable() {
+    let dir = std::env::temp_dir().join(format!("hone-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("hosted.toml"),
+        "kind = \"remote\"\nurl = \"https://scorer.example/score\"\napi_key_env = \"HONE_TEST_KEY_THAT_IS_NOT_SET\"\n",
+    )
+    .unwrap();
+    let manifests = reward_models::manifest::Manifests::read_dir(&dir).unwrap();
+    let e = manifests
+        .build("hosted", &candle_core::Device::Cpu, &mut Default::default())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(e.contains("HONE_TEST_KEY_THAT_IS_NOT_SET"), "{e}");
 }
 
 #[test]

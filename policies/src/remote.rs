@@ -47,7 +47,8 @@ pub struct RemotePolicy {
 /// Where a remote policy's server is and how to reach it.
 #[derive(Debug, Clone, Default)]
 pub struct Endpoint {
-    /// `http://host:port` (a trailing `/v1` or `/` is dropped).
+    /// `http://host:port` or `https://host` (a trailing `/v1` or `/` is dropped); https
+    /// certificates are checked against the Mozilla roots.
     pub url: String,
     pub served_model: Option<String>,
     pub api_key: Option<String>,
@@ -64,10 +65,10 @@ impl RemotePolicy {
         let checkpoint = Checkpoint::open(files, &Device::Cpu)?;
         let url = endpoint.url.trim_end_matches('/');
         let url = url.strip_suffix("/v1").unwrap_or(url).to_string();
-        if !url.starts_with("http://") {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(PolicyError::InvalidParameter {
                 param: "url",
-                reason: format!("`{url}` is not an http:// address"),
+                reason: format!("`{url}` is not an http:// or https:// address"),
             });
         }
         Ok(Self {

@@ -42,6 +42,9 @@ pub enum Manifest {
     },
     Remote {
         url: String,
+        /// The environment variable holding a key sent as `Authorization: Bearer <key>`
+        /// (a key does not belong in a manifest file).
+        api_key_env: Option<String>,
         #[serde(default = "default_timeout_ms")]
         timeout_ms: u64,
         #[serde(default = "default_retries")]
@@ -191,13 +194,25 @@ impl Manifests {
             Manifest::Verifier { constraints } => Arc::new(Verifier::new(constraints.clone())?),
             Manifest::Remote {
                 url,
+                api_key_env,
                 timeout_ms,
                 retries,
-            } => Arc::new(RemoteScorer::new(
-                url.clone(),
-                Duration::from_millis(*timeout_ms),
-                *retries,
-            )?),
+            } => {
+                let api_key = match api_key_env {
+                    Some(var) => Some(std::env::var(var).map_err(|_| {
+                        RewardError::Config(format!(
+                            "reward `{name}`: its api_key_env `{var}` is not set"
+                        ))
+                    })?),
+                    None => None,
+                };
+                Arc::new(RemoteScorer::new(
+                    url.clone(),
+                    Duration::from_millis(*timeout_ms),
+                    *retries,
+                    api_key,
+                )?)
+            }
             Manifest::Combined { parts } => {
                 if parts.is_empty() {
                     return Err(RewardError::Config(format!(

@@ -16,6 +16,7 @@ pub struct RemoteScorer {
     agent: ureq::Agent,
     timeout: Duration,
     retries: u32,
+    api_key: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -37,11 +38,17 @@ struct Response {
 }
 
 impl RemoteScorer {
-    pub fn new(url: String, timeout: Duration, retries: u32) -> Result<Self, RewardError> {
-        // Plain HTTP only: scorers are expected beside hone (same host or private network).
-        if !url.starts_with("http://") {
+    /// A scorer at `url` (`http://` or `https://`; certificates checked against the Mozilla
+    /// roots); `api_key`, where given, goes in an `Authorization: Bearer` header.
+    pub fn new(
+        url: String,
+        timeout: Duration,
+        retries: u32,
+        api_key: Option<String>,
+    ) -> Result<Self, RewardError> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(RewardError::Config(format!(
-                "remote scorer url must start with http://, got `{url}`"
+                "remote scorer url must start with http:// or https://, got `{url}`"
             )));
         }
         let agent = ureq::AgentBuilder::new().timeout(timeout).build();
@@ -50,6 +57,7 @@ impl RemoteScorer {
             agent,
             timeout,
             retries,
+            api_key,
         })
     }
 
@@ -68,6 +76,9 @@ impl RemoteScorer {
             }
             interrupt.check().map_err(crate::policy_err)?;
             let mut request = self.agent.post(&self.url);
+            if let Some(key) = &self.api_key {
+                request = request.set("Authorization", &format!("Bearer {key}"));
+            }
             if let Some(deadline) = interrupt.deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
                 request = request.timeout(left.min(self.timeout));
@@ -178,6 +189,7 @@ mod tests {
             format!("http://127.0.0.1:{port}/score"),
             Duration::from_secs(5),
             5,
+            None,
         )
         .unwrap();
         let messages = [Message::new(Role::User, "Say hi.")];
@@ -202,6 +214,7 @@ mod tests {
             format!("http://127.0.0.1:{port}/score"),
             Duration::from_secs(5),
             0,
+            None,
         )
         .unwrap();
         let e = once.score(&batch).unwrap_err();

@@ -131,7 +131,7 @@ struct RunArgs {
     /// The policy (in-process only): as `hone optimize --model`.
     #[arg(long, default_value = "default", conflicts_with = "server")]
     model: String,
-    /// Send the requests to a running hone server (http://host:port) instead of starting one
+    /// Send the requests to a running hone server (http:// or https://host:port) instead of starting one
     /// in this process.
     #[arg(long)]
     server: Option<String>,

@@ -95,7 +95,7 @@ pub struct ServeArgs {
     /// only]
     #[arg(long, env = "HONE_LEARNED_FILE")]
     learned_file: Option<PathBuf>,
-    /// Run the policy on an OpenAI-compatible server (http://host:port: vLLM, SGLang, a
+    /// Run the policy on an OpenAI-compatible server (http://host:port or https://host: vLLM, SGLang, a
     /// llama.cpp server, another hone) through its /v1/completions; --model then names the
     /// model's files, read for the tokenizer and chat template only. A key for it goes in
     /// HONE_REMOTE_API_KEY.

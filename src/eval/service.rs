@@ -67,8 +67,8 @@ impl Service {
     /// A client for the server at `url` (`http://host:port`); checks that it answers.
     pub fn connect(url: &str) -> Result<Self> {
         let base = url.trim_end_matches('/').to_string();
-        if !base.starts_with("http://") {
-            bail!("--server must be an http:// URL, got `{url}`");
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            bail!("--server must be an http:// or https:// URL, got `{url}`");
         }
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10))

@@ -85,7 +85,7 @@ pub struct Config {
     pub rate_limit_burst: Option<u32>,
     /// Where `auto` keeps what it learns about the policy, across restarts; `None`: memory only.
     pub learned_file: Option<PathBuf>,
-    /// An OpenAI-compatible server (`http://host:port`: vLLM, SGLang, a llama.cpp server,
+    /// An OpenAI-compatible server (`http://host:port` or `https://host`: vLLM, SGLang, a llama.cpp server,
     /// another hone) that runs the policy; `model` then names the model's files, read for
     /// its tokenizer and chat template only. The key, if the server wants one, comes from
     /// `HONE_REMOTE_API_KEY`.
