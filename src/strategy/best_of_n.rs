@@ -4,7 +4,8 @@
 //! helps on tasks with one checkable answer (a majority of decent responses beats one lucky one).
 
 use super::response::{query_text, usable};
-use super::session::{chosen_rejected, Draft, Session};
+use super::round::chosen_rejected;
+use super::session::{Draft, Session};
 use super::{RoundKind, Stopped, Strategy, StrategyError, Trace};
 use reward_models::verifier::answer;
 use std::ops::ControlFlow;
@@ -64,7 +65,6 @@ fn fresh_round(s: &mut Session<'_>, kind: RoundKind) -> Result<Option<Stopped>, 
     let Some(sampled) = s.sample(&prompt, s.request.n, true, &[])? else {
         return Ok(None);
     };
-    s.begin_round();
     let query = query_text(&s.request.messages);
     let drafts = sampled
         .generations

@@ -13,6 +13,7 @@ pub mod learned;
 pub mod plain;
 mod prompts;
 mod response;
+mod round;
 mod session;
 pub mod tpo;
 

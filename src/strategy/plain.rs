@@ -3,13 +3,13 @@
 //! filtered or retried.
 
 use super::session::{Draft, Session};
-use super::{Stopped, Strategy, StrategyError, Trace};
+use super::{RoundKind, Stopped, Strategy, StrategyError, Trace};
 
 pub(super) fn run(mut s: Session<'_>) -> Result<Trace, StrategyError> {
     if let Some(stopped) = s.check()? {
         return Err(s.no_answer(stopped));
     }
-    s.begin_round();
+    s.start_round(RoundKind::Sample);
     s.stream_text();
     let prompt = s.prompt.clone();
     let Some(sampled) = s.sample(&prompt, 1, true, &[])? else {

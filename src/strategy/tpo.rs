@@ -175,7 +175,6 @@ fn update(
             },
         })
         .collect();
-    s.begin_round();
     let whole = s.score(drafts)? && !sampled.limited;
     s.end_round(whole);
     if !whole {
