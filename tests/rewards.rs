@@ -437,3 +437,49 @@ fn model_scorers_stop_when_interrupted() {
     let e = combined.score_interruptible(&[c], &cancelled).unwrap_err();
     assert!(matches!(e, RewardError::Cancelled), "{e}");
 }
+
+/// A judge's `length_penalty` takes that many rating points off per doubling of the response's
+/// words, and nothing else changes; a negative one is refused.
+#[test]
+fn a_length_penalty_lowers_ratings_by_log2_words() {
+    let dir = std::env::temp_dir().join(format!("hone-lc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let judge = |penalty: &str| format!("kind = \"judge\"\nmodel = \"default\"\n{penalty}");
+    std::fs::write(dir.join("plain.toml"), judge("")).unwrap();
+    std::fs::write(dir.join("lc.toml"), judge("length_penalty = 0.5\n")).unwrap();
+    std::fs::write(dir.join("bad.toml"), judge("length_penalty = -1.0\n")).unwrap();
+    let manifests = reward_models::manifest::Manifests::read_dir(&dir).unwrap();
+    let mut cache = reward_models::manifest::PolicyCache::default();
+    let plain = manifests.build("plain", &Device::Cpu, &mut cache).unwrap();
+    let lc = manifests.build("lc", &Device::Cpu, &mut cache).unwrap();
+    let bad = manifests
+        .build("bad", &Device::Cpu, &mut cache)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(bad.contains("length_penalty"), "{bad}");
+    let messages = [Message::new(Role::User, "What is the capital of France?")];
+    let responses = [
+        "Paris.",
+        "The capital of France is Paris, a city on the Seine river.",
+    ];
+    let batch: Vec<Candidate<'_>> = responses
+        .iter()
+        .map(|r| Candidate {
+            messages: &messages,
+            response: r,
+        })
+        .collect();
+    let (a, b) = (plain.score(&batch).unwrap(), lc.score(&batch).unwrap());
+    assert_eq!((a.len(), b.len()), (2, 2));
+    for ((x, y), text) in a.iter().zip(&b).zip(responses) {
+        let words = text.split_whitespace().count() as f32;
+        let want = x.value - 0.5 * words.log2();
+        assert!(
+            (y.value - want).abs() < 1e-5,
+            "{} vs {want} for {text:?}",
+            y.value
+        );
+    }
+}

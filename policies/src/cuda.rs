@@ -359,6 +359,22 @@ impl Q8Rows {
         Ok((rows, xq, xd))
     }
 
+    /// For a kernel that writes the 8-bit form beside its output when `quantize` is set: the
+    /// rows and the addresses of their values and scales, or `unused` for both addresses (the
+    /// kernel then writes neither).
+    fn alloc_if(
+        quantize: bool,
+        dev: &CudaDevice,
+        shape: &Shape,
+        unused: u64,
+    ) -> Result<(Option<Self>, u64, u64)> {
+        if !quantize {
+            return Ok((None, unused, unused));
+        }
+        let (rows, xq, xd) = Self::alloc(dev, shape)?;
+        Ok((Some(rows), xq, xd))
+    }
+
     /// The addresses of the values and of the scales.
     fn ptrs(&self) -> Result<(u64, u64)> {
         let xq = ptr::<u8>(&self.data)?;
@@ -502,12 +518,7 @@ pub fn attend(
     }
     let q = q.contiguous()?;
     let out = Output::new(dev, q.elem_count())?;
-    let q8 = quantize
-        .then(|| Q8Rows::alloc(dev, q.shape()))
-        .transpose()?;
-    let (xq, xd) = q8
-        .as_ref()
-        .map_or((out.ptr, out.ptr), |(_, xq, xd)| (*xq, *xd));
+    let (q8, xq, xd) = Q8Rows::alloc_if(quantize, dev, q.shape(), out.ptr)?;
     let cfg = LaunchConfig {
         grid_dim: (n as u32, heads as u32, 1),
         block_dim: (32 * ATTENTION_WARPS, 1, 1),
@@ -536,7 +547,7 @@ pub fn attend(
         ],
         Some(scale),
     )?;
-    Ok((out.tensor(q.shape().clone())?, q8.map(|(rows, _, _)| rows)))
+    Ok((out.tensor(q.shape().clone())?, q8))
 }
 
 /// Launches `name` with its pointer arguments first, then its integers, then an optional
@@ -666,12 +677,7 @@ pub fn rms_norm(
     let xs = xs.contiguous()?;
     let rows = xs.elem_count() / d.max(1);
     let out = Output::new(dev, xs.elem_count())?;
-    let q8 = quantize
-        .then(|| Q8Rows::alloc(dev, xs.shape()))
-        .transpose()?;
-    let (xq, xd) = q8
-        .as_ref()
-        .map_or((out.ptr, out.ptr), |(_, xq, xd)| (*xq, *xd));
+    let (q8, xq, xd) = Q8Rows::alloc_if(quantize, dev, xs.shape(), out.ptr)?;
     let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: (NORM_THREADS, 1, 1),
@@ -685,5 +691,5 @@ pub fn rms_norm(
         &[d as i32, quantize as i32],
         Some(eps),
     )?;
-    Ok((out.tensor(xs.shape().clone())?, q8.map(|(rows, _, _)| rows)))
+    Ok((out.tensor(xs.shape().clone())?, q8))
 }

@@ -69,6 +69,9 @@ pub struct Judge {
     digits: Vec<u32>,
     /// Token ids of the letters `A` and `B`, for pairwise comparisons.
     letters: [u32; 2],
+    /// Rating points taken off per doubling of a response's length in words (see
+    /// [`Judge::with_length_penalty`]).
+    length_penalty: f32,
 }
 
 impl Judge {
@@ -92,7 +95,22 @@ impl Judge {
             prompts,
             digits,
             letters,
+            length_penalty: 0.0,
         })
+    }
+
+    /// Takes `per_doubling` rating points off per doubling of a response's length in words
+    /// (a rating becomes `E[rating] - per_doubling * log2(words)`). Small judges prefer the
+    /// longer of two responses that say the same (docs/EVAL.md): a length-controlled rating
+    /// makes padding cost what it is worth to a reader.
+    pub fn with_length_penalty(mut self, per_doubling: f32) -> Result<Self, RewardError> {
+        if !per_doubling.is_finite() || per_doubling < 0.0 {
+            return Err(RewardError::Config(format!(
+                "length_penalty must be a finite number >= 0, not {per_doubling}"
+            )));
+        }
+        self.length_penalty = per_doubling;
+        Ok(self)
     }
 
     /// Renders `prompt` as the judge's user turn and opens its answer with `prefix`. The
@@ -211,17 +229,28 @@ impl RewardModel for Judge {
                 self.encode(&prompt, ANSWER_PREFIX)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(self
-            .last_logits(&rows, interrupt)?
+        let logits = self.last_logits(&rows, interrupt)?;
+        if logits.len() != batch.len() {
+            return Err(RewardError::Model(format!(
+                "{} rows of logits for {} responses",
+                logits.len(),
+                batch.len()
+            )));
+        }
+        Ok(logits
             .iter()
-            .map(|l| Score {
-                value: self.expected_rating(l),
-                reasons: Vec::new(),
+            .zip(batch)
+            .map(|(l, c)| {
+                let words = c.response.split_whitespace().count().max(1) as f32;
+                Score {
+                    value: self.expected_rating(l) - self.length_penalty * words.log2(),
+                    reasons: Vec::new(),
+                }
             })
             .collect())
     }
 
-    /// A certain 9.
+    /// A certain 9 for a one-word response.
     fn max_score(&self) -> Option<f32> {
         Some(9.0)
     }

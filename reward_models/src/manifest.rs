@@ -36,6 +36,9 @@ pub enum Manifest {
         prompt: Option<String>,
         /// The pairwise prompt, with `{question}`, `{a}` and `{b}`.
         pairwise_prompt: Option<String>,
+        /// Rating points off per doubling of a response's length in words (0 when absent).
+        #[serde(default)]
+        length_penalty: f32,
     },
     Verifier {
         constraints: Vec<Constraint>,
@@ -187,10 +190,14 @@ impl Manifests {
                 model,
                 prompt,
                 pairwise_prompt,
-            } => Arc::new(Judge::new(
-                policies.get(model, base, device)?,
-                Prompts::new(prompt.clone(), pairwise_prompt.clone())?,
-            )?),
+                length_penalty,
+            } => Arc::new(
+                Judge::new(
+                    policies.get(model, base, device)?,
+                    Prompts::new(prompt.clone(), pairwise_prompt.clone())?,
+                )?
+                .with_length_penalty(*length_penalty)?,
+            ),
             Manifest::Verifier { constraints } => Arc::new(Verifier::new(constraints.clone())?),
             Manifest::Remote {
                 url,

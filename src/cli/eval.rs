@@ -63,6 +63,10 @@ struct JudgesArgs {
     /// Also write what each judge said about each pair to this JSONL file.
     #[arg(long)]
     scores: Option<PathBuf>,
+    /// Rating points taken off per doubling of a response's length in words (a manifest's
+    /// `length_penalty`).
+    #[arg(long, default_value_t = 0.0)]
+    length_penalty: f32,
     #[arg(long)]
     cpu: bool,
 }
@@ -160,7 +164,8 @@ fn run_judges(a: JudgesArgs) -> Result<()> {
     println!("Machine: {}\n", policies::describe(&super::device(a.cpu)?));
     let mut reports = Vec::new();
     for model in &a.models {
-        let judge = Judge::new(Arc::new(super::load_policy(model, a.cpu)?), prompts.clone())?;
+        let judge = Judge::new(Arc::new(super::load_policy(model, a.cpu)?), prompts.clone())?
+            .with_length_penalty(a.length_penalty)?;
         let report = judges::evaluate(&judge, &pairs, |done| {
             eprint!("\r{model}: {done}/{} pairs", pairs.len());
         })?;
