@@ -257,9 +257,26 @@ pub struct CandidateTrace {
     /// `None` when the candidate was dropped or the budget did not cover scoring it.
     pub score: Option<f32>,
     pub reasons: Vec<String>,
-    /// Why the candidate was not scored (empty, a restatement of the task, no parsable response).
+    /// Why the candidate was not scored.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dropped: Option<String>,
+    pub dropped: Option<Dropped>,
+}
+
+/// Why a candidate was not scored, as the trace says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Dropped {
+    /// No letter, digit or other visible character.
+    #[serde(rename = "empty")]
+    Empty,
+    /// Only words of the query, at least half of them.
+    #[serde(rename = "restates the task")]
+    RestatesTask,
+    /// The budget could not cover its scoring.
+    #[serde(rename = "not scored: the budget ran out")]
+    BudgetRanOut,
+    /// The deadline passed before its reward call answered.
+    #[serde(rename = "not scored: the deadline passed")]
+    DeadlinePassed,
 }
 
 /// Progress of a running loop, for streaming.

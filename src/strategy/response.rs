@@ -6,6 +6,7 @@
 //! so it must never count as an answer: the update asks for the response between markers, only
 //! the marked text is kept, meta text is stripped, and empty or restating candidates are dropped.
 
+use super::Dropped;
 use policies::{Message, Role};
 use std::collections::HashSet;
 
@@ -37,7 +38,7 @@ pub fn query_text(messages: &[Message]) -> String {
 /// The prompt ends with [`OPEN`], so the generation is the response up to [`CLOSE`]; a model that
 /// writes its own opener is read after the last one. Lines that repeat the prompt ([`Echoes`])
 /// and meta text are removed before the [`usable`] check.
-pub fn parse_update(generated: &str, query: &str, echoes: &Echoes) -> Result<String, String> {
+pub fn parse_update(generated: &str, query: &str, echoes: &Echoes) -> Result<String, Dropped> {
     let start = generated.rfind(OPEN).map_or(0, |i| i + OPEN.len());
     let body = &generated[start..];
     let body = body.find(CLOSE).map_or(body, |i| &body[..i]);
@@ -47,15 +48,15 @@ pub fn parse_update(generated: &str, query: &str, echoes: &Echoes) -> Result<Str
 }
 
 /// Checks that a candidate can count as an answer: not empty, and not a restatement of the query.
-pub fn usable(text: &str, query: &str) -> Result<(), String> {
+pub fn usable(text: &str, query: &str) -> Result<(), Dropped> {
     let has_content = text
         .chars()
         .any(|c| c.is_alphanumeric() || (!c.is_ascii() && !c.is_whitespace()));
     if !has_content {
-        return Err("empty".to_string());
+        return Err(Dropped::Empty);
     }
     if restates(text, query) {
-        return Err("restates the task".to_string());
+        return Err(Dropped::RestatesTask);
     }
     Ok(())
 }
@@ -369,28 +370,28 @@ mod tests {
     #[test]
     fn drops_empty_meta_and_restatements() {
         let parse = |g: &str| parse_update(g, QUERY, &echoes());
-        assert_eq!(parse("").unwrap_err(), "empty");
-        assert_eq!(parse("  </response>").unwrap_err(), "empty");
+        assert_eq!(parse("").unwrap_err(), Dropped::Empty);
+        assert_eq!(parse("  </response>").unwrap_err(), Dropped::Empty);
         assert_eq!(
             parse("Here is the improved response:").unwrap_err(),
-            "empty"
+            Dropped::Empty
         );
         assert_eq!(
             parse("The task is to answer the question.").unwrap_err(),
-            "empty"
+            Dropped::Empty
         );
         // The query's own line is an echo; reworded, it is a restatement.
         assert_eq!(
             parse("What is the capital of France?").unwrap_err(),
-            "empty"
+            Dropped::Empty
         );
         assert_eq!(
             parse("The capital of France is what?").unwrap_err(),
-            "restates the task"
+            Dropped::RestatesTask
         );
         assert_eq!(
             parse("The capital of France").unwrap_err(),
-            "restates the task"
+            Dropped::RestatesTask
         );
     }
 
@@ -407,13 +408,13 @@ mod tests {
         assert_eq!(parse(g).unwrap(), "The capital of France is Paris.");
         let g =
             "The answer should not repeat the previous response.\n\nHere is the improved response.";
-        assert_eq!(parse(g).unwrap_err(), "empty");
+        assert_eq!(parse(g).unwrap_err(), Dropped::Empty);
         assert_eq!(
             parse("\n\nThe better response is that Paris is the capital.").unwrap_err(),
-            "empty"
+            Dropped::Empty
         );
         let g = "Your first suggested tip is worth rephrasing to:";
-        assert_eq!(parse(g).unwrap_err(), "empty");
+        assert_eq!(parse(g).unwrap_err(), Dropped::Empty);
         assert_eq!(parse("Paris.\n\nIn short:").unwrap(), "Paris.");
     }
 
@@ -443,7 +444,10 @@ mod tests {
         let echoes = Echoes::new(&[], query, &[loss, gradient], chosen);
         let copy = "The grammar and spelling are correct but the phrasing is not grammatically \
                     correct. The correct phrase to use is";
-        assert_eq!(parse_update(copy, query, &echoes).unwrap_err(), "empty");
+        assert_eq!(
+            parse_update(copy, query, &echoes).unwrap_err(),
+            Dropped::Empty
+        );
         assert_eq!(parse_update(chosen, query, &echoes).unwrap(), chosen);
         let new = "Paris, on the Seine, is the capital and largest city of France.";
         assert_eq!(parse_update(new, query, &echoes).unwrap(), new);
@@ -458,7 +462,7 @@ mod tests {
         let g = "Keep a fixed bedtime and avoid screens an hour before bed.";
         assert_eq!(parse_update(g, query, &echoes).unwrap(), g);
         let g = "Add more detail to the second tip.";
-        assert_eq!(parse_update(g, query, &echoes).unwrap_err(), "empty");
+        assert_eq!(parse_update(g, query, &echoes).unwrap_err(), Dropped::Empty);
     }
 
     #[test]
@@ -468,7 +472,7 @@ mod tests {
         assert_eq!(parse_update(text, query, &Echoes::default()).unwrap(), text);
         assert_eq!(
             parse_update(text, QUERY, &Echoes::default()).unwrap_err(),
-            "empty"
+            Dropped::Empty
         );
     }
 

@@ -4,7 +4,8 @@
 
 use super::session::{Draft, Scored, Session};
 use super::{
-    CandidateTrace, Event, Execution, Round, RoundKind, Stopped, Strategy, StrategyError, Trace,
+    CandidateTrace, Dropped, Event, Execution, Round, RoundKind, Stopped, Strategy, StrategyError,
+    Trace,
 };
 use reward_models::{Candidate, RewardError};
 
@@ -114,10 +115,10 @@ impl Session<'_> {
                         score: s.value,
                     });
                 } else {
-                    entry.dropped = Some("not scored: the deadline passed".to_string());
+                    entry.dropped = Some(Dropped::DeadlinePassed);
                 }
             } else {
-                entry.dropped = Some("not scored: the budget ran out".to_string());
+                entry.dropped = Some(Dropped::BudgetRanOut);
             }
             if let Some(r) = self.rounds.last_mut() {
                 r.candidates.push(entry);

@@ -2,7 +2,9 @@
 //! budget, and the state the rounds (`round.rs`) write: the cache of scored candidates and the
 //! trace.
 
-use super::{Engine, Event, Execution, Learned, Request, Round, RoundKind, Stopped, StrategyError};
+use super::{
+    Dropped, Engine, Event, Execution, Learned, Request, Round, RoundKind, Stopped, StrategyError,
+};
 use crate::budget::{self, Meter};
 use policies::{
     FinishReason, GenerateParams, Generation, Interrupt, LanguageModel, PolicyError,
@@ -15,7 +17,7 @@ use std::sync::Arc;
 /// A candidate before scoring: its text, or why it cannot count as an answer.
 pub struct Draft {
     pub text: String,
-    pub dropped: Option<String>,
+    pub dropped: Option<Dropped>,
 }
 
 /// What one policy call produced.
