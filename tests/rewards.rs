@@ -482,4 +482,27 @@ fn a_length_penalty_lowers_ratings_by_log2_words() {
             y.value
         );
     }
+    // Side by side, the same penalty comes off the log-odds per doubling of the first
+    // response's words over the second's.
+    use reward_models::judge::{Judge, Prompts};
+    let policy = cache
+        .get("default", std::path::Path::new("."), &Device::Cpu)
+        .unwrap();
+    let plain = Judge::new(policy.clone(), Prompts::default()).unwrap();
+    let lc = Judge::new(policy, Prompts::default())
+        .unwrap()
+        .with_length_penalty(0.5)
+        .unwrap();
+    let logit = |p: f32| (p / (1.0 - p)).ln();
+    let (p, q) = (
+        plain
+            .prefer_first(&messages, responses[0], responses[1])
+            .unwrap(),
+        lc.prefer_first(&messages, responses[0], responses[1])
+            .unwrap(),
+    );
+    let words = |t: &str| (t.split_whitespace().count() as f32).log2();
+    let want = logit(p) - 0.5 * (words(responses[0]) - words(responses[1]));
+    assert!((logit(q) - want).abs() < 1e-3, "{} vs {want}", logit(q));
+    assert!(q > p, "the shorter response gains: {p} -> {q}");
 }

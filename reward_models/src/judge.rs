@@ -100,9 +100,10 @@ impl Judge {
     }
 
     /// Takes `per_doubling` rating points off per doubling of a response's length in words
-    /// (a rating becomes `E[rating] - per_doubling * log2(words)`). Small judges prefer the
-    /// longer of two responses that say the same (docs/EVAL.md): a length-controlled rating
-    /// makes padding cost what it is worth to a reader.
+    /// (a rating becomes `E[rating] - per_doubling * log2(words)`), and as much log-odds off a
+    /// side-by-side preference per doubling of the first response's words over the second's.
+    /// Small judges prefer the longer of two responses that say the same (docs/EVAL.md): a
+    /// length-controlled judge makes padding cost what it is worth to a reader.
     pub fn with_length_penalty(mut self, per_doubling: f32) -> Result<Self, RewardError> {
         if !per_doubling.is_finite() || per_doubling < 0.0 {
             return Err(RewardError::Config(format!(
@@ -188,7 +189,15 @@ impl Judge {
             let (w, total) = restricted_softmax(l, &self.letters);
             w[0] / total
         };
-        Ok((p_a(shown_a) + (1.0 - p_a(shown_b))) / 2.0)
+        let p = (p_a(shown_a) + (1.0 - p_a(shown_b))) / 2.0;
+        if self.length_penalty == 0.0 {
+            return Ok(p);
+        }
+        // Length control in log-odds: the same penalty per doubling of words.
+        let p = p.clamp(1e-6, 1.0 - 1e-6);
+        let words = |t: &str| (t.split_whitespace().count().max(1) as f32).log2();
+        let odds = (p / (1.0 - p)).ln() - self.length_penalty * (words(first) - words(second));
+        Ok(1.0 / (1.0 + (-odds).exp()))
     }
 }
 
