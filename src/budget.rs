@@ -210,8 +210,9 @@ pub fn plan(
 ///
 /// A model's cost per position is taken as `layers × hidden²` (its weight matrices, which
 /// dominate the work at these lengths), so a judge on the policy's own model weighs 1.0 and a
-/// judge twice as deep weighs 2.0. Verifiers and remote scorers weigh 0: they cost hone no model
-/// compute. A combined reward runs each part once, so its weight is the sum of its parts'.
+/// judge twice as deep weighs 2.0. Verifiers, remote scorers and judges on another server
+/// weigh 0: they cost hone no model compute. A combined reward runs each part once, so its
+/// weight is the sum of its parts'.
 /// `dir` is the folder of the manifests, against which relative model paths resolve.
 pub fn reward_weight(
     manifests: &Manifests,
@@ -241,7 +242,7 @@ fn weight_inner(
         .ok_or_else(|| RewardError::Config(format!("unknown reward `{name}`")))?;
     let config_err = |e: policies::PolicyError| RewardError::Model(e.to_string());
     Ok(match manifest {
-        Manifest::Verifier { .. } | Manifest::Remote { .. } => 0.0,
+        Manifest::Verifier { .. } | Manifest::Remote { .. } | Manifest::OpenaiJudge { .. } => 0.0,
         Manifest::Judge { model, .. } => {
             let resolved = policies::store::resolve(model).map_err(config_err)?;
             let path = if resolved.is_relative() && !resolved.exists() {

@@ -5,7 +5,7 @@ use crate::kv_cache::KvCache;
 use crate::model::Logits;
 use crate::policy::Policy;
 use crate::prefill::{Interrupt, Output};
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
 use crate::speculative::{self, Speculation};
 use candle_core::Tensor;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +34,10 @@ pub struct GenerateParams {
     pub speculation: Speculation,
     /// Hears each row's text as it is decoded (see [`TextSink`]).
     pub on_text: Option<TextSink>,
+    /// Record each generated token's log-probability and the `k` likeliest alternatives
+    /// ([`Generation::logprobs`]) from the logits it was sampled from. Off by default: it
+    /// costs a pass over the vocabulary per token.
+    pub logprobs: Option<usize>,
 }
 
 /// Receives `(row, text)` as rows are decoded: pieces that, joined in order, are each row's
@@ -72,6 +76,7 @@ impl Default for GenerateParams {
             deadline: None,
             speculation: Speculation::OFF,
             on_text: None,
+            logprobs: None,
         }
     }
 }
@@ -130,6 +135,11 @@ pub struct Generation {
     pub text: String,
     pub tokens: Vec<u32>,
     pub finish: FinishReason,
+    /// With [`GenerateParams::logprobs`]: one entry per token of `tokens`, then one for the
+    /// end-of-sequence token that ended the row, if one did (it is not in `tokens` or the
+    /// text, but how likely the model found stopping there is part of its answer). Empty
+    /// otherwise.
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 /// Work done by one generate call.
@@ -179,6 +189,7 @@ struct Row {
     text_to: usize,
     /// Bytes of `text` sent to the [`TextSink`].
     sent: usize,
+    logprobs: Vec<TokenLogprobs>,
 }
 
 impl Policy {
@@ -273,6 +284,7 @@ impl Policy {
                     text_from: 0,
                     text_to: 0,
                     sent: 0,
+                    logprobs: Vec::new(),
                 }
             })
             .collect();
@@ -283,7 +295,7 @@ impl Policy {
         for (j, logits) in logits.iter().enumerate() {
             let token = rows[j].sampler.sample(logits);
             let position = cache.next_position(j) as usize;
-            self.advance(&mut rows[j], token, params, position + 1 >= context)?;
+            self.advance(&mut rows[j], token, logits, params, position + 1 >= context)?;
             next.push(token);
         }
         loop {
@@ -350,10 +362,7 @@ impl Policy {
                 rows_to_vecs(&out)?.into_iter().map(|l| vec![l]).collect()
             } else {
                 let out = self.model().forward(&refs, &mut cache, Logits::All)?;
-                let mut packed = out
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec2()?
-                    .into_iter();
+                let mut packed = crate::model::read_logits(&out)?.into_iter();
                 chunks
                     .iter()
                     .map(|chunk| packed.by_ref().take(chunk.len()).collect())
@@ -374,7 +383,7 @@ impl Policy {
                         break;
                     }
                     let position = base[j] + 1 + i;
-                    self.advance(row, token, params, position + 1 >= context)?;
+                    self.advance(row, token, &logits[i], params, position + 1 >= context)?;
                 }
                 next[j] = verdict.next;
             }
@@ -386,6 +395,7 @@ impl Policy {
                 text: r.text,
                 tokens: r.tokens,
                 finish: r.finish.unwrap_or(FinishReason::Length),
+                logprobs: r.logprobs,
             })
             .collect())
     }
@@ -406,14 +416,18 @@ impl Policy {
         Ok(())
     }
 
-    /// Appends a sampled token to a row and decides whether the row is done.
+    /// Appends a token sampled from `logits` to a row and decides whether the row is done.
     fn advance(
         &self,
         row: &mut Row,
         token: u32,
+        logits: &[f32],
         params: &GenerateParams,
         context_full: bool,
     ) -> Result<()> {
+        if let Some(k) = params.logprobs {
+            row.logprobs.push(TokenLogprobs::new(logits, token, k));
+        }
         if self.tokenizer().is_stop(token) {
             return self.finish(row, FinishReason::Stop, params);
         }
@@ -532,5 +546,5 @@ fn send_settled(row: &mut Row, params: &GenerateParams) {
 
 /// `[batch, vocab]` logits as one vector per row.
 fn rows_to_vecs(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
-    Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+    crate::model::read_logits(logits)
 }

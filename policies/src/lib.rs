@@ -41,7 +41,7 @@ pub use model::{Logits, Transformer};
 pub use policy::{Checkpoint, Policy};
 pub use prefill::{Interrupt, Output};
 pub use remote::{Endpoint, RemotePolicy};
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{Sampler, SamplingParams, TokenLogprobs};
 pub use speculative::Speculation;
 pub use tokenizer::Tokenizer;
 

@@ -156,6 +156,14 @@ impl LanguageModel for RemotePolicy {
                 reason: "a remote policy decodes on its server; speculation is the server's".into(),
             });
         }
+        if params.logprobs.is_some() {
+            return Err(PolicyError::InvalidParameter {
+                param: "logprobs",
+                reason: "a remote policy returns text, not its server's log-probabilities; ask \
+                         that server for them"
+                    .into(),
+            });
+        }
         if prompt.is_empty() {
             return Err(PolicyError::EmptyPrompt);
         }
@@ -278,6 +286,7 @@ impl RemotePolicy {
                         _ => FinishReason::Stop,
                     },
                     text: c.text,
+                    logprobs: Vec::new(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -146,6 +146,49 @@ impl Sampler {
     }
 }
 
+/// A token's log-probability under the model's own next-token distribution, and the `k`
+/// likeliest tokens there with theirs, most likely first: what OpenAI's `logprobs` reports.
+///
+/// The distribution is the softmax of the logits at temperature 1, before temperature, top-k
+/// and top-p shape the draw, so the figures describe the model and not the request's sampling
+/// (a greedy request still reports how sure the model was). It is [`Sampler::distribution`]
+/// of an unfiltered temperature-1 sampler: the engine has one way to turn logits into
+/// probabilities.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprobs {
+    pub fn new(logits: &[f32], token: u32, k: usize) -> Self {
+        let unfiltered = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            ..SamplingParams::default()
+        });
+        let mut dist = unfiltered.distribution(logits);
+        let logprob = dist
+            .iter()
+            .find(|(t, _)| *t == token)
+            .map_or(f32::NEG_INFINITY, |(_, p)| p.ln());
+        let by_prob = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let k = k.min(dist.len());
+        if k == 0 {
+            dist.clear();
+        } else if k < dist.len() {
+            dist.select_nth_unstable_by(k - 1, by_prob);
+            dist.truncate(k);
+        }
+        dist.sort_unstable_by(by_prob);
+        Self {
+            token,
+            logprob,
+            top: dist.into_iter().map(|(t, p)| (t, p.ln())).collect(),
+        }
+    }
+}
+
 /// Draws from a normalized distribution with a uniform number `u` in [0, 1).
 pub fn draw(dist: &[(u32, f32)], u: f32) -> u32 {
     let mut acc = 0.0;
@@ -236,6 +279,24 @@ mod tests {
             let sum: f32 = ours.iter().map(|x| x.1).sum();
             assert!((sum - 1.0).abs() < 1e-4);
         }
+    }
+
+    /// Log-probabilities are the textbook log-softmax at temperature 1, and the alternatives
+    /// the k likeliest tokens, most likely first (ties by id).
+    #[test]
+    fn token_logprobs_are_the_log_softmax() {
+        let logits = [1.0f32, 3.0, -2.0, 3.0, 0.5];
+        let lse = logits.iter().map(|&l| (l as f64).exp()).sum::<f64>().ln();
+        let want = |id: u32| logits[id as usize] as f64 - lse;
+        let lp = TokenLogprobs::new(&logits, 2, 3);
+        assert!((lp.logprob as f64 - want(2)).abs() < 1e-6, "{lp:?}");
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 0]);
+        for &(id, l) in &lp.top {
+            assert!((l as f64 - want(id)).abs() < 1e-6, "{lp:?}");
+        }
+        assert!(TokenLogprobs::new(&logits, 2, 0).top.is_empty());
+        assert_eq!(TokenLogprobs::new(&logits, 2, 99).top.len(), 5);
     }
 
     #[test]

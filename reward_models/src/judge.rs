@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// The rating instructions. `{question}` and `{response}` are filled in.
 pub const RATING_PROMPT: &str = "Rate the response to the question from 1 to 9.\n\n9: correct, does everything the question asks (any limit on length, format or wording included), and says no more than it needs to.\n5: partly correct, or correct but padded with filler, or misses one instruction.\n1: wrong, off-topic, garbled or useless.\n\nA longer response is not a better one: filler, repetition and restating the question lower the rating.\n\nQuestion: {question}\n\nResponse: {response}\n\nReply with a single digit from 1 to 9.";
 /// Text that opens the judge's answer, so the next token is the rating.
-const ANSWER_PREFIX: &str = "Rating: ";
+pub(crate) const ANSWER_PREFIX: &str = "Rating: ";
 /// The instructions of a pairwise comparison. `{question}`, `{a}` and `{b}` are filled in.
 pub const PAIRWISE_PROMPT: &str = "Which response answers the question better? Judge correctness first, then whether it follows every instruction in the question, stays on topic, reads clearly and says no more than it needs to.\n\nQuestion: {question}\n\nResponse A: {a}\n\nResponse B: {b}\n\nReply with a single letter: A or B.";
 /// Text that opens the judge's verdict, so the next token is the letter.
@@ -60,6 +60,64 @@ impl Prompts {
         }
         Ok(prompts)
     }
+
+    /// The rating prompt for one candidate: what the judge's user turn says.
+    pub(crate) fn rating_for(&self, c: &Candidate<'_>) -> Result<String, RewardError> {
+        Ok(self
+            .rating
+            .replace("{question}", question(c.messages)?)
+            .replace("{response}", c.response))
+    }
+}
+
+/// The last user message: what the response answers.
+fn question(messages: &[Message]) -> Result<&str, RewardError> {
+    messages
+        .iter()
+        .rev()
+        .find(|m| m.role == Role::User)
+        .map(|m| m.content.as_str())
+        .ok_or_else(|| {
+            RewardError::Config("conversation has no user message to judge against".into())
+        })
+}
+
+/// The expected rating from the log-scale weights of the digits 1..=9 (`scores[d - 1]` for
+/// digit `d`): the softmax restricted to them. Logits and log-probabilities give the same
+/// rating (they differ by one shift for all tokens), so the local judge, which reads logits,
+/// and the OpenAI-compatible one, which reads a server's log-probabilities, compute it here
+/// alike. A digit the server did not list is `-inf`: weight 0. `None` when no digit has any.
+pub(crate) fn expected_rating(scores: &[f32]) -> Option<f32> {
+    let (weights, total) = softmax_weights(scores);
+    (total > 0.0).then(|| {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (i + 1) as f32 * w)
+            .sum::<f32>()
+            / total
+    })
+}
+
+/// A length penalty as a judge takes it (see [`Judge::with_length_penalty`]).
+pub(crate) fn check_length_penalty(per_doubling: f32) -> Result<f32, RewardError> {
+    if !per_doubling.is_finite() || per_doubling < 0.0 {
+        return Err(RewardError::Config(format!(
+            "length_penalty must be a finite number >= 0, not {per_doubling}"
+        )));
+    }
+    Ok(per_doubling)
+}
+
+/// A judge's score for `response`: its rating less `per_doubling` points per doubling of the
+/// response's length in words.
+pub(crate) fn length_controlled(rating: f32, response: &str, per_doubling: f32) -> f32 {
+    rating - per_doubling * doublings(response)
+}
+
+/// How many times a text's length in words doubles from one word: `log2(words)`.
+fn doublings(text: &str) -> f32 {
+    (text.split_whitespace().count().max(1) as f32).log2()
 }
 
 pub struct Judge {
@@ -105,12 +163,7 @@ impl Judge {
     /// Small judges prefer the longer of two responses that say the same (docs/EVAL.md): a
     /// length-controlled judge makes padding cost what it is worth to a reader.
     pub fn with_length_penalty(mut self, per_doubling: f32) -> Result<Self, RewardError> {
-        if !per_doubling.is_finite() || per_doubling < 0.0 {
-            return Err(RewardError::Config(format!(
-                "length_penalty must be a finite number >= 0, not {per_doubling}"
-            )));
-        }
-        self.length_penalty = per_doubling;
+        self.length_penalty = check_length_penalty(per_doubling)?;
         Ok(self)
     }
 
@@ -121,18 +174,6 @@ impl Judge {
             self.policy
                 .encode_chat_opened(&[Message::new(Role::User, prompt)], prefix),
         )
-    }
-
-    /// The last user message: what the response answers.
-    fn question(messages: &[Message]) -> Result<&str, RewardError> {
-        messages
-            .iter()
-            .rev()
-            .find(|m| m.role == Role::User)
-            .map(|m| m.content.as_str())
-            .ok_or_else(|| {
-                RewardError::Config("conversation has no user message to judge against".into())
-            })
     }
 
     /// The last position's logits of each row, prefilled as one batch in interruptible chunks.
@@ -150,17 +191,6 @@ impl Judge {
         logits.to_vec2().map_err(model_err)
     }
 
-    /// Expected rating from one row of logits: softmax restricted to the nine digit tokens.
-    fn expected_rating(&self, logits: &[f32]) -> f32 {
-        let (weights, total) = restricted_softmax(logits, &self.digits);
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (i + 1) as f32 * w)
-            .sum::<f32>()
-            / total
-    }
-
     /// The probability that `first` answers the question better than `second`, asked with
     /// `first` shown as A and again shown as B, and averaged: a judge's preference for a
     /// position cancels out.
@@ -170,7 +200,7 @@ impl Judge {
         first: &str,
         second: &str,
     ) -> Result<f32, RewardError> {
-        let question = Self::question(messages)?;
+        let question = question(messages)?;
         let ask = |a: &str, b: &str| {
             let prompt = self
                 .prompts
@@ -195,25 +225,37 @@ impl Judge {
         }
         // Length control in log-odds: the same penalty per doubling of words.
         let p = p.clamp(1e-6, 1.0 - 1e-6);
-        let words = |t: &str| (t.split_whitespace().count().max(1) as f32).log2();
-        let odds = (p / (1.0 - p)).ln() - self.length_penalty * (words(first) - words(second));
+        let odds =
+            (p / (1.0 - p)).ln() - self.length_penalty * (doublings(first) - doublings(second));
         Ok(1.0 / (1.0 + (-odds).exp()))
     }
 }
 
-/// Unnormalized softmax weights over the logits of `ids` alone, and their sum.
-fn restricted_softmax(logits: &[f32], ids: &[u32]) -> (Vec<f32>, f32) {
-    let picked: Vec<f32> = ids
-        .iter()
+/// The logits of `ids` alone (`-inf` for an id past the vocabulary).
+fn picked(logits: &[f32], ids: &[u32]) -> Vec<f32> {
+    ids.iter()
         .map(|&id| {
             logits
                 .get(id as usize)
                 .copied()
                 .unwrap_or(f32::NEG_INFINITY)
         })
-        .collect();
-    let max = picked.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f32> = picked.iter().map(|l| (l - max).exp()).collect();
+        .collect()
+}
+
+/// Unnormalized softmax weights over the logits of `ids` alone, and their sum.
+fn restricted_softmax(logits: &[f32], ids: &[u32]) -> (Vec<f32>, f32) {
+    softmax_weights(&picked(logits, ids))
+}
+
+/// Unnormalized softmax weights of log-scale scores, and their sum (0 when every score is
+/// `-inf`).
+fn softmax_weights(scores: &[f32]) -> (Vec<f32>, f32) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return (vec![0.0; scores.len()], 0.0);
+    }
+    let weights: Vec<f32> = scores.iter().map(|l| (l - max).exp()).collect();
     let total = weights.iter().sum();
     (weights, total)
 }
@@ -229,14 +271,7 @@ impl RewardModel for Judge {
         }
         let rows = batch
             .iter()
-            .map(|c| {
-                let prompt = self
-                    .prompts
-                    .rating
-                    .replace("{question}", Self::question(c.messages)?)
-                    .replace("{response}", c.response);
-                self.encode(&prompt, ANSWER_PREFIX)
-            })
+            .map(|c| self.encode(&self.prompts.rating_for(c)?, ANSWER_PREFIX))
             .collect::<Result<Vec<_>, _>>()?;
         let logits = self.last_logits(&rows, interrupt)?;
         if logits.len() != batch.len() {
@@ -246,17 +281,19 @@ impl RewardModel for Judge {
                 batch.len()
             )));
         }
-        Ok(logits
+        logits
             .iter()
             .zip(batch)
             .map(|(l, c)| {
-                let words = c.response.split_whitespace().count().max(1) as f32;
-                Score {
-                    value: self.expected_rating(l) - self.length_penalty * words.log2(),
+                let rating = expected_rating(&picked(l, &self.digits)).ok_or_else(|| {
+                    RewardError::Model("the judge's logits give no digit any weight".into())
+                })?;
+                Ok(Score {
+                    value: length_controlled(rating, c.response, self.length_penalty),
                     reasons: Vec::new(),
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// A certain 9 for a one-word response.

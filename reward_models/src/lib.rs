@@ -9,6 +9,7 @@ pub mod classifier;
 pub mod combined;
 pub mod judge;
 pub mod manifest;
+pub mod openai_judge;
 pub mod remote;
 pub mod verifier;
 

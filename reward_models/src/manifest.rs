@@ -13,6 +13,7 @@
 use crate::classifier::ClassifierRm;
 use crate::combined::Combined;
 use crate::judge::{Judge, Prompts};
+use crate::openai_judge::{self, OpenAiJudge};
 use crate::remote::RemoteScorer;
 use crate::verifier::{Constraint, Verifier};
 use crate::{RewardError, RewardModel};
@@ -52,6 +53,27 @@ pub enum Manifest {
         timeout_ms: u64,
         #[serde(default = "default_retries")]
         retries: u32,
+    },
+    /// The judge's rating, with the model run by an OpenAI-compatible server.
+    OpenaiJudge {
+        /// The server's base address (`http://host:8000`; a trailing `/v1` is dropped).
+        url: String,
+        /// The judge model's files, as a `judge` names them: its tokenizer and chat template
+        /// render the prompt here (the weights are not loaded).
+        model: String,
+        /// The name the server knows the model by, sent as `model` (vLLM wants one).
+        served_model: Option<String>,
+        /// As for `remote`: the environment variable holding the server's key.
+        api_key_env: Option<String>,
+        #[serde(default = "default_timeout_ms")]
+        timeout_ms: u64,
+        #[serde(default = "default_retries")]
+        retries: u32,
+        /// The rating prompt, with `{question}` and `{response}`.
+        prompt: Option<String>,
+        /// Rating points off per doubling of a response's length in words (0 when absent).
+        #[serde(default)]
+        length_penalty: f32,
     },
     Combined {
         parts: Vec<Part>,
@@ -204,22 +226,33 @@ impl Manifests {
                 api_key_env,
                 timeout_ms,
                 retries,
-            } => {
-                let api_key = match api_key_env {
-                    Some(var) => Some(std::env::var(var).map_err(|_| {
-                        RewardError::Config(format!(
-                            "reward `{name}`: its api_key_env `{var}` is not set"
-                        ))
-                    })?),
-                    None => None,
-                };
-                Arc::new(RemoteScorer::new(
-                    url.clone(),
-                    Duration::from_millis(*timeout_ms),
-                    *retries,
-                    api_key,
-                )?)
-            }
+            } => Arc::new(RemoteScorer::new(
+                url.clone(),
+                Duration::from_millis(*timeout_ms),
+                *retries,
+                api_key(name, api_key_env.as_deref())?,
+            )?),
+            Manifest::OpenaiJudge {
+                url,
+                model,
+                served_model,
+                api_key_env,
+                timeout_ms,
+                retries,
+                prompt,
+                length_penalty,
+            } => Arc::new(OpenAiJudge::new(
+                &resolve_model(model, base)?,
+                openai_judge::Server {
+                    url: url.clone(),
+                    served_model: served_model.clone(),
+                    api_key: api_key(name, api_key_env.as_deref())?,
+                    timeout: Duration::from_millis(*timeout_ms),
+                    retries: *retries,
+                },
+                Prompts::new(prompt.clone(), None)?,
+                *length_penalty,
+            )?),
             Manifest::Combined { parts } => {
                 if parts.is_empty() {
                     return Err(RewardError::Config(format!(
@@ -241,6 +274,30 @@ impl Manifests {
     }
 }
 
+/// The key in the environment variable `var` that reward `name`'s manifest names, if it names
+/// one (a key does not belong in a manifest file).
+fn api_key(name: &str, var: Option<&str>) -> Result<Option<String>, RewardError> {
+    var.map(|var| {
+        std::env::var(var).map_err(|_| {
+            RewardError::Config(format!(
+                "reward `{name}`: its api_key_env `{var}` is not set"
+            ))
+        })
+    })
+    .transpose()
+}
+
+/// Where a judge's `model` is: `default`, a known model name (fetched on first use), or a
+/// path relative to `base`, the manifest's folder.
+fn resolve_model(model: &str, base: &Path) -> Result<PathBuf, RewardError> {
+    let resolved = store::resolve(model).map_err(|e| RewardError::Model(e.to_string()))?;
+    Ok(if resolved.is_relative() && !resolved.exists() {
+        base.join(resolved)
+    } else {
+        resolved
+    })
+}
+
 /// Loaded policies by resolved path, shared between judges and the service.
 #[derive(Default)]
 pub struct PolicyCache {
@@ -260,12 +317,7 @@ impl PolicyCache {
         base: &Path,
         device: &Device,
     ) -> Result<Arc<Policy>, RewardError> {
-        let resolved = store::resolve(model).map_err(|e| RewardError::Model(e.to_string()))?;
-        let path = if resolved.is_relative() && !resolved.exists() {
-            base.join(resolved)
-        } else {
-            resolved
-        };
+        let path = resolve_model(model, base)?;
         if let Some(p) = self.loaded.get(&path) {
             return Ok(p.clone());
         }

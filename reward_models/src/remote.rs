@@ -3,15 +3,23 @@
 //! Protocol: `POST <url>` with
 //! `{"items": [{"messages": [{"role": "user", "content": "..."}], "response": "..."}]}`;
 //! the service answers `200` with `{"scores": [f32, ...]}` (one per item, in order) and
-//! optionally `"reasons": [["...", ...], ...]`. Connection failures and 5xx answers are retried;
-//! anything else is an error that names the cause. A failing scorer never yields a silent zero.
+//! optionally `"reasons": [["...", ...], ...]`. Connection failures, 429 (busy) and 5xx answers
+//! are retried; anything else is an error that names the cause. A failing scorer never yields
+//! a silent zero.
 
 use crate::{Candidate, Interrupt, RewardError, RewardModel, Score};
 use policies::Message;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
 pub struct RemoteScorer {
+    endpoint: JsonEndpoint,
+}
+
+/// A service that scorers post JSON to, with the retries, timeouts and key that the remote
+/// scorer and the OpenAI-compatible judge share.
+pub(crate) struct JsonEndpoint {
     url: String,
     agent: ureq::Agent,
     timeout: Duration,
@@ -46,6 +54,23 @@ impl RemoteScorer {
         retries: u32,
         api_key: Option<String>,
     ) -> Result<Self, RewardError> {
+        Ok(Self {
+            endpoint: JsonEndpoint::new(url, timeout, retries, api_key)?,
+        })
+    }
+}
+
+/// The most of an error answer's body that goes into an error message: enough for a JSON
+/// error, not a proxy's whole HTML page.
+const BODY_SHOWN: usize = 500;
+
+impl JsonEndpoint {
+    pub(crate) fn new(
+        url: String,
+        timeout: Duration,
+        retries: u32,
+        api_key: Option<String>,
+    ) -> Result<Self, RewardError> {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(RewardError::Config(format!(
                 "remote scorer url must start with http:// or https://, got `{url}`"
@@ -61,14 +86,19 @@ impl RemoteScorer {
         })
     }
 
-    /// Posts `body`, retrying connection failures and 5xx answers with growing pauses. The
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Posts `body`, retrying connection failures, 429 and 5xx answers with growing pauses. The
     /// request's cancellation and deadline hold throughout: no attempt starts, and no pause
-    /// lasts, past them, and an attempt's timeout is cut to the time left.
-    fn call(
+    /// lasts, past them, and an attempt's timeout is cut to the time left. Errors name the
+    /// url, and a refusal its status and body.
+    pub(crate) fn post<T: DeserializeOwned>(
         &self,
         body: &serde_json::Value,
         interrupt: &Interrupt,
-    ) -> Result<Response, RewardError> {
+    ) -> Result<T, RewardError> {
         let mut last = String::new();
         for attempt in 0..=self.retries {
             if attempt > 0 {
@@ -85,19 +115,18 @@ impl RemoteScorer {
             }
             match request.send_json(body.clone()) {
                 Ok(resp) => {
-                    return resp.into_json::<Response>().map_err(|e| {
+                    return resp.into_json::<T>().map_err(|e| {
                         RewardError::Remote(format!("{}: invalid JSON answer: {e}", self.url))
                     });
                 }
-                Err(ureq::Error::Status(code, resp)) if code < 500 => {
+                Err(ureq::Error::Status(code, resp)) => {
                     let text = resp.into_string().unwrap_or_default();
-                    return Err(RewardError::Remote(format!(
-                        "{} answered {code}: {}",
-                        self.url,
-                        text.trim()
-                    )));
+                    let shown: String = text.trim().chars().take(BODY_SHOWN).collect();
+                    last = format!("{} answered {code}: {shown}", self.url);
+                    if code < 500 && code != 429 {
+                        return Err(RewardError::Remote(last));
+                    }
                 }
-                Err(ureq::Error::Status(code, _)) => last = format!("{} answered {code}", self.url),
                 Err(e) => last = format!("{}: {e}", self.url),
             }
         }
@@ -142,19 +171,18 @@ impl RewardModel for RemoteScorer {
         };
         let body =
             serde_json::to_value(&request).map_err(|e| RewardError::Remote(e.to_string()))?;
-        let answer = self.call(&body, interrupt)?;
+        let answer: Response = self.endpoint.post(&body, interrupt)?;
+        let url = self.endpoint.url();
         if answer.scores.len() != batch.len() {
             return Err(RewardError::Remote(format!(
-                "{} returned {} scores for {} items",
-                self.url,
+                "{url} returned {} scores for {} items",
                 answer.scores.len(),
                 batch.len()
             )));
         }
         if let Some(bad) = answer.scores.iter().find(|s| !s.is_finite()) {
             return Err(RewardError::Remote(format!(
-                "{} returned a non-finite score {bad}",
-                self.url
+                "{url} returned a non-finite score {bad}"
             )));
         }
         let mut reasons = answer.reasons.unwrap_or_default().into_iter();

@@ -5,16 +5,18 @@
 //!
 //! It is raw generation: no loop, no reward, no A/B arm. The server's `--max-budget` caps what
 //! one request may compute (its prompt plus `n` × `max_tokens` positions), and the queue
-//! admits it like any other request.
+//! admits it like any other request. `logprobs: k` (0 to 20) adds OpenAI's legacy
+//! log-probabilities to each choice (see [`super::logprobs`]), which is what an
+//! OpenAI-compatible judge reads.
 
 use super::error::ApiError;
+use super::logprobs::{Logprobs, MAX_LOGPROBS};
 use super::routes::parse;
 use super::{body, AppState, CancelOnDrop};
 use crate::strategy::StrategyError;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use policies::{FinishReason, GenerateParams, SamplingParams};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 /// The most continuations one request may ask for.
 pub const MAX_N: usize = 64;
@@ -32,6 +34,8 @@ pub struct CompletionBody {
     pub stop: Option<Stop>,
     pub user: Option<String>,
     pub stream: Option<bool>,
+    /// OpenAI's legacy form: how many alternatives to list per generated token.
+    pub logprobs: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,6 +50,33 @@ pub enum Prompt {
 pub enum Stop {
     One(String),
     Many(Vec<String>),
+}
+
+/// The answer, as OpenAI's `text_completion`. Typed rather than built as a JSON value, which
+/// would sort each position's `top_logprobs` by token text instead of by probability.
+#[derive(Serialize)]
+struct Completion<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: String,
+    choices: Vec<Choice<'a>>,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct Choice<'a> {
+    index: usize,
+    text: &'a str,
+    finish_reason: &'static str,
+    logprobs: Option<Logprobs>,
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    total_tokens: usize,
 }
 
 pub async fn completions(
@@ -157,6 +188,20 @@ async fn complete(
             "stop takes up to 4 non-empty strings",
         ));
     }
+    let logprobs = match body.logprobs {
+        None => None,
+        Some(k) => Some(
+            usize::try_from(k)
+                .ok()
+                .filter(|&k| k <= MAX_LOGPROBS)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "logprobs",
+                        format!("logprobs must be 0 to {MAX_LOGPROBS}, not {k}"),
+                    )
+                })?,
+        ),
+    };
     let cancel = CancelOnDrop::new();
     let params = GenerateParams {
         max_tokens,
@@ -169,6 +214,7 @@ async fn complete(
         stop,
         max_positions: Some(positions),
         cancel: Some(cancel.flag()),
+        logprobs,
         ..GenerateParams::default()
     };
     params
@@ -178,6 +224,7 @@ async fn complete(
     let permit = ticket.slot().await?;
     let state = state.into_inner();
     let model_id = state.model_id().to_string();
+    let served = state.clone();
     let generated = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         state.metrics.in_flight.inc();
@@ -191,32 +238,36 @@ async fn complete(
     let (generations, prompt_tokens) =
         generated.map_err(|e| ApiError::from(StrategyError::Policy(e)))?;
     let completion_tokens: usize = generations.iter().map(|g| g.tokens.len()).sum();
-    let choices: Vec<_> = generations
+    let tokenizer = served.policy().tokenizer();
+    let choices = generations
         .iter()
         .enumerate()
         .map(|(i, g)| {
-            json!({
-                "index": i,
-                "text": g.text,
-                "finish_reason": match g.finish {
+            Ok(Choice {
+                index: i,
+                text: &g.text,
+                finish_reason: match g.finish {
                     FinishReason::Stop => "stop",
                     FinishReason::Length | FinishReason::Budget => "length",
                 },
-                "logprobs": null,
+                logprobs: match logprobs {
+                    Some(_) => Some(Logprobs::new(tokenizer, &g.logprobs)?),
+                    None => None,
+                },
             })
         })
-        .collect();
-    let response = HttpResponse::Ok().json(json!({
-        "id": format!("cmpl-{:032x}", super::feedback::new_id()),
-        "object": "text_completion",
-        "created": super::openai::now(),
-        "model": model_id,
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let response = HttpResponse::Ok().json(Completion {
+        id: format!("cmpl-{:032x}", super::feedback::new_id()),
+        object: "text_completion",
+        created: super::openai::now(),
+        model: model_id,
+        choices,
+        usage: Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
         },
-    }));
+    });
     Ok((response, completion_tokens))
 }

@@ -21,6 +21,7 @@ mod config;
 pub mod error;
 mod fallback;
 pub mod feedback;
+mod logprobs;
 pub mod metrics;
 pub mod openai;
 mod queue;
@@ -381,6 +382,7 @@ impl AppState {
                     reward_models::manifest::Manifest::Judge { .. } => "judge",
                     reward_models::manifest::Manifest::Verifier { .. } => "verifier",
                     reward_models::manifest::Manifest::Remote { .. } => "remote",
+                    reward_models::manifest::Manifest::OpenaiJudge { .. } => "openai_judge",
                     reward_models::manifest::Manifest::Combined { .. } => "combined",
                 };
                 Some((name, kind, !self.broken_rewards.contains_key(name)))

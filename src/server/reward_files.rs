@@ -32,7 +32,7 @@ fn problem(manifests: &Manifests, dir: &Path, name: &str, depth: usize) -> Optio
             let config = dir.join(path).join("config.json");
             (!config.is_file()).then(|| format!("{} does not exist", config.display()))
         }
-        Manifest::Judge { model, .. } => {
+        Manifest::Judge { model, .. } | Manifest::OpenaiJudge { model, .. } => {
             // A model hone knows by name is fetched on first use.
             let known =
                 model == "default" || store::KNOWN_MODELS.iter().any(|m| m.name == model.as_str());

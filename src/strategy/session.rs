@@ -235,6 +235,7 @@ impl<'a> Session<'a> {
             deadline: self.meter.budget().deadline,
             speculation: self.speculation,
             on_text: self.on_text.clone(),
+            logprobs: None,
         };
         let (generations, stats) = match self.policy.generate(prompt, plan.n, &params) {
             Ok(out) => out,

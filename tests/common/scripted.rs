@@ -139,6 +139,7 @@ impl LanguageModel for Scripted {
                     tokens: self.ids(&text),
                     text,
                     finish: finish[i].unwrap_or(FinishReason::Stop),
+                    logprobs: Vec::new(),
                 }
             })
             .collect();
