@@ -62,15 +62,10 @@ extern "C" __global__ void quantize_q8(const float *x, int8_t *xq, float *xd, in
 
 // ---------------------------------------------------------------------------------------------
 // Block formats (ggml's layouts). A row is cut into units of 16 weights that share one scale
-// (and one offset) and lie in one run of 32 inputs. `load` turns unit `t` of block `blk` into
-// four words of four signed 8-bit weights, `w[i]` holding elements e..e + 3 of the unit, and
-// its scale `d` and offset `m` (weight = d * q + m; `m` only in types with `MIN`). `at(t)` is
-// the unit's first element in the block.
-
-struct Unit {
-    int w[4];
-    float d, m;
-};
+// (and one offset) and lie in one run of 32 inputs. `word(blk, t, i)` is word `i` (of 4) of
+// unit `t` of block `blk`: four signed 8-bit weights, elements 4i..4i + 3 of the unit;
+// `scale(blk, t, d, m)` gives the unit's scale `d` and offset `m` (weight = d * q + m; `m`
+// only in types with `MIN`). `at(t)` is the unit's first element in the block.
 
 #define LO_NIBBLES(q) ((int)((q) & 0x0F0F0F0Fu))
 #define HI_NIBBLES(q) ((int)(((q) >> 4) & 0x0F0F0F0Fu))
@@ -86,28 +81,24 @@ struct Q4_0 {  // f16 d, 16 bytes of nibbles
     static const int QK = 32, BYTES = 18, UNITS = 2;
     static const bool MIN = false;
     __device__ static int at(int t) { return 16 * t; }
-    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const uint32_t q = ld2x2(blk + 2 + 4 * i);
-            u.w[i] = __vsubss4(t ? HI_NIBBLES(q) : LO_NIBBLES(q), 0x08080808);
-        }
-        u.d = f16(blk);
+    __device__ static int word(const uint8_t *blk, int t, int i) {
+        const uint32_t q = ld2x2(blk + 2 + 4 * i);
+        return __vsubss4(t ? HI_NIBBLES(q) : LO_NIBBLES(q), 0x08080808);
     }
+    __device__ static void scale(const uint8_t *blk, int, float &d, float &) { d = f16(blk); }
 };
 
 struct Q4_1 {  // f16 d, f16 m, 16 bytes of nibbles
     static const int QK = 32, BYTES = 20, UNITS = 2;
     static const bool MIN = true;
     __device__ static int at(int t) { return 16 * t; }
-    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const uint32_t q = ld4(blk + 4 + 4 * i);
-            u.w[i] = t ? HI_NIBBLES(q) : LO_NIBBLES(q);
-        }
-        u.d = f16(blk);
-        u.m = f16(blk + 2);
+    __device__ static int word(const uint8_t *blk, int t, int i) {
+        const uint32_t q = ld4(blk + 4 + 4 * i);
+        return t ? HI_NIBBLES(q) : LO_NIBBLES(q);
+    }
+    __device__ static void scale(const uint8_t *blk, int, float &d, float &m) {
+        d = f16(blk);
+        m = f16(blk + 2);
     }
 };
 
@@ -115,31 +106,25 @@ struct Q5_0 {  // f16 d, 32 high bits (bit e for element e), 16 bytes of nibbles
     static const int QK = 32, BYTES = 22, UNITS = 2;
     static const bool MIN = false;
     __device__ static int at(int t) { return 16 * t; }
-    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
-        const uint32_t qh = ld2x2(blk + 2) >> (16 * t);
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const uint32_t q = ld2x2(blk + 6 + 4 * i);
-            const int h = fifth_bits(qh >> (4 * i));
-            u.w[i] = __vsubss4((t ? HI_NIBBLES(q) : LO_NIBBLES(q)) | h, 0x10101010);
-        }
-        u.d = f16(blk);
+    __device__ static int word(const uint8_t *blk, int t, int i) {
+        const uint32_t qh = ld2x2(blk + 2) >> (16 * t), q = ld2x2(blk + 6 + 4 * i);
+        const int h = fifth_bits(qh >> (4 * i));
+        return __vsubss4((t ? HI_NIBBLES(q) : LO_NIBBLES(q)) | h, 0x10101010);
     }
+    __device__ static void scale(const uint8_t *blk, int, float &d, float &) { d = f16(blk); }
 };
 
 struct Q5_1 {  // f16 d, f16 m, 32 high bits, 16 bytes of nibbles
     static const int QK = 32, BYTES = 24, UNITS = 2;
     static const bool MIN = true;
     __device__ static int at(int t) { return 16 * t; }
-    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
-        const uint32_t qh = ld4(blk + 4) >> (16 * t);
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const uint32_t q = ld4(blk + 8 + 4 * i);
-            u.w[i] = (t ? HI_NIBBLES(q) : LO_NIBBLES(q)) | fifth_bits(qh >> (4 * i));
-        }
-        u.d = f16(blk);
-        u.m = f16(blk + 2);
+    __device__ static int word(const uint8_t *blk, int t, int i) {
+        const uint32_t qh = ld4(blk + 4) >> (16 * t), q = ld4(blk + 8 + 4 * i);
+        return (t ? HI_NIBBLES(q) : LO_NIBBLES(q)) | fifth_bits(qh >> (4 * i));
+    }
+    __device__ static void scale(const uint8_t *blk, int, float &d, float &m) {
+        d = f16(blk);
+        m = f16(blk + 2);
     }
 };
 
@@ -147,47 +132,42 @@ struct Q8_0 {  // 32 elements: f16 d, 32 signed bytes
     static const int QK = 32, BYTES = 34, UNITS = 2;
     static const bool MIN = false;
     __device__ static int at(int t) { return 16 * t; }
-    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
-#pragma unroll
-        for (int i = 0; i < 4; i++) u.w[i] = (int)ld2x2(blk + 2 + 16 * t + 4 * i);
-        u.d = f16(blk);
+    __device__ static int word(const uint8_t *blk, int t, int i) {
+        return (int)ld2x2(blk + 2 + 16 * t + 4 * i);
     }
+    __device__ static void scale(const uint8_t *blk, int, float &d, float &) { d = f16(blk); }
 };
 
-// The 6-bit scale and minimum of sub-block `j` (of 8) of a Q4_K or Q5_K super-block.
-__device__ __forceinline__ void scale_min_k4(int j, const uint8_t *q, int &sc, int &m) {
+// The scale and offset of sub-block `j` (of 8) of a Q4_K or Q5_K super-block: 6-bit factors
+// of the block's d and dmin.
+__device__ __forceinline__ void k4_scale(const uint8_t *blk, int j, float &d, float &m) {
+    const uint8_t *q = blk + 4;
+    int sc, mn;
     if (j < 4) {
         sc = q[j] & 63;
-        m = q[j + 4] & 63;
+        mn = q[j + 4] & 63;
     } else {
         sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-        m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+        mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
     }
+    d = f16(blk) * sc;
+    m = -f16(blk + 2) * mn;
 }
 
 // Q4_K and Q5_K: 256 elements in 8 sub-blocks of 32, each with a 6-bit scale and minimum.
 // Sub-block j takes the low (j even) or high (j odd) nibbles of the 32 quant bytes of group
 // j / 2; unit t is half t % 2 of sub-block t / 2, so its bytes are 16 * (t % 2).. of the group.
-__device__ __forceinline__ void k4_scale(const uint8_t *blk, int j, Unit &u) {
-    int sc, m;
-    scale_min_k4(j, blk + 4, sc, m);
-    u.d = f16(blk) * sc;
-    u.m = -f16(blk + 2) * m;
-}
-
 struct Q4_K {  // f16 d, f16 dmin, 12 bytes of scales, 128 bytes of nibbles
     static const int QK = 256, BYTES = 144, UNITS = 16;
     static const bool MIN = true;
     __device__ static int at(int t) { return 16 * t; }
-    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
+    __device__ static int word(const uint8_t *blk, int t, int i) {
         const int j = t / 2;
-        const uint8_t *q = blk + 16 + 32 * (j / 2) + 16 * (t % 2);
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const uint32_t v = ld4(q + 4 * i);
-            u.w[i] = j % 2 ? HI_NIBBLES(v) : LO_NIBBLES(v);
-        }
-        k4_scale(blk, j, u);
+        const uint32_t v = ld4(blk + 16 + 32 * (j / 2) + 16 * (t % 2) + 4 * i);
+        return j % 2 ? HI_NIBBLES(v) : LO_NIBBLES(v);
+    }
+    __device__ static void scale(const uint8_t *blk, int t, float &d, float &m) {
+        k4_scale(blk, t / 2, d, m);
     }
 };
 
@@ -195,17 +175,15 @@ struct Q5_K {  // f16 d, f16 dmin, 12 bytes of scales, 32 of high bits, 128 of n
     static const int QK = 256, BYTES = 176, UNITS = 16;
     static const bool MIN = true;
     __device__ static int at(int t) { return 16 * t; }
-    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
-        // The fifth bit of element l of sub-block j is bit j of high-bit byte l.
+    // The fifth bit of element l of sub-block j is bit j of high-bit byte l.
+    __device__ static int word(const uint8_t *blk, int t, int i) {
         const int j = t / 2;
-        const uint8_t *q = blk + 48 + 32 * (j / 2) + 16 * (t % 2);
-        const uint8_t *qh = blk + 16 + 16 * (t % 2);
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const uint32_t v = ld4(q + 4 * i), h = ld4(qh + 4 * i);
-            u.w[i] = (j % 2 ? HI_NIBBLES(v) : LO_NIBBLES(v)) | (int)(((h >> j) & 0x01010101u) << 4);
-        }
-        k4_scale(blk, j, u);
+        const uint32_t v = ld4(blk + 48 + 32 * (j / 2) + 16 * (t % 2) + 4 * i);
+        const uint32_t h = ld4(blk + 16 + 16 * (t % 2) + 4 * i);
+        return (j % 2 ? HI_NIBBLES(v) : LO_NIBBLES(v)) | (int)(((h >> j) & 0x01010101u) << 4);
+    }
+    __device__ static void scale(const uint8_t *blk, int t, float &d, float &m) {
+        k4_scale(blk, t / 2, d, m);
     }
 };
 
@@ -217,29 +195,26 @@ struct Q6_K {  // 128 bytes of low nibbles, 64 of high pairs, 16 int8 scales, f1
     static const int QK = 256, BYTES = 210, UNITS = 16;
     static const bool MIN = false;
     __device__ static int at(int t) { return 16 * t; }
-    __device__ static void load(const uint8_t *blk, int t, Unit &u) {
+    __device__ static int word(const uint8_t *blk, int t, int i) {
         const int half = t / 8, e = 16 * (t % 8);
-        const uint8_t *ql = blk + 64 * half + e % 64;
-        const uint8_t *qh = blk + 128 + 32 * half + e % 32;
-        const int shift = 2 * (e / 32);
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const uint32_t l = ld2x2(ql + 4 * i), h = ld2x2(qh + 4 * i);
-            const int lo = e < 64 ? LO_NIBBLES(l) : HI_NIBBLES(l);
-            u.w[i] = __vsubss4(lo | (int)(((h >> shift) & 0x03030303u) << 4), 0x20202020);
-        }
-        u.d = f16(blk + 208) * reinterpret_cast<const int8_t *>(blk + 192)[8 * half + t % 8];
+        const uint32_t l = ld2x2(blk + 64 * half + e % 64 + 4 * i);
+        const uint32_t h = ld2x2(blk + 128 + 32 * half + e % 32 + 4 * i);
+        const int lo = e < 64 ? LO_NIBBLES(l) : HI_NIBBLES(l);
+        return __vsubss4(lo | (int)(((h >> (2 * (e / 32))) & 0x03030303u) << 4), 0x20202020);
+    }
+    __device__ static void scale(const uint8_t *blk, int t, float &d, float &) {
+        d = f16(blk + 208) * reinterpret_cast<const int8_t *>(blk + 192)[t];
     }
 };
 
 // ---------------------------------------------------------------------------------------------
 // Matrix products. `w` is `[cols, k]` (one quantized row per output column), the input is
-// `[n, k]` in the 8-bit form above, `y` is `[n, cols]`. One warp owns C output columns for one
-// group of R input rows (grid y). Lane l takes units l, l + 32, ... of the reduction; a unit's
-// 16 products are summed exactly as integers (dp4a), scaled in a fixed order and added to the
-// lane's sum, and the warp adds its lanes in a fixed tree. Every output element is therefore
-// reduced the same way whatever R, C and the number of rows are: a row's result never depends
-// on the call it is in, and prefill (R = 8, C = 4) gives the bits of decode (R = 1, C = 1).
+// `[n, k]` in the 8-bit form above, `y` is `[n, cols]`. Each element's sum is cut into units of
+// 16 products, each summed exactly as an integer (dp4a, or tensor cores for many rows), scaled
+// in a fixed order, and added into 32 partial sums (unit u into sum u % 32, in unit order)
+// that a fixed tree adds up. Every kernel below follows that order whatever its tile, so a
+// row's result never depends on the call it is in, and prefill (tensor cores) gives the bits
+// of decode (one warp per column).
 
 #define ONES 0x01010101
 
@@ -249,23 +224,37 @@ __device__ __forceinline__ float small_int(int v) {
     return __int_as_float(v + 0x4B400000) - 12582912.f;
 }
 
-template <typename T, int R, int C>
-__device__ void dot_tile(const uint8_t *w, size_t row_bytes, int ncols, const int8_t *xq,
-                         const float *xd, int rows, int k, float (&acc)[R][C]) {
+// What one unit adds to an element's sum: its integer dot product `dot` scaled by the unit's
+// `d` (with `m` times the sum of the unit's inputs where the type has an offset) and by the
+// inputs' scale `dx`. Every product kernel goes through here, in this order.
+template <typename T>
+__device__ __forceinline__ float add_unit(float acc, float d, float m, int dot, float sum,
+                                          float dx) {
+    float f = d * small_int(dot);
+    if (T::MIN) f = fmaf(m, sum, f);
+    return fmaf(f, dx, acc);
+}
+
+// Lane `l` sums units l, l + 32, ... in order; the warp then adds its lanes in `warp_sum`'s
+// tree. This is the order of every element of every product kernel. One warp, one output
+// column (at w), R input rows.
+template <typename T, int R>
+__device__ void dot_tile(const uint8_t *w, const int8_t *xq, const float *xd, int rows, int k,
+                         float (&acc)[R]) {
     const int lane = threadIdx.x % WARP, units = k / T::QK * T::UNITS, runs = k / 32;
 #pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int c = 0; c < C; c++) acc[r][c] = 0.f;
+    for (int r = 0; r < R; r++) acc[r] = 0.f;
     // Several units in flight per lane where a warp holds one row: decode is bound by memory
     // latency; with 8 rows the registers go to the rows instead.
 #pragma unroll(R == 1 ? 2 : 1)
     for (int u = lane; u < units; u += WARP) {
         const int blk = u / T::UNITS, t = u % T::UNITS, e = blk * T::QK + T::at(t);
-        Unit wu[C];
+        const uint8_t *b = w + (size_t)blk * T::BYTES;
+        int wq[4];
 #pragma unroll
-        for (int c = 0; c < C; c++)
-            if (c < ncols) T::load(w + c * row_bytes + (size_t)blk * T::BYTES, t, wu[c]);
+        for (int i = 0; i < 4; i++) wq[i] = T::word(b, t, i);
+        float d, m = 0.f;
+        T::scale(b, t, d, m);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r < rows) {
@@ -275,81 +264,212 @@ __device__ void dot_tile(const uint8_t *w, size_t row_bytes, int ncols, const in
                     T::MIN ? small_int(__dp4a(x.w, ONES, __dp4a(x.z, ONES, __dp4a(x.y, ONES,
                                                             __dp4a(x.x, ONES, 0)))))
                            : 0.f;
+                int dot = __dp4a(wq[0], x.x, 0);
+                dot = __dp4a(wq[1], x.y, dot);
+                dot = __dp4a(wq[2], x.z, dot);
+                dot = __dp4a(wq[3], x.w, dot);
+                acc[r] = add_unit<T>(acc[r], d, m, dot, sum, dx);
+            }
+        }
+    }
 #pragma unroll
-                for (int c = 0; c < C; c++) {
-                    int dot = __dp4a(wu[c].w[0], x.x, 0);
-                    dot = __dp4a(wu[c].w[1], x.y, dot);
-                    dot = __dp4a(wu[c].w[2], x.z, dot);
-                    dot = __dp4a(wu[c].w[3], x.w, dot);
-                    float f = wu[c].d * small_int(dot);
-                    if (T::MIN) f = fmaf(wu[c].m, sum, f);
-                    acc[r][c] = fmaf(f, dx, acc[r][c]);
+    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+}
+
+// Tensor cores (large batches and prefill). A block of MMA_WARPS warps computes a tile of
+// MMA_ROWS input rows by MMA_COLS output columns. mma.sync m16n8k16 multiplies 16 rows by one
+// unit of 8 columns as exact integers, so the tile keeps `dot_tile`'s order: warp w takes units
+// w, w + 8, w + 16, ..., and sums unit u into slot (u / 8) % 4, which holds what lane u % 32 of
+// `dot_tile` holds. `warp_sum`'s first two levels add lanes l, l + 16, l + 8, l + 24: all in
+// warp l's slots. The block does the last three levels over the warps through shared memory.
+
+#define MMA_WARPS 8
+#define MMA_ROWS 16
+#define MMA_COLS 16
+#define MMA_TILES (MMA_COLS / 8)
+#define MMA_OUT (MMA_ROWS * MMA_COLS / (MMA_WARPS * WARP))
+
+// c = a b for a 16 x 16 int8 tile a (row-major; this lane's words a0, a1) and a 16 x 8 tile b
+// (column-major; this lane's word b). Lane l holds c at rows l / 4 (c[0], c[1]) and l / 4 + 8
+// (c[2], c[3]), columns 2 (l % 4) and 2 (l % 4) + 1.
+__device__ __forceinline__ void mma_s8(int (&c)[4], int a0, int a1, int b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
+        "{%7, %7, %7, %7};\n"
+        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+        : "r"(a0), "r"(a1), "r"(b), "r"(0));
+}
+
+// What one unit of one warp needs from memory, loaded for several units before any is
+// multiplied, so that their loads are in flight together.
+struct MmaLoad {
+    int a0, a1, b[MMA_TILES];
+    float dx0, dx1, d[MMA_TILES], m[MMA_TILES];
+};
+
+// Elements i * blockDim.x + threadIdx.x (row-major in the tile) of y = x wᵀ for the tile of
+// `rows` input rows and `ncols` columns at w, xq, xd. Every thread of the block must call it.
+template <typename T>
+__device__ void mma_tile(const uint8_t *w, size_t row_bytes, int ncols, const int8_t *xq,
+                         const float *xd, int rows, int k, float (&out)[MMA_OUT]) {
+    __shared__ float part[MMA_WARPS][MMA_ROWS * MMA_COLS];
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int g = lane / 4, q = lane % 4;
+    const int units = k / T::QK * T::UNITS, runs = k / 32;
+    float acc[4][MMA_TILES][4];
+#pragma unroll
+    for (int s = 0; s < 4; s++)
+#pragma unroll
+        for (int j = 0; j < MMA_TILES; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[s][j][i] = 0.f;
+    const bool r0 = g < rows, r1 = g + 8 < rows;
+    const int8_t *x0 = xq + (size_t)g * k + 4 * q, *x1 = x0 + (size_t)8 * k;
+    const float *d0 = xd + (size_t)g * runs, *d1 = d0 + (size_t)8 * runs;
+    for (int u0 = warp; u0 < units; u0 += 4 * MMA_WARPS) {
+        // Slot s takes unit u0 + 8s; past the last unit it loads unit u0 again and adds
+        // nothing, so every load is unconditional and the four can overlap.
+        MmaLoad ld[4];
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+            const int u = u0 + s * MMA_WARPS < units ? u0 + s * MMA_WARPS : u0;
+            const int blk = u / T::UNITS, t = u % T::UNITS, e = blk * T::QK + T::at(t);
+            ld[s].a0 = r0 ? (int)ld4((const uint8_t *)(x0 + e)) : 0;
+            ld[s].a1 = r1 ? (int)ld4((const uint8_t *)(x1 + e)) : 0;
+            ld[s].dx0 = r0 ? d0[e / 32] : 0.f;
+            ld[s].dx1 = r1 ? d1[e / 32] : 0.f;
+#pragma unroll
+            for (int j = 0; j < MMA_TILES; j++) {
+                // Word q of column 8j + g, and that column's scales: the scales of this
+                // lane's output columns 8j + 2q, 8j + 2q + 1 come from lanes 8q and 8q + 4.
+                const int col = 8 * j + g < ncols ? 8 * j + g : 0;
+                const uint8_t *p = w + col * row_bytes + (size_t)blk * T::BYTES;
+                ld[s].b[j] = T::word(p, t, q);
+                ld[s].m[j] = 0.f;
+                T::scale(p, t, ld[s].d[j], ld[s].m[j]);
+            }
+        }
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+            if (u0 + s * MMA_WARPS >= units) break;
+            float sum0 = 0.f, sum1 = 0.f;
+            if (T::MIN) {
+                int c[4];
+                mma_s8(c, ld[s].a0, ld[s].a1, ONES);
+                sum0 = small_int(c[0]);
+                sum1 = small_int(c[2]);
+            }
+#pragma unroll
+            for (int j = 0; j < MMA_TILES; j++) {
+                int c[4];
+                mma_s8(c, ld[s].a0, ld[s].a1, ld[s].b[j]);
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int from = 4 * (2 * q + h);
+                    const float d = __shfl_sync(0xffffffffu, ld[s].d[j], from);
+                    const float m = T::MIN ? __shfl_sync(0xffffffffu, ld[s].m[j], from) : 0.f;
+                    acc[s][j][h] = add_unit<T>(acc[s][j][h], d, m, c[h], sum0, ld[s].dx0);
+                    acc[s][j][2 + h] =
+                        add_unit<T>(acc[s][j][2 + h], d, m, c[2 + h], sum1, ld[s].dx1);
                 }
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < R; r++)
+    for (int j = 0; j < MMA_TILES; j++)
 #pragma unroll
-        for (int c = 0; c < C; c++) acc[r][c] = warp_sum(acc[r][c]);
+        for (int i = 0; i < 4; i++) {
+            const int row = g + 8 * (i / 2), col = 8 * j + 2 * q + i % 2;
+            part[warp][row * MMA_COLS + col] =
+                (acc[0][j][i] + acc[2][j][i]) + (acc[1][j][i] + acc[3][j][i]);
+        }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < MMA_OUT; i++) {
+        const int at = i * MMA_WARPS * WARP + threadIdx.x;
+        float p[MMA_WARPS];
+#pragma unroll
+        for (int v = 0; v < MMA_WARPS; v++) p[v] = part[v][at];
+        const float s0 = p[0] + p[4], s1 = p[1] + p[5], s2 = p[2] + p[6], s3 = p[3] + p[7];
+        out[i] = (s0 + s2) + (s1 + s3);
+    }
+    __syncthreads();
 }
 
-// The warp's first column, or -1 past the last.
-template <int C>
-__device__ __forceinline__ int first_column(int cols) {
-    const int col = (blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP) * C;
+// The warp's output column, or -1 past the last.
+__device__ __forceinline__ int warp_column(int cols) {
+    const int col = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
     return col < cols ? col : -1;
 }
 
-// Output columns col.. of y = x wᵀ (+ bias) (+ res) for one warp. `bias` and `res` are read
-// only when their flags are set.
-template <typename T, int R, int C>
+// Element `at` (column `col`) of y = x wᵀ + bias + res, from its sum `v`. `bias` and `res`
+// are read only when their flags are set.
+__device__ __forceinline__ float finish(float v, const float *bias, const float *res,
+                                        int has_bias, int has_res, size_t at, int col) {
+    if (has_bias) v += bias[col];
+    if (has_res) v += res[at];
+    return v;
+}
+
+// Output column `col` of y = x wᵀ (+ bias) (+ res) for one warp, R rows at a time (grid y).
+template <typename T, int R>
 __device__ void matvec_at(const uint8_t *w, const int8_t *xq, const float *xd, float *y,
                           const float *bias, const float *res, int has_bias, int has_res, int n,
                           int k, int cols, int col) {
     const size_t row_bytes = (size_t)(k / T::QK) * T::BYTES;
-    const int ncols = min(C, cols - col);
     for (int n0 = blockIdx.y * R; n0 < n; n0 += gridDim.y * R) {
         const int rows = min(R, n - n0);
-        float acc[R][C];
-        dot_tile<T, R, C>(w + col * row_bytes, row_bytes, ncols, xq + (size_t)n0 * k,
-                          xd + (size_t)n0 * (k / 32), rows, k, acc);
-        if (threadIdx.x % WARP == 0) {
-            for (int r = 0; r < rows; r++)
-                for (int c = 0; c < ncols; c++) {
-                    const size_t at = (size_t)(n0 + r) * cols + col + c;
-                    float v = acc[r][c];
-                    if (has_bias) v += bias[col + c];
-                    if (has_res) v += res[at];
-                    y[at] = v;
-                }
-        }
+        float acc[R];
+        dot_tile<T, R>(w + col * row_bytes, xq + (size_t)n0 * k, xd + (size_t)n0 * (k / 32),
+                       rows, k, acc);
+        if (threadIdx.x % WARP == 0)
+            for (int r = 0; r < rows; r++) {
+                const size_t at = (size_t)(n0 + r) * cols + col;
+                y[at] = finish(acc[r], bias, res, has_bias, has_res, at, col);
+            }
     }
 }
 
-template <typename T, int R, int C>
+template <typename T, int R>
 __device__ void matvec(const uint8_t *w, const int8_t *xq, const float *xd, float *y,
                        const float *bias, const float *res, int has_bias, int has_res, int n,
                        int k, int cols) {
-    const int col = first_column<C>(cols);
-    if (col >= 0) matvec_at<T, R, C>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols, col);
+    const int col = warp_column(cols);
+    if (col >= 0) matvec_at<T, R>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols, col);
+}
+
+// Which of three matrices side by side holds column `col` (made relative to it).
+struct Third {
+    const uint8_t *w;
+    float *y;
+    const float *b;
+    int cols;
+};
+
+__device__ __forceinline__ Third third(const uint8_t *w0, const uint8_t *w1, const uint8_t *w2,
+                                       float *y0, float *y1, float *y2, const float *b0,
+                                       const float *b1, const float *b2, int c0, int c1, int c2,
+                                       int &col) {
+    if (col < c0) return {w0, y0, b0, c0};
+    if (col < c0 + c1) {
+        col -= c0;
+        return {w1, y1, b1, c1};
+    }
+    col -= c0 + c1;
+    return {w2, y2, b2, c2};
 }
 
 // Three products of the same input in one launch (q, k and v): the matrices' columns side by
-// side, each warp in one of them (every column count a multiple of C), each into its own y.
-template <typename T, int R, int C>
+// side, each warp in one of them, each into its own y.
+template <typename T, int R>
 __device__ void matvec3(const uint8_t *w0, const uint8_t *w1, const uint8_t *w2,
                         const int8_t *xq, const float *xd, float *y0, float *y1, float *y2,
                         const float *b0, const float *b1, const float *b2, int has_bias, int n,
                         int k, int c0, int c1, int c2) {
-    const int col = first_column<C>(c0 + c1 + c2);
+    int col = warp_column(c0 + c1 + c2);
     if (col < 0) return;
-    if (col < c0)
-        matvec_at<T, R, C>(w0, xq, xd, y0, b0, b0, has_bias, 0, n, k, c0, col);
-    else if (col < c0 + c1)
-        matvec_at<T, R, C>(w1, xq, xd, y1, b1, b1, has_bias, 0, n, k, c1, col - c0);
-    else
-        matvec_at<T, R, C>(w2, xq, xd, y2, b2, b2, has_bias, 0, n, k, c2, col - c0 - c1);
+    const Third m = third(w0, w1, w2, y0, y1, y2, b0, b1, b2, c0, c1, c2, col);
+    matvec_at<T, R>(m.w, xq, xd, m.y, m.b, m.b, has_bias, 0, n, k, m.cols, col);
 }
 
 __device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
@@ -360,55 +480,124 @@ __device__ __forceinline__ float gelu(float g) {
 }
 
 // The gated MLP's first half: y = act(x gateᵀ) * (x upᵀ); act 0 is SiLU, 1 is GELU.
-template <typename T, int R, int C>
+__device__ __forceinline__ float gated(int act, float g, float u) {
+    return (act ? gelu(g) : silu(g)) * u;
+}
+
+template <typename T, int R>
 __device__ void glu(const uint8_t *gate, const uint8_t *up, const int8_t *xq, const float *xd,
                     float *y, int act, int n, int k, int cols) {
-    const int col = first_column<C>(cols);
+    const int col = warp_column(cols);
     if (col < 0) return;
     const size_t row_bytes = (size_t)(k / T::QK) * T::BYTES;
-    const int ncols = min(C, cols - col);
     for (int n0 = blockIdx.y * R; n0 < n; n0 += gridDim.y * R) {
         const int rows = min(R, n - n0);
         const int8_t *xr = xq + (size_t)n0 * k;
         const float *dr = xd + (size_t)n0 * (k / 32);
-        float g[R][C], u[R][C];
-        dot_tile<T, R, C>(gate + col * row_bytes, row_bytes, ncols, xr, dr, rows, k, g);
-        dot_tile<T, R, C>(up + col * row_bytes, row_bytes, ncols, xr, dr, rows, k, u);
-        if (threadIdx.x % WARP == 0) {
+        float g[R], u[R];
+        dot_tile<T, R>(gate + col * row_bytes, xr, dr, rows, k, g);
+        dot_tile<T, R>(up + col * row_bytes, xr, dr, rows, k, u);
+        if (threadIdx.x % WARP == 0)
             for (int r = 0; r < rows; r++)
-                for (int c = 0; c < ncols; c++) {
-                    const float a = act ? gelu(g[r][c]) : silu(g[r][c]);
-                    y[(size_t)(n0 + r) * cols + col + c] = a * u[r][c];
-                }
+                y[(size_t)(n0 + r) * cols + col] = gated(act, g[r], u[r]);
+    }
+}
+
+// The tensor-core forms of `matvec_at`, `matvec3` and `glu`: block x owns MMA_COLS output
+// columns (every column count a multiple of MMA_COLS in `matvec3`), grid y groups of
+// MMA_ROWS input rows.
+
+template <typename T>
+__device__ void matvec_mma_at(const uint8_t *w, const int8_t *xq, const float *xd, float *y,
+                              const float *bias, const float *res, int has_bias, int has_res,
+                              int n, int k, int cols, int col) {
+    const size_t row_bytes = (size_t)(k / T::QK) * T::BYTES;
+    const int ncols = min(MMA_COLS, cols - col);
+    for (int n0 = blockIdx.y * MMA_ROWS; n0 < n; n0 += gridDim.y * MMA_ROWS) {
+        const int rows = min(MMA_ROWS, n - n0);
+        float v[MMA_OUT];
+        mma_tile<T>(w + col * row_bytes, row_bytes, ncols, xq + (size_t)n0 * k,
+                    xd + (size_t)n0 * (k / 32), rows, k, v);
+#pragma unroll
+        for (int i = 0; i < MMA_OUT; i++) {
+            const int e = i * MMA_WARPS * WARP + threadIdx.x, r = e / MMA_COLS, c = e % MMA_COLS;
+            if (r < rows && c < ncols) {
+                const size_t at = (size_t)(n0 + r) * cols + col + c;
+                y[at] = finish(v[i], bias, res, has_bias, has_res, at, col + c);
+            }
+        }
+    }
+}
+
+template <typename T>
+__device__ void matvec3_mma(const uint8_t *w0, const uint8_t *w1, const uint8_t *w2,
+                            const int8_t *xq, const float *xd, float *y0, float *y1, float *y2,
+                            const float *b0, const float *b1, const float *b2, int has_bias,
+                            int n, int k, int c0, int c1, int c2) {
+    int col = blockIdx.x * MMA_COLS;
+    const Third m = third(w0, w1, w2, y0, y1, y2, b0, b1, b2, c0, c1, c2, col);
+    matvec_mma_at<T>(m.w, xq, xd, m.y, m.b, m.b, has_bias, 0, n, k, m.cols, col);
+}
+
+template <typename T>
+__device__ void glu_mma(const uint8_t *gate, const uint8_t *up, const int8_t *xq,
+                        const float *xd, float *y, int act, int n, int k, int cols) {
+    const int col = blockIdx.x * MMA_COLS;
+    const size_t row_bytes = (size_t)(k / T::QK) * T::BYTES;
+    const int ncols = min(MMA_COLS, cols - col);
+    for (int n0 = blockIdx.y * MMA_ROWS; n0 < n; n0 += gridDim.y * MMA_ROWS) {
+        const int rows = min(MMA_ROWS, n - n0);
+        const int8_t *xr = xq + (size_t)n0 * k;
+        const float *dr = xd + (size_t)n0 * (k / 32);
+        float g[MMA_OUT], u[MMA_OUT];
+        mma_tile<T>(gate + col * row_bytes, row_bytes, ncols, xr, dr, rows, k, g);
+        mma_tile<T>(up + col * row_bytes, row_bytes, ncols, xr, dr, rows, k, u);
+#pragma unroll
+        for (int i = 0; i < MMA_OUT; i++) {
+            const int e = i * MMA_WARPS * WARP + threadIdx.x, r = e / MMA_COLS, c = e % MMA_COLS;
+            if (r < rows && c < ncols) y[(size_t)(n0 + r) * cols + col + c] = gated(act, g[i], u[i]);
         }
     }
 }
 
 // Shapes: `_1` one row and one column per warp (a decode step of one row: the most warps);
-// `_8` up to 8 rows (small batches, verification); `_wide` 8 rows and 4 columns (prefill and
-// large batches: each weight unit serves 8 rows, each input load 4 columns).
-#define QUANT_KERNELS_RC(T, SUFFIX, R, C)                                                      \
-    extern "C" __global__ void matvec_##T##SUFFIX(const uint8_t *w, const int8_t *xq,          \
-                                                  const float *xd, float *y,                   \
-                                                  const float *bias, const float *res,         \
-                                                  int has_bias, int has_res, int n, int k,     \
-                                                  int cols) {                                  \
-        matvec<T, R, C>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols);               \
+// `_8` up to 8 rows per warp (small batches, verification); `_mma` tensor cores (prefill and
+// larger batches).
+#define MATVEC_ARGS                                                                            \
+    const uint8_t *w, const int8_t *xq, const float *xd, float *y, const float *bias,          \
+        const float *res, int has_bias, int has_res, int n, int k, int cols
+#define MATVEC3_ARGS                                                                           \
+    const uint8_t *w0, const uint8_t *w1, const uint8_t *w2, const int8_t *xq, const float *xd, \
+        float *y0, float *y1, float *y2, const float *b0, const float *b1, const float *b2,    \
+        int has_bias, int n, int k, int c0, int c1, int c2
+#define GLU_ARGS                                                                               \
+    const uint8_t *gate, const uint8_t *up, const int8_t *xq, const float *xd, float *y,       \
+        int act, int n, int k, int cols
+
+#define QUANT_KERNELS_R(T, SUFFIX, R)                                                          \
+    extern "C" __global__ void matvec_##T##SUFFIX(MATVEC_ARGS) {                               \
+        matvec<T, R>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols);               \
     }                                                                                          \
-    extern "C" __global__ void matvec3_##T##SUFFIX(                                           \
-        const uint8_t *w0, const uint8_t *w1, const uint8_t *w2, const int8_t *xq,             \
-        const float *xd, float *y0, float *y1, float *y2, const float *b0, const float *b1,    \
-        const float *b2, int has_bias, int n, int k, int c0, int c1, int c2) {                 \
-        matvec3<T, R, C>(w0, w1, w2, xq, xd, y0, y1, y2, b0, b1, b2, has_bias, n, k, c0, c1,   \
+    extern "C" __global__ void matvec3_##T##SUFFIX(MATVEC3_ARGS) {                             \
+        matvec3<T, R>(w0, w1, w2, xq, xd, y0, y1, y2, b0, b1, b2, has_bias, n, k, c0, c1,   \
                          c2);                                                                  \
     }                                                                                          \
-    extern "C" __global__ void glu_##T##SUFFIX(const uint8_t *gate, const uint8_t *up,         \
-                                               const int8_t *xq, const float *xd, float *y,    \
-                                               int act, int n, int k, int cols) {              \
-        glu<T, R, (C > 2 ? 2 : C)>(gate, up, xq, xd, y, act, n, k, cols);                      \
+    extern "C" __global__ void glu_##T##SUFFIX(GLU_ARGS) {                                     \
+        glu<T, R>(gate, up, xq, xd, y, act, n, k, cols);                                    \
     }
-#define QUANT_KERNELS(T) \
-    QUANT_KERNELS_RC(T, _1, 1, 1) QUANT_KERNELS_RC(T, _8, 8, 1) QUANT_KERNELS_RC(T, _wide, 8, 4)
+#define QUANT_KERNELS(T)                                                                       \
+    QUANT_KERNELS_R(T, _1, 1)                                                                  \
+    QUANT_KERNELS_R(T, _8, 8)                                                                  \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS *WARP, 2) matvec_##T##_mma(MATVEC_ARGS) { \
+        matvec_mma_at<T>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols,               \
+                         blockIdx.x * MMA_COLS);                                               \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS *WARP, 2) matvec3_##T##_mma(MATVEC3_ARGS) { \
+        matvec3_mma<T>(w0, w1, w2, xq, xd, y0, y1, y2, b0, b1, b2, has_bias, n, k, c0, c1, c2); \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS *WARP, 2) glu_##T##_mma(GLU_ARGS) {    \
+        glu_mma<T>(gate, up, xq, xd, y, act, n, k, cols);                                      \
+    }
 
 QUANT_KERNELS(Q4_0)
 QUANT_KERNELS(Q4_1)

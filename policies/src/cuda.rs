@@ -8,7 +8,8 @@
 //! an order fixed by the reduction length alone; see the comments in the `.cu` file.
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice,
+    PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId};
 use candle_core::op::BackpropOp;
@@ -18,8 +19,13 @@ use std::collections::hash_map::{Entry, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
-/// Warps (output columns) per block of the matrix kernels.
+/// Warps (output columns) per block of the matrix kernels that use one warp per column.
 const COLUMN_WARPS: u32 = 4;
+/// Must match `MMA_WARPS`, `MMA_ROWS` and `MMA_COLS` in the kernel file: the tensor-core
+/// kernels' block and tile.
+const MMA_WARPS: u32 = 8;
+const MMA_ROWS: usize = 16;
+const MMA_COLS: usize = 16;
 /// The grid's y dimension may not pass 65,535.
 const MAX_ROW_GROUPS: usize = 65_535;
 /// Must match `ATT_WARPS` and `MAX_D` in the kernel file.
@@ -29,6 +35,9 @@ const MAX_HEAD_DIM: usize = 256;
 const NORM_THREADS: u32 = 256;
 /// Warps (runs of 32 values) per block of `quantize_q8`.
 const QUANTIZE_WARPS: u32 = 8;
+/// The most values [`read_rows`] stages through page-locked memory (256 MiB); larger reads
+/// (long prompts' logits) take candle's path.
+const MAX_STAGED: usize = 1 << 26;
 
 /// A quantized weight matrix `[rows, cols]` in GGUF block layout on the GPU: `rows` outputs,
 /// each a run of blocks over `cols` inputs.
@@ -117,7 +126,7 @@ impl GpuMatrix {
         launch(
             &dev,
             &format!("matvec_{}{}", self.kind, Tile::of(n).suffix()),
-            self.columns(n, Tile::of(n).columns()),
+            Tile::of(n).config(self.rows, n),
             &[
                 self.ptr(&dev),
                 xq,
@@ -139,12 +148,12 @@ impl GpuMatrix {
     }
 
     /// Whether [`forward3`] can take this matrix with `other`: same type and input size, and
-    /// column counts that no warp's columns straddle.
+    /// column counts that no tile of columns straddles.
     pub fn fuses_with(&self, other: &Self) -> bool {
         self.kind == other.kind
             && self.cols == other.cols
-            && self.rows.is_multiple_of(Tile::Wide.columns())
-            && other.rows.is_multiple_of(Tile::Wide.columns())
+            && self.rows.is_multiple_of(MMA_COLS)
+            && other.rows.is_multiple_of(MMA_COLS)
     }
 
     fn ptr(&self, dev: &CudaDevice) -> u64 {
@@ -167,32 +176,19 @@ impl GpuMatrix {
         }
         Ok((dev.clone(), xs.n, Shape::from((xs.n, self.rows))))
     }
-
-    /// A warp per `per_warp` output columns and group of input rows (grid y, capped: a warp
-    /// then takes several groups, which changes no sum's order).
-    fn columns(&self, n: usize, per_warp: usize) -> LaunchConfig {
-        let groups = n.div_ceil(Tile::of(n).rows()).clamp(1, MAX_ROW_GROUPS) as u32;
-        let warps = self.rows.div_ceil(per_warp) as u32;
-        LaunchConfig {
-            grid_dim: (warps.div_ceil(COLUMN_WARPS), groups, 1),
-            block_dim: (32 * COLUMN_WARPS, 1, 1),
-            shared_mem_bytes: 0,
-        }
-    }
 }
 
-/// The kernel variant for `n` input rows: how many rows and columns one warp computes (the
-/// kernel file's `QUANT_KERNELS`). Every variant reduces each element the same way, so the
-/// choice changes speed, never bits.
+/// The kernel variant for `n` input rows (the kernel file's `QUANT_KERNELS`). Every variant
+/// reduces each element the same way, so the choice changes speed, never bits.
 #[derive(Debug, Clone, Copy)]
 enum Tile {
     /// One row, one column per warp: a decode step of one row gets the most warps.
     One,
-    /// Up to 8 rows per warp: small batches and drafted tokens.
+    /// Up to 8 rows, one column per warp: small batches and drafted tokens.
     Eight,
-    /// 8 rows and 4 columns per warp (2 in the gated MLP): prefill and large batches, where
-    /// each weight unit serves 8 rows and each input load 4 columns.
-    Wide,
+    /// Tensor cores, 16 rows by 32 columns per block: prefill and larger batches, where each
+    /// weight unit serves 16 rows.
+    Mma,
 }
 
 impl Tile {
@@ -200,7 +196,7 @@ impl Tile {
         match n {
             0 | 1 => Self::One,
             2..=8 => Self::Eight,
-            _ => Self::Wide,
+            _ => Self::Mma,
         }
     }
 
@@ -208,28 +204,25 @@ impl Tile {
         match self {
             Self::One => "_1",
             Self::Eight => "_8",
-            Self::Wide => "_wide",
+            Self::Mma => "_mma",
         }
     }
 
-    fn rows(self) -> usize {
-        match self {
-            Self::One => 1,
-            Self::Eight | Self::Wide => 8,
+    /// The launch for `cols` output columns of `n` rows: a warp (or for `Mma` a block) per
+    /// column tile and group of rows (grid y, capped: a warp then takes several groups, which
+    /// changes no sum's order).
+    fn config(self, cols: usize, n: usize) -> LaunchConfig {
+        let (rows, cols_per_block, threads) = match self {
+            Self::One => (1, COLUMN_WARPS as usize, 32 * COLUMN_WARPS),
+            Self::Eight => (8, COLUMN_WARPS as usize, 32 * COLUMN_WARPS),
+            Self::Mma => (MMA_ROWS, MMA_COLS, 32 * MMA_WARPS),
+        };
+        let groups = n.div_ceil(rows).clamp(1, MAX_ROW_GROUPS) as u32;
+        LaunchConfig {
+            grid_dim: (cols.div_ceil(cols_per_block) as u32, groups, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
         }
-    }
-
-    /// Output columns per warp of `matvec_*`.
-    fn columns(self) -> usize {
-        match self {
-            Self::One | Self::Eight => 1,
-            Self::Wide => 4,
-        }
-    }
-
-    /// Output columns per warp of `glu_*` (two products per column).
-    fn glu_columns(self) -> usize {
-        self.columns().min(2)
     }
 }
 
@@ -252,7 +245,7 @@ pub fn glu(gate: &GpuMatrix, up: &GpuMatrix, xs: &Q8Rows, act: Activation) -> Re
     launch(
         &dev,
         &format!("glu_{}{}", gate.kind, Tile::of(n).suffix()),
-        gate.columns(n, Tile::of(n).glu_columns()),
+        Tile::of(n).config(gate.rows, n),
         &[gate.ptr(&dev), up.ptr(&dev), xq, xd, y.ptr],
         &[act as i32, n as i32, gate.cols as i32, gate.rows as i32],
         None,
@@ -291,18 +284,10 @@ pub fn forward3(mats: [(&GpuMatrix, Option<&Tensor>); 3], xs: &Q8Rows) -> Result
     let [y0, y1, y2] = ys;
     let (y0, y1, y2) = (y0?, y1?, y2?);
     let tile = Tile::of(n);
-    let total = m0.rows + m1.rows + m2.rows;
-    let groups = n.div_ceil(tile.rows()).clamp(1, MAX_ROW_GROUPS) as u32;
-    let warps = total.div_ceil(tile.columns()) as u32;
-    let cfg = LaunchConfig {
-        grid_dim: (warps.div_ceil(COLUMN_WARPS), groups, 1),
-        block_dim: (32 * COLUMN_WARPS, 1, 1),
-        shared_mem_bytes: 0,
-    };
     launch(
         &dev,
         &format!("matvec3_{}{}", m0.kind, tile.suffix()),
-        cfg,
+        tile.config(m0.rows + m1.rows + m2.rows, n),
         &[
             m0.ptr(&dev),
             m1.ptr(&dev),
@@ -548,6 +533,64 @@ pub fn attend(
         Some(scale),
     )?;
     Ok((out.tensor(q.shape().clone())?, q8))
+}
+
+/// `[rows, cols]` f32 values on the GPU (a step's logits) as one vector per row. The copy goes
+/// through a page-locked buffer kept per device and grown as needed: candle's `to_vec2` copies
+/// from pageable memory into a fresh allocation, whose page faults cost more than the step's
+/// kernels at batch 64 with a 152k vocabulary.
+pub fn read_rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let (rows, cols) = t.dims2()?;
+    let Device::Cuda(dev) = t.device() else {
+        bail!("read_rows: not on a CUDA device");
+    };
+    if t.dtype() != DType::F32 || rows * cols > MAX_STAGED {
+        return t.to_dtype(DType::F32)?.to_vec2();
+    }
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("read_rows: not contiguous");
+    };
+    let Storage::Cuda(s) = &*storage else {
+        bail!("read_rows: not on a CUDA device");
+    };
+    let view = s.as_cuda_slice::<f32>()?.slice(start..end);
+    static STAGING: OnceLock<Mutex<HashMap<DeviceId, PinnedHostSlice<f32>>>> = OnceLock::new();
+    let mut staging = STAGING
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("logits staging buffer poisoned".into()))?;
+    let stream = dev.cuda_stream();
+    let buf = match staging.entry(dev.id()) {
+        Entry::Occupied(e) if e.get().len() >= end - start => e.into_mut(),
+        entry => {
+            // SAFETY: only the values the copy below writes are read.
+            let fresh = unsafe {
+                stream
+                    .context()
+                    .alloc_pinned_with_flags::<f32>((end - start).max(1 << 20), 0)
+            }
+            .map_err(candle_core::Error::wrap)?;
+            match entry {
+                Entry::Occupied(mut e) => {
+                    e.insert(fresh);
+                    e.into_mut()
+                }
+                Entry::Vacant(e) => e.insert(fresh),
+            }
+        }
+    };
+    // Into exactly the values read (a copy takes its length from the destination), then wait.
+    let host = &mut buf.as_mut_slice().map_err(candle_core::Error::wrap)?[..end - start];
+    stream
+        .memcpy_dtoh(&view, host)
+        .map_err(candle_core::Error::wrap)?;
+    stream.synchronize().map_err(candle_core::Error::wrap)?;
+    Ok(host
+        .chunks_exact(cols.max(1))
+        .map(<[f32]>::to_vec)
+        .collect())
 }
 
 /// Launches `name` with its pointer arguments first, then its integers, then an optional

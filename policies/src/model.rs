@@ -21,6 +21,16 @@ pub enum Logits {
     All,
 }
 
+/// `[rows, vocab]` logits as one vector per row on the host: how decoding and `hone bench`
+/// read every step's logits. On CUDA through a page-locked buffer ([`crate::cuda::read_rows`]).
+pub fn read_logits(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    #[cfg(feature = "cuda")]
+    if logits.device().is_cuda() {
+        return Ok(crate::cuda::read_rows(logits)?);
+    }
+    Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+}
+
 #[derive(Debug, Clone)]
 struct RmsNorm {
     weight: Tensor,

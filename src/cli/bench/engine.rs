@@ -5,6 +5,7 @@
 
 use super::BenchArgs;
 use anyhow::Result;
+use policies::model::read_logits;
 use policies::Logits;
 use std::time::Instant;
 
@@ -44,9 +45,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let rows: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
             let t = Instant::now();
             // Logits are read back every call, as decoding does (and it waits for the GPU).
-            model
-                .forward(&rows, &mut cache, Logits::Last)?
-                .to_vec2::<f32>()?;
+            read_logits(&model.forward(&rows, &mut cache, Logits::Last)?)?;
             let prefill_secs = t.elapsed().as_secs_f64();
             let t = Instant::now();
             for step in 0..a.gen_tokens {
@@ -54,9 +53,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     .map(|r| [100 + ((step * 31 + r) as u32 % (vocab - 100))])
                     .collect();
                 let rows: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
-                model
-                    .forward(&rows, &mut cache, Logits::Last)?
-                    .to_vec2::<f32>()?;
+                read_logits(&model.forward(&rows, &mut cache, Logits::Last)?)?;
             }
             let decode_secs = t.elapsed().as_secs_f64();
             let t = Instant::now();
@@ -70,9 +67,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     .collect();
                 let rows: Vec<&[u32]> = toks.iter().map(Vec::as_slice).collect();
                 // Verification reads every position's logits.
-                model
-                    .forward(&rows, &mut cache, Logits::All)?
-                    .to_vec2::<f32>()?;
+                read_logits(&model.forward(&rows, &mut cache, Logits::All)?)?;
             }
             if repeat > 0 {
                 prefill += prefill_secs;
