@@ -244,9 +244,10 @@ __device__ void dot_tile(const uint8_t *w, const int8_t *xq, const float *xd, in
     const int lane = threadIdx.x % WARP, units = k / T::QK * T::UNITS, runs = k / 32;
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.f;
-    // Several units in flight per lane where a warp holds one row: decode is bound by memory
-    // latency; with 8 rows the registers go to the rows instead.
-#pragma unroll(R == 1 ? 2 : 1)
+    // Several units in flight per lane: decode is bound by memory latency (a long reduction,
+    // as in the gated MLP's output, is a long chain of loads per lane). With 8 rows the
+    // registers go to the rows instead.
+#pragma unroll(R == 1 ? 8 : 1)
     for (int u = lane; u < units; u += WARP) {
         const int blk = u / T::UNITS, t = u % T::UNITS, e = blk * T::QK + T::at(t);
         const uint8_t *b = w + (size_t)blk * T::BYTES;
@@ -672,9 +673,10 @@ extern "C" __global__ void rope_store(const float *q, const float *k, const floa
 // Attention for every packed query of a call. Grid (tokens, heads), ATT_WARPS warps per block.
 // Query t reads `meta[3t .. 3t + 3]` = (cache row, offset into `keys`, key count): the cache
 // slots it sees, in position order. Warp w takes key tiles w, w + ATT_WARPS, ... of 32 keys
-// (one key per lane for the scores, then the tile's keys in order for the values), keeping an
-// online softmax; the warps' partial results are merged in warp order. The split depends only
-// on the key count, so a query's output does not depend on the rest of the call.
+// (four keys at a time, 8 lanes each, for the scores; then the tile's keys in order for the
+// values), keeping an online softmax; the warps' partial results are merged in warp order. The
+// split depends only on the key count, so a query's output does not depend on the rest of the
+// call.
 // With `quantize` the output is also written in the products' 8-bit form (d a multiple of 32).
 
 #define ATT_WARPS 8
@@ -704,21 +706,34 @@ extern "C" __global__ void attend(const float *q, const float *kc, const float *
         const uint32_t j = base + lane;
         const bool valid = j < count;
         const uint32_t my_slot = valid ? keys[off + j] : 0;
+        // Scores: the warp's four groups of 8 lanes take one key each at a time, each lane a
+        // run of d / 8 of its values (so a load instruction reads four whole rows, not 32
+        // scattered pieces), summed in order and then over the group in a fixed tree. Lane
+        // `l` keeps the score of key l of the tile.
         float s = -INFINITY;
-        if (valid) {
-            // Vector loads (rows are 16-byte aligned: d is a multiple of 32), summed in order.
-            const float4 *kr = reinterpret_cast<const float4 *>(kbase + (size_t)my_slot * d);
-            const float4 *q4 = reinterpret_cast<const float4 *>(qs);
+        const int group = lane / 8, part = lane % 8, run = d / 8;
+        const float4 *q4 = reinterpret_cast<const float4 *>(qs + part * run);
+#pragma unroll
+        for (int it = 0; it < WARP / 4; it++) {
+            const int kk = 4 * it + group;
+            const uint32_t sk = __shfl_sync(0xffffffffu, my_slot, kk);
             float dot = 0.f;
-#pragma unroll 8
-            for (int i = 0; i < d / 4; i++) {
-                const float4 kv = kr[i], qv = q4[i];
-                dot = fmaf(qv.x, kv.x, dot);
-                dot = fmaf(qv.y, kv.y, dot);
-                dot = fmaf(qv.z, kv.z, dot);
-                dot = fmaf(qv.w, kv.w, dot);
+            if (base + kk < count) {
+                const float4 *kr =
+                    reinterpret_cast<const float4 *>(kbase + (size_t)sk * d + part * run);
+                for (int i = 0; i < run / 4; i++) {
+                    const float4 kv = kr[i], qv = q4[i];
+                    dot = fmaf(qv.x, kv.x, dot);
+                    dot = fmaf(qv.y, kv.y, dot);
+                    dot = fmaf(qv.z, kv.z, dot);
+                    dot = fmaf(qv.w, kv.w, dot);
+                }
             }
-            s = dot * scale;
+            dot += __shfl_xor_sync(0xffffffffu, dot, 4);
+            dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+            dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+            const float mine = __shfl_sync(0xffffffffu, dot, (lane % 4) * 8);
+            if (lane / 4 == it && valid) s = mine * scale;
         }
         const float m_new = fmaxf(m, warp_max(s));
         const float p = valid ? expf(s - m_new) : 0.f;
