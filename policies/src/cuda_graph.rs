@@ -1,26 +1,34 @@
-//! Decode steps replayed as CUDA graphs.
+//! Decode and verification steps replayed as CUDA graphs.
 //!
 //! A decode step of a small model is a few hundred short kernels; launched one by one from
 //! the host, their launch cost is most of the step. A graph records the step once and replays
 //! it with one launch. What changes from step to step (token ids, positions, cache slots, key
 //! lists) lives in one device buffer at fixed offsets that the recorded kernels read, refilled
-//! before each replay; the kernels' sizes (rows, cache capacity) are fixed by the recording,
-//! so a step with another row count, or after the cache was reallocated, records a new graph.
+//! before each replay; the kernels' sizes (rows, tokens, cache capacity) are fixed by the
+//! recording, so a step of another shape, or after the cache was reallocated, records a new
+//! graph. The few latest shapes are kept: speculative decoding alternates single steps with
+//! verification chunks of a few lengths.
 //!
 //! Recording re-runs the step's host code against the same buffers, so a replay computes
 //! exactly what an eager step computes (checked by `hone check`).
 
 use crate::error::{PolicyError, Result};
 use crate::kv_cache::KvCache;
-use crate::model::{GpuPlan, Step, Transformer};
+use crate::model::{GpuPlan, Logits, Step, Transformer};
 use candle_core::cuda_backend::cudarc::driver::{sys, CudaGraph};
 use candle_core::{Device, Tensor};
 use std::sync::Mutex;
 
-/// The graph of the latest decode shape a model ran.
+/// Steps of at most this many tokens per row are replayed (decode, and verification of up to
+/// 7 drafted tokens); longer chunks (prompts) vary in shape too much to be worth recording.
+pub(crate) const MAX_CHUNK: usize = 8;
+/// The most graphs a model keeps, the least recently used dropped first.
+const KEPT: usize = 8;
+
+/// The graphs of the latest step shapes a model ran, most recent last.
 #[derive(Default)]
 pub(crate) struct Graphs {
-    latest: Mutex<Option<Recorded>>,
+    recorded: Mutex<Vec<Recorded>>,
 }
 
 impl Clone for Graphs {
@@ -40,6 +48,9 @@ impl std::fmt::Debug for Graphs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Shape {
     rows: usize,
+    tokens: usize,
+    chunk: usize,
+    logits: Logits,
     /// [`KvCache`]'s name for its buffers, and their capacity in slots.
     buffers: u64,
     capacity: usize,
@@ -50,7 +61,7 @@ struct Recorded {
     graph: CudaGraph,
     /// The step's indices, refilled before each replay.
     plan: Tensor,
-    /// Where the replay leaves the logits, `[rows, vocab]`.
+    /// Where the replay leaves the logits (`[rows, vocab]` or `[tokens, vocab]`).
     logits: Tensor,
 }
 
@@ -59,13 +70,14 @@ struct Recorded {
 unsafe impl Send for Recorded {}
 
 impl Graphs {
-    /// One decode step (every row one token, logits of each): replayed when a graph of its
-    /// shape exists, else run eagerly and recorded.
-    pub(crate) fn decode(
+    /// One step of at most [`MAX_CHUNK`] tokens per row: replayed when a graph of its shape
+    /// exists, else run eagerly and recorded.
+    pub(crate) fn run(
         &self,
         model: &Transformer,
         step: &Step,
         cache: &mut KvCache,
+        logits: Logits,
     ) -> Result<Tensor> {
         let Device::Cuda(dev) = model.device() else {
             return Err(PolicyError::Candle(candle_core::Error::Msg(
@@ -78,48 +90,59 @@ impl Graphs {
             cache.reserve_all(cfg.n_kv_heads, cfg.head_dim, model.device())?;
         let shape = Shape {
             rows: step.rows,
+            tokens: step.tokens(),
+            chunk: step.chunk,
+            logits,
             buffers,
             capacity,
         };
         let room = step.rows * capacity;
         let indices = Tensor::from_vec(step.gpu_layout(room), step.gpu_len(room), model.device())?;
-        let mut latest = self
-            .latest
+        let mut recorded = self
+            .recorded
             .lock()
             .map_err(|_| candle_core::Error::Msg("cuda graph lock poisoned".into()))?;
-        if let Some(r) = latest.as_ref().filter(|r| r.shape == shape) {
+        if let Some(at) = recorded.iter().position(|r| r.shape == shape) {
+            let r = recorded.remove(at);
             r.plan.slice_set(&indices, 0, 0)?;
             r.graph.launch().map_err(candle_core::Error::wrap)?;
-            return Ok(r.logits.copy()?);
+            let out = r.logits.copy()?;
+            recorded.push(r);
+            return Ok(out);
         }
-        *latest = None;
+        // Graphs of other cache buffers will never match again.
+        recorded.retain(|r| r.shape.buffers == buffers && r.shape.capacity == capacity);
+        if recorded.len() >= KEPT {
+            recorded.remove(0);
+        }
         let plan = indices.copy()?;
         // Small uploads candle makes inside its ops are cached from the eager run and reused
         // by the recording, which may not copy from the host.
         let _uploads = dev.enable_cuda_graph_htod_cache();
-        let logits = model.run_logits(step, GpuPlan::views(step, &plan, room)?, cache)?;
-        let out = logits.copy()?;
+        let out_eager =
+            model.run_logits(step, GpuPlan::views(step, &plan, room)?, cache, logits)?;
+        let out = out_eager.copy()?;
         let stream = dev.cuda_stream();
         stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(candle_core::Error::wrap)?;
-        let recorded = GpuPlan::views(step, &plan, room)
-            .and_then(|views| model.run_logits(step, views, cache))
+        let captured = GpuPlan::views(step, &plan, room)
+            .and_then(|views| model.run_logits(step, views, cache, logits))
             .and_then(|l| Ok(out.slice_set(&l, 0, 0)?));
         // End the capture whatever happened, or the stream stays unusable.
         let flags = sys::CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_AUTO_FREE_ON_LAUNCH;
         let graph = stream
             .end_capture(flags)
             .map_err(candle_core::Error::wrap)?;
-        recorded?;
+        captured?;
         if let Some(graph) = graph {
-            *latest = Some(Recorded {
+            recorded.push(Recorded {
                 shape,
                 graph,
                 plan,
                 logits: out,
             });
         }
-        Ok(logits)
+        Ok(out_eager)
     }
 }

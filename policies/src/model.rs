@@ -259,12 +259,11 @@ impl Transformer {
         let step = self.prepare(rows, cache)?;
         #[cfg(feature = "cuda")]
         if self.device.is_cuda()
-            && logits == Logits::Last
-            && step.tokens() == step.rows
+            && step.chunk <= crate::cuda_graph::MAX_CHUNK
             && self.exact_chunks()
         {
             // Only hone's kernels are recorded: candle's fallbacks may allocate or copy.
-            return self.graphs.decode(self, &step, cache);
+            return self.graphs.run(self, &step, cache, logits);
         }
         let hidden = self.run(&step, &self.upload(&step)?, cache, logits)?;
         Ok(self.lm_head.forward(&hidden)?)
@@ -402,16 +401,17 @@ impl Transformer {
         Ok(self.norm.rows(&xs)?)
     }
 
-    /// [`Self::run`] and the output projection: the logits of each row's last token, for
-    /// a replayable decode step (see [`crate::cuda_graph`]).
+    /// [`Self::run`] and the output projection, for a replayable step (see
+    /// [`crate::cuda_graph`]).
     #[cfg(feature = "cuda")]
     pub(crate) fn run_logits(
         &self,
         step: &Step,
         plan: GpuPlan,
         cache: &mut KvCache,
+        logits: Logits,
     ) -> Result<Tensor> {
-        let hidden = self.run(step, &Uploaded::Gpu(plan), cache, Logits::Last)?;
+        let hidden = self.run(step, &Uploaded::Gpu(plan), cache, logits)?;
         Ok(self.lm_head.forward(&hidden)?)
     }
 
@@ -564,7 +564,7 @@ struct Batch<'a> {
     spread: &'a Tensor,
     rows: usize,
     /// The chunk length: the longest row.
-    chunk: usize,
+    pub(crate) chunk: usize,
     /// Each row's held cache slots, in order.
     held: &'a [Vec<usize>],
     /// The keys each packed token sees, in global and in sliding-window layers.
@@ -587,7 +587,7 @@ struct KeyPlan {
 pub(crate) struct Step {
     pub(crate) rows: usize,
     /// The chunk length: the longest row.
-    chunk: usize,
+    pub(crate) chunk: usize,
     /// The packed tokens, row after row, and their positions.
     ids: Vec<u32>,
     positions: Vec<u32>,
