@@ -57,8 +57,10 @@ pub struct Usage {
     pub spec_drafts: u64,
     /// the draft tokens verified (their positions are part of `policy_positions`),
     pub spec_draft_tokens: u64,
-    /// and the draft tokens accepted.
+    /// and the draft tokens accepted; also the drafter's tokens not verified because at
+    /// their row's acceptance rate they would not pay (hone's own counter).
     pub spec_accepted_tokens: u64,
+    pub spec_withheld_tokens: u64,
 }
 
 /// Records what a query spends and says what is left of its budget.
@@ -71,7 +73,7 @@ pub struct Meter {
     reward_positions: u64,
     tokens_generated: u64,
     reward_calls: u64,
-    spec: [u64; 3],
+    spec: [u64; 4],
 }
 
 impl Meter {
@@ -86,7 +88,7 @@ impl Meter {
             reward_positions: 0,
             tokens_generated: 0,
             reward_calls: 0,
-            spec: [0; 3],
+            spec: [0; 4],
         }
     }
 
@@ -120,6 +122,7 @@ impl Meter {
         self.spec[0] += stats.num_drafts as u64;
         self.spec[1] += stats.num_draft_tokens as u64;
         self.spec[2] += stats.num_accepted_tokens as u64;
+        self.spec[3] += stats.num_withheld_tokens as u64;
     }
 
     /// Records one reward call and its (estimated) cost in compute units.
@@ -139,6 +142,7 @@ impl Meter {
             spec_drafts: self.spec[0],
             spec_draft_tokens: self.spec[1],
             spec_accepted_tokens: self.spec[2],
+            spec_withheld_tokens: self.spec[3],
         }
     }
 }

@@ -551,6 +551,10 @@ fn metrics_count_each_request_by_arm() {
                 "hone_spec_decode_num_accepted_tokens_total",
                 "spec_accepted_tokens",
             ),
+            (
+                "hone_spec_decode_num_withheld_tokens_total",
+                "spec_withheld_tokens",
+            ),
         ] {
             assert_eq!(of_arm(family), usage(field), "{a}: {family}");
         }

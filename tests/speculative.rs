@@ -20,6 +20,7 @@ fn chat(text: &str) -> Vec<u32> {
         .unwrap()
 }
 
+/// Every proposed draft verified (unpaced): these tests are about verification.
 fn params(max_tokens: usize, temperature: f32, seed: u64, speculate: usize) -> GenerateParams {
     GenerateParams {
         max_tokens,
@@ -28,9 +29,38 @@ fn params(max_tokens: usize, temperature: f32, seed: u64, speculate: usize) -> G
             seed,
             ..SamplingParams::default()
         },
-        speculation: Speculation::drafts(speculate),
+        speculation: Speculation::drafts(speculate).unpaced(),
         ..GenerateParams::default()
     }
+}
+
+#[test]
+fn paced_speculation_withholds_drafts_that_do_not_pay_and_keeps_the_output() {
+    // On the CPU one more verified position costs 0.5-0.8 decoding steps (`pacing::
+    // verify_cost`), so a row verifies drafts only while its acceptance rate is high enough
+    // to pay for them; the output is the same either way.
+    let prompt = chat(REPEATS[1]);
+    let (plain, _) = policy()
+        .generate(&prompt, 2, &params(48, 0.0, 0, 0))
+        .unwrap();
+    let (_, unpaced) = policy()
+        .generate(&prompt, 2, &params(48, 0.0, 0, 4))
+        .unwrap();
+    let paced = GenerateParams {
+        speculation: Speculation::drafts(4),
+        ..params(48, 0.0, 0, 0)
+    };
+    let (spec, stats) = policy().generate(&prompt, 2, &paced).unwrap();
+    assert_eq!(spec.len(), plain.len());
+    for (p, s) in plain.iter().zip(&spec) {
+        assert_eq!(p.tokens, s.tokens, "{:?} vs {:?}", p.text, s.text);
+    }
+    assert_eq!(unpaced.num_withheld_tokens, 0, "{unpaced:?}");
+    assert!(stats.num_withheld_tokens > 0, "{stats:?}");
+    assert!(
+        stats.num_draft_tokens < unpaced.num_draft_tokens,
+        "paced {stats:?} vs unpaced {unpaced:?}"
+    );
 }
 
 /// Prompts whose answers repeat their own text, so that drafts are proposed, and accepted

@@ -3,6 +3,7 @@
 use crate::error::{PolicyError, Result};
 use crate::kv_cache::KvCache;
 use crate::model::Logits;
+use crate::pacing::{self, Pacing};
 use crate::policy::Policy;
 use crate::prefill::{Interrupt, Output};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
@@ -158,6 +159,9 @@ pub struct GenerationStats {
     pub num_draft_tokens: usize,
     /// and those accepted.
     pub num_accepted_tokens: usize,
+    /// Draft tokens proposed but not verified, because at the row's acceptance rate they
+    /// would have cost more than they save (see [`crate::pacing`]).
+    pub num_withheld_tokens: usize,
 }
 
 impl GenerationStats {
@@ -190,6 +194,8 @@ struct Row {
     /// Bytes of `text` sent to the [`TextSink`].
     sent: usize,
     logprobs: Vec<TokenLogprobs>,
+    /// How many of the drafter's tokens pay to verify (see [`crate::pacing`]).
+    pacing: Pacing,
 }
 
 impl Policy {
@@ -285,6 +291,7 @@ impl Policy {
                     text_to: 0,
                     sent: 0,
                     logprobs: Vec::new(),
+                    pacing: Pacing::default(),
                 }
             })
             .collect();
@@ -308,18 +315,23 @@ impl Policy {
             if params.cancelled() {
                 return Err(PolicyError::Cancelled);
             }
-            // Drafts for each live row, within its token and context limits.
-            let mut drafts: Vec<Vec<u32>> = keep
-                .iter()
-                .map(|&j| {
-                    let row = &rows[active[j]];
-                    // The step gains the accepted drafts plus one token: keep within both limits.
-                    let room = (params.max_tokens - row.tokens.len())
-                        .saturating_sub(1)
-                        .min(context.saturating_sub(cache.next_position(j) as usize + 2));
-                    params.speculation.propose(&row.context, room)
-                })
-                .collect();
+            // Drafts for each live row, within its token and context limits, as many as pay.
+            let cost = pacing::verify_cost(self.model().device(), keep.len());
+            let mut drafts: Vec<Vec<u32>> = Vec::with_capacity(keep.len());
+            for &j in &keep {
+                let row = &mut rows[active[j]];
+                // The step gains the accepted drafts plus one token: keep within both limits.
+                let room = (params.max_tokens - row.tokens.len())
+                    .saturating_sub(1)
+                    .min(context.saturating_sub(cache.next_position(j) as usize + 2));
+                let mut draft = params.speculation.propose(&row.context, room);
+                if params.speculation.paced {
+                    let len = row.pacing.draft_len(draft.len(), cost);
+                    stats.num_withheld_tokens += draft.len() - len;
+                    draft.truncate(len);
+                }
+                drafts.push(draft);
+            }
             // The step computes one position per live row plus its drafts: drop drafts, then
             // rows, rather than pass the limit (the last rows of the batch first, so row order
             // stays seed order).
@@ -374,6 +386,7 @@ impl Policy {
             for (j, logits) in per_row.iter().enumerate() {
                 let row = &mut rows[active[j]];
                 let verdict = speculative::verify(&mut row.sampler, logits, &drafts[j]);
+                row.pacing.record(drafts[j].len(), verdict.accepted);
                 stats.num_accepted_tokens += verdict.accepted;
                 cache.rollback_row(j, drafts[j].len() - verdict.accepted);
                 // Accepted drafts sit at the positions after the fed token.

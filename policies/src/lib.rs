@@ -22,6 +22,7 @@ pub mod kv_cache;
 mod language_model;
 pub mod manifest;
 pub mod model;
+pub mod pacing;
 pub mod policy;
 pub mod prefill;
 pub mod remote;

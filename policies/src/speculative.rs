@@ -26,6 +26,9 @@ pub struct Speculation {
     pub min_match: usize,
     /// The longest n-gram tried first.
     pub max_match: usize,
+    /// Whether each row verifies only the drafts that pay at its acceptance rate (see
+    /// [`crate::pacing`]); off, every proposed draft is verified.
+    pub paced: bool,
 }
 
 impl Speculation {
@@ -33,6 +36,7 @@ impl Speculation {
         max_draft: 0,
         min_match: 2,
         max_match: 4,
+        paced: true,
     };
 
     /// Up to `max_draft` tokens per step from matches of 2 to 4 tokens.
@@ -40,6 +44,14 @@ impl Speculation {
         Self {
             max_draft,
             ..Self::OFF
+        }
+    }
+
+    /// Every proposed draft verified, whatever it costs: for tests of verification itself.
+    pub fn unpaced(self) -> Self {
+        Self {
+            paced: false,
+            ..self
         }
     }
 

@@ -256,7 +256,8 @@ fn speculation(policy: &Policy, prompts: &[Vec<u32>], steps: usize) -> Result<St
         ..Default::default()
     };
     let drafted = GenerateParams {
-        speculation: Speculation::drafts(5),
+        // Every proposed draft verified: this checks verification, not what pays.
+        speculation: Speculation::drafts(5).unpaced(),
         ..plain.clone()
     };
     let mut tokens = 0;

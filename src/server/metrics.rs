@@ -35,7 +35,7 @@ pub struct Metrics {
     auto_wins: IntGaugeVec,
     auto_win_rate: GaugeVec,
     auto_cost: GaugeVec,
-    spec: [IntCounterVec; 3],
+    spec: [IntCounterVec; 4],
     feedback: IntCounterVec,
     rate_limited: IntCounterVec,
 }
@@ -210,10 +210,14 @@ impl Metrics {
                 "hone_spec_decode_num_accepted_tokens_total",
                 "Draft tokens accepted",
             ),
+            (
+                "hone_spec_decode_num_withheld_tokens_total",
+                "Draft tokens proposed but not verified: at their row's acceptance rate they would cost more than they save",
+            ),
         ]
         .map(|(name, help)| IntCounterVec::new(Opts::new(name, help), &["arm"]));
-        let [drafts, draft_tokens, accepted] = spec;
-        let spec = [drafts?, draft_tokens?, accepted?];
+        let [drafts, draft_tokens, accepted, withheld] = spec;
+        let spec = [drafts?, draft_tokens?, accepted?, withheld?];
         for counter in &spec {
             for arm in [Arm::Optimized, Arm::Plain] {
                 counter.with_label_values(&[arm.name()]);
@@ -342,11 +346,12 @@ impl Metrics {
             .with_label_values(&[arm.name()])
             .inc_by(trace.usage.tokens_generated);
         let u = &trace.usage;
-        for (counter, value) in
-            self.spec
-                .iter()
-                .zip([u.spec_drafts, u.spec_draft_tokens, u.spec_accepted_tokens])
-        {
+        for (counter, value) in self.spec.iter().zip([
+            u.spec_drafts,
+            u.spec_draft_tokens,
+            u.spec_accepted_tokens,
+            u.spec_withheld_tokens,
+        ]) {
             counter.with_label_values(&[arm.name()]).inc_by(value);
         }
         if let Some(budget) = budget.filter(|&b| b > 0) {
