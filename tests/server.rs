@@ -8,7 +8,7 @@ use common::{start, Server};
 
 use hone::server::ab::{self, Arm};
 use hone::server::Config;
-use hone::strategy::learned::PRIOR_TRIALS;
+use hone::strategy::tallies::PRIOR_TRIALS;
 use hone::strategy::Move;
 use policies::store::SMOLLM2;
 use policies::{Message, Role};

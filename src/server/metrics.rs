@@ -3,7 +3,7 @@
 
 use super::ab::Arm;
 use super::rate_limit::By;
-use crate::strategy::learned::Tallies;
+use crate::strategy::tallies::Tallies;
 use crate::strategy::{Move, Trace};
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,

@@ -13,10 +13,10 @@
 //!    the deadline or the round limit.
 
 use super::best_of_n::{resample, sample_round};
-use super::learned::{Estimate, Tallies};
 use super::prompts::Prompts;
 use super::response::query_text;
 use super::session::Session;
+use super::tallies::{Estimate, Tallies};
 use super::tpo::{improved, refine};
 use super::{Move, Stopped, Strategy, StrategyError, Trace};
 use serde::Serialize;

@@ -8,6 +8,7 @@
 
 pub mod auto;
 pub mod best_of_n;
+mod echoes;
 mod error;
 pub mod learned;
 pub mod plain;
@@ -15,13 +16,16 @@ mod prompts;
 mod response;
 mod round;
 mod session;
+pub mod tallies;
 pub mod tpo;
 
 pub use error::StrategyError;
-pub use learned::{Learned, Move};
+pub use learned::Learned;
 pub use prompts::Prompts;
-/// For `eval`, which counts final answers that restate the task the way the loops drop them.
-pub(crate) use response::{query_text, restates, Echoes};
+pub use tallies::Move;
+// For `eval`, which counts final answers that restate the task the way the loops drop them.
+pub(crate) use echoes::Echoes;
+pub(crate) use response::{query_text, restates};
 
 use crate::budget::{Budget, Usage};
 use policies::{LanguageModel, Message, Speculation, TextSink};

@@ -11,13 +11,15 @@
 //! 6. Repeat D rounds; answer with the best response in the cache.
 //!
 //! The update asks for the response between `<response>` markers and opens the marker for the
-//! model; only what parses counts, with meta text stripped (see [`super::response`]). A round
-//! that does not improve the best score ends the loop as `Converged`, and so does a best answer
-//! with the reward's highest score (a verifier's "every constraint met").
+//! model; only what parses counts, with echoes and meta text stripped (see [`super::response`]
+//! and [`super::echoes`]). A round that does not improve the best score ends the loop as
+//! `Converged`, and so does a best answer with the reward's highest score (a verifier's "every
+//! constraint met").
 
 use super::best_of_n::sample_round;
+use super::echoes::Echoes;
 use super::prompts::{fill, Prompts};
-use super::response::{parse_update, query_text, Echoes, CLOSE, OPEN};
+use super::response::{parse_update, query_text, CLOSE, OPEN};
 use super::session::{Draft, Scored, Session};
 use super::{RoundKind, Stopped, Strategy, StrategyError, Trace};
 use policies::{LanguageModel, Message, PolicyError, Role};
