@@ -6,8 +6,7 @@
 mod common;
 
 use candle_core::Device;
-use common::{load, model_path, start, Server};
-use hone::server::Config;
+use common::{load, model_path, Server};
 use policies::store::SMOLLM2;
 use policies::{GenerateParams, Logits, Message, Role, SamplingParams};
 use reward_models::judge::{Judge, Prompts};
@@ -31,17 +30,7 @@ const SCORE_TOLERANCE: f32 = 0.01;
 
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        start(Config {
-            host: "127.0.0.1".into(),
-            port: 0,
-            model: model_path(&SMOLLM2).to_string_lossy().into_owned(),
-            cpu: true,
-            workers: Some(2),
-            max_budget: Some(20_000),
-            ..Config::default()
-        })
-    })
+    SERVER.get_or_init(common::default_server)
 }
 
 fn complete(body: Value) -> (u16, String) {

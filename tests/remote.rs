@@ -21,17 +21,7 @@ use std::sync::OnceLock;
 
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
-    SERVER.get_or_init(|| {
-        start(Config {
-            host: "127.0.0.1".into(),
-            port: 0,
-            model: model_path(&SMOLLM2).to_string_lossy().into_owned(),
-            cpu: true,
-            workers: Some(2),
-            max_budget: Some(20_000),
-            ..Config::default()
-        })
-    })
+    SERVER.get_or_init(common::default_server)
 }
 
 fn remote() -> RemotePolicy {

@@ -74,6 +74,22 @@ pub struct Server {
     pub state: std::sync::Arc<hone::server::AppState>,
 }
 
+/// The server several tests share the setup of: the default model on the CPU, a free loopback
+/// port, two workers, and a cap of 20,000 compute units per request.
+pub fn default_server() -> Server {
+    start(hone::server::Config {
+        host: "127.0.0.1".into(),
+        port: 0,
+        model: model_path(&policies::store::SMOLLM2)
+            .to_string_lossy()
+            .into_owned(),
+        cpu: true,
+        workers: Some(2),
+        max_budget: Some(20_000),
+        ..hone::server::Config::default()
+    })
+}
+
 /// Loads `config` and starts a server on its own thread.
 pub fn start(config: hone::server::Config) -> Server {
     let state = hone::server::AppState::load(config).unwrap();
