@@ -2,13 +2,13 @@
 
 use crate::error::{PolicyError, Result};
 use crate::kv_cache::KvCache;
+use crate::model::read_logits;
 use crate::model::Logits;
 use crate::pacing::{self, Pacing};
 use crate::policy::Policy;
 use crate::prefill::{Interrupt, Output};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
 use crate::speculative::{self, Speculation};
-use candle_core::Tensor;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -248,7 +248,7 @@ impl Policy {
         let logits =
             self.model()
                 .prefill(&rows, &mut cache, Output::Logits, &params.interrupt())?;
-        let first = rows_to_vecs(&logits)?;
+        let first = read_logits(&logits)?;
         let mut stats = GenerationStats {
             prefill_tokens: prompts.iter().map(Vec::len).sum(),
             prefill_secs: start.elapsed().as_secs_f64(),
@@ -371,10 +371,10 @@ impl Policy {
             let drafted: usize = drafts.iter().map(Vec::len).sum();
             let per_row: Vec<Vec<Vec<f32>>> = if drafted == 0 {
                 let out = self.model().forward(&refs, &mut cache, Logits::Last)?;
-                rows_to_vecs(&out)?.into_iter().map(|l| vec![l]).collect()
+                read_logits(&out)?.into_iter().map(|l| vec![l]).collect()
             } else {
                 let out = self.model().forward(&refs, &mut cache, Logits::All)?;
-                let mut packed = crate::model::read_logits(&out)?.into_iter();
+                let mut packed = read_logits(&out)?.into_iter();
                 chunks
                     .iter()
                     .map(|chunk| packed.by_ref().take(chunk.len()).collect())
@@ -555,9 +555,4 @@ fn send_settled(row: &mut Row, params: &GenerateParams) {
         sink.send(row.index, settled);
         row.sent = end;
     }
-}
-
-/// `[batch, vocab]` logits as one vector per row.
-fn rows_to_vecs(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
-    crate::model::read_logits(logits)
 }
