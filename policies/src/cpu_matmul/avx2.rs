@@ -2,23 +2,34 @@
 //! per instruction (`maddubs`), summed in 32-bit integers over a block (over a whole super-block
 //! of 256 for the k-quants) before one conversion to float.
 //!
+//! The 32-wide types read a group of eight interleaved blocks (`groups.rs`) at a time.
 //! Each kernel reads a block of weights once for up to four rows. A row's arithmetic is the
 //! same instructions in the same order whatever `R` is, so its result does not depend on the
 //! rows it is computed with.
 
 use super::blocks::{k_scales, Act256, Act8x32, Unsigned32, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
+use super::groups::{self, Grouped, Q4_0x8, Q4_1x8, Q5_0x8};
 use std::arch::x86_64::*;
 
-/// The 32 unsigned values of a 32-wide block, one per byte.
-pub(crate) trait Unpack: Unsigned32 {
+/// A 32-wide type with unsigned values: one block (a row's blocks after its last full group)
+/// and a group of eight interleaved ones.
+pub(crate) trait Unpack: Unsigned32 + Grouped {
+    /// The 32 unsigned values of a block, one per byte.
+    ///
     /// # Safety
     /// The CPU must have AVX2.
     unsafe fn unpack(&self) -> __m256i;
-    /// `(d, m)` of eight blocks as two vectors, as [`Unsigned32::scale_offset`] gives them.
+    /// The eight vectors of a group's unsigned values (`groups::slot`).
     ///
     /// # Safety
-    /// The CPU must have AVX2; `group` holds at least eight blocks.
-    unsafe fn scales(group: &[Self]) -> (__m256, __m256);
+    /// The CPU must have AVX2.
+    unsafe fn unpack_group(group: &Self::Group) -> [__m256i; 8];
+    /// `(d, m)` of a group's eight blocks as two vectors, as [`Unsigned32::scale_offset`]
+    /// gives them.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    unsafe fn scales(group: &Self::Group) -> (__m256, __m256);
 }
 
 impl Unpack for Q4_0 {
@@ -26,10 +37,14 @@ impl Unpack for Q4_0 {
         // SAFETY: the caller guarantees AVX2.
         unsafe { nibbles(&self.qs) }
     }
-    unsafe fn scales(group: &[Self]) -> (__m256, __m256) {
+    unsafe fn unpack_group(g: &Q4_0x8) -> [__m256i; 8] {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { group_nibbles(&g.qs) }
+    }
+    unsafe fn scales(g: &Q4_0x8) -> (__m256, __m256) {
         // SAFETY: the caller guarantees AVX2.
         unsafe {
-            let d = halves(std::array::from_fn(|j| group[j].d));
+            let d = halves(&g.d);
             (d, _mm256_mul_ps(d, _mm256_set1_ps(-8.0)))
         }
     }
@@ -40,12 +55,13 @@ impl Unpack for Q4_1 {
         // SAFETY: the caller guarantees AVX2.
         unsafe { nibbles(&self.qs) }
     }
-    unsafe fn scales(group: &[Self]) -> (__m256, __m256) {
+    unsafe fn unpack_group(g: &Q4_1x8) -> [__m256i; 8] {
         // SAFETY: the caller guarantees AVX2.
-        unsafe {
-            let d = halves(std::array::from_fn(|j| group[j].d));
-            (d, halves(std::array::from_fn(|j| group[j].m)))
-        }
+        unsafe { group_nibbles(&g.qs) }
+    }
+    unsafe fn scales(g: &Q4_1x8) -> (__m256, __m256) {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe { (halves(&g.d), halves(&g.m)) }
     }
 }
 
@@ -54,13 +70,35 @@ impl Unpack for Q5_0 {
         // SAFETY: the caller guarantees AVX2.
         unsafe { _mm256_or_si256(nibbles(&self.qs), high_bits(u32::from_le_bytes(self.qh))) }
     }
-    unsafe fn scales(group: &[Self]) -> (__m256, __m256) {
+    unsafe fn unpack_group(g: &Q5_0x8) -> [__m256i; 8] {
         // SAFETY: the caller guarantees AVX2.
         unsafe {
-            let d = halves(std::array::from_fn(|j| group[j].d));
+            let low = group_nibbles(&g.qs);
+            std::array::from_fn(|v| _mm256_or_si256(low[v], high_bits(u32::from_le_bytes(g.qh[v]))))
+        }
+    }
+    unsafe fn scales(g: &Q5_0x8) -> (__m256, __m256) {
+        // SAFETY: the caller guarantees AVX2.
+        unsafe {
+            let d = halves(&g.d);
             (d, _mm256_mul_ps(d, _mm256_set1_ps(-16.0)))
         }
     }
+}
+
+/// A group's packed nibbles as eight vectors: load `s` gives vectors `2s` (low nibbles) and
+/// `2s + 1` (high).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn group_nibbles(qs: &[[u8; 32]; 4]) -> [__m256i; 8] {
+    let m4 = _mm256_set1_epi8(0x0F);
+    std::array::from_fn(|v| {
+        let packed = load_u8(&qs[v / 2]);
+        if v % 2 == 0 {
+            _mm256_and_si256(packed, m4)
+        } else {
+            _mm256_and_si256(_mm256_srli_epi16::<4>(packed), m4)
+        }
+    })
 }
 
 /// Low nibbles to bytes 0..16, high nibbles to bytes 16..32.
@@ -135,26 +173,11 @@ fn same_lengths<A, const R: usize>(xs: &[&[A]; R], groups: usize) {
     );
 }
 
-/// The 8 lanes of each of 8 vectors summed: lane `j` of the result is the sum of `s[j]`.
+/// Eight f16 values as a vector of f32.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn sum_each(s: [__m256i; 8]) -> __m256i {
-    let a = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
-    let b = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
-    // a = [s0..s3 over lanes 0..4 | s0..s3 over lanes 4..8], b the same for s4..s7.
-    _mm256_add_epi32(
-        _mm256_permute2x128_si256::<0x20>(a, b),
-        _mm256_permute2x128_si256::<0x31>(a, b),
-    )
-}
-
-/// Eight f16 values as a vector of f32. (Inserted one by one: storing them to memory and
-/// loading the vector back would stall on store forwarding.)
-#[target_feature(enable = "avx2,fma,f16c")]
-fn halves(h: [half::f16; 8]) -> __m256 {
-    let b = h.map(|x| x.to_bits() as i16);
-    _mm256_cvtph_ps(_mm_set_epi16(
-        b[7], b[6], b[5], b[4], b[3], b[2], b[1], b[0],
-    ))
+fn halves(h: &[half::f16; 8]) -> __m256 {
+    // SAFETY: 16 readable bytes; no alignment requirement.
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -171,10 +194,20 @@ fn hsum_i32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
-// The 32-wide kernels take eight blocks at a time: their eight integer sums are gathered into
-// one vector (lane j = block j) and scaled by the eight scales in one multiply-add, instead of
-// a conversion, a broadcast and a multiply-add per block. Blocks past the last multiple of
-// eight are summed one by one. The order of every addition is fixed by the block count.
+// The 32-wide kernels take a group of eight interleaved blocks at a time: lane j of every
+// product vector belongs to block j, so vector adds give the eight integer sums side by side,
+// scaled by the eight scales in one multiply-add. Blocks after the last full group are summed
+// one by one. The order of every addition is fixed by the block count.
+
+/// Lane `j`: the integer dot product of block `j` of a group with its activations. `pairs`
+/// sums are at most 2·31·127 in magnitude for 5-bit values, so four of them fit in 16 bits.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn group_sums(q: &[__m256i; 8], x: &[[i8; 32]; 8]) -> __m256i {
+    let p: [__m256i; 8] = std::array::from_fn(|v| pairs(q[v], load(&x[v])));
+    let low = _mm256_add_epi16(_mm256_add_epi16(p[0], p[1]), _mm256_add_epi16(p[2], p[3]));
+    let high = _mm256_add_epi16(_mm256_add_epi16(p[4], p[5]), _mm256_add_epi16(p[6], p[7]));
+    _mm256_add_epi32(widen(low), widen(high))
+}
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) fn unsigned32<B: Unpack, const R: usize>(w: &[B], xs: [&[Act8x32]; R]) -> [f32; R] {
@@ -183,15 +216,14 @@ pub(crate) fn unsigned32<B: Unpack, const R: usize>(w: &[B], xs: [&[Act8x32]; R]
     let mut offset = [_mm256_setzero_ps(); R];
     let mut tail = [0f32; R];
     let full = w.len() / 8;
-    for (g, group) in w.chunks_exact(8).enumerate() {
+    for g in 0..full {
+        let group = groups::group(w, g);
         // SAFETY: this function runs with AVX2 enabled.
-        let q: [__m256i; 8] = std::array::from_fn(|j| unsafe { group[j].unpack() });
-        // SAFETY: as above.
-        let (d, m) = unsafe { B::scales(group) };
+        let (q, (d, m)) = unsafe { (B::unpack_group(group), B::scales(group)) };
         for r in 0..R {
             // SAFETY: `g < full <= xs[r].len()` (checked above).
             let x = unsafe { xs[r].get_unchecked(g) };
-            let sums = sum_each(std::array::from_fn(|j| widen(pairs(q[j], load(&x.qs[j])))));
+            let sums = group_sums(&q, &x.qs);
             let scale = _mm256_mul_ps(d, load_ps(&x.d));
             acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[r]);
             offset[r] = _mm256_fmadd_ps(m, load_ps(&x.s), offset[r]);
@@ -217,17 +249,29 @@ pub(crate) fn q8_0<const R: usize>(w: &[Q8_0], xs: [&[Act8x32]; R]) -> [f32; R] 
     let mut acc = [_mm256_setzero_ps(); R];
     let mut tail = [0f32; R];
     let full = w.len() / 8;
-    for (g, group) in w.chunks_exact(8).enumerate() {
-        let q: [__m256i; 8] = std::array::from_fn(|j| load(&group[j].qs));
-        // |q| times x with q's sign: maddubs wants its first operand unsigned.
+    for g in 0..full {
+        let group = groups::group(w, g);
+        let q: [__m256i; 8] = std::array::from_fn(|v| load(&group.qs[v]));
+        // |q| times x with q's sign: maddubs wants its first operand unsigned. Its pair sums
+        // reach 2·128·127, so each is widened to 32 bits before they are added.
         let magnitude = q.map(|q| _mm256_sign_epi8(q, q));
-        let d = halves(std::array::from_fn(|j| group[j].d));
+        let d = halves(&group.d);
         for r in 0..R {
             // SAFETY: as in `unsigned32`.
             let x = unsafe { xs[r].get_unchecked(g) };
-            let sums = sum_each(std::array::from_fn(|j| {
-                widen(pairs(magnitude[j], _mm256_sign_epi8(load(&x.qs[j]), q[j])))
-            }));
+            let products: [__m256i; 8] = std::array::from_fn(|v| {
+                widen(pairs(magnitude[v], _mm256_sign_epi8(load(&x.qs[v]), q[v])))
+            });
+            let sums = _mm256_add_epi32(
+                _mm256_add_epi32(
+                    _mm256_add_epi32(products[0], products[1]),
+                    _mm256_add_epi32(products[2], products[3]),
+                ),
+                _mm256_add_epi32(
+                    _mm256_add_epi32(products[4], products[5]),
+                    _mm256_add_epi32(products[6], products[7]),
+                ),
+            );
             let scale = _mm256_mul_ps(d, load_ps(&x.d));
             acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[r]);
         }

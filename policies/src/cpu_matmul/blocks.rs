@@ -1,9 +1,11 @@
 //! The GGUF block layouts the CPU kernels read, and the 8-bit activation blocks they multiply.
 //!
-//! Weights stay in the file's layout (no repacking), so a matrix is its bytes copied once.
+//! Weights stay in the file's layout, except that the 32-wide types' full groups of eight
+//! blocks are interleaved in place (`groups.rs`), so a matrix is its bytes copied once.
 //! Activations are quantized once per row per product: to blocks of 32 for the 32-wide weight
 //! types, to blocks of 256 with per-16 sums for the k-quants, the way llama.cpp pairs them.
 
+use super::groups;
 use half::f16;
 
 /// A block whose values are `d · q + m` with unsigned `q` (4 or 5 bits): Q4_0 (m = -8d),
@@ -110,9 +112,11 @@ pub(crate) fn k_scales(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     (scales, mins)
 }
 
-/// Eight blocks of 32 activations, block `j` as `d[j] · qs[j]`, with `s[j] = d[j] · Σqs[j]`
+/// Eight blocks of 32 activations, block `j` as `d[j] · q[j]`, with `s[j] = d[j] · Σq[j]`
 /// for the weight types' offsets. Scales side by side, so that a kernel loads the eight of them
-/// as one vector. A row's last group is padded with zero blocks.
+/// as one vector. A full group's values are interleaved as the weights' groups are
+/// (`groups::slot`); a row's last group, when it holds fewer than eight blocks, keeps block `j`
+/// in `qs[j]` (as the weights after the last full group do) and is padded with zero blocks.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Act8x32 {
@@ -160,7 +164,23 @@ impl Activations for Act8x32 {
             group.s[j] = d * sum as f32;
             group.qs[j] = qs;
         }
+        if xs.len() == Self::WIDTH {
+            group.qs = groups::spread_activations(&group.qs);
+        }
         group
+    }
+}
+
+impl Act8x32 {
+    /// Block `j`'s values, from a full group (`interleaved`) or a row's short last one.
+    // Read by the portable kernels (built for CPUs without AVX2) and the tests.
+    #[allow(dead_code)]
+    pub fn block(&self, j: usize, interleaved: bool) -> [i8; 32] {
+        if interleaved {
+            groups::activation_block(&self.qs, j)
+        } else {
+            self.qs[j]
+        }
     }
 }
 

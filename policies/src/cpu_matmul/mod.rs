@@ -11,8 +11,9 @@
 //! with the weights' integers, summed in 32-bit integers per block before one conversion to
 //! float. Each output column is computed by one thread, a block of weights at a time for up to
 //! four rows, with the same instructions for every row: the result depends on the row and the
-//! column only. Weights keep the GGUF layout; types without a kernel are re-quantized to Q8_0
-//! at load (see `weights.rs`).
+//! column only. Weights keep the GGUF layout but for the 32-wide types' groups of eight blocks,
+//! interleaved in place (`groups.rs`); types without a kernel are re-quantized to Q8_0 at load
+//! (see `weights.rs`).
 
 #[cfg(all(
     target_arch = "x86_64",
@@ -22,6 +23,7 @@
 ))]
 mod avx2;
 mod blocks;
+mod groups;
 #[cfg(any(
     test,
     not(all(
@@ -60,15 +62,23 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
     const WIDTH: usize;
     type Act: Activations;
     const DTYPE: GgmlDType;
+    /// Puts one matrix row, as read from the file, in the layout `dot` reads.
+    fn prepare(row: &mut [Self]);
     fn dot<const R: usize>(w: &[Self], xs: [&[Self::Act]; R]) -> [f32; R];
 }
 
+/// The file's layout is the kernel's (the k-quants).
+fn keep<B>(_: &mut [B]) {}
+
 macro_rules! kernel {
-    ($block:ty, $width:literal, $act:ty, $dtype:expr, $f:ident $(::<$g:ty>)?) => {
+    ($block:ty, $width:literal, $act:ty, $dtype:expr, $prepare:path, $f:ident $(::<$g:ty>)?) => {
         impl Kernel for $block {
             const WIDTH: usize = $width;
             type Act = $act;
             const DTYPE: GgmlDType = $dtype;
+            fn prepare(row: &mut [Self]) {
+                $prepare(row)
+            }
             #[allow(unused_unsafe)]
             fn dot<const R: usize>(w: &[Self], xs: [&[$act]; R]) -> [f32; R] {
                 // SAFETY: the SIMD kernels need the CPU features this build is compiled for
@@ -79,13 +89,35 @@ macro_rules! kernel {
     };
 }
 
-kernel!(Q4_0, 32, Act8x32, GgmlDType::Q4_0, unsigned32::<Q4_0>);
-kernel!(Q4_1, 32, Act8x32, GgmlDType::Q4_1, unsigned32::<Q4_1>);
-kernel!(Q5_0, 32, Act8x32, GgmlDType::Q5_0, unsigned32::<Q5_0>);
-kernel!(Q8_0, 32, Act8x32, GgmlDType::Q8_0, q8_0);
-kernel!(Q4K, 256, Act256, GgmlDType::Q4K, q4k);
-kernel!(Q5K, 256, Act256, GgmlDType::Q5K, q5k);
-kernel!(Q6K, 256, Act256, GgmlDType::Q6K, q6k);
+use groups::interleave_row;
+kernel!(
+    Q4_0,
+    32,
+    Act8x32,
+    GgmlDType::Q4_0,
+    interleave_row,
+    unsigned32::<Q4_0>
+);
+kernel!(
+    Q4_1,
+    32,
+    Act8x32,
+    GgmlDType::Q4_1,
+    interleave_row,
+    unsigned32::<Q4_1>
+);
+kernel!(
+    Q5_0,
+    32,
+    Act8x32,
+    GgmlDType::Q5_0,
+    interleave_row,
+    unsigned32::<Q5_0>
+);
+kernel!(Q8_0, 32, Act8x32, GgmlDType::Q8_0, interleave_row, q8_0);
+kernel!(Q4K, 256, Act256, GgmlDType::Q4K, keep, q4k);
+kernel!(Q5K, 256, Act256, GgmlDType::Q5K, keep, q5k);
+kernel!(Q6K, 256, Act256, GgmlDType::Q6K, keep, q6k);
 
 /// A weight matrix `[out, in]` as blocks of one quantized type.
 #[derive(Debug, Clone)]
@@ -169,6 +201,9 @@ impl<B: Kernel> Blocks<B> {
                 bytes.len(),
             );
             blocks.set_len(count);
+        }
+        for row in blocks.chunks_exact_mut(cols / width) {
+            B::prepare(row);
         }
         Ok(Self {
             blocks: Arc::new(blocks),

@@ -3,6 +3,7 @@
 //! additions.
 
 use super::blocks::{k_scales, Act256, Act8x32, Unsigned32, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
+use super::groups::{self, Grouped};
 
 /// The 32 unsigned values of a 32-wide block, element `i` in byte `i`.
 pub(crate) trait Values: Unsigned32 {
@@ -87,14 +88,28 @@ fn products<const N: usize>(
     range.map(|i| q(i) * i32::from(x[i])).sum()
 }
 
-pub(crate) fn unsigned32<B: Values, const R: usize>(w: &[B], xs: [&[Act8x32]; R]) -> [f32; R] {
+/// Block `b` of a row of a 32-wide type in the file's layout, and whether its activations are
+/// interleaved (it lies in a full group of eight).
+fn block<B: Grouped>(w: &[B], b: usize) -> (B, bool) {
+    if b < w.len() / 8 * 8 {
+        (B::block(groups::group(w, b / 8), b % 8), true)
+    } else {
+        (w[b], false)
+    }
+}
+
+pub(crate) fn unsigned32<B: Values + Grouped, const R: usize>(
+    w: &[B],
+    xs: [&[Act8x32]; R],
+) -> [f32; R] {
     let mut acc = [0f32; R];
-    for (b, block) in w.iter().enumerate() {
+    for b in 0..w.len() {
+        let (block, interleaved) = block(w, b);
         let q = block.values();
         let (d, m) = block.scale_offset();
         for (r, row) in xs.iter().enumerate() {
             let (x, j) = (&row[b / 8], b % 8);
-            let isum = products(|i| i32::from(q[i]), &x.qs[j], 0..32);
+            let isum = products(|i| i32::from(q[i]), &x.block(j, interleaved), 0..32);
             acc[r] += d * x.d[j] * isum as f32 + m * x.s[j];
         }
     }
@@ -103,11 +118,12 @@ pub(crate) fn unsigned32<B: Values, const R: usize>(w: &[B], xs: [&[Act8x32]; R]
 
 pub(crate) fn q8_0<const R: usize>(w: &[Q8_0], xs: [&[Act8x32]; R]) -> [f32; R] {
     let mut acc = [0f32; R];
-    for (b, block) in w.iter().enumerate() {
+    for b in 0..w.len() {
+        let (block, interleaved) = block(w, b);
         let d = block.d.to_f32();
         for (r, row) in xs.iter().enumerate() {
             let (x, j) = (&row[b / 8], b % 8);
-            let isum = products(|i| i32::from(block.qs[i]), &x.qs[j], 0..32);
+            let isum = products(|i| i32::from(block.qs[i]), &x.block(j, interleaved), 0..32);
             acc[r] += d * x.d[j] * isum as f32;
         }
     }

@@ -82,9 +82,12 @@ fn quantized(dtype: GgmlDType, row: &[f32]) -> Vec<f64> {
     row.chunks(256)
         .flat_map(|group| {
             let a = Act8x32::quantize(group);
-            let blocks = group.len() / 32;
+            let (blocks, interleaved) = (group.len() / 32, group.len() == 256);
             (0..blocks)
-                .flat_map(move |j| a.qs[j].map(|q| f64::from(a.d[j]) * f64::from(q)))
+                .flat_map(move |j| {
+                    a.block(j, interleaved)
+                        .map(|q| f64::from(a.d[j]) * f64::from(q))
+                })
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -232,6 +235,46 @@ fn simd_matches_portable() {
             QuantMatrix::Q4K(b) => compare!(b, Act256, avx2::q4k, portable::q4k),
             QuantMatrix::Q5K(b) => compare!(b, Act256, avx2::q5k, portable::q5k),
             QuantMatrix::Q6K(b) => compare!(b, Act256, avx2::q6k, portable::q6k),
+        }
+    }
+}
+
+/// A group of eight blocks read back from its interleaved layout is the eight blocks.
+#[test]
+fn groups_read_back_as_their_blocks() {
+    use super::groups::{group, interleave_row, Grouped};
+    fn round_trip<B: Grouped + Kernel + std::fmt::Debug>(q: &QTensor) {
+        let bytes = q.data().unwrap();
+        let n = bytes.len() / std::mem::size_of::<B>();
+        let blocks: Vec<B> = (0..n)
+            // SAFETY: `n` whole blocks of a `repr(C)` type every bit pattern of which is a value.
+            .map(|i| unsafe { bytes.as_ptr().cast::<B>().add(i).read_unaligned() })
+            .collect();
+        let mut row = blocks.clone();
+        interleave_row(&mut row);
+        for (b, want) in blocks.iter().enumerate().take(n / 8 * 8) {
+            let got = B::block(group(&row, b / 8), b % 8);
+            assert_eq!(
+                format!("{got:?}"),
+                format!("{want:?}"),
+                "{:?} block {b}",
+                B::DTYPE
+            );
+        }
+    }
+    let mut rng = StdRng::seed_from_u64(13);
+    for dtype in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q8_0,
+    ] {
+        let (q, _) = matrix(&mut rng, dtype, 1, 512);
+        match dtype {
+            GgmlDType::Q4_0 => round_trip::<Q4_0>(&q),
+            GgmlDType::Q4_1 => round_trip::<Q4_1>(&q),
+            GgmlDType::Q5_0 => round_trip::<Q5_0>(&q),
+            _ => round_trip::<Q8_0>(&q),
         }
     }
 }
