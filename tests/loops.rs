@@ -4,14 +4,11 @@
 
 mod common;
 
-use candle_core::Device;
 use common::scripted::Scripted;
 use hone::budget::Budget;
 use hone::strategy::{Engine, Execution, Learned, Request, RoundKind, Stopped, Strategy, Trace};
 use policies::{LanguageModel, Message, Role, Speculation};
-use reward_models::manifest::{Manifests, PolicyCache};
 use reward_models::RewardModel;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,11 +16,7 @@ const QUESTION: &str = "What is the capital of France?";
 
 /// The shipped `concise` verifier: 1-120 words and no apologies; its maximum is 1.
 fn concise() -> Arc<dyn RewardModel> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("reward_models/manifests");
-    Manifests::read_dir(&dir)
-        .unwrap()
-        .build("concise", &Device::Cpu, &mut PolicyCache::default())
-        .unwrap()
+    common::shipped_reward("concise")
 }
 
 /// Fresh answers apologise (below the reward's maximum), so the loops keep searching; a

@@ -5,7 +5,6 @@
 
 mod common;
 
-use candle_core::Device;
 use common::{load, model_path, start, Server};
 use hone::budget::Budget;
 use hone::server::Config;
@@ -15,8 +14,6 @@ use policies::{
     Endpoint, GenerateParams, LanguageModel, Message, PolicyError, RemotePolicy, Role,
     SamplingParams, Speculation,
 };
-use reward_models::manifest::{Manifests, PolicyCache};
-use std::path::Path;
 use std::sync::OnceLock;
 
 fn server() -> &'static Server {
@@ -82,11 +79,7 @@ fn remote_generations_are_the_local_engines_exactly() {
 #[test]
 fn tpo_runs_over_a_remote_policy_within_its_budget() {
     let remote = remote();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("reward_models/manifests");
-    let reward = Manifests::read_dir(&dir)
-        .unwrap()
-        .build("concise", &Device::Cpu, &mut PolicyCache::default())
-        .unwrap();
+    let reward = common::shipped_reward("concise");
     let learned = Learned::default();
     let engine = Engine {
         policy: &remote,

@@ -19,6 +19,17 @@ pub fn model_path(model: &KnownModel) -> PathBuf {
     }
 }
 
+/// A reward the repository ships (`reward_models/manifests`), on the CPU.
+pub fn shipped_reward(name: &str) -> std::sync::Arc<dyn reward_models::RewardModel> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("reward_models/manifests");
+    let manifests = reward_models::manifest::Manifests::read_dir(&dir).unwrap();
+    let mut cache = reward_models::manifest::PolicyCache::default();
+    match manifests.build(name, &Device::Cpu, &mut cache) {
+        Ok(reward) => reward,
+        Err(e) => panic!("cannot build the shipped reward {name}: {e}"),
+    }
+}
+
 pub fn load(model: &KnownModel) -> Policy {
     match Policy::load(&model_path(model), &Device::Cpu) {
         Ok(p) => p,
