@@ -67,6 +67,10 @@ struct JudgesArgs {
     /// `length_penalty`).
     #[arg(long, default_value_t = 0.0)]
     length_penalty: f32,
+    /// Fail (exit non-zero) when a judge's side-by-side accuracy is below this fraction, so
+    /// that a judge's floor can be checked by one command (0.85 for the shipped 1.5B judge).
+    #[arg(long)]
+    min_pairwise_accuracy: Option<f64>,
     #[arg(long)]
     cpu: bool,
 }
@@ -184,6 +188,20 @@ fn run_judges(a: JudgesArgs) -> Result<()> {
         std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
     }
     print!("{}", judges::markdown(&reports));
+    if let Some(floor) = a.min_pairwise_accuracy {
+        let below: Vec<String> = reports
+            .iter()
+            .filter(|(_, r)| r.pairwise.accuracy() < floor)
+            .map(|(model, r)| format!("{model} ({:.1}%)", 100.0 * r.pairwise.accuracy()))
+            .collect();
+        if !below.is_empty() {
+            bail!(
+                "side-by-side accuracy below the floor of {:.1}%: {}",
+                100.0 * floor,
+                below.join(", ")
+            );
+        }
+    }
     Ok(())
 }
 
