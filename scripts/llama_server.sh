@@ -25,6 +25,8 @@ export PATH="$PWD/$out/venv/bin:$PATH"
 cmake -S "$out/llama_cpp_python-0.3.36/vendor/llama.cpp" -B "$out/build" -G Ninja \
     -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
     -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON > "$out/cmake.log"
-cmake --build "$out/build" --target llama-server -j "$(nproc)" > "$out/build.log"
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON > "$out/cmake.log" \
+    || { tail -40 "$out/cmake.log"; exit 1; }
+cmake --build "$out/build" --target llama-server -j "$(nproc)" > "$out/build.log" \
+    || { tail -40 "$out/build.log"; exit 1; }
 echo "$bin"

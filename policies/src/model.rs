@@ -487,13 +487,13 @@ impl Transformer {
                 return Ok(x.shaped(crate::cuda::glu(gate, up, x.q8()?, act)?)?);
             }
         }
-        let gate = l.gate.forward(x)?;
+        let [gate, up] = Linear::forward_each([&l.gate, &l.up], x)?;
         let gate = if gemma {
             gate.gelu()?
         } else {
             candle_nn::ops::silu(&gate)?
         };
-        Ok((gate * l.up.forward(x)?)?)
+        Ok((gate * up)?)
     }
 
     /// RoPE, the cache write and attention with hone's CPU kernel ([`attention::attend`]);

@@ -146,8 +146,38 @@ impl Linear {
                 return Ok([xs.shaped(q)?, xs.shaped(k)?, xs.shaped(v)?]);
             }
         }
-        let [a, b, c] = layers;
-        Ok([a.forward(xs)?, b.forward(xs)?, c.forward(xs)?])
+        Self::forward_each(layers, xs)
+    }
+
+    /// `xs` through layers that read it: on the CPU, where their matrices share a type, in one
+    /// pass over the worker pool ([`QuantMatrix::forward_each`]).
+    pub fn forward_each<const N: usize>(
+        layers: [&Linear; N],
+        xs: &Rows,
+    ) -> candle_core::Result<[Tensor; N]> {
+        let quant: Option<Vec<&QuantMatrix>> = layers
+            .iter()
+            .map(|l| match &l.weight {
+                Matrix::Quant(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        let ys = match quant {
+            Some(mats) => QuantMatrix::forward_each(&mats, xs.tensor())?
+                .into_iter()
+                .zip(layers)
+                .map(|(y, l)| match &l.bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?,
+            None => layers
+                .iter()
+                .map(|l| l.forward(xs))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+        };
+        ys.try_into()
+            .map_err(|_| candle_core::Error::Msg("linear: a layer gave no result".into()))
     }
 
     /// Whether the product computes each row the same way whatever else the call holds:

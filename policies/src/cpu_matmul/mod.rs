@@ -166,15 +166,41 @@ impl QuantMatrix {
 
     /// `xs @ selfᵀ` for `xs` `[..., in]` (f32): `[..., out]`.
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Self::Q4_0(b) => b.forward(xs),
-            Self::Q4_1(b) => b.forward(xs),
-            Self::Q5_0(b) => b.forward(xs),
-            Self::Q8_0(b) => b.forward(xs),
-            Self::Q4K(b) => b.forward(xs),
-            Self::Q5K(b) => b.forward(xs),
-            Self::Q6K(b) => b.forward(xs),
+        let mut ys = Self::forward_each(&[self], xs)?;
+        ys.pop()
+            .ok_or_else(|| candle_core::Error::Msg("matmul: no result".into()))
+    }
+
+    /// `xs @ mᵀ` for each of `mats`, which read the same rows (q, k and v; gate and up). Where
+    /// they share a type, the rows are quantized once and all their columns are one pass over
+    /// the worker pool: each pass ends at a barrier where every thread waits for the slowest.
+    pub fn forward_each(mats: &[&Self], xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        macro_rules! shared {
+            ($($variant:ident),*) => {
+                match mats.first() {
+                    $(Some(Self::$variant(_)) => {
+                        let blocks: Option<Vec<&Blocks<_>>> = mats
+                            .iter()
+                            .map(|m| match m {
+                                Self::$variant(b) => Some(b),
+                                _ => None,
+                            })
+                            .collect();
+                        if let Some(blocks) = blocks {
+                            return Blocks::forward_each(&blocks, xs);
+                        }
+                    })*
+                    None => return Ok(Vec::new()),
+                }
+            };
         }
+        shared!(Q4_0, Q4_1, Q5_0, Q8_0, Q4K, Q5K, Q6K);
+        // Types differ: one pass each.
+        let mut ys = Vec::with_capacity(mats.len());
+        for m in mats {
+            ys.extend(Self::forward_each(&[*m], xs)?);
+        }
+        Ok(ys)
     }
 }
 
@@ -212,14 +238,15 @@ impl<B: Kernel> Blocks<B> {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+    /// `xs` `[..., cols]` times each of `mats`: `[..., rows]` each.
+    fn forward_each(mats: &[&Self], xs: &Tensor) -> candle_core::Result<Vec<Tensor>> {
         let dims = xs.dims();
         let k = dims.last().copied().unwrap_or(0);
-        if k != self.cols {
+        if let Some(m) = mats.iter().find(|m| m.cols != k) {
             candle_core::bail!(
                 "matmul: input of width {k} for a [{}, {}] matrix",
-                self.rows,
-                self.cols
+                m.rows,
+                m.cols
             );
         }
         let m = xs.elem_count() / k.max(1);
@@ -229,42 +256,65 @@ impl<B: Kernel> Blocks<B> {
             candle_core::bail!("matmul: the input is not on the CPU");
         };
         let lhs = &cpu.as_slice::<f32>()?[layout.start_offset()..][..m * k];
-        let out = self.product(lhs, m)?;
-        let mut shape = dims.to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = self.rows;
-        }
-        Tensor::from_vec(out, shape, &Device::Cpu)
+        let outs = Self::products(mats, lhs, m)?;
+        mats.iter()
+            .zip(outs)
+            .map(|(mat, out)| {
+                let mut shape = dims.to_vec();
+                if let Some(last) = shape.last_mut() {
+                    *last = mat.rows;
+                }
+                Tensor::from_vec(out, shape, &Device::Cpu)
+            })
+            .collect()
     }
 
-    /// `lhs` `[m, cols]` times the matrix: `[m, rows]`.
-    fn product(&self, lhs: &[f32], m: usize) -> candle_core::Result<Vec<f32>> {
-        let per_row = self.cols / B::WIDTH;
-        let acts_per_row = self.cols.div_ceil(B::Act::WIDTH);
+    /// `lhs` `[m, k]` times each of `mats` (all `k` wide): `[m, rows]` each, from one
+    /// quantization of `lhs` and one pass over the pool for every column of every matrix.
+    fn products(mats: &[&Self], lhs: &[f32], m: usize) -> candle_core::Result<Vec<Vec<f32>>> {
+        let Some(k) = mats.first().map(|b| b.cols) else {
+            return Ok(Vec::new());
+        };
+        if m == 0 {
+            return Ok(mats.iter().map(|_| Vec::new()).collect());
+        }
+        let per_row = k / B::WIDTH;
         let acts: Vec<B::Act> = lhs
-            .chunks_exact(self.cols)
+            .chunks_exact(k)
             .flat_map(|row| row.chunks(B::Act::WIDTH).map(B::Act::quantize))
             .collect();
-        let rows: Vec<&[B::Act]> = acts.chunks_exact(acts_per_row).collect();
-        // Each column's `m` results are contiguous here, transposed at the end.
-        let mut by_column = vec![0f32; self.rows * m];
+        let rows: Vec<&[B::Act]> = acts.chunks_exact(k.div_ceil(B::Act::WIDTH)).collect();
+        // Each column's `m` results are contiguous here, matrix after matrix, transposed at
+        // the end.
+        let total: usize = mats.iter().map(|b| b.rows).sum();
+        let mut by_column = vec![0f32; total * m];
         crate::cpu::for_each_chunk(&mut by_column, m, |col, out| {
-            let w = &self.blocks[col * per_row..(col + 1) * per_row];
+            let (mut mat, mut col) = (0, col);
+            while col >= mats[mat].rows {
+                col -= mats[mat].rows;
+                mat += 1;
+            }
+            let w = &mats[mat].blocks[col * per_row..(col + 1) * per_row];
             for (t, out) in out.chunks_mut(4).enumerate() {
                 dot_tile(w, &rows[4 * t..4 * t + out.len()], out);
             }
             Ok(())
         })?;
-        if m == 1 {
-            return Ok(by_column);
-        }
-        let mut out = vec![0f32; m * self.rows];
-        for (col, results) in by_column.chunks_exact(m).enumerate() {
-            for (row, &v) in results.iter().enumerate() {
-                out[row * self.rows + col] = v;
+        let mut outs = Vec::with_capacity(mats.len());
+        let mut columns = by_column.chunks_exact(m);
+        for mat in mats {
+            let mut out = vec![0f32; m * mat.rows];
+            for col in 0..mat.rows {
+                let results = columns
+                    .next()
+                    .ok_or_else(|| candle_core::Error::Msg("matmul: missing columns".into()))?;
+                for (row, &v) in results.iter().enumerate() {
+                    out[row * mat.rows + col] = v;
+                }
             }
+            outs.push(out);
         }
-        Ok(out)
+        Ok(outs)
     }
 }
 

@@ -278,3 +278,39 @@ fn groups_read_back_as_their_blocks() {
         }
     }
 }
+
+/// Products that read the same rows, computed in one pass (q, k and v; gate and up), give each
+/// matrix's own results bit for bit, whether the matrices share a type or not.
+#[test]
+fn shared_products_are_the_single_ones() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let bits = |t: &Tensor| -> Vec<u32> {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    };
+    let k = 768;
+    for types in [
+        [GgmlDType::Q4_1; 3],
+        [GgmlDType::Q8_0; 3],
+        [GgmlDType::Q6K; 3],
+        [GgmlDType::Q5_0, GgmlDType::Q5_0, GgmlDType::Q8_0],
+    ] {
+        let mats: Vec<QuantMatrix> = types
+            .iter()
+            .zip([24, 8, 9])
+            .map(|(&dtype, out)| {
+                let (q, _) = matrix(&mut rng, dtype, out, k);
+                QuantMatrix::from_qtensor(&q).unwrap().expect("a kernel")
+            })
+            .collect();
+        let xs = Tensor::from_vec(random(&mut rng, 5 * k), (5, k), &Device::Cpu).unwrap();
+        let refs: Vec<&QuantMatrix> = mats.iter().collect();
+        let each = QuantMatrix::forward_each(&refs, &xs).unwrap();
+        assert_eq!(each.len(), mats.len());
+        for (i, m) in mats.iter().enumerate() {
+            let alone = m.forward(&xs).unwrap();
+            assert_eq!(each[i].dims(), alone.dims(), "{types:?} matrix {i}");
+            assert_eq!(bits(&each[i]), bits(&alone), "{types:?} matrix {i}");
+        }
+    }
+}
