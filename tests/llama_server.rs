@@ -53,7 +53,7 @@ fn binary() -> PathBuf {
     );
     assert!(
         path.is_file(),
-        "no llama-server at {}: run scripts/llama_server.sh first (README, \"Tests\"), \
+        "no llama-server at {}: run scripts/llama_server.sh first (README, \"Set up\"), \
          or point HONE_LLAMA_SERVER at one",
         path.display()
     );
