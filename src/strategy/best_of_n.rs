@@ -3,8 +3,8 @@
 //! reach the same final answer and answers with the best response of the strongest group, which
 //! helps on tasks with one checkable answer (a majority of decent responses beats one lucky one).
 
+use super::pick::chosen_rejected;
 use super::response::{query_text, usable};
-use super::round::chosen_rejected;
 use super::session::{Draft, Session};
 use super::{RoundKind, Stopped, Strategy, StrategyError, Trace};
 use reward_models::verifier::answer;

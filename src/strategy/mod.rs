@@ -11,6 +11,7 @@ pub mod best_of_n;
 mod echoes;
 mod error;
 pub mod learned;
+mod pick;
 pub mod plain;
 mod prompts;
 mod response;
