@@ -7,7 +7,6 @@
 
 mod common;
 
-use candle_core::Device;
 use common::{load, model_path};
 use hone::budget::Budget;
 use hone::strategy::{Engine, Execution, Learned, Request, Strategy};
@@ -17,7 +16,6 @@ use policies::{
     Speculation,
 };
 use reward_models::judge::{Judge, Prompts};
-use reward_models::manifest::{Manifests, PolicyCache};
 use reward_models::{Candidate, RewardModel};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -215,24 +213,14 @@ fn tpo_and_best_of_n_run_over_a_llama_cpp_server_within_their_budgets() {
 #[test]
 fn the_openai_judge_scores_through_a_llama_cpp_server_as_hone_does() {
     let server = LlamaServer::start("judge");
-    let dir = std::env::temp_dir().join(format!("hone-llama-judge-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("served.toml"),
-        format!(
+    let served = common::reward_from_manifest(
+        "served",
+        &format!(
             "kind = \"openai_judge\"\nurl = \"{}/v1\"\nmodel = '{}'\n",
             server.url,
             model_path(&SMOLLM2).display()
         ),
-    )
-    .unwrap();
-    let served = Manifests::read_dir(&dir).unwrap().build(
-        "served",
-        &Device::Cpu,
-        &mut PolicyCache::default(),
     );
-    std::fs::remove_dir_all(&dir).ok();
-    let served = served.unwrap_or_else(|e| panic!("{e}"));
     let local = Judge::new(Arc::new(load(&SMOLLM2)), Prompts::default()).unwrap();
     let pairs = [
         ("What is the capital of France?", "Paris."),

@@ -5,17 +5,14 @@
 
 mod common;
 
-use candle_core::Device;
 use common::{load, model_path, Server};
 use policies::store::SMOLLM2;
 use policies::{GenerateParams, Logits, Message, Role, SamplingParams};
 use reward_models::judge::{Judge, Prompts};
-use reward_models::manifest::{Manifests, PolicyCache};
 use reward_models::{Candidate, RewardModel};
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 /// How far a reported log-probability may be from one recomputed by a fresh forward pass over
@@ -174,22 +171,8 @@ fn completion_logprobs_are_the_engines_distribution() {
     assert!(body["choices"][0]["logprobs"].is_null(), "{text}");
 }
 
-/// A folder holding one manifest, `name.toml`.
-fn manifest(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hone-openai-judge-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
-    dir
-}
-
 fn build(name: &str, text: &str) -> Arc<dyn RewardModel> {
-    let dir = manifest(name, text);
-    let reward =
-        Manifests::read_dir(&dir)
-            .unwrap()
-            .build(name, &Device::Cpu, &mut PolicyCache::default());
-    std::fs::remove_dir_all(&dir).ok();
-    reward.unwrap_or_else(|e| panic!("{e}"))
+    common::reward_from_manifest(name, text)
 }
 
 fn smollm2_files() -> String {

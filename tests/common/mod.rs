@@ -30,6 +30,22 @@ pub fn shipped_reward(name: &str) -> std::sync::Arc<dyn reward_models::RewardMod
     }
 }
 
+/// The reward of one manifest, `name.toml` holding `text`, on the CPU.
+pub fn reward_from_manifest(
+    name: &str,
+    text: &str,
+) -> std::sync::Arc<dyn reward_models::RewardModel> {
+    let dir = std::env::temp_dir().join(format!("hone-manifest-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+    let mut cache = reward_models::manifest::PolicyCache::default();
+    let reward = reward_models::manifest::Manifests::read_dir(&dir)
+        .unwrap()
+        .build(name, &Device::Cpu, &mut cache);
+    std::fs::remove_dir_all(&dir).ok();
+    reward.unwrap_or_else(|e| panic!("{e}"))
+}
+
 pub fn load(model: &KnownModel) -> Policy {
     match Policy::load(&model_path(model), &Device::Cpu) {
         Ok(p) => p,
