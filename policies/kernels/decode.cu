@@ -13,6 +13,25 @@
 
 #define WARP 32
 
+// Programmatic dependent launch (sm_90 and later; see `launch` in cuda.rs). A kernel may start
+// while the kernel ahead of it in the stream still runs, so every kernel calls `inputs_ready`
+// in every thread before it reads anything an earlier kernel wrote or writes anything: it
+// waits until the grids it depends on have finished and their writes are visible, then lets
+// the next kernel start its own blocks. Before it, a kernel may only touch what no kernel
+// writes (weights: `prefetch_l2`). On older GPUs, or launched the ordinary way, it does nothing.
+__device__ __forceinline__ void inputs_ready() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Starts moving `bytes` at `p` into L2, a line per lane of the calling warp at a time.
+__device__ __forceinline__ void prefetch_l2(const uint8_t *p, size_t bytes) {
+    for (size_t off = (size_t)(threadIdx.x % WARP) * 128; off < bytes; off += WARP * 128)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -55,6 +74,7 @@ __device__ __forceinline__ void quantize32(float v, int8_t *xq, float *xd, size_
 
 // `x` `[n, k]` f32 to the 8-bit form. One warp per 32 values.
 extern "C" __global__ void quantize_q8(const float *x, int8_t *xq, float *xd, int total) {
+    inputs_ready();
     const size_t at = ((size_t)blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP) * WARP;
     if (at >= (size_t)total) return;
     quantize32(x[at + threadIdx.x % WARP], xq, xd, at);
@@ -403,6 +423,15 @@ __device__ __forceinline__ int warp_column(int cols) {
     return col < cols ? col : -1;
 }
 
+// Starts fetching the weight rows of `count` output columns from `col` (clipped to `cols`)
+// into L2: what a product kernel can do before its inputs are ready.
+template <typename T>
+__device__ __forceinline__ void prefetch_columns(const uint8_t *w, int k, int col, int count,
+                                                 int cols) {
+    const size_t row_bytes = (size_t)(k / T::QK) * T::BYTES;
+    for (int c = col; c < min(col + count, cols); c++) prefetch_l2(w + c * row_bytes, row_bytes);
+}
+
 // Element `at` (column `col`) of y = x wᵀ + bias + res, from its sum `v`. `bias` and `res`
 // are read only when their flags are set.
 __device__ __forceinline__ float finish(float v, const float *bias, const float *res,
@@ -436,6 +465,8 @@ __device__ void matvec(const uint8_t *w, const int8_t *xq, const float *xd, floa
                        const float *bias, const float *res, int has_bias, int has_res, int n,
                        int k, int cols) {
     const int col = warp_column(cols);
+    if (col >= 0) prefetch_columns<T>(w, k, col, 1, cols);
+    inputs_ready();
     if (col >= 0) matvec_at<T, R>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols, col);
 }
 
@@ -468,8 +499,11 @@ __device__ void matvec3(const uint8_t *w0, const uint8_t *w1, const uint8_t *w2,
                         const float *b0, const float *b1, const float *b2, int has_bias, int n,
                         int k, int c0, int c1, int c2) {
     int col = warp_column(c0 + c1 + c2);
-    if (col < 0) return;
+    const bool some = col >= 0;
     const Third m = third(w0, w1, w2, y0, y1, y2, b0, b1, b2, c0, c1, c2, col);
+    if (some) prefetch_columns<T>(m.w, k, col, 1, m.cols);
+    inputs_ready();
+    if (!some) return;
     matvec_at<T, R>(m.w, xq, xd, m.y, m.b, m.b, has_bias, 0, n, k, m.cols, col);
 }
 
@@ -489,6 +523,11 @@ template <typename T, int R>
 __device__ void glu(const uint8_t *gate, const uint8_t *up, const int8_t *xq, const float *xd,
                     float *y, int act, int n, int k, int cols) {
     const int col = warp_column(cols);
+    if (col >= 0) {
+        prefetch_columns<T>(gate, k, col, 1, cols);
+        prefetch_columns<T>(up, k, col, 1, cols);
+    }
+    inputs_ready();
     if (col < 0) return;
     const size_t row_bytes = (size_t)(k / T::QK) * T::BYTES;
     for (int n0 = blockIdx.y * R; n0 < n; n0 += gridDim.y * R) {
@@ -530,6 +569,20 @@ __device__ void matvec_mma_at(const uint8_t *w, const int8_t *xq, const float *x
     }
 }
 
+// Warp w of a tensor-core block fetches columns 2w and 2w + 1 of the block's tile.
+#define MMA_PREFETCH(T, w, k, col, cols) \
+    prefetch_columns<T>(w, k, (col) + 2 * (threadIdx.x / WARP), MMA_COLS / MMA_WARPS, cols)
+
+template <typename T>
+__device__ void matvec_mma(const uint8_t *w, const int8_t *xq, const float *xd, float *y,
+                           const float *bias, const float *res, int has_bias, int has_res, int n,
+                           int k, int cols) {
+    const int col = blockIdx.x * MMA_COLS;
+    MMA_PREFETCH(T, w, k, col, cols);
+    inputs_ready();
+    matvec_mma_at<T>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols, col);
+}
+
 template <typename T>
 __device__ void matvec3_mma(const uint8_t *w0, const uint8_t *w1, const uint8_t *w2,
                             const int8_t *xq, const float *xd, float *y0, float *y1, float *y2,
@@ -537,6 +590,8 @@ __device__ void matvec3_mma(const uint8_t *w0, const uint8_t *w1, const uint8_t 
                             int n, int k, int c0, int c1, int c2) {
     int col = blockIdx.x * MMA_COLS;
     const Third m = third(w0, w1, w2, y0, y1, y2, b0, b1, b2, c0, c1, c2, col);
+    MMA_PREFETCH(T, m.w, k, col, m.cols);
+    inputs_ready();
     matvec_mma_at<T>(m.w, xq, xd, m.y, m.b, m.b, has_bias, 0, n, k, m.cols, col);
 }
 
@@ -544,6 +599,9 @@ template <typename T>
 __device__ void glu_mma(const uint8_t *gate, const uint8_t *up, const int8_t *xq,
                         const float *xd, float *y, int act, int n, int k, int cols) {
     const int col = blockIdx.x * MMA_COLS;
+    MMA_PREFETCH(T, gate, k, col, cols);
+    MMA_PREFETCH(T, up, k, col, cols);
+    inputs_ready();
     const size_t row_bytes = (size_t)(k / T::QK) * T::BYTES;
     const int ncols = min(MMA_COLS, cols - col);
     for (int n0 = blockIdx.y * MMA_ROWS; n0 < n; n0 += gridDim.y * MMA_ROWS) {
@@ -590,8 +648,7 @@ __device__ void glu_mma(const uint8_t *gate, const uint8_t *up, const int8_t *xq
     QUANT_KERNELS_R(T, _1, 1)                                                                  \
     QUANT_KERNELS_R(T, _8, 8)                                                                  \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS *WARP, 2) matvec_##T##_mma(MATVEC_ARGS) { \
-        matvec_mma_at<T>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols,               \
-                         blockIdx.x * MMA_COLS);                                               \
+        matvec_mma<T>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols);                 \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS *WARP, 2) matvec3_##T##_mma(MATVEC3_ARGS) { \
         matvec3_mma<T>(w0, w1, w2, xq, xd, y0, y1, y2, b0, b1, b2, has_bias, n, k, c0, c1, c2); \
@@ -616,13 +673,33 @@ QUANT_KERNELS(Q6_K)
 // of 32) the row is also written in the products' 8-bit form, saving the products a pass.
 
 #define NORM_THREADS 256
+#define NORM_KEPT 8
 
 extern "C" __global__ void rms_norm(const float *x, const float *w, float *y, int8_t *xq,
                                     float *xd, int d, int quantize, float eps) {
+    // Rows of up to NORM_KEPT * NORM_THREADS values are read once, every load issued before
+    // the first is used (a decode step's norm is one block: latency-bound); the weights are
+    // read before the inputs are ready. Longer rows read the rest twice.
+    float kept[NORM_KEPT], wk[NORM_KEPT];
+#pragma unroll
+    for (int j = 0; j < NORM_KEPT; j++) {
+        const int i = threadIdx.x + j * NORM_THREADS;
+        wk[j] = i < d ? w[i] : 0.f;
+    }
+    inputs_ready();
     const float *xr = x + (size_t)blockIdx.x * d;
     float *yr = y + (size_t)blockIdx.x * d;
+#pragma unroll
+    for (int j = 0; j < NORM_KEPT; j++) {
+        const int i = threadIdx.x + j * NORM_THREADS;
+        kept[j] = i < d ? xr[i] : 0.f;
+    }
     float s = 0.f;
-    for (int i = threadIdx.x; i < d; i += NORM_THREADS) s = fmaf(xr[i], xr[i], s);
+#pragma unroll
+    for (int j = 0; j < NORM_KEPT; j++)
+        if (threadIdx.x + j * NORM_THREADS < d) s = fmaf(kept[j], kept[j], s);
+    for (int i = threadIdx.x + NORM_KEPT * NORM_THREADS; i < d; i += NORM_THREADS)
+        s = fmaf(xr[i], xr[i], s);
     s = warp_sum(s);
     __shared__ float part[NORM_THREADS / WARP];
     if (threadIdx.x % WARP == 0) part[threadIdx.x / WARP] = s;
@@ -631,10 +708,20 @@ extern "C" __global__ void rms_norm(const float *x, const float *w, float *y, in
 #pragma unroll
     for (int i = 0; i < NORM_THREADS / WARP; i++) total += part[i];
     const float inv = rsqrtf(total / d + eps);
-    for (int i = threadIdx.x; i < d; i += NORM_THREADS) {
+    const size_t row = (size_t)blockIdx.x * d;
+#pragma unroll
+    for (int j = 0; j < NORM_KEPT; j++) {
+        const int i = threadIdx.x + j * NORM_THREADS;
+        if (i < d) {
+            const float v = kept[j] * inv * wk[j];
+            yr[i] = v;
+            if (quantize) quantize32(v, xq, xd, row + i - threadIdx.x % WARP);
+        }
+    }
+    for (int i = threadIdx.x + NORM_KEPT * NORM_THREADS; i < d; i += NORM_THREADS) {
         const float v = xr[i] * inv * w[i];
         yr[i] = v;
-        if (quantize) quantize32(v, xq, xd, (size_t)blockIdx.x * d + i - threadIdx.x % WARP);
+        if (quantize) quantize32(v, xq, xd, row + i - threadIdx.x % WARP);
     }
 }
 
@@ -648,6 +735,7 @@ extern "C" __global__ void rope_store(const float *q, const float *k, const floa
                                       const uint32_t *pos, const uint32_t *row,
                                       const uint32_t *slot, float *q_out, float *kc, float *vc,
                                       int heads, int kv_heads, int d, int cap, int interleaved) {
+    inputs_ready();
     const int t = blockIdx.x, head = blockIdx.y, i = threadIdx.x, half = d / 2;
     if (i >= half) return;
     const float c = cos_t[(size_t)pos[t] * half + i], s = sin_t[(size_t)pos[t] * half + i];
@@ -670,65 +758,96 @@ extern "C" __global__ void rope_store(const float *q, const float *k, const floa
 }
 
 // ---------------------------------------------------------------------------------------------
-// Attention for every packed query of a call. Grid (tokens, heads), ATT_WARPS warps per block.
-// Query t reads `meta[3t .. 3t + 3]` = (cache row, offset into `keys`, key count): the cache
-// slots it sees, in position order. Warp w takes key tiles w, w + ATT_WARPS, ... of 32 keys
-// (four keys at a time, 8 lanes each, for the scores; then the tile's keys in order for the
-// values), keeping an online softmax; the warps' partial results are merged in warp order. The
-// split depends only on the key count, so a query's output does not depend on the rest of the
-// call.
-// With `quantize` the output is also written in the products' 8-bit form (d a multiple of 32).
+// Attention for every packed query of a call, in two kernels. Query t reads
+// `meta[3t .. 3t + 3]` = (cache row, offset into `keys`, key count): the cache slots it sees,
+// in position order.
+//
+// `attend`: grid (tokens, heads, ATT_SPLITS). Its keys are cut into ATT_SPLITS runs of equal
+// length (a multiple of ATT_TILE; the last runs may be short or empty), one block per run, so
+// that a decode step, one query per head, spreads over many SMs instead of waiting on one
+// block's chain of dependent loads. In a block, warp w takes key tiles w, w + ATT_WARPS, ... of
+// ATT_TILE keys (four keys at a time, 8 lanes each, for the scores; then the tile's keys in
+// order for the values), keeping an online softmax; the warps' results are merged in warp order
+// into the run's (max, sum, unnormalized output) in `part`.
+// `attend_merge`: grid (tokens, heads), d threads: merges the runs in order and normalizes.
+// Every split depends only on the key count, so a query's output does not depend on the rest of
+// the call. With `quantize` the output is also written in the products' 8-bit form (d a
+// multiple of 32).
 
-#define ATT_WARPS 8
+#define ATT_SPLITS 8
+#define ATT_WARPS 4
+#define ATT_TILE 8
 #define MAX_D 256
 
+// Where run `split` of query t, head `head` keeps (max, sum, output[d]).
+__device__ __forceinline__ size_t att_part(int t, int head, int heads, int split, int d) {
+    return (((size_t)t * heads + head) * ATT_SPLITS + split) * (d + 2);
+}
+
 extern "C" __global__ void attend(const float *q, const float *kc, const float *vc,
-                                  const uint32_t *keys, const uint32_t *meta, float *out,
-                                  int8_t *xq, float *xd, int heads, int kv_heads, int d,
-                                  int cap, int quantize, float scale) {
-    const int t = blockIdx.x, head = blockIdx.y;
+                                  const uint32_t *keys, const uint32_t *meta, float *part,
+                                  int heads, int kv_heads, int d, int cap, float scale) {
+    inputs_ready();
+    const int t = blockIdx.x, head = blockIdx.y, split = blockIdx.z;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int kh = head / (heads / kv_heads), per_lane = d / WARP;
     const uint32_t crow = meta[3 * t], off = meta[3 * t + 1], count = meta[3 * t + 2];
+    const uint32_t run = (count + ATT_SPLITS * ATT_TILE - 1) / (ATT_SPLITS * ATT_TILE) * ATT_TILE;
+    const uint32_t lo = min(split * run, count), hi = min(lo + run, count);
     const float *kbase = kc + ((size_t)crow * kv_heads + kh) * cap * d;
     const float *vbase = vc + ((size_t)crow * kv_heads + kh) * cap * d;
 
     __shared__ __align__(16) float qs[MAX_D];
     __shared__ float part_m[ATT_WARPS], part_l[ATT_WARPS];
     __shared__ float part_acc[ATT_WARPS][MAX_D];
-    for (int i = threadIdx.x; i < d; i += blockDim.x) qs[i] = q[((size_t)t * heads + head) * d + i];
+    if (lo < hi)
+        for (int i = threadIdx.x; i < d; i += blockDim.x)
+            qs[i] = q[((size_t)t * heads + head) * d + i];
     __syncthreads();
 
     float m = -INFINITY, l = 0.f, acc[MAX_D / WARP];
 #pragma unroll
     for (int i = 0; i < MAX_D / WARP; i++) acc[i] = 0.f;
-    for (uint32_t base = warp * WARP; base < count; base += ATT_WARPS * WARP) {
+    for (uint32_t base = lo + warp * ATT_TILE; base < hi; base += ATT_WARPS * ATT_TILE) {
+        // Lane j < ATT_TILE holds key base + j of the tile. A tile's work is a short chain of
+        // dependent loads (slots, keys, values), each issued all at once: a decode step has
+        // one block per head and is bound by that chain, not by bandwidth.
         const uint32_t j = base + lane;
-        const bool valid = j < count;
+        const bool valid = lane < ATT_TILE && j < hi;
         const uint32_t my_slot = valid ? keys[off + j] : 0;
-        // Scores: the warp's four groups of 8 lanes take one key each at a time, each lane a
-        // run of d / 8 of its values (so a load instruction reads four whole rows, not 32
-        // scattered pieces), summed in order and then over the group in a fixed tree. Lane
-        // `l` keeps the score of key l of the tile.
+        // Scores: the warp's four groups of 8 lanes take one key each per step, each lane a
+        // run of d / 8 of its values (a load instruction reads four whole rows), summed in
+        // order and then over the group in a fixed tree. Past the count a group reads slot 0
+        // and its score is dropped.
         float s = -INFINITY;
         const int group = lane / 8, part = lane % 8, run = d / 8;
         const float4 *q4 = reinterpret_cast<const float4 *>(qs + part * run);
+        const float4 *krow[ATT_TILE / 4];
 #pragma unroll
-        for (int it = 0; it < WARP / 4; it++) {
-            const int kk = 4 * it + group;
-            const uint32_t sk = __shfl_sync(0xffffffffu, my_slot, kk);
-            float dot = 0.f;
-            if (base + kk < count) {
-                const float4 *kr =
-                    reinterpret_cast<const float4 *>(kbase + (size_t)sk * d + part * run);
-                for (int i = 0; i < run / 4; i++) {
-                    const float4 kv = kr[i], qv = q4[i];
-                    dot = fmaf(qv.x, kv.x, dot);
-                    dot = fmaf(qv.y, kv.y, dot);
-                    dot = fmaf(qv.z, kv.z, dot);
-                    dot = fmaf(qv.w, kv.w, dot);
+        for (int it = 0; it < ATT_TILE / 4; it++)
+            krow[it] = reinterpret_cast<const float4 *>(
+                kbase + (size_t)__shfl_sync(0xffffffffu, my_slot, 4 * it + group) * d +
+                part * run);
+        float dots[ATT_TILE / 4];
+#pragma unroll
+        for (int it = 0; it < ATT_TILE / 4; it++) dots[it] = 0.f;
+#pragma unroll
+        for (int i = 0; i < MAX_D / 32; i++) {
+            if (i < run / 4) {
+                const float4 qv = q4[i];
+#pragma unroll
+                for (int it = 0; it < ATT_TILE / 4; it++) {
+                    const float4 kv = krow[it][i];
+                    dots[it] = fmaf(qv.x, kv.x, dots[it]);
+                    dots[it] = fmaf(qv.y, kv.y, dots[it]);
+                    dots[it] = fmaf(qv.z, kv.z, dots[it]);
+                    dots[it] = fmaf(qv.w, kv.w, dots[it]);
                 }
             }
+        }
+#pragma unroll
+        for (int it = 0; it < ATT_TILE / 4; it++) {
+            float dot = dots[it];
             dot += __shfl_xor_sync(0xffffffffu, dot, 4);
             dot += __shfl_xor_sync(0xffffffffu, dot, 2);
             dot += __shfl_xor_sync(0xffffffffu, dot, 1);
@@ -741,15 +860,18 @@ extern "C" __global__ void attend(const float *q, const float *kc, const float *
         l = l * corr + warp_sum(p);
 #pragma unroll
         for (int i = 0; i < MAX_D / WARP; i++) acc[i] *= corr;
-        const int in_tile = min((uint32_t)WARP, count - base);
-#pragma unroll 8
-        for (int kk = 0; kk < in_tile; kk++) {
+        // Values, key by key in tile order; past the count a key reads slot 0 and adds nothing.
+        const uint32_t in_tile = min((uint32_t)ATT_TILE, hi - base);
+#pragma unroll
+        for (int kk = 0; kk < ATT_TILE; kk++) {
             const float pk = __shfl_sync(0xffffffffu, p, kk);
-            const uint32_t sk = __shfl_sync(0xffffffffu, my_slot, kk);
-            const float *vr = vbase + (size_t)sk * d;
+            const float *vr = vbase + (size_t)__shfl_sync(0xffffffffu, my_slot, kk) * d;
 #pragma unroll
             for (int i = 0; i < MAX_D / WARP; i++)
-                if (i < per_lane) acc[i] = fmaf(pk, vr[lane + WARP * i], acc[i]);
+                if (i < per_lane) {
+                    const float v = vr[lane + WARP * i];
+                    if ((uint32_t)kk < in_tile) acc[i] = fmaf(pk, v, acc[i]);
+                }
         }
         m = m_new;
     }
@@ -757,7 +879,9 @@ extern "C" __global__ void attend(const float *q, const float *kc, const float *
         part_m[warp] = m;
         part_l[warp] = l;
     }
-    for (int i = 0; i < per_lane; i++) part_acc[warp][lane + WARP * i] = acc[i];
+#pragma unroll
+    for (int i = 0; i < MAX_D / WARP; i++)
+        if (i < per_lane) part_acc[warp][lane + WARP * i] = acc[i];
     __syncthreads();
 
     float big = -INFINITY;
@@ -765,12 +889,43 @@ extern "C" __global__ void attend(const float *q, const float *kc, const float *
     float total = 0.f;
     for (int w = 0; w < ATT_WARPS; w++)
         if (part_l[w] > 0.f) total += part_l[w] * expf(part_m[w] - big);
+    float *dst = part + att_part(t, head, heads, split, d);
+    if (threadIdx.x == 0) {
+        dst[0] = big;
+        dst[1] = total;
+    }
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         float o = 0.f;
         for (int w = 0; w < ATT_WARPS; w++)
             if (part_l[w] > 0.f) o += part_acc[w][i] * expf(part_m[w] - big);
-        const size_t at = ((size_t)t * heads + head) * d + i;
-        out[at] = o / total;
-        if (quantize) quantize32(o / total, xq, xd, at - lane);
+        dst[2 + i] = o;
     }
+}
+
+extern "C" __global__ void attend_merge(const float *part, float *out, int8_t *xq, float *xd,
+                                        int heads, int d, int quantize) {
+    inputs_ready();
+    const int t = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
+    float m[ATT_SPLITS], l[ATT_SPLITS], o[ATT_SPLITS];
+#pragma unroll
+    for (int s = 0; s < ATT_SPLITS; s++) {
+        const float *src = part + att_part(t, head, heads, s, d);
+        m[s] = src[0];
+        l[s] = src[1];
+        o[s] = src[2 + i];
+    }
+    float big = -INFINITY;
+#pragma unroll
+    for (int s = 0; s < ATT_SPLITS; s++) big = fmaxf(big, m[s]);
+    float total = 0.f, v = 0.f;
+#pragma unroll
+    for (int s = 0; s < ATT_SPLITS; s++)
+        if (l[s] > 0.f) {
+            const float f = expf(m[s] - big);
+            total += l[s] * f;
+            v += o[s] * f;
+        }
+    const size_t at = ((size_t)t * heads + head) * d + i;
+    out[at] = v / total;
+    if (quantize) quantize32(v / total, xq, xd, at - i % WARP);
 }

@@ -8,14 +8,14 @@
 //! an order fixed by the reduction length alone; see the comments in the `.cu` file.
 
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice,
-    PushKernelArg,
+    sys, CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice,
 };
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, DeviceId};
 use candle_core::op::BackpropOp;
 use candle_core::quantized::GgmlDType;
 use candle_core::{bail, DType, Device, Result, Shape, Storage, Tensor};
 use std::collections::hash_map::{Entry, HashMap};
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock};
 
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/decode.ptx"));
@@ -28,8 +28,9 @@ const MMA_ROWS: usize = 16;
 const MMA_COLS: usize = 16;
 /// The grid's y dimension may not pass 65,535.
 const MAX_ROW_GROUPS: usize = 65_535;
-/// Must match `ATT_WARPS` and `MAX_D` in the kernel file.
-const ATTENTION_WARPS: u32 = 8;
+/// Must match `ATT_SPLITS`, `ATT_WARPS` and `MAX_D` in the kernel file.
+const ATTENTION_SPLITS: u32 = 8;
+const ATTENTION_WARPS: u32 = 4;
 const MAX_HEAD_DIM: usize = 256;
 /// Must match `NORM_THREADS` in the kernel file.
 const NORM_THREADS: u32 = 256;
@@ -502,10 +503,10 @@ pub fn attend(
         );
     }
     let q = q.contiguous()?;
-    let out = Output::new(dev, q.elem_count())?;
-    let (q8, xq, xd) = Q8Rows::alloc_if(quantize, dev, q.shape(), out.ptr)?;
+    // Each run's (max, sum, output) between the two kernels.
+    let part = Output::new(dev, n * heads * ATTENTION_SPLITS as usize * (d + 2))?;
     let cfg = LaunchConfig {
-        grid_dim: (n as u32, heads as u32, 1),
+        grid_dim: (n as u32, heads as u32, ATTENTION_SPLITS),
         block_dim: (32 * ATTENTION_WARPS, 1, 1),
         shared_mem_bytes: 0,
     };
@@ -519,18 +520,25 @@ pub fn attend(
             ptr::<f32>(cache.1)?,
             ptr::<u32>(&plan.keys)?,
             ptr::<u32>(&plan.meta)?,
-            out.ptr,
-            xq,
-            xd,
+            part.ptr,
         ],
-        &[
-            heads as i32,
-            kv_heads as i32,
-            d as i32,
-            cap as i32,
-            quantize as i32,
-        ],
+        &[heads as i32, kv_heads as i32, d as i32, cap as i32],
         Some(scale),
+    )?;
+    let out = Output::new(dev, q.elem_count())?;
+    let (q8, xq, xd) = Q8Rows::alloc_if(quantize, dev, q.shape(), out.ptr)?;
+    let cfg = LaunchConfig {
+        grid_dim: (n as u32, heads as u32, 1),
+        block_dim: (d as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch(
+        dev,
+        "attend_merge",
+        cfg,
+        &[part.ptr, out.ptr, xq, xd],
+        &[heads as i32, d as i32, quantize as i32],
+        None,
     )?;
     Ok((out.tensor(q.shape().clone())?, q8))
 }
@@ -595,6 +603,13 @@ pub fn read_rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
 
 /// Launches `name` with its pointer arguments first, then its integers, then an optional
 /// float: the order every kernel of the file declares.
+///
+/// On Hopper and later the launch lets the kernel start before the one ahead of it in the
+/// stream has finished (programmatic dependent launch): its blocks become resident and fetch
+/// their weights while the previous kernel runs, and wait for its results in
+/// `inputs_ready` (see the kernel file). A decode step is a chain of a few hundred short
+/// kernels, so the gap between two of them is a large share of the step.
+/// `HONE_CUDA_OVERLAP=0` launches them one after the other instead (to measure the gain).
 fn launch(
     dev: &CudaDevice,
     name: &str,
@@ -603,52 +618,91 @@ fn launch(
     ints: &[i32],
     float: Option<f32>,
 ) -> Result<()> {
-    let func = function(dev, name)?;
+    let (func, overlap) = function(dev, name)?;
     let stream = dev.cuda_stream();
-    let mut args = stream.launch_builder(&func);
-    for p in ptrs {
-        args.arg(p);
-    }
-    for i in ints {
-        args.arg(i);
-    }
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(candle_core::Error::wrap)?;
+    let mut params: Vec<*mut c_void> = Vec::with_capacity(ptrs.len() + ints.len() + 1);
+    params.extend(ptrs.iter().map(|p| p as *const u64 as *mut c_void));
+    params.extend(ints.iter().map(|i| i as *const i32 as *mut c_void));
     if let Some(f) = &float {
-        args.arg(f);
+        params.push(f as *const f32 as *mut c_void);
     }
-    // SAFETY: the arguments match the kernel's declaration in number, order and type, and
-    // every pointer addresses a live allocation large enough for the shapes checked above.
-    unsafe { args.launch(cfg) }.map_err(candle_core::Error::wrap)?;
+    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+    value.programmaticStreamSerializationAllowed = 1;
+    let mut attr = sys::CUlaunchAttribute {
+        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        pad: [0; 4],
+        value,
+    };
+    let config = sys::CUlaunchConfig {
+        gridDimX: cfg.grid_dim.0,
+        gridDimY: cfg.grid_dim.1,
+        gridDimZ: cfg.grid_dim.2,
+        blockDimX: cfg.block_dim.0,
+        blockDimY: cfg.block_dim.1,
+        blockDimZ: cfg.block_dim.2,
+        sharedMemBytes: cfg.shared_mem_bytes,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: u32::from(overlap),
+    };
+    // SAFETY: `params` points at one live value per kernel parameter, matching the kernel's
+    // declaration in number, order and type; every pointer among them addresses a live
+    // allocation large enough for the shapes checked by the caller; `attr` outlives the call.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            func.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
+    .map_err(candle_core::Error::wrap)?;
     Ok(())
 }
 
-/// The kernel `name` on `dev`, loaded once: a lookup costs a driver call, and a decode step
-/// launches hundreds of kernels.
-fn function(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
-    type Loaded = HashMap<DeviceId, (Arc<CudaModule>, HashMap<String, CudaFunction>)>;
-    static LOADED: OnceLock<Mutex<Loaded>> = OnceLock::new();
+/// The kernel `name` on `dev`, loaded once (a lookup costs a driver call, and a decode step
+/// launches hundreds of kernels), and whether launches on `dev` may overlap (see [`launch`]).
+fn function(dev: &CudaDevice, name: &str) -> Result<(CudaFunction, bool)> {
+    struct Loaded {
+        module: Arc<CudaModule>,
+        overlap: bool,
+        funcs: HashMap<String, CudaFunction>,
+    }
+    static LOADED: OnceLock<Mutex<HashMap<DeviceId, Loaded>>> = OnceLock::new();
     let mut loaded = LOADED
         .get_or_init(Default::default)
         .lock()
         .map_err(|_| candle_core::Error::Msg("cuda kernel table poisoned".into()))?;
-    let (module, funcs) = match loaded.entry(dev.id()) {
+    let entry = match loaded.entry(dev.id()) {
         Entry::Occupied(e) => e.into_mut(),
         Entry::Vacant(e) => {
-            let module = dev
-                .cuda_stream()
-                .context()
+            let ctx = dev.cuda_stream().context().clone();
+            let module = ctx
                 .load_module(PTX.into())
                 .map_err(candle_core::Error::wrap)?;
-            e.insert((module, HashMap::new()))
+            let (major, _) = ctx.compute_capability().map_err(candle_core::Error::wrap)?;
+            let wanted = std::env::var("HONE_CUDA_OVERLAP").map_or(true, |v| v != "0");
+            e.insert(Loaded {
+                module,
+                overlap: major >= 9 && wanted,
+                funcs: HashMap::new(),
+            })
         }
     };
-    if let Some(f) = funcs.get(name) {
-        return Ok(f.clone());
+    if let Some(f) = entry.funcs.get(name) {
+        return Ok((f.clone(), entry.overlap));
     }
-    let f = module
+    let f = entry
+        .module
         .load_function(name)
         .map_err(candle_core::Error::wrap)?;
-    funcs.insert(name.to_string(), f.clone());
-    Ok(f)
+    entry.funcs.insert(name.to_string(), f.clone());
+    Ok((f, entry.overlap))
 }
 
 /// The device address of a contiguous tensor's first element. The tensor must outlive the

@@ -94,20 +94,32 @@ impl Rope {
         })
     }
 
-    /// Rotates `xs` `[batch, heads, chunk, head_dim]` by the positions `[batch * chunk]`.
-    fn apply(
-        &self,
-        xs: &Tensor,
-        positions: &Tensor,
-        interleaved: bool,
-    ) -> candle_core::Result<Tensor> {
-        let (b, _, t, _) = xs.dims4()?;
-        let cos = self.cos.index_select(positions, 0)?.reshape((b, t, ()))?;
-        let sin = self.sin.index_select(positions, 0)?.reshape((b, t, ()))?;
+    /// The tables' rows for a step's packed token positions, `[1, tokens, rotary_dim / 2]`:
+    /// selected once per step and shared by every layer (the CPU path; on CUDA the RoPE
+    /// kernel reads the tables directly).
+    fn at(&self, positions: &Tensor) -> candle_core::Result<RopeAt> {
+        let n = positions.elem_count();
+        Ok(RopeAt {
+            cos: self.cos.index_select(positions, 0)?.reshape((1, n, ()))?,
+            sin: self.sin.index_select(positions, 0)?.reshape((1, n, ()))?,
+        })
+    }
+}
+
+/// [`Rope`]'s tables at one step's positions.
+struct RopeAt {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl RopeAt {
+    /// Rotates `xs` `[1, heads, tokens, head_dim]`, token t by the angle of the step's
+    /// position t.
+    fn apply(&self, xs: &Tensor, interleaved: bool) -> candle_core::Result<Tensor> {
         if interleaved {
-            candle_nn::rotary_emb::rope_i(&xs.contiguous()?, &cos, &sin)
+            candle_nn::rotary_emb::rope_i(&xs.contiguous()?, &self.cos, &self.sin)
         } else {
-            candle_nn::rotary_emb::rope(&xs.contiguous()?, &cos, &sin)
+            candle_nn::rotary_emb::rope(&xs.contiguous()?, &self.cos, &self.sin)
         }
     }
 }
@@ -367,8 +379,17 @@ impl Transformer {
         // The CPU attention path's indices; they stay on the CPU wherever the model runs.
         let pos = Tensor::from_vec(step.positions.clone(), n, &Device::Cpu)?;
         let spread = Tensor::from_vec(step.spread.clone(), step.rows * step.chunk, &Device::Cpu)?;
+        let ropes = match up {
+            Uploaded::Cpu { .. } => self
+                .ropes
+                .iter()
+                .map(|r| r.at(&pos))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+            #[cfg(feature = "cuda")]
+            Uploaded::Gpu(_) => Vec::new(),
+        };
         let batch = Batch {
-            pos: &pos,
+            ropes: &ropes,
             spread: &spread,
             rows: step.rows,
             chunk: step.chunk,
@@ -432,7 +453,6 @@ impl Transformer {
             q = qn.forward(&q.reshape((1, n, h, d))?)?;
             k = kn.forward(&k.reshape((1, n, hkv, d))?)?;
         }
-        let rope = &self.ropes[l.rope];
         let scale = 1.0 / (d as f32).sqrt();
         let local = l.window.is_some();
         #[cfg(feature = "cuda")]
@@ -443,8 +463,8 @@ impl Transformer {
                     &q.reshape((n, h * d))?,
                     &k.reshape((n, hkv * d))?,
                     &v.reshape((n, hkv * d))?,
-                    &rope.cos,
-                    &rope.sin,
+                    &self.ropes[l.rope].cos,
+                    &self.ropes[l.rope].sin,
                     &plan.placement,
                     (&kc, &vc),
                     self.cfg.rope_interleaved,
@@ -454,12 +474,12 @@ impl Transformer {
                 Rows::with_q8(out.reshape((1, n, h * d))?, q8)
             }
             None => {
-                Rows::new(self.attend_cpu(index, (q, k, v), rope, cache, batch, local, scale)?)
+                Rows::new(self.attend_cpu(index, (q, k, v), l.rope, cache, batch, local, scale)?)
             }
         };
         #[cfg(not(feature = "cuda"))]
         let attn =
-            Rows::new(self.attend_cpu(index, (q, k, v), rope, cache, batch, local, scale)?);
+            Rows::new(self.attend_cpu(index, (q, k, v), l.rope, cache, batch, local, scale)?);
         let xs = match &l.post_attn_norm {
             Some(norm) => (residual + norm.forward(&l.o.forward(&attn)?)?)?,
             None => l.o.forward_add(&attn, residual)?,
@@ -503,7 +523,7 @@ impl Transformer {
         &self,
         index: usize,
         (q, k, v): (Tensor, Tensor, Tensor),
-        rope: &Rope,
+        rope: usize,
         cache: &mut KvCache,
         batch: &Batch<'_>,
         local: bool,
@@ -515,10 +535,15 @@ impl Transformer {
         let q = q.reshape((1, n, h, d))?.transpose(1, 2)?;
         let k = k.reshape((1, n, hkv, d))?.transpose(1, 2)?;
         let v = v.reshape((1, n, hkv, d))?;
-        let q = rope.apply(&q, batch.pos, self.cfg.rope_interleaved)?;
-        let k = rope.apply(&k, batch.pos, self.cfg.rope_interleaved)?;
-        // Packed `[1, kv_heads, tokens, d]` into the grid's `[batch, kv_heads, chunk, d]`.
+        let rope = &batch.ropes[rope];
+        let q = rope.apply(&q, self.cfg.rope_interleaved)?;
+        let k = rope.apply(&k, self.cfg.rope_interleaved)?;
+        // Packed `[1, kv_heads, tokens, d]` into the grid's `[batch, kv_heads, chunk, d]`. One
+        // row has no padding: its packed tokens are its grid already.
         let to_grid = |x: &Tensor| -> candle_core::Result<Tensor> {
+            if b == 1 {
+                return x.contiguous();
+            }
             x.squeeze(0)?
                 .contiguous()?
                 .index_select(batch.spread, 1)?
@@ -558,8 +583,8 @@ impl Transformer {
 
 /// What every layer of one forward pass shares.
 struct Batch<'a> {
-    /// The position of each packed token.
-    pos: &'a Tensor,
+    /// Each of the model's RoPE tables at the packed tokens' positions (CPU path only).
+    ropes: &'a [RopeAt],
     /// For each slot of the cache's new chunk (row-major), the packed token it holds.
     spread: &'a Tensor,
     rows: usize,
