@@ -2,8 +2,17 @@
 //! per instruction (`maddubs`), summed in 32-bit integers over a block (over a whole super-block
 //! of 256 for the k-quants) before one conversion to float.
 //!
+//! Where the CPU has AVX-512 VNNI (Intel since Cascade Lake, AMD since Zen 4), `vpdpbusd` on
+//! 256-bit vectors does in one instruction what AVX2 needs three for (`maddubs`, a 16-bit add
+//! or a widening `madd`, a 32-bit add), and `vpdpwssd` fuses the k-quants' scale `madd` with
+//! its add. That is most of a row's cost beside the weights it shares with the other rows of a
+//! tile, and AVX-512's 32 vector registers hold a tile of eight rows where AVX2's 16 hold four.
+//! A single row is bound by reading its weights, not by arithmetic, so it keeps AVX2. The sums
+//! are exact integers either way (AVX2's 16-bit ones never saturate here), so both paths give
+//! the same bits (tested); each kernel is compiled for both and picks at run time.
+//!
 //! The 32-wide types read a group of eight interleaved blocks (`groups.rs`) at a time.
-//! Each kernel reads a block of weights once for up to four rows. A row's arithmetic is the
+//! Each kernel reads a block of weights once for every row of its tile. A row's arithmetic is the
 //! same instructions in the same order whatever `R` is, so its result does not depend on the
 //! rows it is computed with.
 
@@ -194,6 +203,85 @@ fn hsum_i32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+/// Whether the CPU has AVX-512 VNNI with 256-bit vectors (`avx512vl`), detected once.
+pub(crate) fn has_vnni() -> bool {
+    static VNNI: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+    });
+    *VNNI
+}
+
+/// Rows per tile: how many rows one read of a weight block serves.
+pub(crate) fn tile_rows() -> usize {
+    if has_vnni() {
+        8
+    } else {
+        4
+    }
+}
+
+/// `acc` plus, in each 32-bit lane, the lane's four products of unsigned `q` by signed `x`.
+///
+/// # Safety
+/// With `VNNI` the CPU must have AVX-512 VNNI and VL.
+#[inline(always)]
+unsafe fn dot4<const VNNI: bool>(acc: __m256i, q: __m256i, x: __m256i) -> __m256i {
+    if VNNI {
+        // SAFETY: the caller guarantees VNNI.
+        unsafe { _mm256_dpbusd_epi32(acc, q, x) }
+    } else {
+        _mm256_add_epi32(acc, widen(pairs(q, x)))
+    }
+}
+
+/// `acc` plus, in each 32-bit lane, the lane's two 16-bit products of `a` by `b`.
+///
+/// # Safety
+/// With `VNNI` the CPU must have AVX-512 VNNI and VL.
+#[inline(always)]
+unsafe fn madd_add<const VNNI: bool>(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    if VNNI {
+        // SAFETY: the caller guarantees VNNI.
+        unsafe { _mm256_dpwssd_epi32(acc, a, b) }
+    } else {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+    }
+}
+
+/// A kernel's entry point, `$name`, which takes VNNI where the CPU has it; `$vnni`, the body
+/// compiled with VNNI enabled; and the body itself, `$body::<.., false>`, for AVX2 alone.
+macro_rules! entry {
+    ($name:ident, $vnni:ident, $body:ident, [$($g:ident: $b:path),*], $w:ty, $x:ty) => {
+        pub(crate) fn $name<$($g: $b,)* const R: usize>(w: &[$w], xs: [&[$x]; R]) -> [f32; R] {
+            // One row is bound by reading its weights: VNNI gains nothing there.
+            if R > 1 && has_vnni() {
+                // SAFETY: the CPU has AVX-512 VNNI and VL (checked).
+                unsafe { $vnni::<$($g,)* R>(w, xs) }
+            } else {
+                // SAFETY: without VNNI the body needs only what the build is compiled for.
+                unsafe { $body::<$($g,)* R, false>(w, xs) }
+            }
+        }
+
+        /// # Safety
+        /// The CPU must have AVX-512 VNNI and VL.
+        #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+        pub(crate) unsafe fn $vnni<$($g: $b,)* const R: usize>(
+            w: &[$w],
+            xs: [&[$x]; R],
+        ) -> [f32; R] {
+            // SAFETY: this function runs with VNNI enabled.
+            unsafe { $body::<$($g,)* R, true>(w, xs) }
+        }
+    };
+}
+
+entry!(unsigned32, unsigned32_vnni, unsigned32_at, [B: Unpack], B, Act8x32);
+entry!(q8_0, q8_0_vnni, q8_0_at, [], Q8_0, Act8x32);
+entry!(q4k, q4k_vnni, q4k_at, [], Q4K, Act256);
+entry!(q5k, q5k_vnni, q5k_at, [], Q5K, Act256);
+entry!(q6k, q6k_vnni, q6k_at, [], Q6K, Act256);
+
 // The 32-wide kernels take a group of eight interleaved blocks at a time: lane j of every
 // product vector belongs to block j, so vector adds give the eight integer sums side by side,
 // scaled by the eight scales in one multiply-add. Blocks after the last full group are summed
@@ -201,16 +289,36 @@ fn hsum_i32(v: __m256i) -> i32 {
 
 /// Lane `j`: the integer dot product of block `j` of a group with its activations. `pairs`
 /// sums are at most 2·31·127 in magnitude for 5-bit values, so four of them fit in 16 bits.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn group_sums(q: &[__m256i; 8], x: &[[i8; 32]; 8]) -> __m256i {
+///
+/// # Safety
+/// With `VNNI` the CPU must have AVX-512 VNNI and VL.
+#[inline(always)]
+unsafe fn group_sums<const VNNI: bool>(q: &[__m256i; 8], x: &[[i8; 32]; 8]) -> __m256i {
+    if VNNI {
+        // Two chains, so that consecutive instructions do not wait for each other.
+        let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for v in (0..8).step_by(2) {
+            // SAFETY: the caller guarantees VNNI.
+            unsafe {
+                a = dot4::<true>(a, q[v], load(&x[v]));
+                b = dot4::<true>(b, q[v + 1], load(&x[v + 1]));
+            }
+        }
+        return _mm256_add_epi32(a, b);
+    }
     let p: [__m256i; 8] = std::array::from_fn(|v| pairs(q[v], load(&x[v])));
     let low = _mm256_add_epi16(_mm256_add_epi16(p[0], p[1]), _mm256_add_epi16(p[2], p[3]));
     let high = _mm256_add_epi16(_mm256_add_epi16(p[4], p[5]), _mm256_add_epi16(p[6], p[7]));
     _mm256_add_epi32(widen(low), widen(high))
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn unsigned32<B: Unpack, const R: usize>(w: &[B], xs: [&[Act8x32]; R]) -> [f32; R] {
+/// # Safety
+/// With `VNNI` the CPU must have AVX-512 VNNI and VL.
+#[inline(always)]
+pub(crate) unsafe fn unsigned32_at<B: Unpack, const R: usize, const VNNI: bool>(
+    w: &[B],
+    xs: [&[Act8x32]; R],
+) -> [f32; R] {
     same_lengths(&xs, w.len().div_ceil(8));
     let mut acc = [_mm256_setzero_ps(); R];
     let mut offset = [_mm256_setzero_ps(); R];
@@ -223,7 +331,8 @@ pub(crate) fn unsigned32<B: Unpack, const R: usize>(w: &[B], xs: [&[Act8x32]; R]
         for r in 0..R {
             // SAFETY: `g < full <= xs[r].len()` (checked above).
             let x = unsafe { xs[r].get_unchecked(g) };
-            let sums = group_sums(&q, &x.qs);
+            // SAFETY: the caller guarantees VNNI where it is asked for.
+            let sums = unsafe { group_sums::<VNNI>(&q, &x.qs) };
             let scale = _mm256_mul_ps(d, load_ps(&x.d));
             acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[r]);
             offset[r] = _mm256_fmadd_ps(m, load_ps(&x.s), offset[r]);
@@ -236,15 +345,21 @@ pub(crate) fn unsigned32<B: Unpack, const R: usize>(w: &[B], xs: [&[Act8x32]; R]
         for r in 0..R {
             // SAFETY: the last group exists when blocks are left over (checked above).
             let x = unsafe { xs[r].get_unchecked(full) };
-            let isum = hsum_i32(widen(pairs(q, load(&x.qs[j]))));
+            // SAFETY: as above.
+            let isum = hsum_i32(unsafe { dot4::<VNNI>(_mm256_setzero_si256(), q, load(&x.qs[j])) });
             tail[r] += d * x.d[j] * isum as f32 + m * x.s[j];
         }
     }
     std::array::from_fn(|r| hsum(acc[r]) + hsum(offset[r]) + tail[r])
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn q8_0<const R: usize>(w: &[Q8_0], xs: [&[Act8x32]; R]) -> [f32; R] {
+/// # Safety
+/// With `VNNI` the CPU must have AVX-512 VNNI and VL.
+#[inline(always)]
+pub(crate) unsafe fn q8_0_at<const R: usize, const VNNI: bool>(
+    w: &[Q8_0],
+    xs: [&[Act8x32]; R],
+) -> [f32; R] {
     same_lengths(&xs, w.len().div_ceil(8));
     let mut acc = [_mm256_setzero_ps(); R];
     let mut tail = [0f32; R];
@@ -259,19 +374,32 @@ pub(crate) fn q8_0<const R: usize>(w: &[Q8_0], xs: [&[Act8x32]; R]) -> [f32; R] 
         for r in 0..R {
             // SAFETY: as in `unsigned32`.
             let x = unsafe { xs[r].get_unchecked(g) };
-            let products: [__m256i; 8] = std::array::from_fn(|v| {
-                widen(pairs(magnitude[v], _mm256_sign_epi8(load(&x.qs[v]), q[v])))
-            });
-            let sums = _mm256_add_epi32(
+            let signed: [__m256i; 8] =
+                std::array::from_fn(|v| _mm256_sign_epi8(load(&x.qs[v]), q[v]));
+            let sums = if VNNI {
+                let (mut a, mut b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                for v in (0..8).step_by(2) {
+                    // SAFETY: the caller guarantees VNNI.
+                    unsafe {
+                        a = dot4::<true>(a, magnitude[v], signed[v]);
+                        b = dot4::<true>(b, magnitude[v + 1], signed[v + 1]);
+                    }
+                }
+                _mm256_add_epi32(a, b)
+            } else {
+                let products: [__m256i; 8] =
+                    std::array::from_fn(|v| widen(pairs(magnitude[v], signed[v])));
                 _mm256_add_epi32(
-                    _mm256_add_epi32(products[0], products[1]),
-                    _mm256_add_epi32(products[2], products[3]),
-                ),
-                _mm256_add_epi32(
-                    _mm256_add_epi32(products[4], products[5]),
-                    _mm256_add_epi32(products[6], products[7]),
-                ),
-            );
+                    _mm256_add_epi32(
+                        _mm256_add_epi32(products[0], products[1]),
+                        _mm256_add_epi32(products[2], products[3]),
+                    ),
+                    _mm256_add_epi32(
+                        _mm256_add_epi32(products[4], products[5]),
+                        _mm256_add_epi32(products[6], products[7]),
+                    ),
+                )
+            };
             let scale = _mm256_mul_ps(d, load_ps(&x.d));
             acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[r]);
         }
@@ -283,7 +411,9 @@ pub(crate) fn q8_0<const R: usize>(w: &[Q8_0], xs: [&[Act8x32]; R]) -> [f32; R] 
         for r in 0..R {
             // SAFETY: as in `unsigned32`.
             let x = unsafe { xs[r].get_unchecked(full) };
-            let isum = hsum_i32(widen(pairs(magnitude, _mm256_sign_epi8(load(&x.qs[j]), q))));
+            let signed = _mm256_sign_epi8(load(&x.qs[j]), q);
+            // SAFETY: as above.
+            let isum = hsum_i32(unsafe { dot4::<VNNI>(_mm256_setzero_si256(), magnitude, signed) });
             tail[r] += d * x.d[j] * isum as f32;
         }
     }
@@ -292,8 +422,11 @@ pub(crate) fn q8_0<const R: usize>(w: &[Q8_0], xs: [&[Act8x32]; R]) -> [f32; R] 
 
 /// Q4K and Q5K once their 4 chunks of 64 values are unpacked: chunk `c` holds groups `2c`
 /// (bytes 0..32) and `2c + 1` (bytes 32..64) as two vectors.
-#[target_feature(enable = "avx2,fma,f16c")]
-fn k_minimums<const R: usize>(
+///
+/// # Safety
+/// With `VNNI` the CPU must have AVX-512 VNNI and VL.
+#[inline(always)]
+unsafe fn k_minimums<const R: usize, const VNNI: bool>(
     d: f32,
     dmin: f32,
     packed: &[u8; 12],
@@ -310,9 +443,11 @@ fn k_minimums<const R: usize>(
         let s_high = _mm256_set1_epi16(i16::from(scales[2 * c + 1]));
         for r in 0..R {
             let x = &xs[r].qs[64 * c..];
-            let a = _mm256_madd_epi16(pairs(low, load(x)), s_low);
-            let b = _mm256_madd_epi16(pairs(high, load(&x[32..])), s_high);
-            isum[r] = _mm256_add_epi32(isum[r], _mm256_add_epi32(a, b));
+            // SAFETY: the caller guarantees VNNI where it is asked for.
+            unsafe {
+                isum[r] = madd_add::<VNNI>(isum[r], pairs(low, load(x)), s_low);
+                isum[r] = madd_add::<VNNI>(isum[r], pairs(high, load(&x[32..])), s_high);
+            }
         }
     }
     for r in 0..R {
@@ -327,8 +462,13 @@ fn k_minimums<const R: usize>(
     }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn q4k<const R: usize>(w: &[Q4K], xs: [&[Act256]; R]) -> [f32; R] {
+/// # Safety
+/// With `VNNI` the CPU must have AVX-512 VNNI and VL.
+#[inline(always)]
+pub(crate) unsafe fn q4k_at<const R: usize, const VNNI: bool>(
+    w: &[Q4K],
+    xs: [&[Act256]; R],
+) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     let mut offset = [0f32; R];
     let m4 = _mm256_set1_epi8(0x0F);
@@ -342,13 +482,21 @@ pub(crate) fn q4k<const R: usize>(w: &[Q4K], xs: [&[Act256]; R]) -> [f32; R] {
         };
         let rows = std::array::from_fn(|r| &xs[r][b]);
         let (d, dmin) = (block.d.to_f32(), block.dmin.to_f32());
-        k_minimums(d, dmin, &block.scales, chunk, rows, &mut acc, &mut offset);
+        // SAFETY: the caller guarantees VNNI where it is asked for.
+        unsafe {
+            k_minimums::<R, VNNI>(d, dmin, &block.scales, chunk, rows, &mut acc, &mut offset)
+        };
     }
     std::array::from_fn(|r| hsum(acc[r]) - offset[r])
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn q5k<const R: usize>(w: &[Q5K], xs: [&[Act256]; R]) -> [f32; R] {
+/// # Safety
+/// With `VNNI` the CPU must have AVX-512 VNNI and VL.
+#[inline(always)]
+pub(crate) unsafe fn q5k_at<const R: usize, const VNNI: bool>(
+    w: &[Q5K],
+    xs: [&[Act256]; R],
+) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     let mut offset = [0f32; R];
     let m4 = _mm256_set1_epi8(0x0F);
@@ -368,13 +516,21 @@ pub(crate) fn q5k<const R: usize>(w: &[Q5K], xs: [&[Act256]; R]) -> [f32; R] {
         };
         let rows = std::array::from_fn(|r| &xs[r][b]);
         let (d, dmin) = (block.d.to_f32(), block.dmin.to_f32());
-        k_minimums(d, dmin, &block.scales, chunk, rows, &mut acc, &mut offset);
+        // SAFETY: the caller guarantees VNNI where it is asked for.
+        unsafe {
+            k_minimums::<R, VNNI>(d, dmin, &block.scales, chunk, rows, &mut acc, &mut offset)
+        };
     }
     std::array::from_fn(|r| hsum(acc[r]) - offset[r])
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) fn q6k<const R: usize>(w: &[Q6K], xs: [&[Act256]; R]) -> [f32; R] {
+/// # Safety
+/// With `VNNI` the CPU must have AVX-512 VNNI and VL.
+#[inline(always)]
+pub(crate) unsafe fn q6k_at<const R: usize, const VNNI: bool>(
+    w: &[Q6K],
+    xs: [&[Act256]; R],
+) -> [f32; R] {
     let mut acc = [_mm256_setzero_ps(); R];
     let mut offset = [0f32; R];
     let m4 = _mm256_set1_epi8(0x0F);
@@ -404,7 +560,8 @@ pub(crate) fn q6k<const R: usize>(w: &[Q6K], xs: [&[Act256]; R]) -> [f32; R] {
                 );
                 for r in 0..R {
                     let x = load(&xs[r][b].qs[128 * half + 32 * c..]);
-                    isum[r] = _mm256_add_epi32(isum[r], _mm256_madd_epi16(pairs(q, x), scale));
+                    // SAFETY: the caller guarantees VNNI where it is asked for.
+                    isum[r] = unsafe { madd_add::<VNNI>(isum[r], pairs(q, x), scale) };
                 }
             }
         }

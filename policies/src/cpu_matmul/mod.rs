@@ -9,8 +9,8 @@
 //!
 //! Here, as in llama.cpp, activations are quantized once per row to 8 bits and multiplied
 //! with the weights' integers, summed in 32-bit integers per block before one conversion to
-//! float. Each output column is computed by one thread, a block of weights at a time for up to
-//! four rows, with the same instructions for every row: the result depends on the row and the
+//! float. Each output column is computed by one thread, a block of weights at a time for a
+//! tile of rows (four, eight with AVX-512 VNNI), with the same instructions for every row: the result depends on the row and the
 //! column only. Weights keep the GGUF layout but for the 32-wide types' groups of eight blocks,
 //! interleaved in place (`groups.rs`); types without a kernel are re-quantized to Q8_0 at load
 //! (see `weights.rs`).
@@ -56,7 +56,7 @@ use candle_core::{Device, Storage, Tensor};
 use std::sync::Arc;
 
 /// A weight block type with a kernel: its activation format and its dot product of one block
-/// row against up to four activation rows.
+/// row against a tile of up to eight activation rows.
 pub(crate) trait Kernel: Copy + Send + Sync + 'static {
     /// Weights per block.
     const WIDTH: usize;
@@ -79,11 +79,8 @@ macro_rules! kernel {
             fn prepare(row: &mut [Self]) {
                 $prepare(row)
             }
-            #[allow(unused_unsafe)]
             fn dot<const R: usize>(w: &[Self], xs: [&[$act]; R]) -> [f32; R] {
-                // SAFETY: the SIMD kernels need the CPU features this build is compiled for
-                // (the module is chosen by `cfg(target_feature)`); the portable ones are safe.
-                unsafe { simd::$f$(::<$g, R>)?(w, xs) }
+                simd::$f$(::<$g, R>)?(w, xs)
             }
         }
     };
@@ -295,8 +292,9 @@ impl<B: Kernel> Blocks<B> {
                 mat += 1;
             }
             let w = &mats[mat].blocks[col * per_row..(col + 1) * per_row];
-            for (t, out) in out.chunks_mut(4).enumerate() {
-                dot_tile(w, &rows[4 * t..4 * t + out.len()], out);
+            let tile = simd::tile_rows();
+            for (t, out) in out.chunks_mut(tile).enumerate() {
+                dot_tile(w, &rows[tile * t..tile * t + out.len()], out);
             }
             Ok(())
         })?;
@@ -318,12 +316,20 @@ impl<B: Kernel> Blocks<B> {
     }
 }
 
-/// One weight column against 1 to 4 activation rows.
+/// One weight column against a tile of 1 to 8 activation rows.
 fn dot_tile<B: Kernel>(w: &[B], rows: &[&[B::Act]], out: &mut [f32]) {
-    match *rows {
-        [a, b, c, d] => out.copy_from_slice(&B::dot(w, [a, b, c, d])),
-        [a, b, c] => out.copy_from_slice(&B::dot(w, [a, b, c])),
-        [a, b] => out.copy_from_slice(&B::dot(w, [a, b])),
+    fn tile<B: Kernel, const R: usize>(w: &[B], rows: &[&[B::Act]], out: &mut [f32]) {
+        debug_assert_eq!(rows.len(), R);
+        out.copy_from_slice(&B::dot::<R>(w, std::array::from_fn(|r| rows[r])));
+    }
+    match rows.len() {
+        8 => tile::<B, 8>(w, rows, out),
+        7 => tile::<B, 7>(w, rows, out),
+        6 => tile::<B, 6>(w, rows, out),
+        5 => tile::<B, 5>(w, rows, out),
+        4 => tile::<B, 4>(w, rows, out),
+        3 => tile::<B, 3>(w, rows, out),
+        2 => tile::<B, 2>(w, rows, out),
         _ => {
             debug_assert_eq!(rows.len(), out.len());
             for (o, &row) in out.iter_mut().zip(rows) {

@@ -5,6 +5,13 @@
 use super::blocks::{k_scales, Act256, Act8x32, Unsigned32, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
 use super::groups::{self, Grouped};
 
+/// Rows per tile: how many rows one read of a weight block serves. (Where the build has AVX2,
+/// this module is compiled only for tests, as the SIMD kernels' reference.)
+#[cfg_attr(test, allow(dead_code))]
+pub(crate) fn tile_rows() -> usize {
+    4
+}
+
 /// The 32 unsigned values of a 32-wide block, element `i` in byte `i`.
 pub(crate) trait Values: Unsigned32 {
     fn values(&self) -> [u8; 32];

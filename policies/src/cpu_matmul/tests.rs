@@ -161,11 +161,11 @@ fn activation_quantization_error_is_bounded() {
     }
 }
 
-/// A row's results are the same bits alone, in a tile of four, or in a ragged last tile.
+/// A row's results are the same bits alone, in a full tile, or in a ragged last tile.
 #[test]
 fn a_row_does_not_depend_on_the_batch() {
     let mut rng = StdRng::seed_from_u64(3);
-    let (out, m) = (40, 7);
+    let (out, m) = (40, 11);
     for dtype in TYPES {
         let k = width(dtype);
         let (q, _) = matrix(&mut rng, dtype, out, k);
@@ -220,8 +220,7 @@ fn simd_matches_portable() {
                 for c in 0..out {
                     let w = &$blocks.blocks[c * per_row..(c + 1) * per_row];
                     check(
-                        // SAFETY: compiled only where the build enables AVX2 and FMA.
-                        unsafe { $simd(w, [rows[0], rows[1], rows[2]]) },
+                        $simd(w, [rows[0], rows[1], rows[2]]),
                         $portable(w, [rows[0], rows[1], rows[2]]),
                     );
                 }
@@ -235,6 +234,84 @@ fn simd_matches_portable() {
             QuantMatrix::Q4K(b) => compare!(b, Act256, avx2::q4k, portable::q4k),
             QuantMatrix::Q5K(b) => compare!(b, Act256, avx2::q5k, portable::q5k),
             QuantMatrix::Q6K(b) => compare!(b, Act256, avx2::q6k, portable::q6k),
+        }
+    }
+}
+
+/// With AVX-512 VNNI the kernels give AVX2's bits: their integer sums are exact either way.
+/// Activations at the ends of their range (±127) and weights at theirs are where AVX2's 16-bit
+/// sums would saturate first.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[test]
+fn vnni_gives_the_avx2_bits() {
+    if !avx2::has_vnni() {
+        eprintln!("this CPU has no AVX-512 VNNI: nothing to compare");
+        return;
+    }
+    let mut rng = StdRng::seed_from_u64(11);
+    let out = 9;
+    for dtype in TYPES {
+        let k = width(dtype);
+        let (q, _) = matrix(&mut rng, dtype, out, k);
+        let matrix = QuantMatrix::from_qtensor(&q).unwrap().expect("a kernel");
+        // Row 0 random; rows 1 and 2 all +1 and alternating ±1, so every block's largest
+        // value quantizes to ±127.
+        let mut lhs = random(&mut rng, k);
+        lhs.extend(std::iter::repeat_n(1.0, k));
+        lhs.extend((0..k).map(|i| if i % 2 == 0 { 1.0 } else { -1.0 }));
+        macro_rules! compare {
+            ($blocks:expr, $act:ty, $avx2:expr, $vnni:expr) => {{
+                let acts: Vec<$act> = lhs
+                    .chunks_exact(k)
+                    .flat_map(|row| row.chunks(<$act>::WIDTH).map(<$act>::quantize))
+                    .collect();
+                let rows: Vec<&[$act]> = acts.chunks_exact(k.div_ceil(<$act>::WIDTH)).collect();
+                assert_eq!(rows.len(), 3);
+                let per_row = k / if is_k(dtype) { 256 } else { 32 };
+                for c in 0..out {
+                    let w = &$blocks.blocks[c * per_row..(c + 1) * per_row];
+                    // SAFETY: AVX2 by the build; VNNI checked above.
+                    let (a, v) = unsafe {
+                        (
+                            $avx2(w, [rows[0], rows[1], rows[2]]),
+                            $vnni(w, [rows[0], rows[1], rows[2]]),
+                        )
+                    };
+                    assert_eq!(
+                        a.map(f32::to_bits),
+                        v.map(f32::to_bits),
+                        "{dtype:?} column {c}"
+                    );
+                    // SAFETY: as above.
+                    let (a, v) = unsafe { ($avx2(w, [rows[1]]), $vnni(w, [rows[1]])) };
+                    assert_eq!(
+                        a.map(f32::to_bits),
+                        v.map(f32::to_bits),
+                        "{dtype:?} column {c}"
+                    );
+                }
+            }};
+        }
+        use avx2::*;
+        match &matrix {
+            QuantMatrix::Q4_0(b) => {
+                compare!(b, Act8x32, unsigned32_at::<_, _, false>, unsigned32_vnni)
+            }
+            QuantMatrix::Q4_1(b) => {
+                compare!(b, Act8x32, unsigned32_at::<_, _, false>, unsigned32_vnni)
+            }
+            QuantMatrix::Q5_0(b) => {
+                compare!(b, Act8x32, unsigned32_at::<_, _, false>, unsigned32_vnni)
+            }
+            QuantMatrix::Q8_0(b) => compare!(b, Act8x32, q8_0_at::<_, false>, q8_0_vnni),
+            QuantMatrix::Q4K(b) => compare!(b, Act256, q4k_at::<_, false>, q4k_vnni),
+            QuantMatrix::Q5K(b) => compare!(b, Act256, q5k_at::<_, false>, q5k_vnni),
+            QuantMatrix::Q6K(b) => compare!(b, Act256, q6k_at::<_, false>, q6k_vnni),
         }
     }
 }
