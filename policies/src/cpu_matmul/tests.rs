@@ -59,13 +59,13 @@ fn is_k(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K)
 }
 
-/// A row width with blocks left over after the last group of eight for the 32-wide types.
-fn width(dtype: GgmlDType) -> usize {
-    if is_k(dtype) {
-        768
-    } else {
-        864
-    }
+/// Every type with two row widths: for the 32-wide types, with 3 and with 6 blocks left over
+/// after the last group of eight (the leftover blocks' sums are reduced four or eight at a time).
+fn cases() -> impl Iterator<Item = (GgmlDType, usize)> {
+    TYPES.into_iter().flat_map(|dtype| {
+        let widths = if is_k(dtype) { [768, 1280] } else { [864, 960] };
+        widths.map(|k| (dtype, k))
+    })
 }
 
 /// A row of activations as the kernels see it after quantization.
@@ -99,8 +99,7 @@ fn quantized(dtype: GgmlDType, row: &[f32]) -> Vec<f64> {
 fn products_match_dequantized_weights() {
     let mut rng = StdRng::seed_from_u64(7);
     let (out, m) = (37, 6);
-    for dtype in TYPES {
-        let k = width(dtype);
+    for (dtype, k) in cases() {
         let (q, w) = matrix(&mut rng, dtype, out, k);
         let matrix = QuantMatrix::from_qtensor(&q).unwrap().expect("a kernel");
         let lhs = random(&mut rng, m * k);
@@ -166,8 +165,7 @@ fn activation_quantization_error_is_bounded() {
 fn a_row_does_not_depend_on_the_batch() {
     let mut rng = StdRng::seed_from_u64(3);
     let (out, m) = (40, 11);
-    for dtype in TYPES {
-        let k = width(dtype);
+    for (dtype, k) in cases() {
         let (q, _) = matrix(&mut rng, dtype, out, k);
         let matrix = QuantMatrix::from_qtensor(&q).unwrap().expect("a kernel");
         let lhs = random(&mut rng, m * k);
@@ -196,8 +194,7 @@ fn a_row_does_not_depend_on_the_batch() {
 fn simd_matches_portable() {
     let mut rng = StdRng::seed_from_u64(5);
     let out = 9;
-    for dtype in TYPES {
-        let k = width(dtype);
+    for (dtype, k) in cases() {
         let (q, _) = matrix(&mut rng, dtype, out, k);
         let matrix = QuantMatrix::from_qtensor(&q).unwrap().expect("a kernel");
         let lhs = random(&mut rng, 3 * k);
@@ -255,8 +252,7 @@ fn vnni_gives_the_avx2_bits() {
     }
     let mut rng = StdRng::seed_from_u64(11);
     let out = 9;
-    for dtype in TYPES {
-        let k = width(dtype);
+    for (dtype, k) in cases() {
         let (q, _) = matrix(&mut rng, dtype, out, k);
         let matrix = QuantMatrix::from_qtensor(&q).unwrap().expect("a kernel");
         // Row 0 random; rows 1 and 2 all +1 and alternating ±1, so every block's largest
