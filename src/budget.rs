@@ -41,7 +41,7 @@ impl Budget {
 }
 
 /// What a query spent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     /// All compute units: `policy_positions + reward_positions`.
     pub compute: u64,
@@ -51,15 +51,19 @@ pub struct Usage {
     pub reward_positions: u64,
     /// Tokens the policy sampled, over all candidates and critiques.
     pub tokens_generated: u64,
+    /// Calls to the reward.
     pub reward_calls: u64,
+    /// How long the loop ran, in milliseconds.
     pub wall_ms: u64,
-    /// Speculative decoding (vLLM's counters): policy steps that verified drafts,
+    /// Speculative decoding (as vLLM counts it): policy steps that verified draft tokens.
     pub spec_drafts: u64,
-    /// the draft tokens verified (their positions are part of `policy_positions`),
+    /// Speculative decoding: draft tokens verified (their positions are part of
+    /// `policy_positions`).
     pub spec_draft_tokens: u64,
-    /// and the draft tokens accepted; also the drafter's tokens not verified because at
-    /// their row's acceptance rate they would not pay (hone's own counter).
+    /// Speculative decoding: draft tokens accepted.
     pub spec_accepted_tokens: u64,
+    /// Speculative decoding: the drafter's tokens not verified, because at their row's
+    /// acceptance rate they would cost more than they save (hone's own counter).
     pub spec_withheld_tokens: u64,
 }
 

@@ -16,9 +16,11 @@ use crate::strategy::Strategy;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
+use utoipa::ToSchema;
 
-/// Which arm answered a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Which arm answered a request: `optimized` (the loop asked for) or `plain` (plain decoding,
+/// the control).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Arm {
     Optimized,
@@ -174,10 +176,12 @@ impl AbStats {
 }
 
 /// The body of `GET /ab`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Summary {
+    /// The share of /optimize users answered by plain decoding (`--ab-plain-fraction`).
     pub plain_fraction: f64,
-    /// One comparison per reward scale (see [`scale`]).
+    /// One comparison per reward scale: the reward's name; `NAME+constraints` when a query's
+    /// own constraints were added to it; `constraints` when they replaced it.
     pub rewards: BTreeMap<String, Comparison>,
     /// Feedback on chat completions, per reward scale. Their arm is the client's choice (a
     /// strategy prefix or not), not a random assignment, so no uplift is computed from them:
@@ -186,15 +190,16 @@ pub struct Summary {
 }
 
 /// The two arms on one reward scale.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Comparison {
     pub optimized: ArmSummary,
     pub plain: ArmSummary,
-    /// Mean reward of optimized minus plain; `None` while either arm has fewer than two scored
+    /// Mean reward of optimized minus plain; null while either arm has fewer than two scored
     /// requests.
     pub uplift: Option<Uplift>,
-    /// Mean feedback outcome of optimized minus plain: the uplift by a measure the optimizing
-    /// reward did not choose. `None` while either arm has fewer than two answers with feedback.
+    /// Mean feedback outcome of optimized minus plain over the remembered answers with
+    /// feedback: the uplift by a measure the optimizing reward did not choose. Null while
+    /// either arm has fewer than two answers with feedback.
     pub feedback_uplift: Option<Uplift>,
 }
 
@@ -210,24 +215,30 @@ impl Comparison {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One arm's requests on one reward scale (the most recent 100,000), and the feedback on them.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ArmSummary {
     pub requests: usize,
     /// Requests whose answer was scored (the mean reward is over these).
     pub scored: usize,
+    /// Null while no answer was scored.
     pub mean_reward: Option<f64>,
+    /// Mean compute units spent per request; null without requests.
     pub mean_compute: Option<f64>,
+    /// Median latency in milliseconds; null without requests.
     pub latency_ms_p50: Option<f64>,
+    /// 95th percentile latency in milliseconds; null without requests.
     pub latency_ms_p95: Option<f64>,
     /// The feedback this arm's remembered answers received.
     pub feedback: FeedbackSummary,
 }
 
 /// Feedback outcomes of one arm's answers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FeedbackSummary {
-    /// Answers with feedback (a replaced feedback counts once).
+    /// Remembered answers with feedback (a replaced feedback counts once).
     pub answers: usize,
+    /// Their mean outcome; null without any.
     pub mean: Option<f64>,
 }
 
@@ -240,14 +251,16 @@ impl FeedbackSummary {
     }
 }
 
-/// The feedback on chat answers of one scale, per arm.
-#[derive(Debug, Clone, Serialize)]
+/// The feedback on chat answers of one scale, per arm (plain, or a strategy the client asked
+/// for).
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChatFeedback {
     pub optimized: FeedbackSummary,
     pub plain: FeedbackSummary,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A difference of means, optimized minus plain.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Uplift {
     pub mean: f64,
     /// 95% confidence interval under the normal approximation (Welch's standard error).

@@ -13,40 +13,60 @@ use policies::{Message, Role};
 use reward_models::verifier::{self, Constraint, Verifier};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
+use utoipa::ToSchema;
 
-/// The body of `POST /optimize`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The body of `POST /optimize`: the conversation (`messages` or `prompt`, not both) and how to
+/// spend on it. Unknown fields are refused (400).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizeBody {
-    /// The conversation; or `prompt`, a single user message.
+    /// The conversation.
     pub messages: Option<Vec<Message>>,
+    /// A single user message, instead of `messages`.
     pub prompt: Option<String>,
-    /// tpo, auto, best_of_n, weighted_best_of_n or plain (default tpo).
+    /// The loop (default `tpo`).
+    #[schema(value_type = Option<Strategy>)]
     pub strategy: Option<String>,
     pub budget: Option<BudgetBody>,
+    /// Candidates per round.
+    #[schema(minimum = 1, maximum = 64)]
     pub n: Option<usize>,
+    /// The most improvement rounds after the first sampling (default 2; 8 for `auto`).
+    #[schema(maximum = 16)]
     pub rounds: Option<u32>,
+    /// The most tokens of each response.
+    #[schema(minimum = 1, maximum = 8192)]
     pub max_tokens: Option<usize>,
+    /// 0 is greedy; a positive temperature must be at least 0.001.
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
+    /// Nucleus sampling: more than 0, at most 1.
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
     pub seed: Option<u64>,
-    /// A reward manifest name (default: the server's `--reward`).
+    /// A reward manifest name, as `GET /rewards` lists them (default: the server's `--reward`).
     pub reward: Option<String>,
-    /// The policy: must be the one this server serves (its id, `default`, or its `--model`).
+    /// The policy: the one this server serves (its id, `default`, or the name it was started
+    /// with); any other is 404.
     pub policy: Option<String>,
-    /// Checkable requirements of this query: verifier constraint tables. Absent: read from the
-    /// prompt's own words; `[]`: none.
+    /// Checkable requirements of this query, added to the reward (10 x the fraction met).
+    /// Absent: read from the prompt's own words; `[]`: none. A bad one is a 422 naming it
+    /// (`constraints[i]`).
+    #[schema(value_type = Option<Vec<Constraint>>)]
     pub constraints: Option<Vec<serde_json::Value>>,
     /// Score by the constraints alone rather than adding them to the reward.
     #[serde(default)]
+    #[schema(default = false)]
     pub constraints_only: bool,
     /// Also answer with plain decoding of the same prompt, scored by the same reward.
     #[serde(default)]
+    #[schema(default = false)]
     pub compare_plain: bool,
     /// Who is asking: the key of the A/B assignment and of the per-user rate limit.
     pub user: Option<String>,
     /// Answer with server-sent events: the loop's progress, then the result.
     #[serde(default)]
+    #[schema(default = false)]
     pub stream: bool,
 }
 
@@ -70,35 +90,60 @@ impl OptimizeBody {
     }
 }
 
-/// How to spend on a query; shared by `/optimize` and the `hone` object of chat completions.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// How to spend on a query: the `hone` object of a chat completion, and the same fields of
+/// `POST /optimize`. Unknown fields are refused (400).
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Options {
-    /// tpo, auto, best_of_n, weighted_best_of_n or plain (default tpo).
+    /// The loop (default: `tpo` on /optimize; on chat completions, the model name's prefix,
+    /// else `plain`).
+    #[schema(value_type = Option<Strategy>)]
     pub strategy: Option<String>,
     pub budget: Option<BudgetBody>,
+    /// Candidates per round.
+    #[schema(minimum = 1, maximum = 64)]
     pub n: Option<usize>,
+    /// The most improvement rounds after the first sampling (default 2; 8 for `auto`).
+    #[schema(maximum = 16)]
     pub rounds: Option<u32>,
+    /// The most tokens of each response.
+    #[schema(minimum = 1, maximum = 8192)]
     pub max_tokens: Option<usize>,
+    /// 0 is greedy; a positive temperature must be at least 0.001.
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
+    /// Nucleus sampling: more than 0, at most 1.
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
     pub seed: Option<u64>,
-    /// A reward manifest name (default: the server's `--reward`).
+    /// A reward manifest name, as `GET /rewards` lists them (default: the server's `--reward`).
     pub reward: Option<String>,
-    /// Checkable requirements of this query: verifier constraint tables. Absent: read from the
-    /// prompt's own words; `[]`: none.
+    /// Checkable requirements of this query, added to the reward (10 x the fraction met).
+    /// Absent: read from the prompt's own words; `[]`: none. A bad one is a 422 naming it
+    /// (`constraints[i]`).
+    #[schema(value_type = Option<Vec<Constraint>>)]
     pub constraints: Option<Vec<serde_json::Value>>,
     /// Score by the constraints alone rather than adding them to the reward.
     #[serde(default)]
+    #[schema(default = false)]
     pub constraints_only: bool,
 }
 
-/// Signed, so that a negative budget is reported as a bad value (422) rather than a bad type.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+/// What a query may spend. Each limit is optional; the server's `--default-budget` and
+/// `--max-budget` apply to `compute`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Budget)]
 pub struct BudgetBody {
+    /// Compute units: policy token positions plus weighted reward positions. Signed, so that a
+    /// negative budget is a 422 naming it rather than a type error.
+    #[schema(minimum = 1, maximum = 1e12)]
     pub compute: Option<i64>,
+    /// No new step starts after this many milliseconds from the request's arrival; the answer
+    /// is the best found so far.
+    #[schema(minimum = 0, maximum = 3600000)]
     pub deadline_ms: Option<i64>,
+    /// The most improvement rounds (TPO's depth D).
     pub max_rounds: Option<u32>,
 }
 
@@ -142,20 +187,20 @@ pub struct Checks {
     pub only: bool,
 }
 
-/// Where a query's constraints came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Where a query's constraints came from: `request` (its `constraints`) or `prompt`
+/// (requirements written in the prompt: "in fewer than 40 words", "all lowercase").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
-    /// The request's `constraints`.
     Request,
-    /// Requirements written in the prompt ("in fewer than 40 words", "all lowercase").
     Prompt,
 }
 
 /// The constraints an answer was scored against, as its body reports them.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AppliedConstraints {
     pub source: Source,
+    /// Whether they replaced the reward (`constraints_only`) rather than joined it.
     pub only: bool,
     pub constraints: Vec<Constraint>,
 }
@@ -384,17 +429,21 @@ fn budget(body: BudgetBody, limits: Limits, arrived: Instant) -> Result<Budget, 
 
 /// The body of a `/optimize` answer: its id, the loop's trace, the arm that answered, and the
 /// plain baseline when asked for.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OptimizeResponse {
-    /// The answer's id, for `POST /feedback` (see [`super::feedback`]).
+    /// The answer's id (`ans-` and 128 random bits in hex), for `POST /feedback`.
     pub id: String,
     #[serde(flatten)]
     pub trace: Trace,
     pub arm: Arm,
+    /// Plain decoding of the same prompt, scored by the same reward, when `compare_plain` asked
+    /// for it.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub plain: Option<Trace>,
     /// The query's own constraints, when it had any.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub constraints: Option<AppliedConstraints>,
 }
 

@@ -11,74 +11,141 @@
 
 use super::error::ApiError;
 use super::logprobs::{Logprobs, MAX_LOGPROBS};
+use super::openai::Finish;
+use super::openapi as doc;
 use super::routes::parse;
 use super::{body, AppState, CancelOnDrop};
 use crate::strategy::StrategyError;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use policies::{FinishReason, GenerateParams, SamplingParams};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// The most continuations one request may ask for.
 pub const MAX_N: usize = 64;
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v1/completions`. Unknown fields are ignored, as OpenAI clients send
+/// them.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CompletionBody {
+    /// The served model (its id, `default`, or the name it was started with); any other is
+    /// 404.
     pub model: Option<String>,
     pub prompt: Prompt,
-    /// OpenAI's default is 16.
+    /// Tokens of each continuation (default 16, as OpenAI's). The prompt plus `n` x
+    /// `max_tokens` positions must fit the model's context and `--max-budget` (else 422
+    /// naming `max_tokens`).
+    #[schema(minimum = 1)]
     pub max_tokens: Option<usize>,
+    /// Default 1.
     pub temperature: Option<f32>,
+    /// Default 1.
     pub top_p: Option<f32>,
+    /// Continuations of the prompt (default 1).
+    #[schema(minimum = 1, maximum = 64)]
     pub n: Option<usize>,
+    /// Choice i samples with seed + i (default 0).
     pub seed: Option<u64>,
     pub stop: Option<Stop>,
+    /// Who is asking: the key of the per-user rate limit.
     pub user: Option<String>,
+    /// Must be absent or false: this route does not stream (422).
     pub stream: Option<bool>,
-    /// OpenAI's legacy form: how many alternatives to list per generated token.
+    /// How many of the likeliest tokens to list at each generated position (OpenAI's legacy
+    /// form); absent: no logprobs.
+    #[schema(minimum = 0, maximum = 20)]
     pub logprobs: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// What to continue: text, or token ids of the served model's tokenizer.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Prompt {
     Text(String),
     Tokens(Vec<u32>),
 }
 
-#[derive(Debug, Deserialize)]
+/// Up to 4 non-empty strings at which a continuation stops (not included in its text).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
-/// The answer, as OpenAI's `text_completion`. Typed rather than built as a JSON value, which
-/// would sort each position's `top_logprobs` by token text instead of by probability.
-#[derive(Serialize)]
-struct Completion<'a> {
+/// The answer, as OpenAI's `text_completion`.
+// Typed rather than built as a JSON value, which would sort each position's `top_logprobs` by
+// token text instead of by probability.
+#[derive(Serialize, ToSchema)]
+struct TextCompletion {
+    /// `cmpl-` and 128 random bits in hex.
     id: String,
-    object: &'static str,
+    object: TextCompletionObject,
+    /// Unix seconds.
     created: u64,
+    /// The served model's id.
     model: String,
-    choices: Vec<Choice<'a>>,
-    usage: Usage,
+    /// One per continuation, in order.
+    choices: Vec<TextChoice>,
+    usage: TextUsage,
 }
 
-#[derive(Serialize)]
-struct Choice<'a> {
+/// The `object` of a text completion.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum TextCompletionObject {
+    TextCompletion,
+}
+
+/// One continuation.
+#[derive(Serialize, ToSchema)]
+struct TextChoice {
     index: usize,
-    text: &'a str,
-    finish_reason: &'static str,
+    text: String,
+    finish_reason: Finish,
+    /// Null unless the request asked for logprobs.
+    #[schema(required)]
     logprobs: Option<Logprobs>,
 }
 
-#[derive(Serialize)]
-struct Usage {
+/// Tokens of a text completion.
+#[derive(Serialize, ToSchema)]
+struct TextUsage {
     prompt_tokens: usize,
+    /// Tokens generated over all the continuations.
     completion_tokens: usize,
     total_tokens: usize,
 }
 
+/// OpenAI-compatible text completion: raw generation, no loop
+///
+/// `n` continuations of one prompt (text, or token ids of the served model's tokenizer) from
+/// one prefill. What hone's `remote` policies speak, so one hone can run another's loops. The
+/// prompt plus `n` x `max_tokens` positions must fit `--max-budget` (422 naming `max_tokens`);
+/// `stream` is refused (422). `logprobs: k` (0 to 20; else 422 naming `logprobs`) adds
+/// OpenAI's legacy log-probabilities to each choice: the log-softmax of the model's logits at
+/// temperature 1, before temperature, top-k and top-p, for every generated token (and for an
+/// end-of-turn token that ended the choice), with the k likeliest tokens at each position.
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    tag = "openai",
+    request_body = CompletionBody,
+    responses(
+        (status = 200, description = "A `text_completion` object.", body = TextCompletion),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 408, response = doc::Timeout),
+        (status = 413, response = doc::TooLarge),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Invalid),
+        (status = 429, response = doc::TooManyRequests),
+        (status = 500, response = doc::Internal),
+        (status = 502, response = doc::Upstream),
+        (status = 503, response = doc::Unavailable),
+    )
+)]
 pub async fn completions(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -243,12 +310,12 @@ async fn complete(
         .iter()
         .enumerate()
         .map(|(i, g)| {
-            Ok(Choice {
+            Ok(TextChoice {
                 index: i,
-                text: &g.text,
+                text: g.text.clone(),
                 finish_reason: match g.finish {
-                    FinishReason::Stop => "stop",
-                    FinishReason::Length | FinishReason::Budget => "length",
+                    FinishReason::Stop => Finish::Stop,
+                    FinishReason::Length | FinishReason::Budget => Finish::Length,
                 },
                 logprobs: match logprobs {
                     Some(_) => Some(Logprobs::new(tokenizer, &g.logprobs)?),
@@ -257,13 +324,13 @@ async fn complete(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let response = HttpResponse::Ok().json(Completion {
+    let response = HttpResponse::Ok().json(TextCompletion {
         id: format!("cmpl-{:032x}", super::feedback::new_id()),
-        object: "text_completion",
+        object: TextCompletionObject::TextCompletion,
         created: super::openai::now(),
         model: model_id,
         choices,
-        usage: Usage {
+        usage: TextUsage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,

@@ -14,6 +14,7 @@ use policies::PolicyError;
 use reward_models::RewardError;
 use serde::Serialize;
 use std::fmt;
+use utoipa::ToSchema;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -23,22 +24,53 @@ pub struct ApiError {
     pub param: Option<String>,
     /// The body's `type` when it is not the status's own (a 429 is `queue_full` unless it is
     /// `rate_limited`: a client backs off differently from each).
-    pub kind: Option<&'static str>,
+    pub kind: Option<ErrorType>,
     /// Seconds for `Retry-After` when the error knows better than its status's default.
     pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// What went wrong, for a client to branch on without reading the message: one type per
+/// status (400 `invalid_request_error`, 401 `authentication_error`, 404 `not_found_error`, 405
+/// `method_not_allowed`, 408 `request_timeout`, 413 `request_too_large`, 415
+/// `unsupported_media_type`, 422 `validation_error`, 499 `cancelled`, 502 `upstream_error`, 503
+/// `unavailable`, else `internal_error`), but 429's two: `queue_full` (retry soon) and
+/// `rate_limited` (back off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorType {
+    InvalidRequestError,
+    AuthenticationError,
+    NotFoundError,
+    MethodNotAllowed,
+    RequestTimeout,
+    RequestTooLarge,
+    UnsupportedMediaType,
+    ValidationError,
+    QueueFull,
+    RateLimited,
+    Cancelled,
+    UpstreamError,
+    Unavailable,
+    InternalError,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// One error, as the body tells it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ErrorDetail {
     #[serde(rename = "type")]
-    kind: &'a str,
-    message: &'a str,
-    param: Option<&'a str>,
+    pub kind: ErrorType,
+    /// For people: names the field at fault in plain words; for a 500, only that the server's
+    /// log has the details.
+    pub message: String,
+    /// The request field at fault (`budget.compute`, `messages[0].role`), when there is one.
+    #[schema(required)]
+    pub param: Option<String>,
 }
 
 impl ApiError {
@@ -76,7 +108,7 @@ impl ApiError {
     /// next request will be let through.
     pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
         let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, message);
-        e.kind = Some("rate_limited");
+        e.kind = Some(ErrorType::RateLimited);
         e.retry_after = Some(retry_after);
         e
     }
@@ -99,34 +131,34 @@ impl ApiError {
     }
 
     /// The `type` of the error body: one per status, but for errors that name their own.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ErrorType {
         if let Some(kind) = self.kind {
             return kind;
         }
         match self.status.as_u16() {
-            400 => "invalid_request_error",
-            401 => "authentication_error",
-            404 => "not_found_error",
-            405 => "method_not_allowed",
-            408 => "request_timeout",
-            413 => "request_too_large",
-            415 => "unsupported_media_type",
-            422 => "validation_error",
-            429 => "queue_full",
-            499 => "cancelled",
-            502 => "upstream_error",
-            503 => "unavailable",
-            _ => "internal_error",
+            400 => ErrorType::InvalidRequestError,
+            401 => ErrorType::AuthenticationError,
+            404 => ErrorType::NotFoundError,
+            405 => ErrorType::MethodNotAllowed,
+            408 => ErrorType::RequestTimeout,
+            413 => ErrorType::RequestTooLarge,
+            415 => ErrorType::UnsupportedMediaType,
+            422 => ErrorType::ValidationError,
+            429 => ErrorType::QueueFull,
+            499 => ErrorType::Cancelled,
+            502 => ErrorType::UpstreamError,
+            503 => ErrorType::Unavailable,
+            _ => ErrorType::InternalError,
         }
     }
 
     /// The JSON body: `{"error": {"type", "message", "param"}}`.
     pub fn body(&self) -> serde_json::Value {
-        serde_json::json!(Body {
-            error: Inner {
+        serde_json::json!(ErrorBody {
+            error: ErrorDetail {
                 kind: self.kind(),
-                message: &self.message,
-                param: self.param.as_deref(),
+                message: self.message.clone(),
+                param: self.param.clone(),
             },
         })
     }
@@ -315,8 +347,14 @@ mod tests {
 
     #[test]
     fn statuses_have_their_types() {
-        assert_eq!(ApiError::invalid("x", "y").kind(), "validation_error");
-        assert_eq!(ApiError::not_found("x", "y").kind(), "not_found_error");
+        assert_eq!(
+            ApiError::invalid("x", "y").kind(),
+            ErrorType::ValidationError
+        );
+        assert_eq!(
+            ApiError::not_found("x", "y").kind(),
+            ErrorType::NotFoundError
+        );
         let budget = StrategyError::BudgetTooSmall {
             budget: 1,
             minimum: 30,
@@ -328,12 +366,12 @@ mod tests {
             499
         );
         let limited = ApiError::rate_limited("slow down", 12);
-        assert_eq!(limited.kind(), "rate_limited");
+        assert_eq!(limited.kind(), ErrorType::RateLimited);
         assert_eq!(limited.retry_after_secs(), Some(12));
         let full = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "full");
         assert_eq!(
             (full.kind(), full.retry_after_secs()),
-            ("queue_full", Some(5))
+            (ErrorType::QueueFull, Some(5))
         );
     }
 }

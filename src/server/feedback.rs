@@ -13,15 +13,17 @@
 //! feedback; older ids are forgotten (404), and the feedback on them leaves `/ab` with them.
 
 use super::ab::{Arm, Outcomes};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::openapi as doc;
 use super::record::Route;
 use super::routes::parse;
 use super::{body, lock, AppState};
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::de::IntoDeserializer;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use utoipa::ToSchema;
 
 /// How many answers the server remembers for feedback. Each costs about 110 bytes (a 64-byte
 /// slot in the ring and its entry in the id index, at the index's load factor), so a full
@@ -206,14 +208,44 @@ impl Answers {
     }
 }
 
-/// The body of `POST /feedback`: the answer's `id` and either a `score` or `thumbs`. Fields
-/// are optional here so that a missing one is a 422 naming it, not serde's unnamed 400.
-#[derive(Debug, Deserialize)]
+/// The body of `POST /feedback`: the answer's `id` and exactly one of `score` and `thumbs`.
+/// Unknown fields are refused (400).
+// Fields are optional here so that a missing one is a 422 naming it, not serde's unnamed 400.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct FeedbackBody {
+    /// An answer's `id`: `ans-` or `chatcmpl-` and 32 hex digits.
+    #[schema(required, nullable = false)]
     id: Option<String>,
+    /// The outcome as a number: a rating, a rate, an amount.
+    #[schema(minimum = -1e12, maximum = 1e12)]
     score: Option<f64>,
+    /// `up` is an outcome of 1, `down` of 0.
+    #[schema(value_type = Option<Thumbs>)]
     thumbs: Option<String>,
+}
+
+/// A thumbs up or down; any other value is a 422 naming `thumbs`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum Thumbs {
+    Up,
+    Down,
+}
+
+/// What `POST /feedback` recorded.
+#[derive(Debug, Serialize, ToSchema)]
+struct FeedbackRecorded {
+    /// The answer's id, as sent.
+    id: String,
+    /// The arm that gave the answer.
+    arm: Arm,
+    /// The reward scale the answer was scored on, as `GET /ab` names it.
+    reward: String,
+    /// The outcome recorded: the score, or 1 for thumbs up and 0 for down.
+    outcome: f64,
+    /// Whether it replaced earlier feedback on the same answer.
+    replaced: bool,
 }
 
 /// The outcome the body gives: the score, or thumbs up as 1 and down as 0.
@@ -234,16 +266,51 @@ fn outcome(body: &FeedbackBody) -> Result<f64, ApiError> {
             ))
         }
         (Some(score), None) => Ok(score),
-        (None, Some("up")) => Ok(1.0),
-        (None, Some("down")) => Ok(0.0),
-        (None, Some(other)) => Err(ApiError::invalid(
-            "thumbs",
-            format!("thumbs must be \"up\" or \"down\", not {other:?}"),
-        )),
+        (None, Some(thumbs)) => {
+            let read: Result<Thumbs, serde::de::value::Error> =
+                Thumbs::deserialize(thumbs.into_deserializer());
+            match read {
+                Ok(Thumbs::Up) => Ok(1.0),
+                Ok(Thumbs::Down) => Ok(0.0),
+                Err(_) => Err(ApiError::invalid(
+                    "thumbs",
+                    format!("thumbs must be \"up\" or \"down\", not {thumbs:?}"),
+                )),
+            }
+        }
     }
 }
 
-/// `POST /feedback`: records the outcome of an answer this server gave.
+/// Record the outcome of an answer
+///
+/// The product's own outcome for an answer this server gave (from users or an offline grader):
+/// a `score`, or `thumbs` (`up` is 1, `down` is 0). `id` is the answer's `id` (an /optimize
+/// answer, its streamed `result`, or a chat completion). The server remembers the last 100000
+/// answers; an older or unknown id is a 404 naming `id`. A second feedback on the same answer
+/// replaces the first. /optimize answers with feedback are compared by arm in `GET /ab`
+/// (`feedback_uplift`); chat answers, whose arm the client chose, are reported apart
+/// (`chat_feedback`). Not counted by the rate limit.
+#[utoipa::path(
+    post,
+    path = "/feedback",
+    operation_id = "feedback",
+    tag = "hone",
+    request_body = FeedbackBody,
+    responses(
+        (status = 200, description = "Recorded: the answer's arm and reward scale, the outcome, \
+            and whether it replaced earlier feedback.", body = FeedbackRecorded),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, description = "No remembered answer has this id (`not_found_error`, \
+            `param` is `id`).", body = ErrorBody),
+        (status = 408, response = doc::Timeout),
+        (status = 413, response = doc::TooLarge),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, description = "No `id`, neither or both of `score` and `thumbs`, thumbs \
+            other than up or down, a score beyond ±1e12 (`validation_error`, `param` names the \
+            field).", body = ErrorBody),
+    )
+)]
 pub async fn post(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -267,18 +334,19 @@ pub async fn post(
         )
     })?;
     state.metrics.feedback(recorded.arm);
-    Ok(HttpResponse::Ok().json(json!({
-        "id": id,
-        "arm": recorded.arm,
-        "reward": recorded.scale,
-        "outcome": outcome,
-        "replaced": recorded.replaced,
-    })))
+    Ok(HttpResponse::Ok().json(FeedbackRecorded {
+        id: id.to_string(),
+        arm: recorded.arm,
+        reward: recorded.scale,
+        outcome,
+        replaced: recorded.replaced,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn ids_read_back_only_as_issued() {

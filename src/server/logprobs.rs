@@ -13,12 +13,18 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 /// The most alternatives a request may ask for per token (OpenAI's legacy limit).
 pub const MAX_LOGPROBS: usize = 20;
 
-#[derive(Debug, serde::Serialize)]
+/// A choice's log-probabilities: one entry per generated token, then one for an end-of-turn
+/// token that ended the choice (its text is not in the choice's `text`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Logprobs {
     /// Each token's text, special tokens spelled out (an end of turn that ended the choice is
     /// listed last, though its text is not in the choice's).
     tokens: Vec<String>,
+    /// ln p(token) under the model's distribution at temperature 1, before top-k and top-p.
     token_logprobs: Vec<f32>,
+    /// At each position, the k likeliest tokens' text and log-probability, most likely first
+    /// (of two tokens with the same text, the likelier).
+    #[schema(value_type = Vec<std::collections::HashMap<String, f32>>)]
     top_logprobs: Vec<Top>,
     /// Where each token's text starts, in characters from the start of the completion: the
     /// lengths of the `tokens` before it added up.

@@ -24,6 +24,7 @@ pub mod feedback;
 mod logprobs;
 pub mod metrics;
 pub mod openai;
+pub mod openapi;
 mod queue;
 pub mod rate_limit;
 mod record;

@@ -11,9 +11,11 @@
 use super::ab::Arm;
 use super::api::{self, Options};
 use super::error::ApiError;
+use super::openapi as doc;
 use super::record::{Record, Route};
 use super::routes::parse;
 use super::{body, AppState, CancelOnDrop, Outcome};
+use crate::budget::Usage;
 use crate::strategy::{Stopped, Strategy};
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::web::Bytes;
@@ -29,44 +31,62 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
+use utoipa::ToSchema;
 
-/// The body of `POST /v1/chat/completions`; unknown fields are ignored for compatibility.
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v1/chat/completions`. Unknown fields (`stop`, penalties...) are ignored,
+/// as OpenAI clients send them.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatBody {
+    /// The served model (or `default`), optionally prefixed with a strategy: `tpo/`, `auto/`,
+    /// `best_of_n/`, `weighted_best_of_n/` (default: the served model, plain decoding).
     pub model: Option<String>,
     pub messages: Vec<ChatMessage>,
+    /// 0 is greedy; a positive temperature must be at least 0.001.
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
+    #[schema(minimum = 1, maximum = 8192)]
     pub max_tokens: Option<usize>,
-    /// The newer name of `max_tokens`.
+    /// The newer name of `max_tokens`; wins over it.
+    #[schema(minimum = 1, maximum = 8192)]
     pub max_completion_tokens: Option<usize>,
     pub seed: Option<u64>,
+    /// Answer with OpenAI's `chat.completion.chunk` events.
     pub stream: Option<bool>,
     /// Completions per request; only 1 is supported.
+    #[schema(minimum = 1, maximum = 1)]
     pub n: Option<u32>,
     /// Who is asking: the key of the per-user rate limit (not of the A/B split, which chat
     /// traffic is not part of).
     pub user: Option<String>,
-    /// hone's options: strategy, budget, n (candidates per round), rounds, reward...
+    /// hone's options: strategy, budget, n (candidates per round), rounds, reward... Its
+    /// `temperature`, `top_p`, `max_tokens` and `seed` win over the OpenAI fields.
     pub hone: Option<Options>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One message of the conversation.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatMessage {
+    /// `system`, `developer` (OpenAI's newer name for `system`), `user` or `assistant`; another
+    /// role is a 422 naming it.
     pub role: String,
     pub content: Option<Content>,
 }
 
-/// A message's content: a string, or a list of parts of which the text ones are kept.
-#[derive(Debug, Deserialize)]
+/// A message's content: a string, or a list of parts of which the text ones are kept (joined by
+/// newlines).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Deserialize)]
+/// One part of a message's content.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ContentPart {
+    /// `text` for a part that is kept; parts of other types (`image_url`...) are skipped.
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
@@ -114,6 +134,39 @@ pub fn split_model(name: &str) -> (Option<Strategy>, &str) {
     }
 }
 
+/// OpenAI-compatible chat completion
+///
+/// Plain decoding unless the model name has a strategy prefix (`tpo/`, `auto/`, `best_of_n/`,
+/// `weighted_best_of_n/`) or the body's `hone` object names a strategy. Unknown fields are
+/// ignored. With `stream: true` the answer is OpenAI-style `data:` chunks ending with
+/// `data: [DONE]`: plain decoding token by token, a loop's answer as one chunk when it ends; a
+/// full queue (429), shutting down (503) and a budget below one prefill (422) are answered
+/// before the stream starts. The completion's `id` is the answer's id for `POST /feedback`.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "openai",
+    request_body = ChatBody,
+    responses(
+        (status = 200, description = "A `chat.completion` object, or `chat.completion.chunk` \
+            events when streamed.",
+            content(
+                (ChatCompletion = "application/json"),
+                (String = "text/event-stream"),
+            )),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 408, response = doc::Timeout),
+        (status = 413, response = doc::TooLarge),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Invalid),
+        (status = 429, response = doc::TooManyRequests),
+        (status = 500, response = doc::Internal),
+        (status = 502, response = doc::Upstream),
+        (status = 503, response = doc::Unavailable),
+    )
+)]
 pub async fn chat_completions(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -221,7 +274,7 @@ pub async fn chat_completions(
         created: now(),
         model: requested,
     };
-    Ok(HttpResponse::Ok().json(chunks.body(&completion(&result?))))
+    Ok(HttpResponse::Ok().json(chunks.body(completion(&result?))))
 }
 
 /// What a finished request answers, in the chat completion's terms.
@@ -229,8 +282,8 @@ fn completion(outcome: &Outcome) -> Completion {
     let trace = &outcome.trace;
     Completion {
         finish_reason: match trace.stopped {
-            Stopped::Budget | Stopped::Deadline => "length",
-            Stopped::Converged | Stopped::Done => "stop",
+            Stopped::Budget | Stopped::Deadline => Finish::Length,
+            Stopped::Converged | Stopped::Done => Finish::Stop,
         },
         answer: trace.answer.clone(),
         usage: ChatUsage {
@@ -238,12 +291,12 @@ fn completion(outcome: &Outcome) -> Completion {
             completion_tokens: trace.usage.tokens_generated,
             total_tokens: outcome.prompt_tokens as u64 + trace.usage.tokens_generated,
         },
-        hone: json!({
-            "strategy": trace.strategy,
-            "score": trace.score,
-            "stopped": trace.stopped,
-            "usage": trace.usage,
-        }),
+        hone: Spent {
+            strategy: trace.strategy,
+            score: trace.score,
+            stopped: trace.stopped,
+            usage: trace.usage,
+        },
     }
 }
 
@@ -309,11 +362,69 @@ impl MessageBody for SseBody {
 
 /// A finished completion.
 struct Completion {
-    finish_reason: &'static str,
+    finish_reason: Finish,
     answer: String,
     usage: ChatUsage,
+    hone: Spent,
+}
+
+/// Why a completion ended: `stop` (the answer is whole) or `length` (a token, budget or
+/// deadline limit cut it short).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Finish {
+    Stop,
+    Length,
+}
+
+/// The body of a chat completion that is not streamed: OpenAI's `chat.completion` object.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletion {
+    /// `chatcmpl-` and 128 random bits in hex: the answer's id for `POST /feedback`.
+    id: String,
+    object: ChatCompletionObject,
+    /// Unix seconds.
+    created: u64,
+    /// The model as the request named it.
+    model: String,
+    /// The one answer.
+    choices: Vec<ChatChoice>,
+    usage: ChatUsage,
     /// What the optimization spent, for clients that look (OpenAI clients ignore it).
-    hone: Value,
+    hone: Spent,
+}
+
+/// The `object` of a chat completion.
+#[derive(Debug, Serialize, ToSchema)]
+enum ChatCompletionObject {
+    #[serde(rename = "chat.completion")]
+    ChatCompletion,
+}
+
+/// One choice of a chat completion.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatChoice {
+    index: usize,
+    message: AnswerMessage,
+    finish_reason: Finish,
+}
+
+/// The answer, as the assistant's message.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AnswerMessage {
+    /// Always `assistant`.
+    role: Role,
+    content: String,
+}
+
+/// What the optimization spent, and how it ended.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct Spent {
+    strategy: Strategy,
+    /// The reward of the answer; null only for plain decoding that could not afford scoring.
+    score: Option<f32>,
+    stopped: Stopped,
+    usage: Usage,
 }
 
 /// What every object of one answer repeats: its id (the answer's id for `POST /feedback`),
@@ -325,10 +436,11 @@ struct Chunks {
     model: String,
 }
 
-/// `completion_tokens` counts every token the policy sampled for the answer (all candidates and
-/// critiques), which is what the request cost; for plain decoding it is the answer's length.
-#[derive(Debug, Clone, Copy, Serialize)]
-struct ChatUsage {
+/// Tokens of a chat completion. `completion_tokens` counts every token the policy sampled for
+/// the answer (all candidates and critiques), which is what the request cost; for plain
+/// decoding it is the answer's length.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct ChatUsage {
     prompt_tokens: u64,
     completion_tokens: u64,
     total_tokens: u64,
@@ -336,24 +448,27 @@ struct ChatUsage {
 
 impl Chunks {
     /// The whole completion as one response.
-    fn body(&self, c: &Completion) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": c.answer},
-                "finish_reason": c.finish_reason,
+    fn body(self, c: Completion) -> ChatCompletion {
+        ChatCompletion {
+            id: self.id,
+            object: ChatCompletionObject::ChatCompletion,
+            created: self.created,
+            model: self.model,
+            choices: vec![ChatChoice {
+                index: 0,
+                message: AnswerMessage {
+                    role: Role::Assistant,
+                    content: c.answer,
+                },
+                finish_reason: c.finish_reason,
             }],
-            "usage": c.usage,
-            "hone": c.hone,
-        })
+            usage: c.usage,
+            hone: c.hone,
+        }
     }
 
     /// One server-sent `chat.completion.chunk` carrying `delta`.
-    fn event(&self, delta: Value, finish: Option<&str>, usage: Option<ChatUsage>) -> String {
+    fn event(&self, delta: Value, finish: Option<Finish>, usage: Option<ChatUsage>) -> String {
         let mut c = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -374,7 +489,49 @@ pub(super) fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// `GET /v1/models`: the served model, plainly and with each strategy prefix.
+/// The body of `GET /v1/models`: OpenAI's model list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelList {
+    object: ListObject,
+    data: Vec<Model>,
+}
+
+/// The `object` of a list.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum ListObject {
+    List,
+}
+
+/// A model a chat completion may name.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Model {
+    /// The served model's id, plain or with a strategy prefix (`tpo/<id>`).
+    id: String,
+    object: ModelObject,
+    /// When the server started, in Unix seconds.
+    created: u64,
+    /// Always `hone`.
+    owned_by: String,
+}
+
+/// The `object` of a model.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum ModelObject {
+    Model,
+}
+
+/// The served model, plain and with each strategy prefix
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "openai",
+    responses(
+        (status = 200, description = "An OpenAI model list.", body = ModelList),
+        (status = 401, response = doc::Unauthorized),
+    )
+)]
 pub async fn models(state: web::Data<AppState>) -> HttpResponse {
     let id = state.model_id();
     let ids = std::iter::once(id.to_string()).chain(
@@ -387,12 +544,18 @@ pub async fn models(state: web::Data<AppState>) -> HttpResponse {
         .iter()
         .map(|s| format!("{}/{id}", s.name())),
     );
-    let data: Vec<Value> = ids
-        .map(
-            |id| json!({"id": id, "object": "model", "created": state.started, "owned_by": "hone"}),
-        )
+    let data = ids
+        .map(|id| Model {
+            id,
+            object: ModelObject::Model,
+            created: state.started,
+            owned_by: "hone".to_string(),
+        })
         .collect();
-    HttpResponse::Ok().json(json!({"object": "list", "data": data}))
+    HttpResponse::Ok().json(ModelList {
+        object: ListObject::List,
+        data,
+    })
 }
 
 #[cfg(test)]
@@ -440,7 +603,11 @@ mod tests {
             completion_tokens: 2,
             total_tokens: 5,
         };
-        let event = chunks.event(json!({"content": "Paris."}), Some("stop"), Some(usage));
+        let event = chunks.event(
+            json!({"content": "Paris."}),
+            Some(Finish::Stop),
+            Some(usage),
+        );
         let data = event
             .strip_prefix("data: ")
             .and_then(|e| e.strip_suffix("\n\n"))

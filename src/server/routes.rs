@@ -4,10 +4,15 @@
 //! Bodies are read as JSON values ([`super::body`]: content type, size and time checked) and
 //! then deserialized with `serde_path_to_error`, so a wrong type is reported with the field's
 //! path. Each route answers one method; the others get 405.
+//!
+//! Each handler's `#[utoipa::path]` describes its route for the OpenAPI document
+//! ([`super::openapi`]); its doc comment is the operation's summary (first line) and
+//! description.
 
-use super::ab::{self, Arm};
-use super::api::{self, Job, OptimizeResponse};
+use super::ab::{self, Arm, Summary};
+use super::api::{self, Job, OptimizeBody, OptimizeResponse};
 use super::error::ApiError;
+use super::openapi as doc;
 use super::queue::Ticket;
 use super::record::{Record, Route};
 use super::{body, completions, fallback, feedback, openai, AppState, CancelOnDrop, Progress};
@@ -15,10 +20,12 @@ use crate::strategy::{Event, Strategy};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
+use utoipa::ToSchema;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(only("/optimize", "POST", web::post().to(optimize)))
@@ -56,6 +63,43 @@ pub fn parse<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(body).map_err(ApiError::from_serde)
 }
 
+/// Run one optimization loop
+///
+/// Runs TPO, `auto`, best-of-N, weighted best-of-N or plain decoding under the budget. A share
+/// of users (`--ab-plain-fraction`, by `user` or else by prompt) is answered by plain decoding
+/// for the A/B comparison of `GET /ab`; `arm` says which answered.
+///
+/// With `stream: true` the answer is `text/event-stream`: a `candidate` event per scored
+/// candidate (`{round, index, score}`), a `round` event per finished round (`{round, best}`),
+/// then one `result` event carrying the same body as the plain call, or an `error` event
+/// carrying the error body when the run fails after the stream began. Keep-alive comments
+/// (`: keep-alive`) come in between; a client that disconnects cancels the run. A full queue
+/// (429), shutting down (503) and a budget below one prefill (422) are answered before the
+/// stream starts.
+#[utoipa::path(
+    post,
+    path = "/optimize",
+    tag = "hone",
+    request_body = OptimizeBody,
+    responses(
+        (status = 200, description = "The trace of the loop, or its events when streamed.",
+            content(
+                (OptimizeResponse = "application/json"),
+                (String = "text/event-stream"),
+            )),
+        (status = 400, response = doc::BadRequest),
+        (status = 401, response = doc::Unauthorized),
+        (status = 404, response = doc::NotFound),
+        (status = 408, response = doc::Timeout),
+        (status = 413, response = doc::TooLarge),
+        (status = 415, response = doc::UnsupportedMediaType),
+        (status = 422, response = doc::Invalid),
+        (status = 429, response = doc::TooManyRequests),
+        (status = 500, response = doc::Internal),
+        (status = 502, response = doc::Upstream),
+        (status = 503, response = doc::Unavailable),
+    )
+)]
 async fn optimize(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -178,21 +222,69 @@ fn sse_event(name: &str, data: &Value) -> String {
     format!("event: {name}\ndata: {data}\n\n")
 }
 
-async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let status = if state.shutting_down() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    HttpResponse::build(status).json(serde_json::json!({
-        "status": if state.shutting_down() { "shutting_down" } else { "ok" },
-        "model": state.model_id(),
-        "reward": state.config.reward,
-        "in_flight": state.metrics.in_flight.get(),
-        "queue_depth": state.metrics.queue_depth.get(),
-    }))
+/// The body of `GET /health`.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    status: HealthStatus,
+    /// The served model's id.
+    model: String,
+    /// The server's default reward.
+    reward: String,
+    /// Requests running on the model.
+    in_flight: i64,
+    /// Requests waiting for a model slot.
+    queue_depth: i64,
 }
 
+/// `ok`, or `shutting_down` once the server has stopped taking requests.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum HealthStatus {
+    Ok,
+    ShuttingDown,
+}
+
+/// Liveness and load
+///
+/// Open to all, even when the server has API keys.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "service",
+    responses(
+        (status = 200, description = "Serving.", body = Health),
+        (status = 503, description = "Shutting down (`status` is `shutting_down`).",
+            body = Health),
+    )
+)]
+async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let (status, health) = if state.shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, HealthStatus::ShuttingDown)
+    } else {
+        (StatusCode::OK, HealthStatus::Ok)
+    };
+    HttpResponse::build(status).json(Health {
+        status: health,
+        model: state.model_id().to_string(),
+        reward: state.config.reward.clone(),
+        in_flight: state.metrics.in_flight.get(),
+        queue_depth: state.metrics.queue_depth.get(),
+    })
+}
+
+/// Prometheus metrics
+///
+/// Open to all, even when the server has API keys.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4.", body = String,
+            content_type = "text/plain"),
+        (status = 500, response = doc::Internal),
+    )
+)]
 async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let text = state
         .metrics
@@ -203,16 +295,70 @@ async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         .body(text))
 }
 
-/// `GET /rewards`: the reward manifests a request may name in `reward`.
-async fn rewards(state: web::Data<AppState>) -> HttpResponse {
-    let rewards: Vec<Value> = state
-        .reward_list()
-        .into_iter()
-        .map(|(name, kind, available)| json!({"name": name, "kind": kind, "available": available}))
-        .collect();
-    HttpResponse::Ok().json(json!({"default": state.config.reward, "rewards": rewards}))
+/// The body of `GET /rewards`.
+#[derive(Serialize, ToSchema)]
+struct Rewards {
+    /// The reward of a request that names none (`--reward`).
+    default: String,
+    /// Every reward manifest, by name.
+    rewards: Vec<RewardInfo>,
 }
 
+/// One reward manifest.
+#[derive(Serialize, ToSchema)]
+struct RewardInfo {
+    /// What a request names in `reward`.
+    name: String,
+    /// The manifest's kind: `classifier`, `judge`, `verifier`, `remote`, `openai_judge` or
+    /// `combined`.
+    kind: String,
+    /// False when the manifest names files that are not there: a request naming it gets 503.
+    available: bool,
+}
+
+/// The rewards a request may name in `reward`
+#[utoipa::path(
+    get,
+    path = "/rewards",
+    tag = "hone",
+    responses(
+        (status = 200, description = "The server's default reward and every reward manifest.",
+            body = Rewards),
+        (status = 401, response = doc::Unauthorized),
+    )
+)]
+async fn rewards(state: web::Data<AppState>) -> HttpResponse {
+    let rewards = state
+        .reward_list()
+        .into_iter()
+        .map(|(name, kind, available)| RewardInfo {
+            name: name.to_string(),
+            kind: kind.to_string(),
+            available,
+        })
+        .collect();
+    HttpResponse::Ok().json(Rewards {
+        default: state.config.reward.clone(),
+        rewards,
+    })
+}
+
+/// The A/B comparison of the optimized and plain arms, per reward scale
+///
+/// Per reward scale (the reward's name; `NAME+constraints` when a query's own constraints were
+/// added to it; `constraints` when they replaced it), per-arm summaries of /optimize requests,
+/// the reward uplift, and the uplift by feedback (`POST /feedback`), which the reward that
+/// chose the optimized answers did not produce. Chat completions are not randomized between
+/// arms: their feedback is in `chat_feedback`, without an uplift.
+#[utoipa::path(
+    get,
+    path = "/ab",
+    tag = "hone",
+    responses(
+        (status = 200, description = "The comparison.", body = Summary),
+        (status = 401, response = doc::Unauthorized),
+    )
+)]
 async fn ab_summary(state: web::Data<AppState>) -> HttpResponse {
     let (optimize, chat) = state.answers.outcomes();
     HttpResponse::Ok().json(
@@ -222,9 +368,21 @@ async fn ab_summary(state: web::Data<AppState>) -> HttpResponse {
     )
 }
 
-/// The hand-written OpenAPI 3.0 description of these routes.
-async fn openapi() -> HttpResponse {
-    HttpResponse::Ok()
+/// This document
+///
+/// The OpenAPI 3.1 description of these routes, generated from the handlers and the request
+/// and response types.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "service",
+    responses(
+        (status = 200, description = "The OpenAPI document.", body = Value),
+        (status = 401, response = doc::Unauthorized),
+    )
+)]
+async fn openapi() -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(include_str!("openapi.json"))
+        .body(doc::json()?))
 }

@@ -30,20 +30,23 @@ pub const DEFAULT_ROUNDS: u32 = 8;
 pub const PATIENCE: u32 = 2;
 
 /// How `auto` decided.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AutoTrace {
     /// The most tokens each response could have.
     pub max_tokens: usize,
+    /// One per round after the first that ran.
     pub decisions: Vec<Decision>,
-    /// The policy's tallies after this query.
+    /// The server's tallies for the policy after this query: what later queries decide from.
     pub learned: Tallies,
 }
 
 /// The choice made before one round, and the estimates it was made from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Decision {
     /// Index of the round this decision started.
     pub round: usize,
+    /// The move tried: the one with fewer trials until each has had a few, then the one with
+    /// the higher `value`; `resample` when no response could be refined.
     pub chose: Move,
     pub refine: Estimate,
     pub resample: Estimate,

@@ -36,20 +36,19 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// Which loop spends the budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Which loop spends the budget: `plain` (one decoding of the policy: the control arm of every
+/// A/B comparison), `best_of_n` (sample N, score them, answer with the best),
+/// `weighted_best_of_n` (best-of-N that sums the scores of candidates reaching the same final
+/// answer), `tpo` (test-time preference optimization, Li et al. 2025) or `auto` (a first round,
+/// then refine or resample round by round, whichever has been beating the best answer more
+/// often per unit of compute on this server; stops once rounds stop improving).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
-    /// One decoding of the policy: the control arm of every A/B comparison.
     Plain,
-    /// Sample N, score them, answer with the best.
     BestOfN,
-    /// Best-of-N that sums the scores of candidates reaching the same final answer.
     WeightedBestOfN,
-    /// Test-time preference optimization (Li et al. 2025).
     Tpo,
-    /// A first round, then refine or resample round by round, whichever has been beating the
-    /// best answer more often per unit of compute; stops once rounds stop improving.
     Auto,
 }
 
@@ -174,45 +173,44 @@ impl Default for Request {
     }
 }
 
-/// Why a loop stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Why a loop stopped: `budget` (the next step did not fit the compute budget), `deadline`,
+/// `converged` (the best answer reached the reward's highest score, or rounds stopped improving
+/// on it) or `done` (every planned round ran).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Stopped {
-    /// The next step did not fit the compute budget.
     Budget,
-    /// The deadline passed.
     Deadline,
-    /// The best answer reached the reward's highest score, or rounds stopped improving on it.
     Converged,
-    /// Every planned round ran.
     Done,
 }
 
 /// The result of one loop.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Trace {
     pub strategy: Strategy,
+    /// The best answer found.
     pub answer: String,
-    /// The reward of the answer; `None` only for plain decoding that could not afford scoring.
+    /// The reward of the answer; null only for plain decoding that could not afford scoring.
     pub score: Option<f32>,
     pub stopped: Stopped,
     pub rounds: Vec<Round>,
     pub usage: Usage,
-    /// How `auto` decided, round by round.
+    /// How `auto` decided, round by round; only for strategy `auto`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub auto: Option<auto::AutoTrace>,
 }
 
-/// What a round did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What a round did: `sample` (the first round: N responses to the query), `refine` (N
+/// responses rewritten from the chosen response and the policy's critique of it) or `resample`
+/// (N more fresh responses to the query).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoundKind {
-    /// The first round: N responses to the query.
     #[default]
     Sample,
-    /// N responses rewritten from the chosen response and the policy's critique of it.
     Refine,
-    /// N more fresh responses to the query.
     Resample,
 }
 
@@ -238,7 +236,7 @@ impl RoundKind {
 
 /// One round: the candidates sampled and scored in it, then the choice over every candidate
 /// scored so far and, in TPO, the feedback written from that choice for the next round.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Round {
     pub kind: RoundKind,
     pub candidates: Vec<CandidateTrace>,
@@ -254,21 +252,25 @@ pub struct Round {
 }
 
 /// One candidate as the trace shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Candidate)]
 pub struct CandidateTrace {
     /// Numbers the candidates of a query in order, over all rounds.
     pub id: usize,
     pub text: String,
-    /// `None` when the candidate was dropped or the budget did not cover scoring it.
+    /// Null when the candidate was dropped or the budget did not cover scoring it.
     pub score: Option<f32>,
+    /// Why the score is what it is, in words (a verifier's failed constraints); empty when the
+    /// reward gives none.
     pub reasons: Vec<String>,
-    /// Why the candidate was not scored.
+    /// Why the candidate was not scored; absent when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub dropped: Option<Dropped>,
 }
 
 /// Why a candidate was not scored, as the trace says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum Dropped {
     /// No letter, digit or other visible character.
     #[serde(rename = "empty")]

@@ -11,13 +11,12 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How a round after the first spends its compute.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a round after the first spends its compute: `refine` (TPO's textual loss, gradient and
+/// update) or `resample` (fresh responses to the query).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Move {
-    /// TPO's textual loss, gradient and update.
     Refine,
-    /// Fresh responses to the query.
     Resample,
 }
 
@@ -60,10 +59,13 @@ pub const PRIOR_TRIALS: f64 = 2.0;
 pub const EXPLORE_TRIALS: u64 = 8;
 
 /// The record of one move.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tally {
+    /// Responses written by rounds of this move.
     pub trials: u64,
+    /// Of those, the ones that beat the best answer before their round.
     pub wins: u64,
+    /// Whole rounds whose cost was measured.
     pub rounds: u64,
     /// Sum over measured rounds of their cost relative to their query's first round.
     pub(super) relative_cost: f64,
@@ -87,10 +89,12 @@ impl Tally {
 }
 
 /// The estimate of one move as a decision saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Estimate {
     pub trials: u64,
     pub wins: u64,
+    /// (wins + 2 x the move's prior rate) / (trials + 2): a move with few trials is neither
+    /// hopeless nor certain. The priors are measured (docs/EVAL.md).
     pub win_rate: f64,
     /// Expected cost of a round, relative to the query's first round.
     pub cost: f64,
@@ -99,7 +103,7 @@ pub struct Estimate {
 }
 
 /// Both tallies, as one consistent snapshot.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tallies {
     pub refine: Tally,
     pub resample: Tally,

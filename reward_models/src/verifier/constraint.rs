@@ -2,16 +2,18 @@
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::{answer, json, text};
 
 /// One requirement a response must meet.
 ///
-/// Written in manifests as a table tagged with `kind`, for example
-/// `{ kind = "word_count", max = 50 }`. Counting constraints take `exact`, or `min` and/or
-/// `max` (both inclusive). Every constraint takes an optional `weight` (default 1.0): its share
-/// of the score. A weight of 0 keeps the constraint in the critique without moving the score.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// Written as a table tagged with `kind`: `{ kind = "word_count", max = 50 }` in a manifest,
+/// `{"kind": "word_count", "max": 50}` in a request. Counting constraints take `exact`, or
+/// `min` and/or `max` (both inclusive). Every constraint takes an optional `weight` (default
+/// 1.0): its share of the score. A weight of 0 keeps the constraint in the critique without
+/// moving the score.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Constraint {
     /// Words are whitespace-separated tokens with at least one letter or digit.
@@ -128,7 +130,7 @@ pub enum Constraint {
 }
 
 /// The letter case a [`Constraint::LetterCase`] requires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Case {
     Lowercase,
