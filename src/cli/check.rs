@@ -11,7 +11,9 @@
 use super::{policies_dir, resolve_model};
 use anyhow::{bail, Result};
 use clap::Args;
-use policies::{GenerateParams, Logits, Message, Policy, Role, Speculation};
+use policies::{
+    GenerateParams, Logits, Message, Policy, Role, Sampler, SamplingParams, Speculation,
+};
 
 const MEAN_TOL: f32 = 0.3;
 const MAX_TOL: f32 = 2.0;
@@ -67,6 +69,10 @@ pub fn run(a: CheckArgs) -> Result<()> {
         (
             "speculative greedy = plain greedy",
             speculation(&on_gpu, &prompts, a.steps),
+        ),
+        (
+            "speculative sampling = the policy's distribution",
+            sampled_speculation(&on_gpu, &prompts[0]),
         ),
     ];
     let mut failed = 0;
@@ -273,6 +279,141 @@ fn speculation(policy: &Policy, prompts: &[Vec<u32>], steps: usize) -> Result<St
         "{tokens} tokens identical over {} prompts",
         prompts.len()
     ))
+}
+
+/// Draws of [`sampled_speculation`]: enough that a sampler off by a few percent on a likely
+/// token fails, few enough that the host's sampling over the vocabulary takes seconds.
+const DRAWS: u64 = 10_000;
+
+/// Sampling with two drafts verified in one call of this device, through the rejection
+/// sampling of `policies::speculative`, many times over: the first token produced must follow
+/// the plain step's distribution, and the token after an accepted first draft the distribution
+/// after it, whatever was drafted (chi-square, 0.1% level). One draft is the likeliest token,
+/// so the second position is reached; the other is unlikely there, so the replacement path is
+/// taken too. The temperature is the highest (from 1) at which each position's likeliest
+/// token has a fifth of the mass: a flat distribution (random weights) gives no test.
+fn sampled_speculation(policy: &Policy, prompt: &[u32]) -> Result<String> {
+    let model = policy.model();
+    let Some((&last, head)) = prompt.split_last() else {
+        bail!("an empty prompt");
+    };
+    let mut cache = model.new_cache(1);
+    let plain: Vec<Vec<f32>> = model
+        .forward(&[prompt], &mut cache, Logits::Last)?
+        .to_vec2()?;
+    let Some(plain) = plain.into_iter().next() else {
+        bail!("no logits for the prompt");
+    };
+    let first = policies::sampling::argmax(&plain);
+    let mut cache = model.new_cache(1);
+    model.forward(&[head], &mut cache, Logits::Last)?;
+    let after_first: Vec<Vec<f32>> = model
+        .forward(
+            &[&[last, first]],
+            &mut cache.select_rows(&[0])?,
+            Logits::All,
+        )?
+        .to_vec2()?;
+    let Some(after_first) = after_first.get(1) else {
+        bail!("no logits after the first draft");
+    };
+    let mut temperature = 1.0f32;
+    while temperature > 0.01
+        && [&plain, after_first].iter().any(|l| {
+            softmax(l, temperature)
+                .iter()
+                .fold(0.0, |m: f64, &p| m.max(p))
+                < 0.2
+        })
+    {
+        temperature *= 0.7;
+    }
+    let p1 = softmax(&plain, temperature);
+    let p2 = softmax(after_first, temperature);
+    let mut ranked: Vec<u32> = (0..p2.len() as u32).collect();
+    ranked.sort_by(|&a, &b| p2[b as usize].total_cmp(&p2[a as usize]));
+    let drafts = [first, ranked[ranked.len().min(5) - 1]];
+    let chunk: Vec<Vec<f32>> = model
+        .forward(&[&[last, drafts[0], drafts[1]]], &mut cache, Logits::All)?
+        .to_vec2()?;
+    let mut firsts = vec![0u64; p1.len()];
+    let mut seconds = vec![0u64; p2.len()];
+    for seed in 0..DRAWS {
+        let mut sampler = Sampler::new(SamplingParams {
+            temperature,
+            top_k: 0,
+            top_p: 1.0,
+            seed,
+        });
+        let v = policies::speculative::verify(&mut sampler, &chunk, &drafts);
+        let token = if v.accepted == 0 { v.next } else { drafts[0] };
+        firsts[token as usize] += 1;
+        if v.accepted >= 1 {
+            let after = if v.accepted == 1 { v.next } else { drafts[1] };
+            seconds[after as usize] += 1;
+        }
+    }
+    let (x1, crit1) = chi_square(&firsts, &p1)?;
+    let (x2, crit2) = chi_square(&seconds, &p2)?;
+    let detail = format!(
+        "{DRAWS} draws at temperature {temperature:.2}, drafts {drafts:?}: first token chi2 \
+         {x1:.1} (0.1% bound {crit1:.1}), second {x2:.1} over {} draws (bound {crit2:.1})",
+        seconds.iter().sum::<u64>()
+    );
+    if x1 > crit1 || x2 > crit2 {
+        bail!("{detail}");
+    }
+    Ok(detail)
+}
+
+fn softmax(logits: &[f32], temperature: f32) -> Vec<f64> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let e: Vec<f64> = logits
+        .iter()
+        .map(|&x| ((x - max) as f64 / temperature as f64).exp())
+        .collect();
+    let total: f64 = e.iter().sum();
+    e.iter().map(|x| x / total).collect()
+}
+
+/// Pearson's statistic of `counts` against `probs` over the tokens expected at least 5 times
+/// (the rest pooled), and its 0.1% critical value (Wilson-Hilferty).
+fn chi_square(counts: &[u64], probs: &[f64]) -> Result<(f64, f64)> {
+    if counts.len() != probs.len() {
+        bail!("{} counts for {} probabilities", counts.len(), probs.len());
+    }
+    let n: u64 = counts.iter().sum();
+    if n < 1000 {
+        bail!("only {n} draws reached this position");
+    }
+    let (mut cells, mut rest_count, mut rest_p) = (Vec::new(), 0u64, 0f64);
+    for (&c, &p) in counts.iter().zip(probs) {
+        if p * n as f64 >= 5.0 {
+            cells.push((c, p));
+        } else {
+            rest_count += c;
+            rest_p += p;
+        }
+    }
+    if rest_p * n as f64 >= 5.0 {
+        cells.push((rest_count, rest_p));
+    } else if let Some(last) = cells.last_mut() {
+        *last = (last.0 + rest_count, last.1 + rest_p);
+    }
+    if cells.len() < 2 {
+        bail!("one token holds the whole distribution");
+    }
+    let x: f64 = cells
+        .iter()
+        .map(|&(c, p)| {
+            let e = p * n as f64;
+            (c as f64 - e).powi(2) / e
+        })
+        .sum();
+    let k = (cells.len() - 1) as f64;
+    let z = 3.0902; // the normal's 99.9th percentile
+    let crit = k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3);
+    Ok((x, crit))
 }
 
 fn identical(a: &[f32], b: &[f32], what: &str) -> Result<()> {
