@@ -13,6 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The most sibling rows whose text a row's drafter reads: enough for the candidates of a TPO
+/// round, few enough that the lookup stays cheap beside a step at large batches.
+const MAX_SIBLINGS: usize = 8;
+
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct GenerateParams {
@@ -295,6 +299,16 @@ impl Policy {
                 }
             })
             .collect();
+        // The rows whose text each row's drafter also reads: others of the same prompt, the
+        // nearest few (their text is the call's own, never another request's).
+        let siblings: Vec<Vec<usize>> = (0..prompts.len())
+            .map(|i| {
+                (0..prompts.len())
+                    .filter(|&k| k != i && prompts[k] == prompts[i])
+                    .take(MAX_SIBLINGS)
+                    .collect()
+            })
+            .collect();
         // `active[j]` is the output row held in cache row `j`; `next[j]` is the token it feeds
         // next, already appended to the row.
         let mut active: Vec<usize> = (0..rows.len()).collect();
@@ -319,12 +333,23 @@ impl Policy {
             let cost = pacing::verify_cost(self.model().device(), keep.len());
             let mut drafts: Vec<Vec<u32>> = Vec::with_capacity(keep.len());
             for &j in &keep {
-                let row = &mut rows[active[j]];
+                let i = active[j];
                 // The step gains the accepted drafts plus one token: keep within both limits.
-                let room = (params.max_tokens - row.tokens.len())
+                let room = (params.max_tokens - rows[i].tokens.len())
                     .saturating_sub(1)
                     .min(context.saturating_sub(cache.next_position(j) as usize + 2));
-                let mut draft = params.speculation.propose(&row.context, room);
+                let siblings: Vec<&[u32]> = if params.speculation.is_on() {
+                    siblings[i]
+                        .iter()
+                        .map(|&k| rows[k].tokens.as_slice())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let mut draft = params
+                    .speculation
+                    .propose(&rows[i].context, &siblings, room);
+                let row = &mut rows[i];
                 if params.speculation.paced {
                     let len = row.pacing.draft_len(draft.len(), cost);
                     stats.num_withheld_tokens += draft.len() - len;

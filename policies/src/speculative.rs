@@ -13,7 +13,8 @@
 //! The drafter is prompt lookup: the longest recent n-gram of the context that occurred before
 //! proposes what followed it. It costs nothing and proposes nothing when the text does not
 //! repeat, which makes it a fit for TPO: an update round rewrites the chosen response, which
-//! sits in its prompt.
+//! sits in its prompt. It also looks in the text its sibling rows (the other samples of the
+//! same prompt in the call) have written so far: candidates of one round repeat each other.
 
 use crate::sampling::{draw, Sampler};
 
@@ -60,8 +61,10 @@ impl Speculation {
     }
 
     /// Up to `limit` tokens that followed the latest earlier occurrence of the longest suffix
-    /// of `context` (between `min_match` and `max_match` tokens long); empty when none occurs.
-    pub fn propose(&self, context: &[u32], limit: usize) -> Vec<u32> {
+    /// of `context` (between `min_match` and `max_match` tokens long) in `context`, or else, at
+    /// the same length, in one of `siblings` (the text other rows of the same prompt have
+    /// written); empty when none occurs.
+    pub fn propose(&self, context: &[u32], siblings: &[&[u32]], limit: usize) -> Vec<u32> {
         let limit = limit.min(self.max_draft);
         if limit == 0 {
             return Vec::new();
@@ -69,18 +72,27 @@ impl Speculation {
         let longest = self.max_match.min(context.len().saturating_sub(1));
         for n in (self.min_match.max(1)..=longest).rev() {
             let suffix = &context[context.len() - n..];
-            // The latest earlier start of the suffix, not the suffix itself.
-            let found = (0..context.len() - n)
-                .rev()
-                .find(|&s| &context[s..s + n] == suffix);
-            if let Some(s) = found {
-                let from = s + n;
-                let to = (from + limit).min(context.len());
-                return context[from..to].to_vec();
+            // In the context (the suffix itself has nothing after it, so it never matches).
+            if let Some(found) = follows(context, suffix, limit) {
+                return found.to_vec();
+            }
+            if let Some(found) = siblings.iter().find_map(|t| follows(t, suffix, limit)) {
+                return found.to_vec();
             }
         }
         Vec::new()
     }
+}
+
+/// Up to `limit` tokens of `text` after the latest occurrence of `pattern` that has at least
+/// one token after it.
+fn follows<'a>(text: &'a [u32], pattern: &[u32], limit: usize) -> Option<&'a [u32]> {
+    let n = pattern.len();
+    let start = (0..text.len().checked_sub(n)?)
+        .rev()
+        .find(|&s| &text[s..s + n] == pattern)?;
+    let from = start + n;
+    Some(&text[from..(from + limit).min(text.len())])
 }
 
 /// What the policy kept of one row's drafts.
@@ -130,17 +142,38 @@ mod tests {
     use crate::sampling::SamplingParams;
 
     #[test]
+    fn lookup_reads_sibling_rows_where_the_context_has_no_match() {
+        let s = Speculation::drafts(3);
+        let context = [10, 11, 1, 2, 3];
+        // Nothing in the context; a sibling wrote "1 2 3" and went on with "4 5 6 7".
+        assert_eq!(
+            s.propose(&context, &[&[9, 9], &[8, 1, 2, 3, 4, 5, 6, 7]], 8),
+            vec![4, 5, 6]
+        );
+        // The longest match wins wherever it is: "2 3" in the context loses to "1 2 3" in a
+        // sibling, and at equal length the context comes first.
+        let context = [2, 3, 7, 1, 2, 3];
+        assert_eq!(s.propose(&context, &[&[1, 2, 3, 5]], 8), vec![5]);
+        assert_eq!(s.propose(&context, &[&[2, 3, 5]], 8), vec![7, 1, 2]);
+        // A sibling whose text ends with the suffix has nothing to propose.
+        assert!(s.propose(&[4, 1, 2], &[&[1, 2]], 8).is_empty());
+    }
+
+    #[test]
     fn lookup_proposes_what_followed_the_longest_repeated_suffix() {
         let s = Speculation::drafts(3);
         // "1 2 3 4 5 ... 1 2 3" -> "4 5" (then 9 ends the context).
-        assert_eq!(s.propose(&[1, 2, 3, 4, 5, 9, 1, 2, 3], 8), vec![4, 5, 9]);
+        assert_eq!(
+            s.propose(&[1, 2, 3, 4, 5, 9, 1, 2, 3], &[], 8),
+            vec![4, 5, 9]
+        );
         // The latest earlier occurrence wins.
-        assert_eq!(s.propose(&[7, 8, 1, 7, 8, 2, 7, 8], 1), vec![2]);
+        assert_eq!(s.propose(&[7, 8, 1, 7, 8, 2, 7, 8], &[], 1), vec![2]);
         // A single repeated token is not a match (min_match 2); nothing repeats here.
-        assert!(s.propose(&[5, 1, 2, 5], 4).is_empty());
-        assert!(s.propose(&[1, 2, 3, 4], 4).is_empty());
-        assert!(Speculation::OFF.propose(&[1, 2, 1, 2], 4).is_empty());
-        assert!(s.propose(&[], 4).is_empty());
+        assert!(s.propose(&[5, 1, 2, 5], &[], 4).is_empty());
+        assert!(s.propose(&[1, 2, 3, 4], &[], 4).is_empty());
+        assert!(Speculation::OFF.propose(&[1, 2, 1, 2], &[], 4).is_empty());
+        assert!(s.propose(&[], &[], 4).is_empty());
     }
 
     fn sampler(seed: u64, temperature: f32) -> Sampler {
