@@ -133,17 +133,7 @@ struct TextUsage {
     request_body = CompletionBody,
     responses(
         (status = 200, description = "A `text_completion` object.", body = TextCompletion),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 404, response = doc::NotFound),
-        (status = 408, response = doc::Timeout),
-        (status = 413, response = doc::TooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
-        (status = 422, response = doc::Invalid),
-        (status = 429, response = doc::TooManyRequests),
-        (status = 500, response = doc::Internal),
-        (status = 502, response = doc::Upstream),
-        (status = 503, response = doc::Unavailable),
+        doc::ModelErrors,
     )
 )]
 pub async fn completions(

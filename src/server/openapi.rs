@@ -11,8 +11,10 @@
 
 use super::error::{ApiError, ErrorBody};
 use super::{completions, feedback, openai, routes};
+use std::collections::BTreeMap;
 use std::sync::OnceLock;
-use utoipa::{OpenApi, ToResponse};
+use utoipa::openapi::{Ref, RefOr, Response};
+use utoipa::{IntoResponses, OpenApi, ToResponse};
 
 /// The document's own description: what holds for every route.
 const DESCRIPTION: &str = "Test-time compute scaling service: TPO and best-of-N under a \
@@ -79,6 +81,36 @@ pub fn json() -> Result<&'static str, ApiError> {
     })
     .as_deref()
     .map_err(ApiError::internal)
+}
+
+/// The error answers of the routes that run the model (/optimize and the completion routes),
+/// each a reference to the shared response below: `responses(..., doc::ModelErrors)`.
+pub struct ModelErrors;
+
+impl IntoResponses for ModelErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        [
+            (400, BadRequest::response().0),
+            (401, Unauthorized::response().0),
+            (404, NotFound::response().0),
+            (408, Timeout::response().0),
+            (413, TooLarge::response().0),
+            (415, UnsupportedMediaType::response().0),
+            (422, Invalid::response().0),
+            (429, TooManyRequests::response().0),
+            (500, Internal::response().0),
+            (502, Upstream::response().0),
+            (503, Unavailable::response().0),
+        ]
+        .into_iter()
+        .map(|(status, name)| {
+            (
+                status.to_string(),
+                RefOr::Ref(Ref::from_response_name(name)),
+            )
+        })
+        .collect()
+    }
 }
 
 /// Malformed JSON, a field of the wrong type or an unknown field (`invalid_request_error`;

@@ -87,17 +87,7 @@ pub fn parse<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
                 (OptimizeResponse = "application/json"),
                 (String = "text/event-stream"),
             )),
-        (status = 400, response = doc::BadRequest),
-        (status = 401, response = doc::Unauthorized),
-        (status = 404, response = doc::NotFound),
-        (status = 408, response = doc::Timeout),
-        (status = 413, response = doc::TooLarge),
-        (status = 415, response = doc::UnsupportedMediaType),
-        (status = 422, response = doc::Invalid),
-        (status = 429, response = doc::TooManyRequests),
-        (status = 500, response = doc::Internal),
-        (status = 502, response = doc::Upstream),
-        (status = 503, response = doc::Unavailable),
+        doc::ModelErrors,
     )
 )]
 async fn optimize(
