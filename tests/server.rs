@@ -555,6 +555,14 @@ fn metrics_count_each_request_by_arm() {
                 "hone_spec_decode_num_withheld_tokens_total",
                 "spec_withheld_tokens",
             ),
+            (
+                "hone_spec_decode_num_sibling_draft_tokens_total",
+                "spec_sibling_draft_tokens",
+            ),
+            (
+                "hone_spec_decode_num_sibling_accepted_tokens_total",
+                "spec_sibling_accepted_tokens",
+            ),
         ] {
             assert_eq!(of_arm(family), usage(field), "{a}: {family}");
         }

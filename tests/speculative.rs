@@ -63,6 +63,27 @@ fn paced_speculation_withholds_drafts_that_do_not_pay_and_keeps_the_output() {
     );
 }
 
+#[test]
+fn samples_of_one_prompt_draft_from_each_other() {
+    // Fresh samples of a prompt that holds none of their text: what one row wrote, another
+    // often writes too. Those drafts are counted apart, and they are verified like any other
+    // (the greedy and sampled tests here run with siblings too).
+    let prompt = chat("Write a short poem about the sea, with a title, in four lines.");
+    let (out, stats) = policy()
+        .generate(&prompt, 8, &params(48, 0.7, 0, 4))
+        .unwrap();
+    assert_eq!(out.len(), 8);
+    assert!(stats.num_sibling_draft_tokens > 0, "{stats:?}");
+    assert!(
+        stats.num_sibling_accepted_tokens > 0,
+        "no sibling draft was accepted: {stats:?}"
+    );
+    assert!(
+        stats.num_sibling_draft_tokens < stats.num_draft_tokens,
+        "the rows' own context drafted nothing: {stats:?}"
+    );
+}
+
 /// Prompts whose answers repeat their own text, so that drafts are proposed, and accepted
 /// and rejected in turn.
 const REPEATS: [&str; 3] = [

@@ -8,7 +8,7 @@ use crate::pacing::{self, Pacing};
 use crate::policy::Policy;
 use crate::prefill::{Interrupt, Output};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
-use crate::speculative::{self, Speculation};
+use crate::speculative::{self, Proposal, Speculation};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -166,6 +166,10 @@ pub struct GenerationStats {
     /// Draft tokens proposed but not verified, because at the row's acceptance rate they
     /// would have cost more than they save (see [`crate::pacing`]).
     pub num_withheld_tokens: usize,
+    /// Of the draft tokens verified, and of those accepted: the ones found in sibling rows'
+    /// text (see [`Speculation::propose`]).
+    pub num_sibling_draft_tokens: usize,
+    pub num_sibling_accepted_tokens: usize,
 }
 
 impl GenerationStats {
@@ -331,7 +335,7 @@ impl Policy {
             }
             // Drafts for each live row, within its token and context limits, as many as pay.
             let cost = pacing::verify_cost(self.model().device(), keep.len());
-            let mut drafts: Vec<Vec<u32>> = Vec::with_capacity(keep.len());
+            let mut drafts: Vec<Proposal> = Vec::with_capacity(keep.len());
             for &j in &keep {
                 let i = active[j];
                 // The step gains the accepted drafts plus one token: keep within both limits.
@@ -351,9 +355,9 @@ impl Policy {
                     .propose(&rows[i].context, &siblings, room);
                 let row = &mut rows[i];
                 if params.speculation.paced {
-                    let len = row.pacing.draft_len(draft.len(), cost);
-                    stats.num_withheld_tokens += draft.len() - len;
-                    draft.truncate(len);
+                    let len = row.pacing.draft_len(draft.tokens.len(), cost);
+                    stats.num_withheld_tokens += draft.tokens.len() - len;
+                    draft.tokens.truncate(len);
                 }
                 drafts.push(draft);
             }
@@ -362,13 +366,13 @@ impl Policy {
             // stays seed order).
             if let Some(limit) = params.max_positions {
                 let room = limit.saturating_sub(stats.positions());
-                let mut drafted: usize = drafts.iter().map(Vec::len).sum();
+                let mut drafted: usize = drafts.iter().map(|d| d.tokens.len()).sum();
                 for d in drafts.iter_mut().rev() {
                     if keep.len() + drafted <= room {
                         break;
                     }
-                    drafted -= d.len();
-                    d.clear();
+                    drafted -= d.tokens.len();
+                    d.tokens.clear();
                 }
                 for &j in keep.iter().skip(room) {
                     rows[active[j]].finish = Some(FinishReason::Budget);
@@ -387,13 +391,13 @@ impl Policy {
             let chunks: Vec<Vec<u32>> = next
                 .iter()
                 .zip(&drafts)
-                .map(|(&t, d)| std::iter::once(t).chain(d.iter().copied()).collect())
+                .map(|(&t, d)| std::iter::once(t).chain(d.tokens.iter().copied()).collect())
                 .collect();
             let refs: Vec<&[u32]> = chunks.iter().map(Vec::as_slice).collect();
             let base: Vec<usize> = (0..active.len())
                 .map(|j| cache.next_position(j) as usize)
                 .collect();
-            let drafted: usize = drafts.iter().map(Vec::len).sum();
+            let drafted: usize = drafts.iter().map(|d| d.tokens.len()).sum();
             let per_row: Vec<Vec<Vec<f32>>> = if drafted == 0 {
                 let out = self.model().forward(&refs, &mut cache, Logits::Last)?;
                 read_logits(&out)?.into_iter().map(|l| vec![l]).collect()
@@ -406,16 +410,23 @@ impl Policy {
                     .collect()
             };
             stats.decode_tokens += active.len() + drafted;
-            stats.num_drafts += drafts.iter().filter(|d| !d.is_empty()).count();
+            stats.num_drafts += drafts.iter().filter(|d| !d.tokens.is_empty()).count();
             stats.num_draft_tokens += drafted;
             for (j, logits) in per_row.iter().enumerate() {
                 let row = &mut rows[active[j]];
-                let verdict = speculative::verify(&mut row.sampler, logits, &drafts[j]);
-                row.pacing.record(drafts[j].len(), verdict.accepted);
+                let draft = &drafts[j];
+                let verdict = speculative::verify(&mut row.sampler, logits, &draft.tokens);
+                row.pacing.record(draft.tokens.len(), verdict.accepted);
                 stats.num_accepted_tokens += verdict.accepted;
-                cache.rollback_row(j, drafts[j].len() - verdict.accepted);
+                if draft.from_siblings {
+                    stats.num_sibling_draft_tokens += draft.tokens.len();
+                    stats.num_sibling_accepted_tokens += verdict.accepted;
+                }
+                cache.rollback_row(j, draft.tokens.len() - verdict.accepted);
                 // Accepted drafts sit at the positions after the fed token.
-                let gained = drafts[j][..verdict.accepted].iter().chain([&verdict.next]);
+                let gained = draft.tokens[..verdict.accepted]
+                    .iter()
+                    .chain([&verdict.next]);
                 for (i, &token) in gained.enumerate() {
                     if row.finish.is_some() {
                         break;

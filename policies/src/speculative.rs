@@ -64,23 +64,29 @@ impl Speculation {
     /// of `context` (between `min_match` and `max_match` tokens long) in `context`, or else, at
     /// the same length, in one of `siblings` (the text other rows of the same prompt have
     /// written); empty when none occurs.
-    pub fn propose(&self, context: &[u32], siblings: &[&[u32]], limit: usize) -> Vec<u32> {
+    pub fn propose(&self, context: &[u32], siblings: &[&[u32]], limit: usize) -> Proposal {
         let limit = limit.min(self.max_draft);
         if limit == 0 {
-            return Vec::new();
+            return Proposal::default();
         }
         let longest = self.max_match.min(context.len().saturating_sub(1));
         for n in (self.min_match.max(1)..=longest).rev() {
             let suffix = &context[context.len() - n..];
             // In the context (the suffix itself has nothing after it, so it never matches).
             if let Some(found) = follows(context, suffix, limit) {
-                return found.to_vec();
+                return Proposal {
+                    tokens: found.to_vec(),
+                    from_siblings: false,
+                };
             }
             if let Some(found) = siblings.iter().find_map(|t| follows(t, suffix, limit)) {
-                return found.to_vec();
+                return Proposal {
+                    tokens: found.to_vec(),
+                    from_siblings: true,
+                };
             }
         }
-        Vec::new()
+        Proposal::default()
     }
 }
 
@@ -93,6 +99,15 @@ fn follows<'a>(text: &'a [u32], pattern: &[u32], limit: usize) -> Option<&'a [u3
         .find(|&s| &text[s..s + n] == pattern)?;
     let from = start + n;
     Some(&text[from..(from + limit).min(text.len())])
+}
+
+/// A drafter's guess at a row's next tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Proposal {
+    pub tokens: Vec<u32>,
+    /// Whether they were found in a sibling row's text rather than the row's own context
+    /// (counted apart, to show what the siblings are worth).
+    pub from_siblings: bool,
 }
 
 /// What the policy kept of one row's drafts.
@@ -148,15 +163,20 @@ mod tests {
         // Nothing in the context; a sibling wrote "1 2 3" and went on with "4 5 6 7".
         assert_eq!(
             s.propose(&context, &[&[9, 9], &[8, 1, 2, 3, 4, 5, 6, 7]], 8),
-            vec![4, 5, 6]
+            Proposal {
+                tokens: vec![4, 5, 6],
+                from_siblings: true
+            }
         );
         // The longest match wins wherever it is: "2 3" in the context loses to "1 2 3" in a
         // sibling, and at equal length the context comes first.
         let context = [2, 3, 7, 1, 2, 3];
-        assert_eq!(s.propose(&context, &[&[1, 2, 3, 5]], 8), vec![5]);
-        assert_eq!(s.propose(&context, &[&[2, 3, 5]], 8), vec![7, 1, 2]);
+        assert_eq!(s.propose(&context, &[&[1, 2, 3, 5]], 8).tokens, vec![5]);
+        let own = s.propose(&context, &[&[2, 3, 5]], 8);
+        assert_eq!(own.tokens, vec![7, 1, 2]);
+        assert!(!own.from_siblings);
         // A sibling whose text ends with the suffix has nothing to propose.
-        assert!(s.propose(&[4, 1, 2], &[&[1, 2]], 8).is_empty());
+        assert!(s.propose(&[4, 1, 2], &[&[1, 2]], 8).tokens.is_empty());
     }
 
     #[test]
@@ -164,16 +184,19 @@ mod tests {
         let s = Speculation::drafts(3);
         // "1 2 3 4 5 ... 1 2 3" -> "4 5" (then 9 ends the context).
         assert_eq!(
-            s.propose(&[1, 2, 3, 4, 5, 9, 1, 2, 3], &[], 8),
+            s.propose(&[1, 2, 3, 4, 5, 9, 1, 2, 3], &[], 8).tokens,
             vec![4, 5, 9]
         );
         // The latest earlier occurrence wins.
-        assert_eq!(s.propose(&[7, 8, 1, 7, 8, 2, 7, 8], &[], 1), vec![2]);
+        assert_eq!(s.propose(&[7, 8, 1, 7, 8, 2, 7, 8], &[], 1).tokens, vec![2]);
         // A single repeated token is not a match (min_match 2); nothing repeats here.
-        assert!(s.propose(&[5, 1, 2, 5], &[], 4).is_empty());
-        assert!(s.propose(&[1, 2, 3, 4], &[], 4).is_empty());
-        assert!(Speculation::OFF.propose(&[1, 2, 1, 2], &[], 4).is_empty());
-        assert!(s.propose(&[], &[], 4).is_empty());
+        assert!(s.propose(&[5, 1, 2, 5], &[], 4).tokens.is_empty());
+        assert!(s.propose(&[1, 2, 3, 4], &[], 4).tokens.is_empty());
+        assert!(Speculation::OFF
+            .propose(&[1, 2, 1, 2], &[], 4)
+            .tokens
+            .is_empty());
+        assert!(s.propose(&[], &[], 4).tokens.is_empty());
     }
 
     fn sampler(seed: u64, temperature: f32) -> Sampler {

@@ -86,8 +86,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     );
     if a.speculate > 0 {
         eprintln!(
-            "speculation: {} of {} draft tokens accepted over {} drafting steps; {} withheld (would not pay)",
-            stats.num_accepted_tokens, stats.num_draft_tokens, stats.num_drafts, stats.num_withheld_tokens
+            "speculation: {} of {} draft tokens accepted over {} drafting steps ({} of {} from sibling rows); {} withheld (would not pay)",
+            stats.num_accepted_tokens, stats.num_draft_tokens, stats.num_drafts,
+            stats.num_sibling_accepted_tokens, stats.num_sibling_draft_tokens, stats.num_withheld_tokens
         );
     }
     Ok(())

@@ -35,7 +35,7 @@ pub struct Metrics {
     auto_wins: IntGaugeVec,
     auto_win_rate: GaugeVec,
     auto_cost: GaugeVec,
-    spec: [IntCounterVec; 4],
+    spec: [IntCounterVec; 6],
     feedback: IntCounterVec,
     rate_limited: IntCounterVec,
 }
@@ -214,10 +214,25 @@ impl Metrics {
                 "hone_spec_decode_num_withheld_tokens_total",
                 "Draft tokens proposed but not verified: at their row's acceptance rate they would cost more than they save",
             ),
+            (
+                "hone_spec_decode_num_sibling_draft_tokens_total",
+                "Draft tokens verified that the drafter found in sibling rows (other samples of the same prompt)",
+            ),
+            (
+                "hone_spec_decode_num_sibling_accepted_tokens_total",
+                "Draft tokens accepted that the drafter found in sibling rows",
+            ),
         ]
         .map(|(name, help)| IntCounterVec::new(Opts::new(name, help), &["arm"]));
-        let [drafts, draft_tokens, accepted, withheld] = spec;
-        let spec = [drafts?, draft_tokens?, accepted?, withheld?];
+        let [drafts, draft_tokens, accepted, withheld, sibling_drafted, sibling_accepted] = spec;
+        let spec = [
+            drafts?,
+            draft_tokens?,
+            accepted?,
+            withheld?,
+            sibling_drafted?,
+            sibling_accepted?,
+        ];
         for counter in &spec {
             for arm in [Arm::Optimized, Arm::Plain] {
                 counter.with_label_values(&[arm.name()]);
@@ -351,6 +366,8 @@ impl Metrics {
             u.spec_draft_tokens,
             u.spec_accepted_tokens,
             u.spec_withheld_tokens,
+            u.spec_sibling_draft_tokens,
+            u.spec_sibling_accepted_tokens,
         ]) {
             counter.with_label_values(&[arm.name()]).inc_by(value);
         }
