@@ -4,6 +4,7 @@
 mod common;
 
 use common::load;
+use policies::speculative::chi_square_bound;
 use policies::store::SMOLLM2;
 use policies::{GenerateParams, Message, Policy, Role, SamplingParams, Speculation};
 use std::collections::HashMap;
@@ -176,13 +177,6 @@ fn two_sample_chi_square(a: &HashMap<u32, u64>, b: &HashMap<u32, u64>) -> (f64, 
     (stat, cells.len().saturating_sub(1))
 }
 
-/// The chi-square critical value at p = 0.001 (Wilson-Hilferty approximation).
-fn critical(df: usize) -> f64 {
-    let k = df.max(1) as f64;
-    let z = 3.0902;
-    k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
-}
-
 #[test]
 fn sampled_speculative_output_follows_the_plain_distribution() {
     // A raw text that repeats a pattern, sampled at T = 0.8 on 300 rows over one prefill: once
@@ -220,7 +214,7 @@ fn sampled_speculative_output_follows_the_plain_distribution() {
         let (x, df) = two_sample_chi_square(&plain[i], &spec[i]);
         eprintln!("token {}: chi2 {x:.1} with {df} df", i + 2);
         assert!(
-            x < critical(df),
+            x < chi_square_bound(df),
             "token {}: chi2 {x:.1} with {df} df over {:?} vs {:?}",
             i + 2,
             plain[i],

@@ -90,6 +90,15 @@ impl Speculation {
     }
 }
 
+/// The chi-square distribution's critical value at the 0.1% level for `df` degrees of freedom
+/// (Wilson-Hilferty): the bound the statistical checks of speculative sampling (its tests,
+/// `hone check`) hold their statistics to.
+pub fn chi_square_bound(df: usize) -> f64 {
+    let k = df.max(1) as f64;
+    let z = 3.0902; // the normal distribution's 99.9th percentile
+    k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
+}
+
 /// Up to `limit` tokens of `text` after the latest occurrence of `pattern` that has at least
 /// one token after it.
 fn follows<'a>(text: &'a [u32], pattern: &[u32], limit: usize) -> Option<&'a [u32]> {

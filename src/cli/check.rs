@@ -377,7 +377,7 @@ fn softmax(logits: &[f32], temperature: f32) -> Vec<f64> {
 }
 
 /// Pearson's statistic of `counts` against `probs` over the tokens expected at least 5 times
-/// (the rest pooled), and its 0.1% critical value (Wilson-Hilferty).
+/// (the rest pooled), and its 0.1% critical value.
 fn chi_square(counts: &[u64], probs: &[f64]) -> Result<(f64, f64)> {
     if counts.len() != probs.len() {
         bail!("{} counts for {} probabilities", counts.len(), probs.len());
@@ -410,10 +410,7 @@ fn chi_square(counts: &[u64], probs: &[f64]) -> Result<(f64, f64)> {
             (c as f64 - e).powi(2) / e
         })
         .sum();
-    let k = (cells.len() - 1) as f64;
-    let z = 3.0902; // the normal's 99.9th percentile
-    let crit = k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3);
-    Ok((x, crit))
+    Ok((x, policies::speculative::chi_square_bound(cells.len() - 1)))
 }
 
 fn identical(a: &[f32], b: &[f32], what: &str) -> Result<()> {
