@@ -762,13 +762,13 @@ extern "C" __global__ void rope_store(const float *q, const float *k, const floa
 // `meta[3t .. 3t + 3]` = (cache row, offset into `keys`, key count): the cache slots it sees,
 // in position order.
 //
-// `attend`: grid (tokens, heads, ATT_SPLITS). Its keys are cut into ATT_SPLITS runs of equal
-// length (a multiple of ATT_TILE; the last runs may be short or empty), one block per run, so
-// that a decode step, one query per head, spreads over many SMs instead of waiting on one
-// block's chain of dependent loads. In a block, warp w takes key tiles w, w + ATT_WARPS, ... of
-// ATT_TILE keys (four keys at a time, 8 lanes each, for the scores; then the tile's keys in
-// order for the values), keeping an online softmax; the warps' results are merged in warp order
-// into the run's (max, sum, unnormalized output) in `part`.
+// `attend_D` (one per head size D): grid (tokens, heads, ATT_SPLITS). Its keys are cut into
+// ATT_SPLITS runs of equal length (a multiple of ATT_TILE; the last runs may be short or
+// empty), one block per run, so that a decode step, one query per head, spreads over many SMs
+// instead of waiting on one block's chain of dependent loads. In a block, warp w takes key
+// tiles w, w + ATT_WARPS, ... of ATT_TILE keys (four keys at a time, 8 lanes each, for the
+// scores; then the tile's keys in order for the values), keeping an online softmax; the warps'
+// results are merged in warp order into the run's (max, sum, unnormalized output) in `part`.
 // `attend_merge`: grid (tokens, heads), d threads: merges the runs in order and normalizes.
 // Every split depends only on the key count, so a query's output does not depend on the rest of
 // the call. With `quantize` the output is also written in the products' 8-bit form (d a
@@ -777,72 +777,75 @@ extern "C" __global__ void rope_store(const float *q, const float *k, const floa
 #define ATT_SPLITS 8
 #define ATT_WARPS 4
 #define ATT_TILE 8
-#define MAX_D 256
 
 // Where run `split` of query t, head `head` keeps (max, sum, output[d]).
 __device__ __forceinline__ size_t att_part(int t, int head, int heads, int split, int d) {
     return (((size_t)t * heads + head) * ATT_SPLITS + split) * (d + 2);
 }
 
-extern "C" __global__ void attend(const float *q, const float *kc, const float *vc,
-                                  const uint32_t *keys, const uint32_t *meta, float *part,
-                                  int heads, int kv_heads, int d, int cap, float scale) {
+// One instantiation per head size D (a multiple of 32 up to 256, cuda.rs's MAX_HEAD_DIM), so
+// that a tile's value loads, D / 32 per lane and key, are all issued before the first is used:
+// with D known only at run time the compiler interleaved each load with its use, one trip to
+// memory per key and element, and that chain was most of the kernel's time.
+template <int D>
+__device__ void attend_d(const float *q, const float *kc, const float *vc, const uint32_t *keys,
+                         const uint32_t *meta, float *part, int heads, int kv_heads, int cap,
+                         float scale) {
+    constexpr int PER_LANE = D / WARP, RUN = D / 8;
     inputs_ready();
     const int t = blockIdx.x, head = blockIdx.y, split = blockIdx.z;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
-    const int kh = head / (heads / kv_heads), per_lane = d / WARP;
+    // The query does not depend on the key plan: its load overlaps the plan's.
+    __shared__ __align__(16) float qs[D];
+    for (int i = threadIdx.x; i < D; i += blockDim.x)
+        qs[i] = q[((size_t)t * heads + head) * D + i];
+    const int kh = head / (heads / kv_heads);
     const uint32_t crow = meta[3 * t], off = meta[3 * t + 1], count = meta[3 * t + 2];
     const uint32_t run = (count + ATT_SPLITS * ATT_TILE - 1) / (ATT_SPLITS * ATT_TILE) * ATT_TILE;
     const uint32_t lo = min(split * run, count), hi = min(lo + run, count);
-    const float *kbase = kc + ((size_t)crow * kv_heads + kh) * cap * d;
-    const float *vbase = vc + ((size_t)crow * kv_heads + kh) * cap * d;
+    const float *kbase = kc + ((size_t)crow * kv_heads + kh) * cap * D;
+    const float *vbase = vc + ((size_t)crow * kv_heads + kh) * cap * D;
 
-    __shared__ __align__(16) float qs[MAX_D];
     __shared__ float part_m[ATT_WARPS], part_l[ATT_WARPS];
-    __shared__ float part_acc[ATT_WARPS][MAX_D];
-    if (lo < hi)
-        for (int i = threadIdx.x; i < d; i += blockDim.x)
-            qs[i] = q[((size_t)t * heads + head) * d + i];
+    __shared__ float part_acc[ATT_WARPS][D];
     __syncthreads();
 
-    float m = -INFINITY, l = 0.f, acc[MAX_D / WARP];
+    float m = -INFINITY, l = 0.f, acc[PER_LANE];
 #pragma unroll
-    for (int i = 0; i < MAX_D / WARP; i++) acc[i] = 0.f;
+    for (int i = 0; i < PER_LANE; i++) acc[i] = 0.f;
     for (uint32_t base = lo + warp * ATT_TILE; base < hi; base += ATT_WARPS * ATT_TILE) {
         // Lane j < ATT_TILE holds key base + j of the tile. A tile's work is a short chain of
         // dependent loads (slots, keys, values), each issued all at once: a decode step has
-        // one block per head and is bound by that chain, not by bandwidth.
+        // few blocks per head and is bound by that chain, not by bandwidth.
         const uint32_t j = base + lane;
         const bool valid = lane < ATT_TILE && j < hi;
         const uint32_t my_slot = valid ? keys[off + j] : 0;
         // Scores: the warp's four groups of 8 lanes take one key each per step, each lane a
-        // run of d / 8 of its values (a load instruction reads four whole rows), summed in
+        // run of D / 8 of its values (a load instruction reads four whole rows), summed in
         // order and then over the group in a fixed tree. Past the count a group reads slot 0
         // and its score is dropped.
         float s = -INFINITY;
-        const int group = lane / 8, part = lane % 8, run = d / 8;
-        const float4 *q4 = reinterpret_cast<const float4 *>(qs + part * run);
+        const int group = lane / 8, part = lane % 8;
+        const float4 *q4 = reinterpret_cast<const float4 *>(qs + part * RUN);
         const float4 *krow[ATT_TILE / 4];
 #pragma unroll
         for (int it = 0; it < ATT_TILE / 4; it++)
             krow[it] = reinterpret_cast<const float4 *>(
-                kbase + (size_t)__shfl_sync(0xffffffffu, my_slot, 4 * it + group) * d +
-                part * run);
+                kbase + (size_t)__shfl_sync(0xffffffffu, my_slot, 4 * it + group) * D +
+                part * RUN);
         float dots[ATT_TILE / 4];
 #pragma unroll
         for (int it = 0; it < ATT_TILE / 4; it++) dots[it] = 0.f;
 #pragma unroll
-        for (int i = 0; i < MAX_D / 32; i++) {
-            if (i < run / 4) {
-                const float4 qv = q4[i];
+        for (int i = 0; i < RUN / 4; i++) {
+            const float4 qv = q4[i];
 #pragma unroll
-                for (int it = 0; it < ATT_TILE / 4; it++) {
-                    const float4 kv = krow[it][i];
-                    dots[it] = fmaf(qv.x, kv.x, dots[it]);
-                    dots[it] = fmaf(qv.y, kv.y, dots[it]);
-                    dots[it] = fmaf(qv.z, kv.z, dots[it]);
-                    dots[it] = fmaf(qv.w, kv.w, dots[it]);
-                }
+            for (int it = 0; it < ATT_TILE / 4; it++) {
+                const float4 kv = krow[it][i];
+                dots[it] = fmaf(qv.x, kv.x, dots[it]);
+                dots[it] = fmaf(qv.y, kv.y, dots[it]);
+                dots[it] = fmaf(qv.z, kv.z, dots[it]);
+                dots[it] = fmaf(qv.w, kv.w, dots[it]);
             }
         }
 #pragma unroll
@@ -854,24 +857,38 @@ extern "C" __global__ void attend(const float *q, const float *kc, const float *
             const float mine = __shfl_sync(0xffffffffu, dot, (lane % 4) * 8);
             if (lane / 4 == it && valid) s = mine * scale;
         }
+        // Values: every key's row is loaded first (past the count a key reads slot 0), then
+        // added key by key in tile order; a key past the count adds nothing.
+        float vals[ATT_TILE][PER_LANE];
+#pragma unroll
+        for (int kk = 0; kk < ATT_TILE; kk++) {
+            const float *vr = vbase + (size_t)__shfl_sync(0xffffffffu, my_slot, kk) * D;
+#pragma unroll
+            for (int i = 0; i < PER_LANE; i++) vals[kk][i] = vr[lane + WARP * i];
+        }
         const float m_new = fmaxf(m, warp_max(s));
         const float p = valid ? expf(s - m_new) : 0.f;
         const float corr = expf(m - m_new);
         l = l * corr + warp_sum(p);
 #pragma unroll
-        for (int i = 0; i < MAX_D / WARP; i++) acc[i] *= corr;
-        // Values, key by key in tile order; past the count a key reads slot 0 and adds nothing.
+        for (int i = 0; i < PER_LANE; i++) acc[i] *= corr;
+        // A whole tile adds without a condition, so that no load is moved to its use.
         const uint32_t in_tile = min((uint32_t)ATT_TILE, hi - base);
+        if (in_tile == ATT_TILE) {
 #pragma unroll
-        for (int kk = 0; kk < ATT_TILE; kk++) {
-            const float pk = __shfl_sync(0xffffffffu, p, kk);
-            const float *vr = vbase + (size_t)__shfl_sync(0xffffffffu, my_slot, kk) * d;
+            for (int kk = 0; kk < ATT_TILE; kk++) {
+                const float pk = __shfl_sync(0xffffffffu, p, kk);
 #pragma unroll
-            for (int i = 0; i < MAX_D / WARP; i++)
-                if (i < per_lane) {
-                    const float v = vr[lane + WARP * i];
-                    if ((uint32_t)kk < in_tile) acc[i] = fmaf(pk, v, acc[i]);
-                }
+                for (int i = 0; i < PER_LANE; i++) acc[i] = fmaf(pk, vals[kk][i], acc[i]);
+            }
+        } else {
+#pragma unroll
+            for (int kk = 0; kk < ATT_TILE; kk++) {
+                const float pk = __shfl_sync(0xffffffffu, p, kk);
+                if ((uint32_t)kk < in_tile)
+#pragma unroll
+                    for (int i = 0; i < PER_LANE; i++) acc[i] = fmaf(pk, vals[kk][i], acc[i]);
+            }
         }
         m = m_new;
     }
@@ -880,8 +897,7 @@ extern "C" __global__ void attend(const float *q, const float *kc, const float *
         part_l[warp] = l;
     }
 #pragma unroll
-    for (int i = 0; i < MAX_D / WARP; i++)
-        if (i < per_lane) part_acc[warp][lane + WARP * i] = acc[i];
+    for (int i = 0; i < PER_LANE; i++) part_acc[warp][lane + WARP * i] = acc[i];
     __syncthreads();
 
     float big = -INFINITY;
@@ -889,18 +905,34 @@ extern "C" __global__ void attend(const float *q, const float *kc, const float *
     float total = 0.f;
     for (int w = 0; w < ATT_WARPS; w++)
         if (part_l[w] > 0.f) total += part_l[w] * expf(part_m[w] - big);
-    float *dst = part + att_part(t, head, heads, split, d);
+    float *dst = part + att_part(t, head, heads, split, D);
     if (threadIdx.x == 0) {
         dst[0] = big;
         dst[1] = total;
     }
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
         float o = 0.f;
         for (int w = 0; w < ATT_WARPS; w++)
             if (part_l[w] > 0.f) o += part_acc[w][i] * expf(part_m[w] - big);
         dst[2 + i] = o;
     }
 }
+
+#define ATTEND(D)                                                                              \
+    extern "C" __global__ void attend_##D(const float *q, const float *kc, const float *vc,    \
+                                          const uint32_t *keys, const uint32_t *meta,          \
+                                          float *part, int heads, int kv_heads, int cap,       \
+                                          float scale) {                                       \
+        attend_d<D>(q, kc, vc, keys, meta, part, heads, kv_heads, cap, scale);                \
+    }
+ATTEND(32)
+ATTEND(64)
+ATTEND(96)
+ATTEND(128)
+ATTEND(160)
+ATTEND(192)
+ATTEND(224)
+ATTEND(256)
 
 extern "C" __global__ void attend_merge(const float *part, float *out, int8_t *xq, float *xd,
                                         int heads, int d, int quantize) {

@@ -512,7 +512,7 @@ pub fn attend(
     };
     launch(
         dev,
-        "attend",
+        &format!("attend_{d}"),
         cfg,
         &[
             ptr::<f32>(&q)?,
@@ -522,7 +522,7 @@ pub fn attend(
             ptr::<u32>(&plan.meta)?,
             part.ptr,
         ],
-        &[heads as i32, kv_heads as i32, d as i32, cap as i32],
+        &[heads as i32, kv_heads as i32, cap as i32],
         Some(scale),
     )?;
     let out = Output::new(dev, q.elem_count())?;
