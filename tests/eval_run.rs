@@ -1,4 +1,4 @@
-//! `hone eval run` end to end on the default model: two prompts of the built-in set, plain and
+//! `hone eval run` end to end on the default model: three prompts of the built-in set, plain and
 //! best-of-N at one small budget, and the files it writes.
 
 use serde_json::Value;
@@ -13,7 +13,7 @@ fn eval_run_writes_results_report_and_chart() {
             "eval",
             "run",
             "--limit",
-            "2",
+            "3",
             "--strategies",
             "plain,best_of_n",
         ])
@@ -23,20 +23,22 @@ fn eval_run_writes_results_report_and_chart() {
         .expect("run hone");
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "{stderr}");
-    assert!(stderr.contains("4/4 runs"), "{stderr}");
+    assert!(stderr.contains("6/6 runs"), "{stderr}");
 
     let text = std::fs::read_to_string(out.join("results.json")).unwrap();
     let results: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(results["meta"]["prompts"], 2);
+    assert_eq!(results["meta"]["prompts"], 3);
     assert_eq!(results["meta"]["reward"], "default");
     assert_eq!(results["budgets"], serde_json::json!([300]));
     let runs = results["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 4);
-    // Two prompts spread over the set: the first (a word limit stated in words) and one from
-    // the middle (a question with a reference answer).
+    assert_eq!(runs.len(), 6);
+    // Three prompts spread over the set: the first (a word limit stated in words), one from the
+    // first third (requirements stated in words) and one from the second third (a question with
+    // a reference answer).
     let lines: Vec<u64> = runs.iter().map(|r| r["line"].as_u64().unwrap()).collect();
     assert_eq!(lines[0], 1);
     assert!(lines[2] > 1 && lines[2] == lines[3], "{lines:?}");
+    assert!(lines[4] > lines[2] && lines[4] == lines[5], "{lines:?}");
     for r in runs {
         assert!(r["refused"].is_null(), "{r}");
         let compute = r["compute"].as_u64().unwrap();
@@ -46,7 +48,7 @@ fn eval_run_writes_results_report_and_chart() {
         assert!(r["restates"].is_null(), "{r}");
         let score = r["score"].as_f64().unwrap();
         assert!((0.0..=11.0).contains(&score), "{r}");
-        if r["line"] == 1 {
+        if r["line"] != lines[4] {
             assert!(r["pass"].is_boolean() && r["exact"].is_null(), "{r}");
         } else {
             assert!(r["pass"].is_null() && r["exact"].is_boolean(), "{r}");
@@ -59,9 +61,9 @@ fn eval_run_writes_results_report_and_chart() {
     let cells = results["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 2);
     for c in cells {
-        assert_eq!(c["runs"], 2);
+        assert_eq!(c["runs"], 3);
         let pass = &c["pass"];
-        assert_eq!(pass["n"], 1, "one of the two prompts has constraints");
+        assert_eq!(pass["n"], 2, "two of the three prompts have constraints");
         let (lo, rate, hi) = (
             pass["lo"].as_f64().unwrap(),
             pass["rate"].as_f64().unwrap(),
@@ -78,6 +80,6 @@ fn eval_run_writes_results_report_and_chart() {
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     assert_eq!(svg.matches("class=\"series\"").count(), 2);
     let log = std::fs::read_to_string(out.join("runs.jsonl")).unwrap();
-    assert_eq!(log.lines().count(), 4);
+    assert_eq!(log.lines().count(), 6);
     std::fs::remove_dir_all(&out).ok();
 }
