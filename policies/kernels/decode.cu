@@ -330,16 +330,20 @@ struct MmaLoad {
 
 // Elements i * blockDim.x + threadIdx.x (row-major in the tile) of y = x wᵀ for the tile of
 // `rows` input rows and `ncols` columns at w, xq, xd. Every thread of the block must call it.
-template <typename T>
-__device__ void mma_tile(const uint8_t *w, size_t row_bytes, int ncols, const int8_t *xq,
-                         const float *xd, int rows, int k, float (&out)[MMA_OUT]) {
-    __shared__ float part[MMA_WARPS][MMA_ROWS * MMA_COLS];
+// The unit loop of a tile. With Z > 1 the block takes only the slots z, z + Z, ... (grid z)
+// into acc[0], acc[1], ..., so that Z blocks share a tile's reduction (a product with few
+// columns and a long k would leave most SMs idle); their sums meet in `mma_merge`, which adds
+// them in the order `mma_tile` does.
+template <typename T, int Z>
+__device__ void mma_slots(const uint8_t *w, size_t row_bytes, int ncols, const int8_t *xq,
+                          const float *xd, int rows, int k, int z,
+                          float (&acc)[4 / Z][MMA_TILES][4]) {
+    constexpr int SLOTS = 4 / Z;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int g = lane / 4, q = lane % 4;
     const int units = k / T::QK * T::UNITS, runs = k / 32;
-    float acc[4][MMA_TILES][4];
 #pragma unroll
-    for (int s = 0; s < 4; s++)
+    for (int s = 0; s < SLOTS; s++)
 #pragma unroll
         for (int j = 0; j < MMA_TILES; j++)
 #pragma unroll
@@ -348,12 +352,13 @@ __device__ void mma_tile(const uint8_t *w, size_t row_bytes, int ncols, const in
     const int8_t *x0 = xq + (size_t)g * k + 4 * q, *x1 = x0 + (size_t)8 * k;
     const float *d0 = xd + (size_t)g * runs, *d1 = d0 + (size_t)8 * runs;
     for (int u0 = warp; u0 < units; u0 += 4 * MMA_WARPS) {
-        // Slot s takes unit u0 + 8s; past the last unit it loads unit u0 again and adds
-        // nothing, so every load is unconditional and the four can overlap.
-        MmaLoad ld[4];
+        // Slot z + Z s takes unit u0 + 8 (z + Z s); past the last unit it loads unit u0
+        // again and adds nothing, so every load is unconditional and the slots can overlap.
+        MmaLoad ld[SLOTS];
 #pragma unroll
-        for (int s = 0; s < 4; s++) {
-            const int u = u0 + s * MMA_WARPS < units ? u0 + s * MMA_WARPS : u0;
+        for (int s = 0; s < SLOTS; s++) {
+            const int at = u0 + (z + Z * s) * MMA_WARPS;
+            const int u = at < units ? at : u0;
             const int blk = u / T::UNITS, t = u % T::UNITS, e = blk * T::QK + T::at(t);
             ld[s].a0 = r0 ? (int)ld4((const uint8_t *)(x0 + e)) : 0;
             ld[s].a1 = r1 ? (int)ld4((const uint8_t *)(x1 + e)) : 0;
@@ -371,8 +376,8 @@ __device__ void mma_tile(const uint8_t *w, size_t row_bytes, int ncols, const in
             }
         }
 #pragma unroll
-        for (int s = 0; s < 4; s++) {
-            if (u0 + s * MMA_WARPS >= units) break;
+        for (int s = 0; s < SLOTS; s++) {
+            if (u0 + (z + Z * s) * MMA_WARPS >= units) break;
             float sum0 = 0.f, sum1 = 0.f;
             if (T::MIN) {
                 int c[4];
@@ -396,14 +401,35 @@ __device__ void mma_tile(const uint8_t *w, size_t row_bytes, int ncols, const in
             }
         }
     }
+}
+
+// Where lane (g, q) of a warp keeps element i of tile j of a slot: row and column in the tile.
+__device__ __forceinline__ int mma_at(int lane, int j, int i) {
+    const int row = lane / 4 + 8 * (i / 2), col = 8 * j + 2 * (lane % 4) + i % 2;
+    return row * MMA_COLS + col;
+}
+
+// The last three levels of `warp_sum`, over the warps' sums `p` of one element.
+__device__ __forceinline__ float mma_warps_sum(const float (&p)[MMA_WARPS]) {
+    const float s0 = p[0] + p[4], s1 = p[1] + p[5], s2 = p[2] + p[6], s3 = p[3] + p[7];
+    return (s0 + s2) + (s1 + s3);
+}
+
+// Elements i * blockDim.x + threadIdx.x (row-major in the tile) of y = x wᵀ for the tile of
+// `rows` input rows and `ncols` columns at w, xq, xd. Every thread of the block must call it.
+template <typename T>
+__device__ void mma_tile(const uint8_t *w, size_t row_bytes, int ncols, const int8_t *xq,
+                         const float *xd, int rows, int k, float (&out)[MMA_OUT]) {
+    __shared__ float part[MMA_WARPS][MMA_ROWS * MMA_COLS];
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    float acc[4][MMA_TILES][4];
+    mma_slots<T, 1>(w, row_bytes, ncols, xq, xd, rows, k, 0, acc);
 #pragma unroll
     for (int j = 0; j < MMA_TILES; j++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int row = g + 8 * (i / 2), col = 8 * j + 2 * q + i % 2;
-            part[warp][row * MMA_COLS + col] =
+        for (int i = 0; i < 4; i++)
+            part[warp][mma_at(lane, j, i)] =
                 (acc[0][j][i] + acc[2][j][i]) + (acc[1][j][i] + acc[3][j][i]);
-        }
     __syncthreads();
 #pragma unroll
     for (int i = 0; i < MMA_OUT; i++) {
@@ -411,8 +437,7 @@ __device__ void mma_tile(const uint8_t *w, size_t row_bytes, int ncols, const in
         float p[MMA_WARPS];
 #pragma unroll
         for (int v = 0; v < MMA_WARPS; v++) p[v] = part[v][at];
-        const float s0 = p[0] + p[4], s1 = p[1] + p[5], s2 = p[2] + p[6], s3 = p[3] + p[7];
-        out[i] = (s0 + s2) + (s1 + s3);
+        out[i] = mma_warps_sum(p);
     }
     __syncthreads();
 }
@@ -583,6 +608,73 @@ __device__ void matvec_mma(const uint8_t *w, const int8_t *xq, const float *xd, 
     matvec_mma_at<T>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols, col);
 }
 
+// A tile's share of y = x wᵀ when Z blocks (grid z) split its units: each warp's sum of its
+// slots (z and z + 2 for Z = 2: `warp_sum`'s first level; slot z for Z = 4) into `part`,
+// `[row groups, column tiles, Z, MMA_WARPS, MMA_ROWS * MMA_COLS]`.
+template <typename T, int Z>
+__device__ void matvec_mma_split(const uint8_t *w, const int8_t *xq, const float *xd,
+                                 float *part, int n, int k, int cols) {
+    const int col = blockIdx.x * MMA_COLS, z = blockIdx.z;
+    MMA_PREFETCH(T, w, k, col, cols);
+    inputs_ready();
+    const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const size_t row_bytes = (size_t)(k / T::QK) * T::BYTES;
+    const int ncols = min(MMA_COLS, cols - col);
+    for (int n0 = blockIdx.y * MMA_ROWS; n0 < n; n0 += gridDim.y * MMA_ROWS) {
+        float acc[4 / Z][MMA_TILES][4];
+        mma_slots<T, Z>(w + col * row_bytes, row_bytes, ncols, xq + (size_t)n0 * k,
+                        xd + (size_t)n0 * (k / 32), min(MMA_ROWS, n - n0), k, z, acc);
+        float *dst = part + ((((size_t)n0 / MMA_ROWS) * gridDim.x + blockIdx.x) * Z + z) *
+                                (MMA_WARPS * MMA_ROWS * MMA_COLS) +
+                     warp * (MMA_ROWS * MMA_COLS);
+#pragma unroll
+        for (int j = 0; j < MMA_TILES; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float v = acc[0][j][i];
+                if constexpr (Z == 2) v += acc[1][j][i];
+                dst[mma_at(lane, j, i)] = v;
+            }
+    }
+}
+
+// Adds the Z shares of every tile in `mma_tile`'s order and finishes y as `matvec_mma_at`
+// does. Grid (column tiles, row groups) as the split product's, one thread per element.
+template <int Z>
+__device__ void mma_merge(const float *part, float *y, const float *bias, const float *res,
+                          int has_bias, int has_res, int n, int cols) {
+    inputs_ready();
+    const int col = blockIdx.x * MMA_COLS, e = threadIdx.x;
+    const int r = e / MMA_COLS, c = e % MMA_COLS;
+    constexpr int SHARE = MMA_WARPS * MMA_ROWS * MMA_COLS;
+    for (int n0 = blockIdx.y * MMA_ROWS; n0 < n; n0 += gridDim.y * MMA_ROWS) {
+        const float *src =
+            part + (((size_t)n0 / MMA_ROWS) * gridDim.x + blockIdx.x) * Z * SHARE + e;
+        float p[MMA_WARPS];
+#pragma unroll
+        for (int v = 0; v < MMA_WARPS; v++) {
+            const float *sv = src + v * (MMA_ROWS * MMA_COLS);
+            p[v] = Z == 2 ? sv[0] + sv[SHARE] : (sv[0] + sv[2 * SHARE]) + (sv[SHARE] + sv[3 * SHARE]);
+        }
+        const float v = mma_warps_sum(p);
+        if (n0 + r < n && col + c < cols) {
+            const size_t at = (size_t)(n0 + r) * cols + col + c;
+            y[at] = finish(v, bias, res, has_bias, has_res, at, col + c);
+        }
+    }
+}
+
+extern "C" __global__ void mma_merge2(const float *part, float *y, const float *bias,
+                                      const float *res, int has_bias, int has_res, int n,
+                                      int cols) {
+    mma_merge<2>(part, y, bias, res, has_bias, has_res, n, cols);
+}
+extern "C" __global__ void mma_merge4(const float *part, float *y, const float *bias,
+                                      const float *res, int has_bias, int has_res, int n,
+                                      int cols) {
+    mma_merge<4>(part, y, bias, res, has_bias, has_res, n, cols);
+}
+
 template <typename T>
 __device__ void matvec3_mma(const uint8_t *w0, const uint8_t *w1, const uint8_t *w2,
                             const int8_t *xq, const float *xd, float *y0, float *y1, float *y2,
@@ -649,6 +741,16 @@ __device__ void glu_mma(const uint8_t *gate, const uint8_t *up, const int8_t *xq
     QUANT_KERNELS_R(T, _8, 8)                                                                  \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS *WARP, 2) matvec_##T##_mma(MATVEC_ARGS) { \
         matvec_mma<T>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols);                 \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS *WARP, 2)                           \
+        matvec_##T##_mma2(const uint8_t *w, const int8_t *xq, const float *xd, float *part,    \
+                          int n, int k, int cols) {                                            \
+        matvec_mma_split<T, 2>(w, xq, xd, part, n, k, cols);                                   \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(MMA_WARPS *WARP, 2)                           \
+        matvec_##T##_mma4(const uint8_t *w, const int8_t *xq, const float *xd, float *part,    \
+                          int n, int k, int cols) {                                            \
+        matvec_mma_split<T, 4>(w, xq, xd, part, n, k, cols);                                   \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS *WARP, 2) matvec3_##T##_mma(MATVEC3_ARGS) { \
         matvec3_mma<T>(w0, w1, w2, xq, xd, y0, y1, y2, b0, b1, b2, has_bias, n, k, c0, c1, c2); \

@@ -28,7 +28,8 @@ const MMA_ROWS: usize = 16;
 const MMA_COLS: usize = 16;
 /// The grid's y dimension may not pass 65,535.
 const MAX_ROW_GROUPS: usize = 65_535;
-/// Must match `ATT_SPLITS`, `ATT_WARPS` and `MAX_D` in the kernel file.
+/// Must match `ATT_SPLITS` and `ATT_WARPS` in the kernel file; head sizes are the kernel
+/// file's `ATTEND` instances.
 const ATTENTION_SPLITS: u32 = 8;
 const ATTENTION_WARPS: u32 = 4;
 const MAX_HEAD_DIM: usize = 256;
@@ -124,25 +125,48 @@ impl GpuMatrix {
         let b = bias.as_ref().map(ptr::<f32>).transpose()?;
         let r = residual.as_ref().map(ptr::<f32>).transpose()?;
         let y = Output::new(&dev, n * self.rows)?;
+        let (bias, residual) = (b.unwrap_or(xd), r.unwrap_or(xd));
+        let (has_bias, has_residual) = (b.is_some() as i32, r.is_some() as i32);
+        let (n32, k, cols) = (n as i32, self.cols as i32, self.rows as i32);
+        let tile = Tile::of(n);
+        let cfg = tile.config(self.rows, n);
+        let split = tile.split(&cfg, sm_count(&dev)?);
+        if split == 1 {
+            launch(
+                &dev,
+                &format!("matvec_{}{}", self.kind, tile.suffix()),
+                cfg,
+                &[self.ptr(&dev), xq, xd, y.ptr, bias, residual],
+                &[has_bias, has_residual, n32, k, cols],
+                None,
+            )?;
+            return y.tensor(shape);
+        }
+        // Each of `split` blocks per tile sums a share of its units; a second kernel adds the
+        // shares in the one-block order and finishes the elements.
+        let share = MMA_WARPS as usize * MMA_ROWS * MMA_COLS;
+        let part = Output::new(
+            &dev,
+            n.div_ceil(MMA_ROWS) * cfg.grid_dim.0 as usize * split * share,
+        )?;
+        let grid = (cfg.grid_dim.0, cfg.grid_dim.1, split as u32);
         launch(
             &dev,
-            &format!("matvec_{}{}", self.kind, Tile::of(n).suffix()),
-            Tile::of(n).config(self.rows, n),
-            &[
-                self.ptr(&dev),
-                xq,
-                xd,
-                y.ptr,
-                b.unwrap_or(xd),
-                r.unwrap_or(xd),
-            ],
-            &[
-                b.is_some() as i32,
-                r.is_some() as i32,
-                n as i32,
-                self.cols as i32,
-                self.rows as i32,
-            ],
+            &format!("matvec_{}_mma{split}", self.kind),
+            LaunchConfig {
+                grid_dim: grid,
+                ..cfg
+            },
+            &[self.ptr(&dev), xq, xd, part.ptr],
+            &[n32, k, cols],
+            None,
+        )?;
+        launch(
+            &dev,
+            &format!("mma_merge{split}"),
+            cfg,
+            &[part.ptr, y.ptr, bias, residual],
+            &[has_bias, has_residual, n32, cols],
             None,
         )?;
         y.tensor(shape)
@@ -212,6 +236,18 @@ impl Tile {
     /// The launch for `cols` output columns of `n` rows: a warp (or for `Mma` a block) per
     /// column tile and group of rows (grid y, capped: a warp then takes several groups, which
     /// changes no sum's order).
+    /// Into how many blocks (1, 2 or 4) a tensor-core tile's units are split, so that a
+    /// product with few tiles (few columns, a long k: the MLP's output at 16 rows) still
+    /// covers `sms` multiprocessors. The split changes no sum's order.
+    fn split(self, cfg: &LaunchConfig, sms: usize) -> usize {
+        let blocks = cfg.grid_dim.0 as usize * cfg.grid_dim.1 as usize;
+        match self {
+            Self::Mma if blocks < sms => 4,
+            Self::Mma if blocks < 2 * sms => 2,
+            _ => 1,
+        }
+    }
+
     fn config(self, cols: usize, n: usize) -> LaunchConfig {
         let (rows, cols_per_block, threads) = match self {
             Self::One => (1, COLUMN_WARPS as usize, 32 * COLUMN_WARPS),
@@ -225,6 +261,16 @@ impl Tile {
             shared_mem_bytes: 0,
         }
     }
+}
+
+/// The multiprocessors of `dev`, which a grid should cover.
+fn sm_count(dev: &CudaDevice) -> Result<usize> {
+    let sms = dev
+        .cuda_stream()
+        .context()
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(candle_core::Error::wrap)?;
+    Ok(sms.max(1) as usize)
 }
 
 /// The activation of a gated MLP.
