@@ -328,8 +328,6 @@ struct MmaLoad {
     float dx0, dx1, d[MMA_TILES], m[MMA_TILES];
 };
 
-// Elements i * blockDim.x + threadIdx.x (row-major in the tile) of y = x wᵀ for the tile of
-// `rows` input rows and `ncols` columns at w, xq, xd. Every thread of the block must call it.
 // The unit loop of a tile. With Z > 1 the block takes only the slots z, z + Z, ... (grid z)
 // into acc[0], acc[1], ..., so that Z blocks share a tile's reduction (a product with few
 // columns and a long k would leave most SMs idle); their sums meet in `mma_merge`, which adds
