@@ -124,6 +124,9 @@ struct RunArgs {
     /// Only N prompts, spread evenly over the set (so the mix of kinds is kept).
     #[arg(long)]
     limit: Option<usize>,
+    /// Only the prompts with requirements (the ones the pass rate counts), before --limit.
+    #[arg(long)]
+    constrained: bool,
     /// The sampling seed of every run; the same seed repeats every answer.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -223,11 +226,20 @@ fn run_strategies(a: RunArgs) -> Result<()> {
     if a.judge.is_some() && !strategies.contains(&Strategy::Plain) {
         bail!("--judge compares answers with plain decoding's: add plain to --strategies");
     }
-    let all = prompts::read(a.prompts.as_deref())?;
+    let mut all = prompts::read(a.prompts.as_deref())?;
+    let total = all.len();
+    if a.constrained {
+        all.retain(|p| p.checks.is_some());
+    }
     let prompts = spread(&all, a.limit);
+    let which = if a.constrained {
+        ", with requirements"
+    } else {
+        ""
+    };
     let prompt_set = match &a.prompts {
-        None => format!("the built-in set ({} of {})", prompts.len(), all.len()),
-        Some(p) => format!("{} ({} of {})", p.display(), prompts.len(), all.len()),
+        None => format!("the built-in set ({} of {total}{which})", prompts.len()),
+        Some(p) => format!("{} ({} of {total}{which})", p.display(), prompts.len()),
     };
     let machine = match &a.server {
         None => policies::describe(&super::device(a.cpu)?),
