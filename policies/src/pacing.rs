@@ -89,14 +89,17 @@ impl Pacing {
 }
 
 /// What one more verified position per row costs, in decoding steps, on `device` with `rows`
-/// rows in the step. Measured with `hone bench engine` (the `verify 5 / step` column, minus
-/// one, over five): on an H200, 0.14-0.16 at 1 to 4 rows, 0.25-1.0 at 16, 1.6-2.0 at 64; on a
-/// 2-core CPU, 0.5 at 1 row and 0.8 at 4.
+/// rows in the step: the larger figure of the models measured, so that drafting stops where
+/// it might not pay. Measured with `hone bench engine` (the `verify 5 / step` column, minus
+/// one, over five): on an H200 (2026-12-01, SmolLM2 and the Qwen2.5-1.5B shape), 0.22-0.35 at 1
+/// to 4 rows, 0.4 (SmolLM2) and 1.4 (1.5B) at 16, 0.75-2.4 at 64: a decode step replayed as a
+/// CUDA graph is cheap enough that verifying is dear beside it; on a 2-core CPU, 0.3-0.5 at 1
+/// row and 0.8 at 4.
 pub fn verify_cost(device: &Device, rows: usize) -> f64 {
     match (device.is_cuda(), rows) {
-        (true, 0..=4) => 0.15,
-        (true, 5..=16) => 0.6,
-        (true, _) => 2.0,
+        (true, 0..=4) => 0.35,
+        (true, 5..=16) => 1.5,
+        (true, _) => 2.4,
         (false, 0..=1) => 0.5,
         (false, _) => 0.8,
     }
