@@ -116,11 +116,51 @@ impl RopeAt {
     /// Rotates `xs` `[1, heads, tokens, head_dim]`, token t by the angle of the step's
     /// position t.
     fn apply(&self, xs: &Tensor, interleaved: bool) -> candle_core::Result<Tensor> {
-        if interleaved {
-            candle_nn::rotary_emb::rope_i(&xs.contiguous()?, &self.cos, &self.sin)
-        } else {
-            candle_nn::rotary_emb::rope(&xs.contiguous()?, &self.cos, &self.sin)
+        let xs = xs.contiguous()?;
+        if xs.device().is_cpu() {
+            return self.apply_cpu(&xs, interleaved);
         }
+        if interleaved {
+            candle_nn::rotary_emb::rope_i(&xs, &self.cos, &self.sin)
+        } else {
+            candle_nn::rotary_emb::rope(&xs, &self.cos, &self.sin)
+        }
+    }
+
+    /// candle's rotation, element for element, on the calling thread. candle's CPU kernels
+    /// hand several tokens to rayon's pool: a second pool beside the one the products and
+    /// attention share, whose hand-off and spinning workers cost more than the rotation (4% of a
+    /// 4-row decode step on 2 cores, most of it waking and parking threads).
+    fn apply_cpu(&self, xs: &Tensor, interleaved: bool) -> candle_core::Result<Tensor> {
+        let (b, heads, tokens, d) = xs.dims4()?;
+        let src = xs.flatten_all()?.to_vec1::<f32>()?;
+        let cos = self.cos.flatten_all()?.to_vec1::<f32>()?;
+        let sin = self.sin.flatten_all()?.to_vec1::<f32>()?;
+        let half = d / 2;
+        if cos.len() != tokens * half
+            || sin.len() != cos.len()
+            || src.len() != b * heads * tokens * d
+        {
+            candle_core::bail!(
+                "rope: tables for {} of {tokens} tokens",
+                cos.len() / half.max(1)
+            );
+        }
+        let mut dst = vec![0f32; src.len()];
+        for (row, (x, y)) in src.chunks_exact(d).zip(dst.chunks_exact_mut(d)).enumerate() {
+            let at = (row % tokens) * half;
+            let (c, s) = (&cos[at..at + half], &sin[at..at + half]);
+            for j in 0..half {
+                let (a, b) = if interleaved {
+                    (2 * j, 2 * j + 1)
+                } else {
+                    (j, j + half)
+                };
+                y[a] = x[a] * c[j] - x[b] * s[j];
+                y[b] = x[a] * s[j] + x[b] * c[j];
+            }
+        }
+        Tensor::from_vec(dst, (b, heads, tokens, d), xs.device())
     }
 }
 
