@@ -233,9 +233,6 @@ impl Tile {
         }
     }
 
-    /// The launch for `cols` output columns of `n` rows: a warp (or for `Mma` a block) per
-    /// column tile and group of rows (grid y, capped: a warp then takes several groups, which
-    /// changes no sum's order).
     /// Into how many blocks (1, 2 or 4) a tensor-core tile's units are split, so that a
     /// product with few tiles (few columns, a long k: the MLP's output at 16 rows) still
     /// covers `sms` multiprocessors. The split changes no sum's order.
@@ -248,6 +245,9 @@ impl Tile {
         }
     }
 
+    /// The launch for `cols` output columns of `n` rows: a warp (or for `Mma` a block) per
+    /// column tile and group of rows (grid y, capped: a warp then takes several groups, which
+    /// changes no sum's order).
     fn config(self, cols: usize, n: usize) -> LaunchConfig {
         let (rows, cols_per_block, threads) = match self {
             Self::One => (1, COLUMN_WARPS as usize, 32 * COLUMN_WARPS),
