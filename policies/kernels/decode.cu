@@ -652,7 +652,8 @@ __device__ void mma_merge(const float *part, float *y, const float *bias, const 
 #pragma unroll
         for (int v = 0; v < MMA_WARPS; v++) {
             const float *sv = src + v * (MMA_ROWS * MMA_COLS);
-            p[v] = Z == 2 ? sv[0] + sv[SHARE] : (sv[0] + sv[2 * SHARE]) + (sv[SHARE] + sv[3 * SHARE]);
+            p[v] = Z == 2 ? sv[0] + sv[SHARE]
+                          : (sv[0] + sv[2 * SHARE]) + (sv[SHARE] + sv[3 * SHARE]);
         }
         const float v = mma_warps_sum(p);
         if (n0 + r < n && col + c < cols) {
