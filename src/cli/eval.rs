@@ -226,12 +226,9 @@ fn run_strategies(a: RunArgs) -> Result<()> {
     if a.judge.is_some() && !strategies.contains(&Strategy::Plain) {
         bail!("--judge compares answers with plain decoding's: add plain to --strategies");
     }
-    let mut all = prompts::read(a.prompts.as_deref())?;
+    let all = prompts::read(a.prompts.as_deref())?;
     let total = all.len();
-    if a.constrained {
-        all.retain(|p| p.checks.is_some());
-    }
-    let prompts = spread(&all, a.limit);
+    let prompts = prompts::select(all, a.constrained, a.limit);
     let which = if a.constrained {
         ", with requirements"
     } else {

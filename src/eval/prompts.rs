@@ -140,9 +140,35 @@ pub fn spread<T: Clone>(items: &[T], limit: Option<usize>) -> Vec<T> {
     }
 }
 
+/// The prompts a run takes: with `constrained` only those with requirements (the ones the pass
+/// rate counts), then `limit` of them spread evenly.
+pub fn select(
+    mut all: Vec<EvalPrompt>,
+    constrained: bool,
+    limit: Option<usize>,
+) -> Vec<EvalPrompt> {
+    if constrained {
+        all.retain(|p| p.checks.is_some());
+    }
+    spread(&all, limit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constrained_takes_every_prompt_with_requirements_and_only_those() {
+        let all = read(None).unwrap();
+        let with = all.iter().filter(|p| p.checks.is_some()).count();
+        let picked = select(all.clone(), true, None);
+        assert_eq!(picked.len(), with);
+        assert!(picked.iter().all(|p| p.checks.is_some()));
+        let some = select(all.clone(), true, Some(7));
+        assert_eq!(some.len(), 7);
+        assert!(some.iter().all(|p| p.checks.is_some()));
+        assert_eq!(select(all.clone(), false, None).len(), all.len());
+    }
 
     /// The shipped set: at least 150 prompts, valid as requests, with the mix docs/EVAL.md
     /// describes (prompts with checkable requirements, questions with reference answers, and
