@@ -123,6 +123,42 @@ fn tpo_rewrites_from_the_critique_it_wrote() {
     assert!(first.gradient.is_some());
 }
 
+/// TPO runs the rounds it was given, as the paper's D, whether or not they raise the best
+/// score; `auto` stops at its first round without gain.
+#[test]
+fn tpo_runs_every_round_without_gain_and_auto_stops() {
+    // Rewrites apologise like fresh answers: no round beats the first round's best.
+    let policy = Scripted::new(|prompt, seed| {
+        if prompt.ends_with("<response>") {
+            let filler = "indeed ".repeat((seed % 3) as usize);
+            format!("Sorry, Paris is the capital {filler}</response>")
+        } else {
+            script(prompt, seed)
+        }
+    });
+    let reward = concise();
+    let req = Request {
+        rounds: 3,
+        ..request(None)
+    };
+    let tpo = run(&policy, reward.as_ref(), Strategy::Tpo, &req);
+    let kinds: Vec<RoundKind> = tpo.rounds.iter().map(|r| r.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            RoundKind::Sample,
+            RoundKind::Refine,
+            RoundKind::Refine,
+            RoundKind::Refine
+        ]
+    );
+    assert_eq!(tpo.stopped, Stopped::Done);
+    assert!(tpo.score.is_some_and(|s| s < 1.0), "{:?}", tpo.score);
+    let auto = run(&policy, reward.as_ref(), Strategy::Auto, &req);
+    assert_eq!(auto.stopped, Stopped::Converged);
+    assert!(auto.rounds.len() < 4, "{} rounds", auto.rounds.len());
+}
+
 /// Every strategy at every budget from one prefill upwards: what the loop reports spending
 /// never passes the budget, and it is exactly what the model computed.
 #[test]

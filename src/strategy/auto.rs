@@ -17,7 +17,7 @@ use super::prompts::Prompts;
 use super::response::query_text;
 use super::session::Session;
 use super::tallies::{Estimate, Tallies};
-use super::tpo::{improved, refine};
+use super::tpo::refine;
 use super::{Move, Stopped, Strategy, StrategyError, Trace};
 use serde::Serialize;
 use std::ops::ControlFlow;
@@ -137,4 +137,26 @@ fn search(
     } else {
         Stopped::Done
     })
+}
+
+/// Whether a round raised the best score (strictly: an equal best is no gain).
+fn improved(before: Option<f32>, now: Option<f32>) -> bool {
+    match (before, now) {
+        (Some(b), Some(n)) => n > b,
+        (None, Some(_)) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn improvement_needs_a_strictly_better_best() {
+        assert!(improved(Some(0.5), Some(0.6)));
+        assert!(!improved(Some(0.5), Some(0.5)));
+        assert!(improved(None, Some(0.1)));
+        assert!(!improved(Some(0.5), None));
+    }
 }

@@ -174,8 +174,8 @@ impl Default for Request {
 }
 
 /// Why a loop stopped: `budget` (the next step did not fit the compute budget), `deadline`,
-/// `converged` (the best answer reached the reward's highest score, or rounds stopped improving
-/// on it) or `done` (every planned round ran).
+/// `converged` (the best answer reached the reward's highest score, or `auto`'s rounds stopped
+/// improving on it) or `done` (every planned round ran).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Stopped {

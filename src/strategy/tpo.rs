@@ -12,9 +12,10 @@
 //!
 //! The update asks for the response between `<response>` markers and opens the marker for the
 //! model; only what parses counts, with echoes and meta text stripped (see [`super::response`]
-//! and [`super::echoes`]). A round that does not improve the best score ends the loop as
-//! `Converged`, and so does a best answer with the reward's highest score (a verifier's "every
-//! constraint met").
+//! and [`super::echoes`]). Like the paper's D, every round runs whether or not the one before
+//! raised the best score: only the budget, the deadline and a best answer with the reward's
+//! highest score (a verifier's "every constraint met", `Converged`) end the loop early.
+//! Stopping at a round without gain is `auto`'s rule, not TPO's.
 
 use super::best_of_n::sample_round;
 use super::echoes::Echoes;
@@ -44,15 +45,15 @@ fn optimize(s: &mut Session<'_>, prompts: &Prompts) -> Result<Stopped, StrategyE
         if let Some(stopped) = s.check()? {
             return Ok(stopped);
         }
-        let before = s.best().map(|b| b.score);
         if let ControlFlow::Break(stopped) = refine(s, prompts, &query)? {
             return Ok(stopped);
         }
-        if !improved(before, s.best().map(|b| b.score)) {
-            return Ok(Stopped::Converged);
-        }
     }
-    Ok(Stopped::Done)
+    Ok(if s.reached_max() {
+        Stopped::Converged
+    } else {
+        Stopped::Done
+    })
 }
 
 /// Steps 2 to 5, one round: pick chosen and rejected, write the loss and the gradient, sample
@@ -198,14 +199,6 @@ fn reasons(reasons: &[String]) -> String {
     }
 }
 
-pub(super) fn improved(before: Option<f32>, now: Option<f32>) -> bool {
-    match (before, now) {
-        (Some(b), Some(n)) => n > b,
-        (None, Some(_)) => true,
-        _ => false,
-    }
-}
-
 /// A feedback prompt as one user message, with `prefill` opening the assistant's turn. `None`
 /// when it does not fit the model's context, which ends the loop like a spent budget.
 fn chat_prompt(
@@ -252,14 +245,6 @@ fn round_fits(s: &Session<'_>, loss_prompt: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn improvement_needs_a_strictly_better_best() {
-        assert!(improved(Some(0.5), Some(0.6)));
-        assert!(!improved(Some(0.5), Some(0.5)));
-        assert!(improved(None, Some(0.1)));
-        assert!(!improved(Some(0.5), None));
-    }
 
     #[test]
     fn reasons_are_listed_or_none() {
