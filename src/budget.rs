@@ -65,9 +65,11 @@ pub struct Usage {
     /// Speculative decoding: the drafter's tokens not verified, because at their row's
     /// acceptance rate they would cost more than they save (hone's own counter).
     pub spec_withheld_tokens: u64,
-    /// Speculative decoding: of `spec_draft_tokens` and `spec_accepted_tokens`, those the
-    /// drafter found in sibling rows (the other samples of the same prompt), not in the row's
-    /// own context (hone's own counters).
+    /// Speculative decoding: of `spec_drafts`, `spec_draft_tokens` and `spec_accepted_tokens`,
+    /// those the drafter found in sibling rows (the other samples of the same prompt), not in
+    /// the row's own context (hone's own counters): each drafter's acceptance rate and mean
+    /// accepted length follow.
+    pub spec_sibling_drafts: u64,
     pub spec_sibling_draft_tokens: u64,
     pub spec_sibling_accepted_tokens: u64,
 }
@@ -82,7 +84,7 @@ pub struct Meter {
     reward_positions: u64,
     tokens_generated: u64,
     reward_calls: u64,
-    spec: [u64; 6],
+    spec: [u64; 7],
 }
 
 impl Meter {
@@ -97,7 +99,7 @@ impl Meter {
             reward_positions: 0,
             tokens_generated: 0,
             reward_calls: 0,
-            spec: [0; 6],
+            spec: [0; 7],
         }
     }
 
@@ -134,6 +136,7 @@ impl Meter {
         self.spec[3] += stats.num_withheld_tokens as u64;
         self.spec[4] += stats.num_sibling_draft_tokens as u64;
         self.spec[5] += stats.num_sibling_accepted_tokens as u64;
+        self.spec[6] += stats.num_sibling_drafts as u64;
     }
 
     /// Records one reward call and its (estimated) cost in compute units.
@@ -154,6 +157,7 @@ impl Meter {
             spec_draft_tokens: self.spec[1],
             spec_accepted_tokens: self.spec[2],
             spec_withheld_tokens: self.spec[3],
+            spec_sibling_drafts: self.spec[6],
             spec_sibling_draft_tokens: self.spec[4],
             spec_sibling_accepted_tokens: self.spec[5],
         }

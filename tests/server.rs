@@ -556,6 +556,10 @@ fn metrics_count_each_request_by_arm() {
                 "spec_withheld_tokens",
             ),
             (
+                "hone_spec_decode_num_sibling_drafts_total",
+                "spec_sibling_drafts",
+            ),
+            (
                 "hone_spec_decode_num_sibling_draft_tokens_total",
                 "spec_sibling_draft_tokens",
             ),

@@ -76,6 +76,11 @@ fn samples_of_one_prompt_draft_from_each_other() {
     assert_eq!(out.len(), 8);
     assert!(stats.num_sibling_draft_tokens > 0, "{stats:?}");
     assert!(
+        stats.num_sibling_drafts > 0 && stats.num_sibling_drafts < stats.num_drafts,
+        "{stats:?}"
+    );
+    assert!(stats.num_sibling_drafts <= stats.num_sibling_draft_tokens);
+    assert!(
         stats.num_sibling_accepted_tokens > 0,
         "no sibling draft was accepted: {stats:?}"
     );

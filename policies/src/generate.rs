@@ -166,8 +166,10 @@ pub struct GenerationStats {
     /// Draft tokens proposed but not verified, because at the row's acceptance rate they
     /// would have cost more than they save (see [`crate::pacing`]).
     pub num_withheld_tokens: usize,
-    /// Of the draft tokens verified, and of those accepted: the ones found in sibling rows'
-    /// text (see [`Speculation::propose`]).
+    /// Of the drafts, of the draft tokens verified and of those accepted: the ones found in
+    /// sibling rows' text (see [`Speculation::propose`]). With the totals above they give each
+    /// drafter's acceptance rate and mean accepted length.
+    pub num_sibling_drafts: usize,
     pub num_sibling_draft_tokens: usize,
     pub num_sibling_accepted_tokens: usize,
 }
@@ -418,7 +420,8 @@ impl Policy {
                 let verdict = speculative::verify(&mut row.sampler, logits, &draft.tokens);
                 row.pacing.record(draft.tokens.len(), verdict.accepted);
                 stats.num_accepted_tokens += verdict.accepted;
-                if draft.from_siblings {
+                if draft.from_siblings && !draft.tokens.is_empty() {
+                    stats.num_sibling_drafts += 1;
                     stats.num_sibling_draft_tokens += draft.tokens.len();
                     stats.num_sibling_accepted_tokens += verdict.accepted;
                 }

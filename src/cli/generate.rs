@@ -86,9 +86,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     );
     if a.speculate > 0 {
         eprintln!(
-            "speculation: {} of {} draft tokens accepted over {} drafting steps ({} of {} from sibling rows); {} withheld (would not pay)",
+            "speculation: {} of {} draft tokens accepted over {} drafting steps ({} of {} over {} steps from sibling rows); {} withheld (would not pay)",
             stats.num_accepted_tokens, stats.num_draft_tokens, stats.num_drafts,
-            stats.num_sibling_accepted_tokens, stats.num_sibling_draft_tokens, stats.num_withheld_tokens
+            stats.num_sibling_accepted_tokens, stats.num_sibling_draft_tokens, stats.num_sibling_drafts,
+            stats.num_withheld_tokens
         );
     }
     Ok(())

@@ -35,7 +35,7 @@ pub struct Metrics {
     auto_wins: IntGaugeVec,
     auto_win_rate: GaugeVec,
     auto_cost: GaugeVec,
-    spec: [IntCounterVec; 6],
+    spec: [IntCounterVec; 7],
     feedback: IntCounterVec,
     rate_limited: IntCounterVec,
 }
@@ -215,6 +215,10 @@ impl Metrics {
                 "Draft tokens proposed but not verified: at their row's acceptance rate they would cost more than they save",
             ),
             (
+                "hone_spec_decode_num_sibling_drafts_total",
+                "Drafts that the drafter found in sibling rows (other samples of the same prompt)",
+            ),
+            (
                 "hone_spec_decode_num_sibling_draft_tokens_total",
                 "Draft tokens verified that the drafter found in sibling rows (other samples of the same prompt)",
             ),
@@ -224,12 +228,14 @@ impl Metrics {
             ),
         ]
         .map(|(name, help)| IntCounterVec::new(Opts::new(name, help), &["arm"]));
-        let [drafts, draft_tokens, accepted, withheld, sibling_drafted, sibling_accepted] = spec;
+        let [drafts, draft_tokens, accepted, withheld, sibling_drafts, sibling_drafted, sibling_accepted] =
+            spec;
         let spec = [
             drafts?,
             draft_tokens?,
             accepted?,
             withheld?,
+            sibling_drafts?,
             sibling_drafted?,
             sibling_accepted?,
         ];
@@ -366,6 +372,7 @@ impl Metrics {
             u.spec_draft_tokens,
             u.spec_accepted_tokens,
             u.spec_withheld_tokens,
+            u.spec_sibling_drafts,
             u.spec_sibling_draft_tokens,
             u.spec_sibling_accepted_tokens,
         ]) {

@@ -26,7 +26,8 @@ pub enum StrategyError {
         "the policy produced no usable response ({dropped} dropped as empty or restating the \
          task) within the budget"
     )]
-    NoAnswer { dropped: usize, usage: Usage },
+    /// `usage` is boxed: it is most of the error's size, and every loop's `Result` carries it.
+    NoAnswer { dropped: usize, usage: Box<Usage> },
     #[error("prompt template `{name}`: {reason}")]
     Prompt { name: String, reason: String },
     #[error("cancelled")]

@@ -213,7 +213,7 @@ impl Session<'_> {
         }
         StrategyError::NoAnswer {
             dropped: self.dropped,
-            usage: self.meter.usage(),
+            usage: Box::new(self.meter.usage()),
         }
     }
 
