@@ -130,7 +130,7 @@ impl GpuMatrix {
         let (n32, k, cols) = (n as i32, self.cols as i32, self.rows as i32);
         let tile = Tile::of(n);
         let cfg = tile.config(self.rows, n);
-        let split = tile.split(&cfg, sm_count(&dev)?);
+        let split = tile.split(&cfg, &dev)?;
         if split == 1 {
             launch(
                 &dev,
@@ -235,14 +235,18 @@ impl Tile {
 
     /// Into how many blocks (1, 2 or 4) a tensor-core tile's units are split, so that a
     /// product with few tiles (few columns, a long k: the MLP's output at 16 rows) still
-    /// covers `sms` multiprocessors. The split changes no sum's order.
-    fn split(self, cfg: &LaunchConfig, sms: usize) -> usize {
+    /// covers the device's multiprocessors. The split changes no sum's order.
+    fn split(self, cfg: &LaunchConfig, dev: &CudaDevice) -> Result<usize> {
+        let Self::Mma = self else {
+            return Ok(1);
+        };
         let blocks = cfg.grid_dim.0 as usize * cfg.grid_dim.1 as usize;
-        match self {
-            Self::Mma if blocks < sms => 4,
-            Self::Mma if blocks < 2 * sms => 2,
+        let sms = sm_count(dev)?;
+        Ok(match blocks {
+            b if b < sms => 4,
+            b if b < 2 * sms => 2,
             _ => 1,
-        }
+        })
     }
 
     /// The launch for `cols` output columns of `n` rows: a warp (or for `Mma` a block) per

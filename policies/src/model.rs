@@ -94,48 +94,39 @@ impl Rope {
         })
     }
 
-    /// The tables' rows for a step's packed token positions, `[1, tokens, rotary_dim / 2]`:
+    /// The tables' rows for a step's packed token positions, `tokens × rotary_dim / 2` each:
     /// selected once per step and shared by every layer (the CPU path; on CUDA the RoPE
     /// kernel reads the tables directly).
     fn at(&self, positions: &Tensor) -> candle_core::Result<RopeAt> {
-        let n = positions.elem_count();
+        let rows = |t: &Tensor| {
+            t.index_select(positions, 0)?
+                .flatten_all()?
+                .to_vec1::<f32>()
+        };
         Ok(RopeAt {
-            cos: self.cos.index_select(positions, 0)?.reshape((1, n, ()))?,
-            sin: self.sin.index_select(positions, 0)?.reshape((1, n, ()))?,
+            cos: rows(&self.cos)?,
+            sin: rows(&self.sin)?,
         })
     }
 }
 
-/// [`Rope`]'s tables at one step's positions.
+/// [`Rope`]'s tables at one step's positions, in host memory (only the CPU path rotates
+/// with them).
 struct RopeAt {
-    cos: Tensor,
-    sin: Tensor,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
 impl RopeAt {
-    /// Rotates `xs` `[1, heads, tokens, head_dim]`, token t by the angle of the step's
-    /// position t.
+    /// Rotates `xs` `[1, heads, tokens, head_dim]`, token t by the angle of the step's position t:
+    /// candle's rotation, element for element, on the calling thread. candle's CPU kernels hand
+    /// several tokens to rayon's pool: a second pool beside the one the products and attention
+    /// share, whose hand-off and spinning workers cost more than the rotation (4% of a 4-row decode
+    /// step on 2 cores, most of it waking and parking threads).
     fn apply(&self, xs: &Tensor, interleaved: bool) -> candle_core::Result<Tensor> {
-        let xs = xs.contiguous()?;
-        if xs.device().is_cpu() {
-            return self.apply_cpu(&xs, interleaved);
-        }
-        if interleaved {
-            candle_nn::rotary_emb::rope_i(&xs, &self.cos, &self.sin)
-        } else {
-            candle_nn::rotary_emb::rope(&xs, &self.cos, &self.sin)
-        }
-    }
-
-    /// candle's rotation, element for element, on the calling thread. candle's CPU kernels
-    /// hand several tokens to rayon's pool: a second pool beside the one the products and
-    /// attention share, whose hand-off and spinning workers cost more than the rotation (4% of a
-    /// 4-row decode step on 2 cores, most of it waking and parking threads).
-    fn apply_cpu(&self, xs: &Tensor, interleaved: bool) -> candle_core::Result<Tensor> {
         let (b, heads, tokens, d) = xs.dims4()?;
-        let src = xs.flatten_all()?.to_vec1::<f32>()?;
-        let cos = self.cos.flatten_all()?.to_vec1::<f32>()?;
-        let sin = self.sin.flatten_all()?.to_vec1::<f32>()?;
+        let src = xs.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let (cos, sin) = (&self.cos, &self.sin);
         let half = d / 2;
         if cos.len() != tokens * half
             || sin.len() != cos.len()
