@@ -57,6 +57,8 @@ __device__ __forceinline__ uint32_t ld2x2(const uint8_t *p) {
     const uint16_t *h = reinterpret_cast<const uint16_t *>(p);
     return (uint32_t)h[0] | ((uint32_t)h[1] << 16);
 }
+// Eight bytes at an 8-byte aligned address.
+__device__ __forceinline__ uint2 ld8(const void *p) { return *reinterpret_cast<const uint2 *>(p); }
 
 // ---------------------------------------------------------------------------------------------
 // Activations. The products read their input rows as 8-bit integers with one f32 scale per 32
@@ -81,11 +83,21 @@ extern "C" __global__ void quantize_q8(const float *x, int8_t *xq, float *xd, in
 }
 
 // ---------------------------------------------------------------------------------------------
-// Block formats (ggml's layouts). A row is cut into units of 16 weights that share one scale
-// (and one offset) and lie in one run of 32 inputs. `word(blk, t, i)` is word `i` (of 4) of
-// unit `t` of block `blk`: four signed 8-bit weights, elements 4i..4i + 3 of the unit;
-// `scale(blk, t, d, m)` gives the unit's scale `d` and offset `m` (weight = d * q + m; `m`
-// only in types with `MIN`). `at(t)` is the unit's first element in the block.
+// Block formats (ggml's layouts). A row is cut into units: the weights that share one scale
+// (and one offset), 32 of them (16 in Q6_K, whose scales cover 16), inside one run of 32
+// inputs. A block holds UNITS units of SPAN pieces of 16 weights. `word(blk, p, i)` is word `i`
+// (of 4) of piece `p` of block `blk`: four signed 8-bit weights, elements 4i..4i + 3 of the
+// piece, which starts at element 16p; `scale(blk, t, d, m)` gives unit `t`'s scale `d` and
+// offset `m` (weight = d * q + m; `m` only in types with `MIN`). Types with units of 32 also
+// give `pair(blk, t, q)`: words 2q and 2q + 1 of unit t (elements 8q..8q + 7), what one lane of
+// a tensor-core product reads.
+
+// `pair` from two `word`s, for blocks whose quants are not 8-byte aligned.
+#define PAIR_OF_WORDS                                                                          \
+    __device__ static int2 pair(const uint8_t *blk, int t, int q) {                            \
+        const int p = 2 * t + q / 2, i = 2 * (q % 2);                                          \
+        return make_int2(word(blk, p, i), word(blk, p, i + 1));                                \
+    }
 
 #define LO_NIBBLES(q) ((int)((q) & 0x0F0F0F0Fu))
 #define HI_NIBBLES(q) ((int)(((q) >> 4) & 0x0F0F0F0Fu))
@@ -96,127 +108,135 @@ __device__ __forceinline__ int fifth_bits(uint32_t h) {
 }
 
 // Q4_0, Q4_1, Q5_0, Q5_1: 32 elements; byte j of the 16 quant bytes holds element j (low
-// nibble) and j + 16 (high nibble), so unit 0 is the low nibbles and unit 1 the high ones.
+// nibble) and j + 16 (high nibble), so piece 0 is the low nibbles and piece 1 the high ones.
 struct Q4_0 {  // f16 d, 16 bytes of nibbles
-    static const int QK = 32, BYTES = 18, UNITS = 2;
+    static const int QK = 32, BYTES = 18, UNITS = 1, SPAN = 2;
     static const bool MIN = false;
-    __device__ static int at(int t) { return 16 * t; }
-    __device__ static int word(const uint8_t *blk, int t, int i) {
+    __device__ static int word(const uint8_t *blk, int p, int i) {
         const uint32_t q = ld2x2(blk + 2 + 4 * i);
-        return __vsubss4(t ? HI_NIBBLES(q) : LO_NIBBLES(q), 0x08080808);
+        return __vsubss4(p ? HI_NIBBLES(q) : LO_NIBBLES(q), 0x08080808);
     }
     __device__ static void scale(const uint8_t *blk, int, float &d, float &) { d = f16(blk); }
+    PAIR_OF_WORDS
 };
 
 struct Q4_1 {  // f16 d, f16 m, 16 bytes of nibbles
-    static const int QK = 32, BYTES = 20, UNITS = 2;
+    static const int QK = 32, BYTES = 20, UNITS = 1, SPAN = 2;
     static const bool MIN = true;
-    __device__ static int at(int t) { return 16 * t; }
-    __device__ static int word(const uint8_t *blk, int t, int i) {
+    __device__ static int word(const uint8_t *blk, int p, int i) {
         const uint32_t q = ld4(blk + 4 + 4 * i);
-        return t ? HI_NIBBLES(q) : LO_NIBBLES(q);
+        return p ? HI_NIBBLES(q) : LO_NIBBLES(q);
     }
     __device__ static void scale(const uint8_t *blk, int, float &d, float &m) {
         d = f16(blk);
         m = f16(blk + 2);
     }
+    PAIR_OF_WORDS
 };
 
 struct Q5_0 {  // f16 d, 32 high bits (bit e for element e), 16 bytes of nibbles
-    static const int QK = 32, BYTES = 22, UNITS = 2;
+    static const int QK = 32, BYTES = 22, UNITS = 1, SPAN = 2;
     static const bool MIN = false;
-    __device__ static int at(int t) { return 16 * t; }
-    __device__ static int word(const uint8_t *blk, int t, int i) {
-        const uint32_t qh = ld2x2(blk + 2) >> (16 * t), q = ld2x2(blk + 6 + 4 * i);
+    __device__ static int word(const uint8_t *blk, int p, int i) {
+        const uint32_t qh = ld2x2(blk + 2) >> (16 * p), q = ld2x2(blk + 6 + 4 * i);
         const int h = fifth_bits(qh >> (4 * i));
-        return __vsubss4((t ? HI_NIBBLES(q) : LO_NIBBLES(q)) | h, 0x10101010);
+        return __vsubss4((p ? HI_NIBBLES(q) : LO_NIBBLES(q)) | h, 0x10101010);
     }
     __device__ static void scale(const uint8_t *blk, int, float &d, float &) { d = f16(blk); }
+    PAIR_OF_WORDS
 };
 
 struct Q5_1 {  // f16 d, f16 m, 32 high bits, 16 bytes of nibbles
-    static const int QK = 32, BYTES = 24, UNITS = 2;
+    static const int QK = 32, BYTES = 24, UNITS = 1, SPAN = 2;
     static const bool MIN = true;
-    __device__ static int at(int t) { return 16 * t; }
-    __device__ static int word(const uint8_t *blk, int t, int i) {
-        const uint32_t qh = ld4(blk + 4) >> (16 * t), q = ld4(blk + 8 + 4 * i);
-        return (t ? HI_NIBBLES(q) : LO_NIBBLES(q)) | fifth_bits(qh >> (4 * i));
+    __device__ static int word(const uint8_t *blk, int p, int i) {
+        const uint32_t qh = ld4(blk + 4) >> (16 * p), q = ld4(blk + 8 + 4 * i);
+        return (p ? HI_NIBBLES(q) : LO_NIBBLES(q)) | fifth_bits(qh >> (4 * i));
     }
     __device__ static void scale(const uint8_t *blk, int, float &d, float &m) {
         d = f16(blk);
         m = f16(blk + 2);
     }
+    PAIR_OF_WORDS
 };
 
 struct Q8_0 {  // 32 elements: f16 d, 32 signed bytes
-    static const int QK = 32, BYTES = 34, UNITS = 2;
+    static const int QK = 32, BYTES = 34, UNITS = 1, SPAN = 2;
     static const bool MIN = false;
-    __device__ static int at(int t) { return 16 * t; }
-    __device__ static int word(const uint8_t *blk, int t, int i) {
-        return (int)ld2x2(blk + 2 + 16 * t + 4 * i);
+    __device__ static int word(const uint8_t *blk, int p, int i) {
+        return (int)ld2x2(blk + 2 + 16 * p + 4 * i);
     }
     __device__ static void scale(const uint8_t *blk, int, float &d, float &) { d = f16(blk); }
+    PAIR_OF_WORDS
 };
 
 // The scale and offset of sub-block `j` (of 8) of a Q4_K or Q5_K super-block: 6-bit factors
-// of the block's d and dmin.
+// of the block's d and dmin. The block's first 16 bytes (d, dmin, 12 bytes of factors q) come
+// in one load: factor bytes one at a time cost a memory transaction each. Sub-blocks 0..3 take
+// the low six bits of q[j] and q[j + 4]; 4..7 the nibbles of q[j + 4] with the top two bits of
+// q[j - 4] and q[j].
 __device__ __forceinline__ void k4_scale(const uint8_t *blk, int j, float &d, float &m) {
-    const uint8_t *q = blk + 4;
-    int sc, mn;
-    if (j < 4) {
-        sc = q[j] & 63;
-        mn = q[j + 4] & 63;
-    } else {
-        sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-        mn = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-    }
-    d = f16(blk) * sc;
-    m = -f16(blk + 2) * mn;
+    const uint4 h = *reinterpret_cast<const uint4 *>(blk);
+    const int at = 8 * (j % 4);
+    const int q0 = (h.y >> at) & 0xFF, q1 = (h.z >> at) & 0xFF, q2 = (h.w >> at) & 0xFF;
+    const int sc = j < 4 ? q0 & 63 : (q2 & 0xF) | ((q0 >> 6) << 4);
+    const int mn = j < 4 ? q1 & 63 : (q2 >> 4) | ((q1 >> 6) << 4);
+    d = __half2float(__ushort_as_half((unsigned short)(h.x & 0xFFFF))) * sc;
+    m = -__half2float(__ushort_as_half((unsigned short)(h.x >> 16))) * mn;
 }
 
 // Q4_K and Q5_K: 256 elements in 8 sub-blocks of 32, each with a 6-bit scale and minimum.
-// Sub-block j takes the low (j even) or high (j odd) nibbles of the 32 quant bytes of group
-// j / 2; unit t is half t % 2 of sub-block t / 2, so its bytes are 16 * (t % 2).. of the group.
+// Sub-block j (unit j) takes the low (j even) or high (j odd) nibbles of the 32 quant bytes of
+// group j / 2; piece p is half p % 2 of sub-block p / 2, so its bytes are 16 * (p % 2).. of the
+// group.
 struct Q4_K {  // f16 d, f16 dmin, 12 bytes of scales, 128 bytes of nibbles
-    static const int QK = 256, BYTES = 144, UNITS = 16;
+    static const int QK = 256, BYTES = 144, UNITS = 8, SPAN = 2;
     static const bool MIN = true;
-    __device__ static int at(int t) { return 16 * t; }
-    __device__ static int word(const uint8_t *blk, int t, int i) {
-        const int j = t / 2;
-        const uint32_t v = ld4(blk + 16 + 32 * (j / 2) + 16 * (t % 2) + 4 * i);
+    __device__ static int word(const uint8_t *blk, int p, int i) {
+        const int j = p / 2;
+        const uint32_t v = ld4(blk + 16 + 32 * (j / 2) + 16 * (p % 2) + 4 * i);
         return j % 2 ? HI_NIBBLES(v) : LO_NIBBLES(v);
     }
+    __device__ static int2 pair(const uint8_t *blk, int t, int q) {
+        const uint2 v = ld8(blk + 16 + 32 * (t / 2) + 8 * q);
+        return t % 2 ? make_int2(HI_NIBBLES(v.x), HI_NIBBLES(v.y))
+                     : make_int2(LO_NIBBLES(v.x), LO_NIBBLES(v.y));
+    }
     __device__ static void scale(const uint8_t *blk, int t, float &d, float &m) {
-        k4_scale(blk, t / 2, d, m);
+        k4_scale(blk, t, d, m);
     }
 };
 
 struct Q5_K {  // f16 d, f16 dmin, 12 bytes of scales, 32 of high bits, 128 of nibbles
-    static const int QK = 256, BYTES = 176, UNITS = 16;
+    static const int QK = 256, BYTES = 176, UNITS = 8, SPAN = 2;
     static const bool MIN = true;
-    __device__ static int at(int t) { return 16 * t; }
     // The fifth bit of element l of sub-block j is bit j of high-bit byte l.
-    __device__ static int word(const uint8_t *blk, int t, int i) {
-        const int j = t / 2;
-        const uint32_t v = ld4(blk + 48 + 32 * (j / 2) + 16 * (t % 2) + 4 * i);
-        const uint32_t h = ld4(blk + 16 + 16 * (t % 2) + 4 * i);
+    __device__ static int word(const uint8_t *blk, int p, int i) {
+        const int j = p / 2;
+        const uint32_t v = ld4(blk + 48 + 32 * (j / 2) + 16 * (p % 2) + 4 * i);
+        const uint32_t h = ld4(blk + 16 + 16 * (p % 2) + 4 * i);
         return (j % 2 ? HI_NIBBLES(v) : LO_NIBBLES(v)) | (int)(((h >> j) & 0x01010101u) << 4);
     }
+    __device__ static int2 pair(const uint8_t *blk, int t, int q) {
+        const uint2 v = ld8(blk + 48 + 32 * (t / 2) + 8 * q), h = ld8(blk + 16 + 8 * q);
+        const int x = (t % 2 ? HI_NIBBLES(v.x) : LO_NIBBLES(v.x)) | (int)(((h.x >> t) & 0x01010101u) << 4);
+        const int y = (t % 2 ? HI_NIBBLES(v.y) : LO_NIBBLES(v.y)) | (int)(((h.y >> t) & 0x01010101u) << 4);
+        return make_int2(x, y);
+    }
     __device__ static void scale(const uint8_t *blk, int t, float &d, float &m) {
-        k4_scale(blk, t / 2, d, m);
+        k4_scale(blk, t, d, m);
     }
 };
 
 // Q6_K: 256 elements in two halves of 128; element e of half H has its low four bits in
 // nibble e / 64 of byte e % 64 of the half's 64 low bytes, its high two bits at bit
 // 2 * (e / 32) of byte e % 32 of the half's 32 high bytes, and its scale in int8 e / 16.
-// Unit t is elements 16 * (t % 8).. of half t / 8: one scale.
+// Piece (and unit) p is elements 16 * (p % 8).. of half p / 8: one scale.
 struct Q6_K {  // 128 bytes of low nibbles, 64 of high pairs, 16 int8 scales, f16 d
-    static const int QK = 256, BYTES = 210, UNITS = 16;
+    static const int QK = 256, BYTES = 210, UNITS = 16, SPAN = 1;
     static const bool MIN = false;
-    __device__ static int at(int t) { return 16 * t; }
-    __device__ static int word(const uint8_t *blk, int t, int i) {
-        const int half = t / 8, e = 16 * (t % 8);
+    __device__ static int word(const uint8_t *blk, int p, int i) {
+        const int half = p / 8, e = 16 * (p % 8);
         const uint32_t l = ld2x2(blk + 64 * half + e % 64 + 4 * i);
         const uint32_t h = ld2x2(blk + 128 + 32 * half + e % 32 + 4 * i);
         const int lo = e < 64 ? LO_NIBBLES(l) : HI_NIBBLES(l);
@@ -229,9 +249,9 @@ struct Q6_K {  // 128 bytes of low nibbles, 64 of high pairs, 16 int8 scales, f1
 
 // ---------------------------------------------------------------------------------------------
 // Matrix products. `w` is `[cols, k]` (one quantized row per output column), the input is
-// `[n, k]` in the 8-bit form above, `y` is `[n, cols]`. Each element's sum is cut into units of
-// 16 products, each summed exactly as an integer (dp4a, or tensor cores for many rows), scaled
-// in a fixed order, and added into 32 partial sums (unit u into sum u % 32, in unit order)
+// `[n, k]` in the 8-bit form above, `y` is `[n, cols]`. Each element's sum is cut into the units
+// of its weights' type, each summed exactly as an integer (dp4a, or tensor cores for many rows)
+// and scaled once, in a fixed order, and added into 32 partial sums (unit u into sum u % 32, in unit order)
 // that a fixed tree adds up. Every kernel below follows that order whatever its tile, so a
 // row's result never depends on the call it is in, and prefill (tensor cores) gives the bits
 // of decode (one warp per column).
@@ -261,35 +281,40 @@ __device__ __forceinline__ float add_unit(float acc, float d, float m, int dot, 
 template <typename T, int R>
 __device__ void dot_tile(const uint8_t *w, const int8_t *xq, const float *xd, int rows, int k,
                          float (&acc)[R]) {
+    constexpr int WORDS = 4 * T::SPAN;
     const int lane = threadIdx.x % WARP, units = k / T::QK * T::UNITS, runs = k / 32;
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.f;
     // Several units in flight per lane: decode is bound by memory latency (a long reduction,
     // as in the gated MLP's output, is a long chain of loads per lane). With 8 rows the
     // registers go to the rows instead.
-#pragma unroll(R == 1 ? 8 : 1)
+#pragma unroll(R == 1 ? 8 / T::SPAN : 1)
     for (int u = lane; u < units; u += WARP) {
-        const int blk = u / T::UNITS, t = u % T::UNITS, e = blk * T::QK + T::at(t);
+        const int blk = u / T::UNITS, t = u % T::UNITS, e = blk * T::QK + 16 * T::SPAN * t;
         const uint8_t *b = w + (size_t)blk * T::BYTES;
-        int wq[4];
+        int wq[WORDS];
 #pragma unroll
-        for (int i = 0; i < 4; i++) wq[i] = T::word(b, t, i);
+        for (int i = 0; i < WORDS; i++) wq[i] = T::word(b, T::SPAN * t + i / 4, i % 4);
         float d, m = 0.f;
         T::scale(b, t, d, m);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             if (r < rows) {
-                const int4 x = *reinterpret_cast<const int4 *>(xq + (size_t)r * k + e);
+                const int4 *x4 = reinterpret_cast<const int4 *>(xq + (size_t)r * k + e);
+                int x[WORDS];
+#pragma unroll
+                for (int h = 0; h < T::SPAN; h++) {
+                    const int4 v = x4[h];
+                    x[4 * h] = v.x, x[4 * h + 1] = v.y, x[4 * h + 2] = v.z, x[4 * h + 3] = v.w;
+                }
                 const float dx = xd[(size_t)r * runs + e / 32];
-                const float sum =
-                    T::MIN ? small_int(__dp4a(x.w, ONES, __dp4a(x.z, ONES, __dp4a(x.y, ONES,
-                                                            __dp4a(x.x, ONES, 0)))))
-                           : 0.f;
-                int dot = __dp4a(wq[0], x.x, 0);
-                dot = __dp4a(wq[1], x.y, dot);
-                dot = __dp4a(wq[2], x.z, dot);
-                dot = __dp4a(wq[3], x.w, dot);
-                acc[r] = add_unit<T>(acc[r], d, m, dot, sum, dx);
+                int dot = 0, ones = 0;
+#pragma unroll
+                for (int i = 0; i < WORDS; i++) {
+                    dot = __dp4a(wq[i], x[i], dot);
+                    if (T::MIN) ones = __dp4a(x[i], ONES, ones);
+                }
+                acc[r] = add_unit<T>(acc[r], d, m, dot, small_int(ones), dx);
             }
         }
     }
@@ -299,7 +324,8 @@ __device__ void dot_tile(const uint8_t *w, const int8_t *xq, const float *xd, in
 
 // Tensor cores (large batches and prefill). A block of MMA_WARPS warps computes a tile of
 // MMA_ROWS input rows by MMA_COLS output columns. mma.sync m16n8k16 multiplies 16 rows by one
-// unit of 8 columns as exact integers, so the tile keeps `dot_tile`'s order: warp w takes units
+// piece of 8 columns as exact integers (a unit of two pieces takes two, the second adding to
+// the first's integers), so the tile keeps `dot_tile`'s order: warp w takes units
 // w, w + 8, w + 16, ..., and sums unit u into slot (u / 8) % 4, which holds what lane u % 32 of
 // `dot_tile` holds. `warp_sum`'s first two levels add lanes l, l + 16, l + 8, l + 24: all in
 // warp l's slots. The block does the last three levels over the warps through shared memory.
@@ -309,23 +335,34 @@ __device__ void dot_tile(const uint8_t *w, const int8_t *xq, const float *xd, in
 #define MMA_COLS 16
 #define MMA_TILES (MMA_COLS / 8)
 #define MMA_OUT (MMA_ROWS * MMA_COLS / (MMA_WARPS * WARP))
+static_assert(MMA_TILES <= 4, "a column's scales come from one of a lane group's 4 lanes");
 
-// c = a b for a 16 x 16 int8 tile a (row-major; this lane's words a0, a1) and a 16 x 8 tile b
-// (column-major; this lane's word b). Lane l holds c at rows l / 4 (c[0], c[1]) and l / 4 + 8
+// c += a b for a 16 x 16 int8 tile a (row-major; this lane's words a0, a1) and a 16 x 8 tile
+// b (column-major; this lane's word b). Lane l holds c at rows l / 4 (c[0], c[1]) and l / 4 + 8
 // (c[2], c[3]), columns 2 (l % 4) and 2 (l % 4) + 1.
 __device__ __forceinline__ void mma_s8(int (&c)[4], int a0, int a1, int b) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
-        "{%7, %7, %7, %7};\n"
-        : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-        : "r"(a0), "r"(a1), "r"(b), "r"(0));
+        "{%0, %1, %2, %3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a0), "r"(a1), "r"(b));
+}
+
+// The integer sums of a unit (SPAN pieces) for this lane's four elements.
+template <typename T>
+__device__ __forceinline__ void mma_unit(int (&c)[4], const int (&a)[T::SPAN][2],
+                                         const int (&b)[T::SPAN]) {
+    c[0] = c[1] = c[2] = c[3] = 0;
+#pragma unroll
+    for (int h = 0; h < T::SPAN; h++) mma_s8(c, a[h][0], a[h][1], b[h]);
 }
 
 // What one unit of one warp needs from memory, loaded for several units before any is
 // multiplied, so that their loads are in flight together.
+template <typename T>
 struct MmaLoad {
-    int a0, a1, b[MMA_TILES];
-    float dx0, dx1, d[MMA_TILES], m[MMA_TILES];
+    int a[T::SPAN][2], b[MMA_TILES][T::SPAN];
+    float dx0, dx1, d, m;
 };
 
 // The unit loop of a tile. With Z > 1 the block takes only the slots z, z + Z, ... (grid z)
@@ -347,51 +384,69 @@ __device__ void mma_slots(const uint8_t *w, size_t row_bytes, int ncols, const i
 #pragma unroll
             for (int i = 0; i < 4; i++) acc[s][j][i] = 0.f;
     const bool r0 = g < rows, r1 = g + 8 < rows;
-    const int8_t *x0 = xq + (size_t)g * k + 4 * q, *x1 = x0 + (size_t)8 * k;
+    // Lane q's inputs of a unit: elements 4q.. of a piece of 16, 8q.. of a unit of 32 (whose
+    // two multiplies take elements 8q.. and 8q + 4..: the same integer sum, in whole loads).
+    const int8_t *x0 = xq + (size_t)g * k + 4 * T::SPAN * q, *x1 = x0 + (size_t)8 * k;
     const float *d0 = xd + (size_t)g * runs, *d1 = d0 + (size_t)8 * runs;
     for (int u0 = warp; u0 < units; u0 += 4 * MMA_WARPS) {
         // Slot z + Z s takes unit u0 + 8 (z + Z s); past the last unit it loads unit u0
         // again and adds nothing, so every load is unconditional and the slots can overlap.
-        MmaLoad ld[SLOTS];
+        MmaLoad<T> ld[SLOTS];
 #pragma unroll
         for (int s = 0; s < SLOTS; s++) {
             const int at = u0 + (z + Z * s) * MMA_WARPS;
             const int u = at < units ? at : u0;
-            const int blk = u / T::UNITS, t = u % T::UNITS, e = blk * T::QK + T::at(t);
-            ld[s].a0 = r0 ? (int)ld4((const uint8_t *)(x0 + e)) : 0;
-            ld[s].a1 = r1 ? (int)ld4((const uint8_t *)(x1 + e)) : 0;
+            const int blk = u / T::UNITS, t = u % T::UNITS, e = blk * T::QK + 16 * T::SPAN * t;
+            if constexpr (T::SPAN == 2) {
+                const uint2 v0 = r0 ? ld8(x0 + e) : make_uint2(0, 0);
+                const uint2 v1 = r1 ? ld8(x1 + e) : make_uint2(0, 0);
+                ld[s].a[0][0] = v0.x, ld[s].a[1][0] = v0.y;
+                ld[s].a[0][1] = v1.x, ld[s].a[1][1] = v1.y;
+            } else {
+                ld[s].a[0][0] = r0 ? (int)ld4((const uint8_t *)(x0 + e)) : 0;
+                ld[s].a[0][1] = r1 ? (int)ld4((const uint8_t *)(x1 + e)) : 0;
+            }
             ld[s].dx0 = r0 ? d0[e / 32] : 0.f;
             ld[s].dx1 = r1 ? d1[e / 32] : 0.f;
 #pragma unroll
             for (int j = 0; j < MMA_TILES; j++) {
-                // Word q of column 8j + g, and that column's scales: the scales of this
-                // lane's output columns 8j + 2q, 8j + 2q + 1 come from lanes 8q and 8q + 4.
+                // Lane q's words of column 8j + g.
                 const int col = 8 * j + g < ncols ? 8 * j + g : 0;
                 const uint8_t *p = w + col * row_bytes + (size_t)blk * T::BYTES;
-                ld[s].b[j] = T::word(p, t, q);
-                ld[s].m[j] = 0.f;
-                T::scale(p, t, ld[s].d[j], ld[s].m[j]);
+                if constexpr (T::SPAN == 2) {
+                    const int2 b = T::pair(p, t, q);
+                    ld[s].b[j][0] = b.x, ld[s].b[j][1] = b.y;
+                } else {
+                    ld[s].b[j][0] = T::word(p, t, q);
+                }
             }
+            // The scales of column 8 (q % MMA_TILES) + g: lane 4c + j holds those of column
+            // 8j + c, which lanes whose outputs lie in that column take when they add.
+            const int sj = q % MMA_TILES, scol = 8 * sj + g < ncols ? 8 * sj + g : 0;
+            ld[s].m = 0.f;
+            T::scale(w + scol * row_bytes + (size_t)blk * T::BYTES, t, ld[s].d, ld[s].m);
         }
 #pragma unroll
         for (int s = 0; s < SLOTS; s++) {
             if (u0 + (z + Z * s) * MMA_WARPS >= units) break;
             float sum0 = 0.f, sum1 = 0.f;
             if (T::MIN) {
-                int c[4];
-                mma_s8(c, ld[s].a0, ld[s].a1, ONES);
+                int c[4], ones[T::SPAN];
+#pragma unroll
+                for (int h = 0; h < T::SPAN; h++) ones[h] = ONES;
+                mma_unit<T>(c, ld[s].a, ones);
                 sum0 = small_int(c[0]);
                 sum1 = small_int(c[2]);
             }
 #pragma unroll
             for (int j = 0; j < MMA_TILES; j++) {
                 int c[4];
-                mma_s8(c, ld[s].a0, ld[s].a1, ld[s].b[j]);
+                mma_unit<T>(c, ld[s].a, ld[s].b[j]);
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    const int from = 4 * (2 * q + h);
-                    const float d = __shfl_sync(0xffffffffu, ld[s].d[j], from);
-                    const float m = T::MIN ? __shfl_sync(0xffffffffu, ld[s].m[j], from) : 0.f;
+                    const int from = 4 * (2 * q + h) + j;
+                    const float d = __shfl_sync(0xffffffffu, ld[s].d, from);
+                    const float m = T::MIN ? __shfl_sync(0xffffffffu, ld[s].m, from) : 0.f;
                     acc[s][j][h] = add_unit<T>(acc[s][j][h], d, m, c[h], sum0, ld[s].dx0);
                     acc[s][j][2 + h] =
                         add_unit<T>(acc[s][j][2 + h], d, m, c[2 + h], sum1, ld[s].dx1);
