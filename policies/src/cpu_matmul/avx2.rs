@@ -195,30 +195,26 @@ fn load_ps(v: &[f32; 8]) -> __m256 {
     unsafe { _mm256_loadu_ps(v.as_ptr()) }
 }
 
-/// The sums of the 32-bit lanes of each of the first `n` (at most 8) of `v`: the blocks
-/// after a row's last group, whose sums are one per vector. Horizontal adds over several
-/// vectors at once take fewer instructions than one reduction per vector.
+/// Lane j: the sum of the 32-bit lanes of `v[j]`, for the first `n` (at most 8) of `v`; the
+/// other lanes are zero. The blocks after a row's last group have one vector each: this puts
+/// their sums where a group's are. Horizontal adds over several vectors at once take fewer
+/// instructions than one reduction per vector.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn lane_sums(v: &[__m256i; 8], n: usize) -> [i32; 8] {
-    let mut out = [0i32; 8];
+fn lane_sums(v: &[__m256i; 8], n: usize) -> __m256i {
     // Lane j of each 128-bit half: v[j]'s sum over that half, for j < 4.
     let low4 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    let sums = if n <= 4 {
+    if n <= 4 {
         let s = _mm_add_epi32(
             _mm256_castsi256_si128(low4),
             _mm256_extracti128_si256::<1>(low4),
         );
-        _mm256_zextsi128_si256(s)
-    } else {
-        let high4 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-        _mm256_add_epi32(
-            _mm256_permute2x128_si256::<0x20>(low4, high4),
-            _mm256_permute2x128_si256::<0x31>(low4, high4),
-        )
-    };
-    // SAFETY: 32 writable bytes; no alignment requirement.
-    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), sums) };
-    out
+        return _mm256_zextsi128_si256(s);
+    }
+    let high4 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(low4, high4),
+        _mm256_permute2x128_si256::<0x31>(low4, high4),
+    )
 }
 
 /// Whether the CPU has AVX-512 VNNI with 256-bit vectors (`avx512vl`), detected once.
@@ -340,7 +336,6 @@ pub(crate) unsafe fn unsigned32_at<B: Unpack, const R: usize, const VNNI: bool>(
     same_lengths(&xs, w.len().div_ceil(8));
     let mut acc = [_mm256_setzero_ps(); R];
     let mut offset = [_mm256_setzero_ps(); R];
-    let mut tail = [0f32; R];
     let full = w.len() / 8;
     for g in 0..full {
         let group = groups::group(w, g);
@@ -356,13 +351,18 @@ pub(crate) unsafe fn unsigned32_at<B: Unpack, const R: usize, const VNNI: bool>(
             offset[r] = _mm256_fmadd_ps(m, load_ps(&x.s), offset[r]);
         }
     }
-    // The blocks after the last group, one vector each.
+    // The blocks after the last group, in the file's layout (one vector each): their integer
+    // sums are reduced across lanes into lane j for block j, and from there they take the
+    // groups' path (the last group's activations hold zeros past the last block).
     let rest = &w[8 * full..];
     let mut q = [_mm256_setzero_si256(); 8];
-    for (q, block) in q.iter_mut().zip(rest) {
+    let (mut d, mut m) = ([0f32; 8], [0f32; 8]);
+    for (j, block) in rest.iter().enumerate() {
         // SAFETY: as above.
-        *q = unsafe { block.unpack() };
+        q[j] = unsafe { block.unpack() };
+        (d[j], m[j]) = block.scale_offset();
     }
+    let (d, m) = (load_ps(&d), load_ps(&m));
     for r in 0..R {
         if rest.is_empty() {
             break;
@@ -374,13 +374,12 @@ pub(crate) unsafe fn unsigned32_at<B: Unpack, const R: usize, const VNNI: bool>(
             // SAFETY: as above.
             products[j] = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), q[j], load(&x.qs[j])) };
         }
-        let isums = lane_sums(&products, rest.len());
-        for (j, block) in rest.iter().enumerate() {
-            let (d, m) = block.scale_offset();
-            tail[r] += d * x.d[j] * isums[j] as f32 + m * x.s[j];
-        }
+        let sums = lane_sums(&products, rest.len());
+        let scale = _mm256_mul_ps(d, load_ps(&x.d));
+        acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[r]);
+        offset[r] = _mm256_fmadd_ps(m, load_ps(&x.s), offset[r]);
     }
-    std::array::from_fn(|r| hsum(acc[r]) + hsum(offset[r]) + tail[r])
+    std::array::from_fn(|r| hsum(acc[r]) + hsum(offset[r]))
 }
 
 /// # Safety
@@ -392,7 +391,6 @@ pub(crate) unsafe fn q8_0_at<const R: usize, const VNNI: bool>(
 ) -> [f32; R] {
     same_lengths(&xs, w.len().div_ceil(8));
     let mut acc = [_mm256_setzero_ps(); R];
-    let mut tail = [0f32; R];
     let full = w.len() / 8;
     for g in 0..full {
         let group = groups::group(w, g);
@@ -434,11 +432,15 @@ pub(crate) unsafe fn q8_0_at<const R: usize, const VNNI: bool>(
             acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[r]);
         }
     }
+    // The blocks after the last group, as in `unsigned32`.
     let rest = &w[8 * full..];
     let mut q = [_mm256_setzero_si256(); 8];
-    for (q, block) in q.iter_mut().zip(rest) {
-        *q = load(&block.qs);
+    let mut d = [0f32; 8];
+    for (j, block) in rest.iter().enumerate() {
+        q[j] = load(&block.qs);
+        d[j] = block.d.to_f32();
     }
+    let d = load_ps(&d);
     let magnitude = q.map(|q| _mm256_sign_epi8(q, q));
     for r in 0..R {
         if rest.is_empty() {
@@ -452,12 +454,14 @@ pub(crate) unsafe fn q8_0_at<const R: usize, const VNNI: bool>(
             // SAFETY: as above.
             products[j] = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), magnitude[j], signed) };
         }
-        let isums = lane_sums(&products, rest.len());
-        for (j, block) in rest.iter().enumerate() {
-            tail[r] += block.d.to_f32() * x.d[j] * isums[j] as f32;
-        }
+        let sums = lane_sums(&products, rest.len());
+        acc[r] = _mm256_fmadd_ps(
+            _mm256_mul_ps(d, load_ps(&x.d)),
+            _mm256_cvtepi32_ps(sums),
+            acc[r],
+        );
     }
-    std::array::from_fn(|r| hsum(acc[r]) + tail[r])
+    std::array::from_fn(|r| hsum(acc[r]))
 }
 
 /// Q4K and Q5K once their 4 chunks of 64 values are unpacked: chunk `c` holds groups `2c`
