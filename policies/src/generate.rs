@@ -8,14 +8,11 @@ use crate::pacing::{self, Pacing};
 use crate::policy::Policy;
 use crate::prefill::{Interrupt, Output};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
-use crate::speculative::{self, Proposal, Speculation};
+use crate::speculative::{self, Speculation};
+use crate::suffix::{Proposal, SuffixIndex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// The most sibling rows whose text a row's drafter reads: enough for the candidates of a TPO
-/// round, few enough that the lookup stays cheap beside a step at large batches.
-const MAX_SIBLINGS: usize = 8;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -305,16 +302,14 @@ impl Policy {
                 }
             })
             .collect();
-        // The rows whose text each row's drafter also reads: others of the same prompt, the
-        // nearest few (their text is the call's own, never another request's).
-        let siblings: Vec<Vec<usize>> = (0..prompts.len())
-            .map(|i| {
-                (0..prompts.len())
-                    .filter(|&k| k != i && prompts[k] == prompts[i])
-                    .take(MAX_SIBLINGS)
-                    .collect()
-            })
-            .collect();
+        // What the drafter reads: one index per distinct prompt, over the prompt and the text
+        // of the rows of that prompt (never another prompt's rows: in a server's batch they
+        // are other requests).
+        let (mut indexes, place) = if params.speculation.is_on() {
+            suffix_indexes(prompts)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         // `active[j]` is the output row held in cache row `j`; `next[j]` is the token it feeds
         // next, already appended to the row.
         let mut active: Vec<usize> = (0..rows.len()).collect();
@@ -336,6 +331,9 @@ impl Policy {
                 return Err(PolicyError::Cancelled);
             }
             // Drafts for each live row, within its token and context limits, as many as pay.
+            for (i, &(g, r)) in place.iter().enumerate() {
+                indexes[g].extend(r, &rows[i].tokens);
+            }
             let cost = pacing::verify_cost(self.model().device(), keep.len());
             let mut drafts: Vec<Proposal> = Vec::with_capacity(keep.len());
             for &j in &keep {
@@ -343,18 +341,12 @@ impl Policy {
                 // The step gains the accepted drafts plus one token: keep within both limits.
                 let room = (params.max_tokens - rows[i].tokens.len())
                     .saturating_sub(1)
-                    .min(context.saturating_sub(cache.next_position(j) as usize + 2));
-                let siblings: Vec<&[u32]> = if params.speculation.is_on() {
-                    siblings[i]
-                        .iter()
-                        .map(|&k| rows[k].tokens.as_slice())
-                        .collect()
-                } else {
-                    Vec::new()
+                    .min(context.saturating_sub(cache.next_position(j) as usize + 2))
+                    .min(params.speculation.max_draft);
+                let mut draft = match place.get(i) {
+                    Some(&(g, r)) => indexes[g].propose(r, &rows[i].context, room),
+                    None => Proposal::default(),
                 };
-                let mut draft = params
-                    .speculation
-                    .propose(&rows[i].context, &siblings, room);
                 let row = &mut rows[i];
                 if params.speculation.paced {
                     let len = row.pacing.draft_len(draft.tokens.len(), cost);
@@ -593,5 +585,48 @@ fn send_settled(row: &mut Row, params: &GenerateParams) {
     if let Some(settled) = row.text.get(row.sent..end).filter(|t| !t.is_empty()) {
         sink.send(row.index, settled);
         row.sent = end;
+    }
+}
+
+/// One [`SuffixIndex`] per distinct prompt, and for each row its index and its place among
+/// that prompt's rows.
+fn suffix_indexes(prompts: &[Vec<u32>]) -> (Vec<SuffixIndex>, Vec<(usize, usize)>) {
+    // Each distinct prompt's first row and its number of rows.
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    let mut place = Vec::with_capacity(prompts.len());
+    for (i, prompt) in prompts.iter().enumerate() {
+        let g = match groups.iter().position(|&(f, _)| prompts[f] == *prompt) {
+            Some(g) => g,
+            None => {
+                groups.push((i, 0));
+                groups.len() - 1
+            }
+        };
+        place.push((g, groups[g].1));
+        groups[g].1 += 1;
+    }
+    let indexes = groups
+        .iter()
+        .map(|&(f, rows)| SuffixIndex::new(&prompts[f], rows))
+        .collect();
+    (indexes, place)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_draft_from_their_own_prompts_index() {
+        let (a, b) = (vec![1, 2, 3], vec![1, 2, 4]);
+        let (mut indexes, place) = suffix_indexes(&[a.clone(), b, a]);
+        assert_eq!(indexes.len(), 2);
+        assert_eq!(place, vec![(0, 0), (1, 0), (0, 1)]);
+        // Row 2 sees what row 0 (same prompt) wrote, not what row 1 (another prompt) wrote.
+        indexes[0].extend(0, &[7, 8, 9]);
+        indexes[1].extend(0, &[7, 8, 5]);
+        let p = indexes[0].propose(1, &[1, 2, 3, 7, 8], 4);
+        assert_eq!(p.tokens, vec![9]);
+        assert!(p.from_siblings);
     }
 }

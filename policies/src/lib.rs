@@ -29,6 +29,7 @@ pub mod remote;
 pub mod sampling;
 pub mod speculative;
 pub mod store;
+pub mod suffix;
 pub mod tokenizer;
 pub mod weights;
 

@@ -10,11 +10,11 @@
 //! from the policy's distribution after the last one. Under greedy decoding this accepts a
 //! draft exactly when it is the argmax, so the output is the plain greedy output.
 //!
-//! The drafter is prompt lookup: the longest recent n-gram of the context that occurred before
-//! proposes what followed it. It costs nothing and proposes nothing when the text does not
-//! repeat, which makes it a fit for TPO: an update round rewrites the chosen response, which
-//! sits in its prompt. It also looks in the text its sibling rows (the other samples of the
-//! same prompt in the call) have written so far: candidates of one round repeat each other.
+//! The drafter looks up the context's last tokens in the prompt and in what every row of the
+//! same prompt has written so far ([`crate::suffix`]). It costs next to nothing and proposes
+//! nothing when the text does not repeat, which makes it a fit for TPO: an update round
+//! rewrites the chosen response, which sits in its prompt, and the candidates of one round
+//! repeat each other.
 
 use crate::sampling::{draw, Sampler};
 
@@ -23,10 +23,6 @@ use crate::sampling::{draw, Sampler};
 pub struct Speculation {
     /// The most draft tokens verified per step.
     pub max_draft: usize,
-    /// The shortest n-gram that may match (shorter matches are mostly chance).
-    pub min_match: usize,
-    /// The longest n-gram tried first.
-    pub max_match: usize,
     /// Whether each row verifies only the drafts that pay at its acceptance rate (see
     /// [`crate::pacing`]); off, every proposed draft is verified.
     pub paced: bool,
@@ -35,12 +31,10 @@ pub struct Speculation {
 impl Speculation {
     pub const OFF: Self = Self {
         max_draft: 0,
-        min_match: 2,
-        max_match: 4,
         paced: true,
     };
 
-    /// Up to `max_draft` tokens per step from matches of 2 to 4 tokens.
+    /// Up to `max_draft` tokens per step.
     pub fn drafts(max_draft: usize) -> Self {
         Self {
             max_draft,
@@ -59,35 +53,6 @@ impl Speculation {
     pub fn is_on(&self) -> bool {
         self.max_draft > 0
     }
-
-    /// Up to `limit` tokens that followed the latest earlier occurrence of the longest suffix
-    /// of `context` (between `min_match` and `max_match` tokens long) in `context`, or else, at
-    /// the same length, in one of `siblings` (the text other rows of the same prompt have
-    /// written); empty when none occurs.
-    pub fn propose(&self, context: &[u32], siblings: &[&[u32]], limit: usize) -> Proposal {
-        let limit = limit.min(self.max_draft);
-        if limit == 0 {
-            return Proposal::default();
-        }
-        let longest = self.max_match.min(context.len().saturating_sub(1));
-        for n in (self.min_match.max(1)..=longest).rev() {
-            let suffix = &context[context.len() - n..];
-            // In the context (the suffix itself has nothing after it, so it never matches).
-            if let Some(found) = follows(context, suffix, limit) {
-                return Proposal {
-                    tokens: found.to_vec(),
-                    from_siblings: false,
-                };
-            }
-            if let Some(found) = siblings.iter().find_map(|t| follows(t, suffix, limit)) {
-                return Proposal {
-                    tokens: found.to_vec(),
-                    from_siblings: true,
-                };
-            }
-        }
-        Proposal::default()
-    }
 }
 
 /// The chi-square distribution's critical value at the 0.1% level for `df` degrees of freedom
@@ -97,26 +62,6 @@ pub fn chi_square_bound(df: usize) -> f64 {
     let k = df.max(1) as f64;
     let z = 3.0902; // the normal distribution's 99.9th percentile
     k * (1.0 - 2.0 / (9.0 * k) + z * (2.0 / (9.0 * k)).sqrt()).powi(3)
-}
-
-/// Up to `limit` tokens of `text` after the latest occurrence of `pattern` that has at least
-/// one token after it.
-fn follows<'a>(text: &'a [u32], pattern: &[u32], limit: usize) -> Option<&'a [u32]> {
-    let n = pattern.len();
-    let start = (0..text.len().checked_sub(n)?)
-        .rev()
-        .find(|&s| &text[s..s + n] == pattern)?;
-    let from = start + n;
-    Some(&text[from..(from + limit).min(text.len())])
-}
-
-/// A drafter's guess at a row's next tokens.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Proposal {
-    pub tokens: Vec<u32>,
-    /// Whether they were found in a sibling row's text rather than the row's own context
-    /// (counted apart, to show what the siblings are worth).
-    pub from_siblings: bool,
 }
 
 /// What the policy kept of one row's drafts.
@@ -164,49 +109,6 @@ pub fn verify(sampler: &mut Sampler, logits: &[Vec<f32>], drafts: &[u32]) -> Ver
 mod tests {
     use super::*;
     use crate::sampling::SamplingParams;
-
-    #[test]
-    fn lookup_reads_sibling_rows_where_the_context_has_no_match() {
-        let s = Speculation::drafts(3);
-        let context = [10, 11, 1, 2, 3];
-        // Nothing in the context; a sibling wrote "1 2 3" and went on with "4 5 6 7".
-        assert_eq!(
-            s.propose(&context, &[&[9, 9], &[8, 1, 2, 3, 4, 5, 6, 7]], 8),
-            Proposal {
-                tokens: vec![4, 5, 6],
-                from_siblings: true
-            }
-        );
-        // The longest match wins wherever it is: "2 3" in the context loses to "1 2 3" in a
-        // sibling, and at equal length the context comes first.
-        let context = [2, 3, 7, 1, 2, 3];
-        assert_eq!(s.propose(&context, &[&[1, 2, 3, 5]], 8).tokens, vec![5]);
-        let own = s.propose(&context, &[&[2, 3, 5]], 8);
-        assert_eq!(own.tokens, vec![7, 1, 2]);
-        assert!(!own.from_siblings);
-        // A sibling whose text ends with the suffix has nothing to propose.
-        assert!(s.propose(&[4, 1, 2], &[&[1, 2]], 8).tokens.is_empty());
-    }
-
-    #[test]
-    fn lookup_proposes_what_followed_the_longest_repeated_suffix() {
-        let s = Speculation::drafts(3);
-        // "1 2 3 4 5 ... 1 2 3" -> "4 5" (then 9 ends the context).
-        assert_eq!(
-            s.propose(&[1, 2, 3, 4, 5, 9, 1, 2, 3], &[], 8).tokens,
-            vec![4, 5, 9]
-        );
-        // The latest earlier occurrence wins.
-        assert_eq!(s.propose(&[7, 8, 1, 7, 8, 2, 7, 8], &[], 1).tokens, vec![2]);
-        // A single repeated token is not a match (min_match 2); nothing repeats here.
-        assert!(s.propose(&[5, 1, 2, 5], &[], 4).tokens.is_empty());
-        assert!(s.propose(&[1, 2, 3, 4], &[], 4).tokens.is_empty());
-        assert!(Speculation::OFF
-            .propose(&[1, 2, 1, 2], &[], 4)
-            .tokens
-            .is_empty());
-        assert!(s.propose(&[], &[], 4).tokens.is_empty());
-    }
 
     fn sampler(seed: u64, temperature: f32) -> Sampler {
         Sampler::new(SamplingParams {
