@@ -31,6 +31,48 @@ fn default_model_knows_the_capital_of_france() {
     assert!(stderr(&out).contains("tok/s"));
 }
 
+/// Draft tokens that pacing withheld, from `generate`'s speculation line.
+fn withheld(o: &Output) -> usize {
+    let err = stderr(o);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("speculation:"))
+        .unwrap_or_else(|| panic!("no speculation line in {err}"));
+    let before = line.split(" withheld").next().unwrap_or_default();
+    before
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no withheld count in {line}"))
+}
+
+#[test]
+fn unpaced_speculation_verifies_every_draft_and_keeps_the_text() {
+    let prompt = "Rewrite this paragraph with better grammar, keeping its meaning: The report \
+                  were finished late because the team have not enough time, but it contain all \
+                  the numbers that the manager asked for.";
+    let run = |extra: &[&str]| {
+        let out = hone(
+            &[
+                &["generate", "--prompt", prompt, "--max-tokens", "32"],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        out
+    };
+    let plain = run(&[]);
+    let paced = run(&["--speculate", "4"]);
+    let unpaced = run(&["--speculate", "4", "--unpaced"]);
+    // Greedy text is the plain text either way; on this CPU pacing holds back drafts that
+    // would not pay, and --unpaced verifies them all.
+    assert_eq!(paced.stdout, plain.stdout);
+    assert_eq!(unpaced.stdout, plain.stdout);
+    assert!(withheld(&paced) > 0, "{}", stderr(&paced));
+    assert_eq!(withheld(&unpaced), 0, "{}", stderr(&unpaced));
+}
+
 fn assert_fails_with(args: &[&str], needle: &str) {
     let out = hone(args);
     assert!(!out.status.success());

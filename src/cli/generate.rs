@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use policies::{GenerateParams, Message, Role, SamplingParams, Speculation};
+use policies::{GenerateParams, Message, Role, SamplingParams};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -36,6 +36,9 @@ pub struct GenerateArgs {
     /// Speculative decoding: the most draft tokens verified per step (0 = off).
     #[arg(long, default_value_t = 0)]
     speculate: usize,
+    /// Verify every draft, whether it pays or not (to compare drafters, not pacing).
+    #[arg(long)]
+    unpaced: bool,
     /// Run on the CPU even when a GPU is available.
     #[arg(long)]
     cpu: bool,
@@ -60,7 +63,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             seed: a.seed,
         },
         stop: a.stop,
-        speculation: Speculation::drafts(a.speculate),
+        speculation: super::speculation(a.speculate, a.unpaced),
         ..Default::default()
     };
     let (outs, stats) = policy.generate(&prompt, a.batch, &params)?;

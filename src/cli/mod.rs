@@ -17,6 +17,17 @@ use std::sync::Arc;
 
 /// `--model NAME|PATH`, shared by the subcommands that load a policy: a manifest in the
 /// `$HONE_POLICIES` folder (default `policies/manifests`), a known model, or a path.
+/// `--speculate K` and `--unpaced` as the engine takes them: up to K drafts a step, paced
+/// unless every draft is to be verified.
+pub fn speculation(max_draft: usize, unpaced: bool) -> policies::Speculation {
+    let s = policies::Speculation::drafts(max_draft);
+    if unpaced {
+        s.unpaced()
+    } else {
+        s
+    }
+}
+
 pub fn load_policy(model: &str, cpu: bool) -> Result<Policy> {
     let path = resolve_model(&policies_dir(), model)?;
     let device = device(cpu)?;

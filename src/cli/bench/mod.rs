@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// tpo: draft tokens per step of the speculative arm (0 leaves that arm out).
     #[arg(long, default_value_t = 4)]
     speculate: usize,
+    /// tpo: the speculative arm verifies every draft, whether it pays or not (to compare
+    /// drafters, not pacing).
+    #[arg(long)]
+    unpaced: bool,
     #[arg(long)]
     cpu: bool,
 }

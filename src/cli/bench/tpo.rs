@@ -70,7 +70,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         arms.push((
             "batched + speculative",
             Execution::Batched,
-            Speculation::drafts(a.speculate),
+            crate::cli::speculation(a.speculate, a.unpaced),
         ));
     }
     let mut totals: Vec<Totals> = arms.iter().map(|_| Totals::default()).collect();
