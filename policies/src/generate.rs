@@ -164,7 +164,7 @@ pub struct GenerationStats {
     /// would have cost more than they save (see [`crate::pacing`]).
     pub num_withheld_tokens: usize,
     /// Of the drafts, of the draft tokens verified and of those accepted: the ones found in
-    /// sibling rows' text (see [`Speculation::propose`]). With the totals above they give each
+    /// sibling rows' text alone (see [`crate::suffix`]). With the totals above they give each
     /// drafter's acceptance rate and mean accepted length.
     pub num_sibling_drafts: usize,
     pub num_sibling_draft_tokens: usize,

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 /// Tokens that must match before an occurrence counts (shorter matches are mostly chance).
-pub const MIN_MATCH: usize = 2;
+const MIN_MATCH: usize = 2;
 /// The longest suffix compared: among occurrences, the longer match ranks first. (16 drafted
 /// no better in TPO: see docs/PERFORMANCE.md.)
 const MAX_MATCH: usize = 4;
