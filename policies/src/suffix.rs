@@ -7,7 +7,7 @@
 //! what followed the longest suffix of its context that occurs in them: the continuations of
 //! all occurrences of that suffix vote token by token, the most frequent wins, and the draft
 //! ends where they disagree too much, so its length follows how sure the texts are. The index
-//! costs a hash-map insertion per token; a lookup reads at most [`MAX_CANDIDATES`]
+//! costs a hash-map insertion per token; a lookup reads at most `MAX_CANDIDATES`
 //! occurrences.
 
 use std::collections::HashMap;
@@ -29,7 +29,7 @@ struct Occurrence {
     at: usize,
 }
 
-/// The texts one prompt's rows draft from, every position indexed by the [`MIN_MATCH`] tokens
+/// The texts one prompt's rows draft from, every position indexed by the `MIN_MATCH` tokens
 /// that end there.
 #[derive(Debug, Clone, Default)]
 pub struct SuffixIndex {
@@ -143,7 +143,7 @@ impl SuffixIndex {
         }
     }
 
-    /// How many tokens before `o` equal the context's last ones, up to [`MAX_MATCH`].
+    /// How many tokens before `o` equal the context's last ones, up to `MAX_MATCH`.
     fn match_len(&self, o: Occurrence, context: &[u32]) -> usize {
         let before = &self.texts[o.text][..o.at];
         before
