@@ -227,3 +227,103 @@ fn sampled_speculative_output_follows_the_plain_distribution() {
         );
     }
 }
+
+/// The default model paired with itself as its draft model: its guesses are the policy's own
+/// greedy tokens, so every one of them must be accepted: any slip in keeping the draft's
+/// cache in step with the policy's (rows finishing, drafts cut short, suffix drafts taken
+/// instead) shows up as a rejection.
+fn self_drafted() -> &'static Policy {
+    static POLICY: OnceLock<Policy> = OnceLock::new();
+    POLICY.get_or_init(|| load(&SMOLLM2).with_draft(load(&SMOLLM2)).unwrap())
+}
+
+#[test]
+fn a_draft_model_keeps_the_greedy_output_and_its_own_guesses_are_accepted() {
+    let prompts: Vec<Vec<u32>> = [
+        "Write a short poem about autumn leaves.",
+        "What is the capital of Japan? Answer in one word.",
+        REPEATS[1],
+    ]
+    .iter()
+    .map(|t| chat(t))
+    .collect();
+    let (plain, _) = policy()
+        .generate_batch(&prompts, &params(40, 0.0, 0, 0))
+        .unwrap();
+    let (spec, stats) = self_drafted()
+        .generate_batch(&prompts, &params(40, 0.0, 0, 4))
+        .unwrap();
+    assert_eq!(spec.len(), plain.len(), "speculative rows vs plain");
+    for (p, s) in plain.iter().zip(&spec) {
+        assert_eq!(p.tokens, s.tokens, "{:?} vs {:?}", p.text, s.text);
+    }
+    // Rows of different lengths: the short answer finishes first and leaves the batch.
+    assert!(plain[1].tokens.len() < plain[0].tokens.len(), "{plain:?}");
+    assert!(stats.num_model_draft_tokens > 20, "{stats:?}");
+    assert_eq!(
+        stats.num_model_accepted_tokens, stats.num_model_draft_tokens,
+        "{stats:?}"
+    );
+    // The suffix drafter had its turn too (the rewriting prompt), and the draft model's
+    // positions are its own, not the policy's.
+    assert!(
+        stats.num_draft_tokens > stats.num_model_draft_tokens,
+        "{stats:?}"
+    );
+    assert!(stats.draft_positions > 0, "{stats:?}");
+}
+
+#[test]
+fn sampled_output_with_a_draft_model_follows_the_plain_distribution() {
+    // At T = 0.8 the draft's greedy guess is often not the token the policy samples, so
+    // guesses are rejected and replaced: the tokens must still follow plain sampling's
+    // distribution.
+    let prompt = chat("Name a colour.");
+    let rows = 300;
+    let count = |policy: &Policy, speculate: usize, seed: u64| {
+        let (out, stats) = policy
+            .generate(&prompt, rows, &params(3, 0.8, seed, speculate))
+            .unwrap();
+        let mut at: [HashMap<u32, u64>; 3] = Default::default();
+        for g in &out {
+            for (i, slot) in at.iter_mut().enumerate() {
+                if let Some(&t) = g.tokens.get(i) {
+                    *slot.entry(t).or_default() += 1;
+                }
+            }
+        }
+        (at, stats)
+    };
+    let (plain, _) = count(policy(), 0, 0);
+    let (spec, stats) = count(self_drafted(), 4, 1_000_000);
+    assert!(
+        stats.num_model_draft_tokens >= rows
+            && stats.num_model_accepted_tokens > 0
+            && stats.num_model_accepted_tokens < stats.num_model_draft_tokens,
+        "the draft model's guesses must be both accepted and rejected: {stats:?}"
+    );
+    for i in 0..3 {
+        let (x, df) = two_sample_chi_square(&plain[i], &spec[i]);
+        assert!(
+            x < chi_square_bound(df),
+            "token {}: chi2 {x:.1} with {df} df over {:?} vs {:?}",
+            i + 1,
+            plain[i],
+            spec[i]
+        );
+    }
+}
+
+#[test]
+fn a_draft_model_with_another_vocabulary_is_refused() {
+    let tiny = Policy::load(
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/llama"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let err = load(&SMOLLM2).with_draft(tiny).unwrap_err().to_string();
+    assert!(
+        err.contains("`draft`") && err.contains("vocabulary of 320 tokens"),
+        "{err}"
+    );
+}

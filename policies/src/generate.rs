@@ -1,5 +1,6 @@
 //! Batched generation over one shared prompt or over several prompts.
 
+use crate::draft::ModelDrafter;
 use crate::error::{PolicyError, Result};
 use crate::kv_cache::KvCache;
 use crate::model::read_logits;
@@ -8,8 +9,8 @@ use crate::pacing::{self, Pacing};
 use crate::policy::Policy;
 use crate::prefill::{Interrupt, Output};
 use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
-use crate::speculative::{self, Speculation};
-use crate::suffix::{Proposal, SuffixIndex};
+use crate::speculative::{self, Proposal, Source, Speculation};
+use crate::suffix::SuffixIndex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -169,6 +170,13 @@ pub struct GenerationStats {
     pub num_sibling_drafts: usize,
     pub num_sibling_draft_tokens: usize,
     pub num_sibling_accepted_tokens: usize,
+    /// The same for the draft model's guesses (see [`crate::draft`]),
+    pub num_model_drafts: usize,
+    pub num_model_draft_tokens: usize,
+    pub num_model_accepted_tokens: usize,
+    /// and the positions it computed (its prefill and every drafting step), which are not the
+    /// policy's and not in [`Self::positions`].
+    pub draft_positions: usize,
 }
 
 impl GenerationStats {
@@ -201,8 +209,28 @@ struct Row {
     /// Bytes of `text` sent to the [`TextSink`].
     sent: usize,
     logprobs: Vec<TokenLogprobs>,
-    /// How many of the drafter's tokens pay to verify (see [`crate::pacing`]).
+    /// How many of the suffix drafter's tokens pay to verify (see [`crate::pacing`]),
     pacing: Pacing,
+    /// and how many of the draft model's.
+    model_pacing: Pacing,
+}
+
+/// One row's drafts for a step: the suffix drafter's proposal, or, where it has none, how many
+/// tokens the draft model is to guess (filled in once the step's rows are settled).
+struct StepDraft {
+    proposal: Proposal,
+    model_len: usize,
+}
+
+impl StepDraft {
+    fn len(&self) -> usize {
+        self.proposal.tokens.len() + self.model_len
+    }
+
+    fn clear(&mut self) {
+        self.proposal.tokens.clear();
+        self.model_len = 0;
+    }
 }
 
 impl Policy {
@@ -226,6 +254,7 @@ impl Policy {
             self.model()
                 .prefill(&[prompt], &mut cache, Output::Logits, &params.interrupt())?;
         let logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+        let drafter = self.model_drafter(&[prompt], n, params)?;
         let mut stats = GenerationStats {
             prefill_tokens: prompt.len(),
             prefill_secs: start.elapsed().as_secs_f64(),
@@ -233,7 +262,8 @@ impl Policy {
         };
         let cache = cache.select_rows(&vec![0; n])?;
         let first = vec![logits; n];
-        let out = self.decode(cache, first, &vec![prompt.to_vec(); n], params, &mut stats)?;
+        let prompts = vec![prompt.to_vec(); n];
+        let out = self.decode(cache, drafter, first, &prompts, params, &mut stats)?;
         Ok((out, stats))
     }
 
@@ -256,12 +286,13 @@ impl Policy {
             self.model()
                 .prefill(&rows, &mut cache, Output::Logits, &params.interrupt())?;
         let first = read_logits(&logits)?;
+        let drafter = self.model_drafter(&rows, rows.len(), params)?;
         let mut stats = GenerationStats {
             prefill_tokens: prompts.iter().map(Vec::len).sum(),
             prefill_secs: start.elapsed().as_secs_f64(),
             ..Default::default()
         };
-        let out = self.decode(cache, first, prompts, params, &mut stats)?;
+        let out = self.decode(cache, drafter, first, prompts, params, &mut stats)?;
         Ok((out, stats))
     }
 
@@ -272,6 +303,7 @@ impl Policy {
     fn decode(
         &self,
         mut cache: KvCache,
+        mut drafter: Option<ModelDrafter>,
         logits: Vec<Vec<f32>>,
         prompts: &[Vec<u32>],
         params: &GenerateParams,
@@ -299,6 +331,7 @@ impl Policy {
                     sent: 0,
                     logprobs: Vec::new(),
                     pacing: Pacing::default(),
+                    model_pacing: Pacing::default(),
                 }
             })
             .collect();
@@ -335,7 +368,7 @@ impl Policy {
                 indexes[g].extend(r, &rows[i].tokens);
             }
             let cost = pacing::verify_cost(self.model().device(), keep.len());
-            let mut drafts: Vec<Proposal> = Vec::with_capacity(keep.len());
+            let mut drafts: Vec<StepDraft> = Vec::with_capacity(keep.len());
             for &j in &keep {
                 let i = active[j];
                 // The step gains the accepted drafts plus one token: keep within both limits.
@@ -353,20 +386,32 @@ impl Policy {
                     stats.num_withheld_tokens += draft.tokens.len() - len;
                     draft.tokens.truncate(len);
                 }
-                drafts.push(draft);
+                // The draft model guesses where the text offers nothing; its own steps are
+                // part of what a guess costs.
+                let model_len = match (&drafter, draft.tokens.is_empty()) {
+                    (Some(d), true) if params.speculation.paced => {
+                        row.model_pacing.draft_len(room, cost + d.cost())
+                    }
+                    (Some(_), true) => room,
+                    _ => 0,
+                };
+                drafts.push(StepDraft {
+                    proposal: draft,
+                    model_len,
+                });
             }
             // The step computes one position per live row plus its drafts: drop drafts, then
             // rows, rather than pass the limit (the last rows of the batch first, so row order
             // stays seed order).
             if let Some(limit) = params.max_positions {
                 let room = limit.saturating_sub(stats.positions());
-                let mut drafted: usize = drafts.iter().map(|d| d.tokens.len()).sum();
+                let mut drafted: usize = drafts.iter().map(StepDraft::len).sum();
                 for d in drafts.iter_mut().rev() {
                     if keep.len() + drafted <= room {
                         break;
                     }
-                    drafted -= d.tokens.len();
-                    d.tokens.clear();
+                    drafted -= d.len();
+                    d.clear();
                 }
                 for &j in keep.iter().skip(room) {
                     rows[active[j]].finish = Some(FinishReason::Budget);
@@ -379,9 +424,16 @@ impl Policy {
             }
             if keep.len() < active.len() {
                 cache = cache.select_rows(&keep)?;
+                if let Some(d) = &mut drafter {
+                    d.select_rows(&keep)?;
+                }
                 active = keep.iter().map(|&j| active[j]).collect();
                 next = keep.iter().map(|&j| next[j]).collect();
             }
+            let drafts = match &mut drafter {
+                Some(d) => guess(d, &next, drafts)?,
+                None => drafts.into_iter().map(|d| d.proposal).collect(),
+            };
             let chunks: Vec<Vec<u32>> = next
                 .iter()
                 .zip(&drafts)
@@ -410,12 +462,23 @@ impl Policy {
                 let row = &mut rows[active[j]];
                 let draft = &drafts[j];
                 let verdict = speculative::verify(&mut row.sampler, logits, &draft.tokens);
-                row.pacing.record(draft.tokens.len(), verdict.accepted);
                 stats.num_accepted_tokens += verdict.accepted;
-                if draft.from_siblings && !draft.tokens.is_empty() {
+                if draft.source == Source::Model {
+                    row.model_pacing
+                        .record(draft.tokens.len(), verdict.accepted);
+                    stats.num_model_drafts += 1;
+                    stats.num_model_draft_tokens += draft.tokens.len();
+                    stats.num_model_accepted_tokens += verdict.accepted;
+                } else {
+                    row.pacing.record(draft.tokens.len(), verdict.accepted);
+                }
+                if draft.source == Source::Siblings {
                     stats.num_sibling_drafts += 1;
                     stats.num_sibling_draft_tokens += draft.tokens.len();
                     stats.num_sibling_accepted_tokens += verdict.accepted;
+                }
+                if let Some(d) = &mut drafter {
+                    d.settle(j, &draft.tokens[..verdict.accepted]);
                 }
                 cache.rollback_row(j, draft.tokens.len() - verdict.accepted);
                 // Accepted drafts sit at the positions after the fed token.
@@ -433,6 +496,7 @@ impl Policy {
             }
         }
         stats.decode_secs += start.elapsed().as_secs_f64();
+        stats.draft_positions += drafter.map_or(0, |d| d.positions);
         Ok(rows
             .into_iter()
             .map(|r| Generation {
@@ -442,6 +506,25 @@ impl Policy {
                 logprobs: r.logprobs,
             })
             .collect())
+    }
+
+    /// The draft model's state for this call, prefilled with the prompts, when speculation is
+    /// on and the policy has a draft model.
+    fn model_drafter(
+        &self,
+        prompts: &[&[u32]],
+        rows: usize,
+        params: &GenerateParams,
+    ) -> Result<Option<ModelDrafter<'_>>> {
+        match self.draft() {
+            Some(draft) if params.speculation.is_on() => Ok(Some(ModelDrafter::prefill(
+                draft,
+                prompts,
+                rows,
+                &params.interrupt(),
+            )?)),
+            _ => Ok(None),
+        }
     }
 
     /// Speculation is exact only where a chunk of tokens computes bit for bit what lone
@@ -588,6 +671,29 @@ fn send_settled(row: &mut Row, params: &GenerateParams) {
     }
 }
 
+/// The step's drafts, with the draft model's guesses filled in where rows asked for them.
+fn guess(
+    drafter: &mut ModelDrafter,
+    next: &[u32],
+    drafts: Vec<StepDraft>,
+) -> Result<Vec<Proposal>> {
+    let lens: Vec<usize> = drafts.iter().map(|d| d.model_len).collect();
+    let mut guesses = drafter.propose(next, &lens)?.into_iter();
+    Ok(drafts
+        .into_iter()
+        .map(|d| {
+            let tokens = guesses.next().unwrap_or_default();
+            if d.model_len == 0 {
+                return d.proposal;
+            }
+            Proposal {
+                tokens,
+                source: Source::Model,
+            }
+        })
+        .collect())
+}
+
 /// One [`SuffixIndex`] per distinct prompt, and for each row its index and its place among
 /// that prompt's rows.
 fn suffix_indexes(prompts: &[Vec<u32>]) -> (Vec<SuffixIndex>, Vec<(usize, usize)>) {
@@ -627,6 +733,6 @@ mod tests {
         indexes[1].extend(0, &[7, 8, 5]);
         let p = indexes[0].propose(1, &[1, 2, 3, 7, 8], 4);
         assert_eq!(p.tokens, vec![9]);
-        assert!(p.from_siblings);
+        assert_eq!(p.source, Source::Siblings);
     }
 }

@@ -5,7 +5,8 @@
 //! - [`KvCache`]: a batch cache that can be forked, truncated and rolled back.
 //! - [`Tokenizer`], [`ChatTemplate`], [`Sampler`]: text in, tokens out, and back.
 //! - [`Interrupt`]: a cancel flag and a deadline, checked between chunks of a prefill.
-//! - [`Speculation`]: lossless speculative decoding with a prompt-lookup drafter.
+//! - [`Speculation`]: lossless speculative decoding, drafted from the text ([`suffix`]) or by a
+//!   smaller model ([`draft`]).
 
 mod attention;
 pub mod chat;
@@ -16,6 +17,7 @@ mod cpu_matmul;
 mod cuda;
 #[cfg(feature = "cuda")]
 mod cuda_graph;
+pub mod draft;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;

@@ -2,6 +2,7 @@
 
 use crate::chat::{ChatTemplate, Message, Piece};
 use crate::config::ModelConfig;
+use crate::draft::DraftModel;
 use crate::error::{PolicyError, Result};
 use crate::model::Transformer;
 use crate::tokenizer::Tokenizer;
@@ -16,6 +17,8 @@ pub struct Policy {
     model: Transformer,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
+    /// Guesses tokens for speculative decoding where the text does not repeat.
+    draft: Option<DraftModel>,
 }
 
 /// Everything read from a model's files before the decoder is built: reward-model loaders take
@@ -146,7 +149,27 @@ impl Policy {
             model,
             tokenizer,
             template,
+            draft: None,
         })
+    }
+
+    /// Speculative decoding drafts with `draft` (a smaller model with the same tokenizer)
+    /// where the suffix drafter has nothing to propose. Refused unless the vocabularies match
+    /// token for token (see [`DraftModel::new`]).
+    pub fn with_draft(mut self, draft: Policy) -> Result<Self> {
+        self.draft = Some(DraftModel::new(
+            draft.name,
+            draft.model,
+            &draft.tokenizer,
+            &self.model,
+            &self.tokenizer,
+        )?);
+        Ok(self)
+    }
+
+    /// The draft model, if one was paired with this policy.
+    pub fn draft(&self) -> Option<&DraftModel> {
+        self.draft.as_ref()
     }
 
     /// Assembles a policy from parts (e.g. a checkpoint whose extra tensors were taken).
@@ -161,6 +184,7 @@ impl Policy {
             model,
             tokenizer,
             template,
+            draft: None,
         }
     }
 

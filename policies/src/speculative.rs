@@ -10,13 +10,33 @@
 //! from the policy's distribution after the last one. Under greedy decoding this accepts a
 //! draft exactly when it is the argmax, so the output is the plain greedy output.
 //!
-//! The drafter looks up the context's last tokens in the prompt and in what every row of the
-//! same prompt has written so far ([`crate::suffix`]). It costs next to nothing and proposes
-//! nothing when the text does not repeat, which makes it a fit for TPO: an update round
-//! rewrites the chosen response, which sits in its prompt, and the candidates of one round
-//! repeat each other.
+//! The first drafter looks up the context's last tokens in the prompt and in what every row of
+//! the same prompt has written so far ([`crate::suffix`]). It costs next to nothing and
+//! proposes nothing when the text does not repeat, which makes it a fit for TPO: an update
+//! round rewrites the chosen response, which sits in its prompt, and the candidates of one
+//! round repeat each other. Where it has nothing, a draft model paired with the policy, if
+//! any, guesses instead ([`crate::draft`]).
 
 use crate::sampling::{draw, Sampler};
+
+/// A drafter's guess at a row's next tokens.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Proposal {
+    pub tokens: Vec<u32>,
+    pub source: Source,
+}
+
+/// Where a proposal came from: each drafter's acceptance is counted apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Source {
+    /// The suffix drafter, from the prompt or the row's own text.
+    #[default]
+    Text,
+    /// The suffix drafter, from other rows' text alone.
+    Siblings,
+    /// The draft model ([`crate::draft`]).
+    Model,
+}
 
 /// How much to speculate. `max_draft == 0` turns speculation off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,6 +10,7 @@
 //! costs a hash-map insertion per token; a lookup reads at most `MAX_CANDIDATES`
 //! occurrences.
 
+use crate::speculative::{Proposal, Source};
 use std::collections::HashMap;
 
 /// Tokens that must match before an occurrence counts (shorter matches are mostly chance).
@@ -37,15 +38,6 @@ pub struct SuffixIndex {
     texts: Vec<Vec<u32>>,
     /// For each key, the occurrences it ends, oldest first.
     after: HashMap<[u32; MIN_MATCH], Vec<Occurrence>>,
-}
-
-/// A drafter's guess at a row's next tokens.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Proposal {
-    pub tokens: Vec<u32>,
-    /// Whether only other rows' text supported them (neither the prompt nor the row's own
-    /// text did): counted apart, to show what the siblings are worth.
-    pub from_siblings: bool,
 }
 
 impl SuffixIndex {
@@ -135,12 +127,14 @@ impl SuffixIndex {
             alive.retain(|o| self.texts[o.text].get(o.at + i) == Some(&top));
         }
         let own = 1 + row;
-        let from_siblings =
-            !tokens.is_empty() && alive.iter().all(|o| o.text != 0 && o.text != own);
-        Proposal {
-            tokens,
-            from_siblings,
-        }
+        // Counted apart, to show what the siblings are worth: drafts that neither the prompt
+        // nor the row's own text supported.
+        let source = if !tokens.is_empty() && alive.iter().all(|o| o.text != 0 && o.text != own) {
+            Source::Siblings
+        } else {
+            Source::Text
+        };
+        Proposal { tokens, source }
     }
 
     /// How many tokens before `o` equal the context's last ones, up to `MAX_MATCH`.
@@ -180,7 +174,7 @@ mod tests {
         let (index, context) = indexed(&prompt, &[&[1, 2, 3]]);
         let p = index.propose(0, &context, 8);
         assert_eq!(p.tokens, vec![4, 5, 6, 0, 9, 2, 3, 7]);
-        assert!(!p.from_siblings);
+        assert_eq!(p.source, Source::Text);
         assert_eq!(index.propose(0, &context, 2).tokens, vec![4, 5]);
         assert_eq!(index.propose(0, &context, 0).tokens, Vec::<u32>::new());
     }
@@ -200,7 +194,7 @@ mod tests {
         // 8 has two votes of three; after it, 1 and 2 have one each of two: a tie at half the
         // votes goes on, with the latest occurrence's token.
         assert_eq!(p.tokens, vec![8, 2]);
-        assert!(p.from_siblings, "only rows 1-3 wrote the draft");
+        assert_eq!(p.source, Source::Siblings, "only rows 1-3 wrote the draft");
         // With a third distinct continuation no token has half the votes.
         let rows: [&[u32]; 4] = [&[5, 6, 7], &[5, 6, 7, 1], &[5, 6, 7, 2], &[5, 6, 7, 3]];
         let (index, context) = indexed(&[0], &rows);

@@ -39,6 +39,10 @@ pub struct GenerateArgs {
     /// Verify every draft, whether it pays or not (to compare drafters, not pacing).
     #[arg(long)]
     unpaced: bool,
+    /// A draft model (name or path; it must share the policy's tokenizer) that guesses where
+    /// the text does not repeat. Used only with --speculate.
+    #[arg(long)]
+    draft: Option<String>,
     /// Run on the CPU even when a GPU is available.
     #[arg(long)]
     cpu: bool,
@@ -48,7 +52,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.batch == 0 {
         anyhow::bail!("--batch must be at least 1");
     }
-    let policy = super::load_policy(&a.model, a.cpu)?;
+    let policy = super::with_draft(super::load_policy(&a.model, a.cpu)?, a.draft.as_deref())?;
     let prompt = if a.raw {
         policy.encode_prompt(&a.prompt)?
     } else {
@@ -93,6 +97,16 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             stats.num_accepted_tokens, stats.num_draft_tokens, stats.num_drafts,
             stats.num_sibling_accepted_tokens, stats.num_sibling_draft_tokens, stats.num_sibling_drafts,
             stats.num_withheld_tokens
+        );
+    }
+    if let Some(draft) = policy.draft().filter(|_| a.speculate > 0) {
+        eprintln!(
+            "draft model {}: {} of {} draft tokens accepted over {} drafting steps; {} positions computed",
+            draft.name(),
+            stats.num_model_accepted_tokens,
+            stats.num_model_draft_tokens,
+            stats.num_model_drafts,
+            stats.draft_positions
         );
     }
     Ok(())

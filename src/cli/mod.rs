@@ -34,6 +34,19 @@ pub fn load_policy(model: &str, cpu: bool) -> Result<Policy> {
     Policy::load(&path, &device).with_context(|| format!("loading model {}", path.display()))
 }
 
+/// `--draft NAME|PATH`: the policy paired with a draft model for speculative decoding, which
+/// must share its tokenizer (see [`Policy::with_draft`]).
+pub fn with_draft(policy: Policy, draft: Option<&str>) -> Result<Policy> {
+    let Some(draft) = draft else {
+        return Ok(policy);
+    };
+    let path = resolve_model(&policies_dir(), draft)?;
+    let device = policy.model().device().clone();
+    let draft = Policy::load(&path, &device)
+        .with_context(|| format!("loading draft model {}", path.display()))?;
+    Ok(policy.with_draft(draft)?)
+}
+
 /// The GPU when hone was built with CUDA and one is present, else the CPU.
 pub fn device(cpu: bool) -> Result<candle_core::Device> {
     Ok(policies::device(cpu)?)
@@ -62,13 +75,18 @@ pub struct Models {
 
 /// Loads `model` and the reward manifest `reward` from `rewards`; a judge on the policy's own
 /// model shares the loaded copy.
-pub fn load_models(model: &str, reward: &str, rewards: &Path, cpu: bool) -> Result<Models> {
+pub fn load_models(
+    model: &str,
+    draft: Option<&str>,
+    reward: &str,
+    rewards: &Path,
+    cpu: bool,
+) -> Result<Models> {
     let path = resolve_model(&policies_dir(), model)?;
     let device = device(cpu)?;
-    let policy = Arc::new(
-        Policy::load(&path, &device)
-            .with_context(|| format!("loading model {}", path.display()))?,
-    );
+    let policy = Policy::load(&path, &device)
+        .with_context(|| format!("loading model {}", path.display()))?;
+    let policy = Arc::new(with_draft(policy, draft)?);
     let manifests = Manifests::read_dir(rewards)?;
     let mut loaded = PolicyCache::default();
     loaded.insert(path.clone(), policy.clone());

@@ -72,7 +72,7 @@ pub fn run(a: OptimizeArgs) -> Result<()> {
         Some(secs) => Some(Instant::now() + Duration::from_secs_f64(secs)),
         None => None,
     };
-    let models = super::load_models(&a.model, &a.reward, &a.rewards, a.cpu)?;
+    let models = super::load_models(&a.model, None, &a.reward, &a.rewards, a.cpu)?;
     let weight = models.reward_weight;
     let rounds = a.rounds.unwrap_or(a.strategy.default_rounds());
     let request = Request {

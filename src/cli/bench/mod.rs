@@ -70,6 +70,10 @@ pub struct BenchArgs {
     /// drafters, not pacing).
     #[arg(long)]
     unpaced: bool,
+    /// tpo: a draft model for the speculative arm (name or path; it must share the policy's
+    /// tokenizer), guessing where the text does not repeat.
+    #[arg(long)]
+    draft: Option<String>,
     #[arg(long)]
     cpu: bool,
 }

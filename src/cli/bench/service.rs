@@ -49,7 +49,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let (addr, state) = rx.recv()?.context("starting the server")?;
 
     // The direct arm: the same model and reward, loaded in this process as the server did.
-    let models = crate::cli::load_models(&a.model, &reward_name, &a.rewards, a.cpu)?;
+    let models = crate::cli::load_models(&a.model, None, &reward_name, &a.rewards, a.cpu)?;
     let device = &models.device;
     let learned = Learned::default();
     let engine = Engine {

@@ -44,7 +44,7 @@ impl Totals {
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     let name = a.reward.as_deref().unwrap_or("judge");
-    let models = crate::cli::load_models(&a.model, name, &a.rewards, a.cpu)?;
+    let models = crate::cli::load_models(&a.model, a.draft.as_deref(), name, &a.rewards, a.cpu)?;
     let (policy, reward, weight, device) = (
         &models.policy,
         &models.reward,
