@@ -144,18 +144,11 @@ fn update(
     chosen: &Scored,
     [loss, gradient]: [&str; 2],
 ) -> Result<ControlFlow<Stopped>, StrategyError> {
-    let update_text = fill(
-        &prompts.update,
-        &[
-            ("query", query),
-            ("chosen", &chosen.text),
-            ("gradient", gradient),
-        ],
-    );
-    let Some(update_prompt) = chat_prompt(s.policy, &update_text, OPEN)? else {
+    let Some(update_prompt) = update_prompt(s.policy, prompts, query, &chosen.text, gradient)?
+    else {
         return Ok(ControlFlow::Break(Stopped::Budget));
     };
-    let Some(sampled) = s.sample(&update_prompt, s.request.n, true, &[CLOSE])? else {
+    let Some(sampled) = s.sample(&update_prompt, s.request.n, true, &[UPDATE_STOP])? else {
         return Ok(ControlFlow::Break(Stopped::Budget));
     };
     let echoes = Echoes::new(
@@ -197,6 +190,26 @@ fn reasons(reasons: &[String]) -> String {
     } else {
         reasons.join("; ")
     }
+}
+
+/// Where an update round's responses end: the close of the marker its prompt opens.
+pub const UPDATE_STOP: &str = CLOSE;
+
+/// The update round's prompt: the query, the chosen response and the suggestions for
+/// improving it, as one user message with the response marker opened. `None` when it does not
+/// fit the model's context.
+pub fn update_prompt(
+    policy: &dyn LanguageModel,
+    prompts: &Prompts,
+    query: &str,
+    chosen: &str,
+    gradient: &str,
+) -> Result<Option<Vec<u32>>, StrategyError> {
+    let text = fill(
+        &prompts.update,
+        &[("query", query), ("chosen", chosen), ("gradient", gradient)],
+    );
+    chat_prompt(policy, &text, OPEN)
 }
 
 /// A feedback prompt as one user message, with `prefill` opening the assistant's turn. `None`

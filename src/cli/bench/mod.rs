@@ -1,9 +1,10 @@
-//! `hone bench [engine|reward|tpo|service]`: the measurements behind docs/PERFORMANCE.md, made
+//! `hone bench [engine|reward|tpo|service|speculate]`: the measurements behind docs/PERFORMANCE.md, made
 //! by the binary users run. Each prints a Markdown table.
 
 mod engine;
 mod reward;
 mod service;
+mod speculate;
 mod tpo;
 
 use anyhow::Result;
@@ -21,6 +22,9 @@ enum What {
     Tpo,
     /// What the HTTP service adds around the engine per request.
     Service,
+    /// Greedy decoding at batch 1 with and without speculation (the suffix drafter, and the
+    /// draft model with --draft), on chat prompts and on TPO refine rounds.
+    Speculate,
 }
 
 #[derive(Args)]
@@ -60,18 +64,19 @@ pub struct BenchArgs {
     /// tpo: improvement rounds.
     #[arg(long, default_value_t = 2)]
     rounds: u32,
-    /// tpo: the most tokens of each candidate and critique.
+    /// tpo: the most tokens of each candidate and critique; speculate: of each answer.
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
-    /// tpo: draft tokens per step of the speculative arm (0 leaves that arm out).
+    /// tpo, speculate: draft tokens per step of the speculative arms (0 leaves them out of
+    /// tpo).
     #[arg(long, default_value_t = 4)]
     speculate: usize,
-    /// tpo: the speculative arm verifies every draft, whether it pays or not (to compare
+    /// tpo, speculate: the suffix drafter's arm verifies every draft, whether it pays or not (to compare
     /// drafters, not pacing).
     #[arg(long)]
     unpaced: bool,
-    /// tpo: a draft model for the speculative arm (name or path; it must share the policy's
-    /// tokenizer), guessing where the text does not repeat.
+    /// tpo, speculate: a draft model for the speculative arms (name or path; it must share
+    /// the policy's tokenizer), guessing where the text does not repeat.
     #[arg(long)]
     draft: Option<String>,
     #[arg(long)]
@@ -90,5 +95,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         What::Reward => reward::run(&a),
         What::Tpo => tpo::run(&a),
         What::Service => service::run(&a),
+        What::Speculate => speculate::run(&a),
     }
 }
