@@ -367,7 +367,7 @@ impl Policy {
             for (i, &(g, r)) in place.iter().enumerate() {
                 indexes[g].extend(r, &rows[i].tokens);
             }
-            let cost = pacing::verify_cost(self.model().device(), keep.len());
+            let cost = pacing::Cost::verify(self.model().device(), keep.len());
             let mut drafts: Vec<StepDraft> = Vec::with_capacity(keep.len());
             for &j in &keep {
                 let i = active[j];
@@ -390,7 +390,7 @@ impl Policy {
                 // part of what a guess costs.
                 let model_len = match (&drafter, draft.tokens.is_empty()) {
                     (Some(d), true) if params.speculation.paced => {
-                        row.model_pacing.draft_len(room, cost + d.cost())
+                        row.model_pacing.draft_len(room, cost.plus(d.cost()))
                     }
                     (Some(_), true) => room,
                     _ => 0,
@@ -509,15 +509,22 @@ impl Policy {
     }
 
     /// The draft model's state for this call, prefilled with the prompts, when speculation is
-    /// on and the policy has a draft model.
+    /// on, the policy has a draft model, and its guesses could pay at this batch size (paced:
+    /// see [`pacing::Cost::can_pay`]; on a GPU a small draft model's step costs about the
+    /// policy's, so it never does there).
     fn model_drafter(
         &self,
         prompts: &[&[u32]],
         rows: usize,
         params: &GenerateParams,
     ) -> Result<Option<ModelDrafter<'_>>> {
+        let s = params.speculation;
+        let pays = |cost: f64| {
+            let verify = pacing::Cost::verify(self.model().device(), rows);
+            !s.paced || verify.plus(cost).can_pay(s.max_draft)
+        };
         match self.draft() {
-            Some(draft) if params.speculation.is_on() => Ok(Some(ModelDrafter::prefill(
+            Some(draft) if s.is_on() && pays(draft.cost()) => Ok(Some(ModelDrafter::prefill(
                 draft,
                 prompts,
                 rows,

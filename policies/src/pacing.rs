@@ -1,14 +1,19 @@
 //! How many drafted tokens a row verifies: as many as pay for themselves.
 //!
-//! Verifying a drafted token costs a position of compute whether it is accepted or not; it
-//! saves a decoding step only when it is. Draft `i` of a step is accepted with probability
-//! about `p^i`, where `p` is the row's acceptance rate so far, so it pays when `p^i` exceeds
-//! what one more verified position costs in decoding steps. That cost is a property of the
-//! device and the batch: small where a step is bound by reading the weights (a GPU at small
-//! batches: a verification call of 5 positions costs ~1.7 steps on an H200), large where it is
-//! bound by arithmetic (a CPU: ~3.5 steps; any device at large batches). Rows whose drafts do
-//! not pay stop drafting, and try one token every [`Pacing::PROBE_EVERY`] steps to notice
-//! when the text starts repeating.
+//! Verifying drafted tokens costs compute whether they are accepted or not; a token saves a
+//! decoding step only when it is accepted. Draft `i` of a step is accepted with probability
+//! about `p^i`, where `p` is the row's acceptance rate so far, so drafting `L` tokens gains
+//! `p + p² + ... + p^L` steps on average and costs what verifying them costs ([`Cost`]): a
+//! price for verifying any at all (`first`) and a price per token (`each`). Both are
+//! properties of the device and the batch. On a GPU at a few rows a step is a chain of small
+//! kernels: one more position per row moves the products to kernels built for several rows,
+//! which costs about a step once (an H200 runs 2 to 8 positions per row for about 2 steps),
+//! and the positions after it are nearly free. On a CPU every position costs arithmetic. A
+//! draft model's tokens also cost its own steps ([`crate::draft::DraftModel::cost`]).
+//!
+//! Rows whose drafts do not pay stop drafting, and now and then try again (a probe) to notice
+//! when the text starts repeating; probes are spaced so that they cost about
+//! [`Pacing::PROBE_SHARE`] of the row's steps.
 //!
 //! Every decision depends on the tokens alone (acceptance counts, batch size, device), never
 //! on timings, so a seeded run stays reproducible; and speculation is exact whatever the draft
@@ -41,37 +46,36 @@ impl Default for Pacing {
 impl Pacing {
     /// The weight of the previous steps' counts at each new step.
     const MEMORY: f64 = 0.8;
-    /// A row that does not draft tries one token this often.
-    pub const PROBE_EVERY: usize = 8;
+    /// What share of a row's steps its probes may cost, while its drafts do not pay.
+    pub const PROBE_SHARE: f64 = 0.06;
 
     /// The share of evaluated draft tokens that were accepted (discounted).
     pub fn acceptance(&self) -> f64 {
         self.accepted / self.evaluated
     }
 
-    /// How many of up to `max` drafted tokens to verify this step, when one more verified
-    /// position costs `cost` decoding steps.
-    pub fn draft_len(&mut self, max: usize, cost: f64) -> usize {
-        if max == 0 {
+    /// How many of up to `max` drafted tokens to verify this step at `cost`: the length
+    /// with the largest expected gain, if that gain is positive; else none, or a probe.
+    pub fn draft_len(&mut self, max: usize, cost: Cost) -> usize {
+        if !cost.can_pay(max) {
             return 0;
         }
+        // Each further token gains p^i and costs `each`: the gain grows while p^i > each.
         let p = self.acceptance();
-        let (mut len, mut reach) = (0, 1.0);
-        while len < max {
+        let (mut len, mut reach, mut gain) = (0, 1.0, -cost.first);
+        while len < max && reach * p > cost.each {
             reach *= p;
-            if reach < cost {
-                break;
-            }
+            gain += reach - cost.each;
             len += 1;
         }
-        if len > 0 {
+        if len > 0 && gain > 0.0 {
             self.idle = 0;
             return len;
         }
         self.idle += 1;
-        if self.idle >= Self::PROBE_EVERY {
+        if self.idle as f64 * Self::PROBE_SHARE >= cost.first + cost.each {
             self.idle = 0;
-            return 1;
+            return len.max(1);
         }
         0
     }
@@ -88,20 +92,45 @@ impl Pacing {
     }
 }
 
-/// What one more verified position per row costs, in decoding steps, on `device` with `rows`
-/// rows in the step: the larger figure of the models measured, so that drafting stops where
-/// it might not pay. Measured with `hone bench engine` (the `verify 5 / step` column, minus
-/// one, over five): on an H200 (2026-12-01, SmolLM2 and the Qwen2.5-1.5B shape), 0.22-0.35 at 1
-/// to 4 rows, 0.4 (SmolLM2) and 1.4 (1.5B) at 16, 0.75-2.4 at 64: a decode step replayed as a
-/// CUDA graph is cheap enough that verifying is dear beside it; on a 2-core CPU, 0.3-0.5 at 1
-/// row and 0.8 at 4.
-pub fn verify_cost(device: &Device, rows: usize) -> f64 {
-    match (device.is_cuda(), rows) {
-        (true, 0..=4) => 0.35,
-        (true, 5..=16) => 1.5,
-        (true, _) => 2.4,
-        (false, 0..=1) => 0.5,
-        (false, _) => 0.8,
+/// What verifying drafted tokens costs a row, in decoding steps: `first` for verifying any,
+/// and `each` per token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cost {
+    pub first: f64,
+    pub each: f64,
+}
+
+impl Cost {
+    /// The cost of verifying on `device` with `rows` rows in the step: the larger figure of
+    /// the models measured, so that drafting stops where it might not pay. Measured with
+    /// `hone bench engine` (the `verify 5 / step` column) and `hone bench speculate`: on an
+    /// H200 (2026-12-01), verifying 5 positions at 1 to 4 rows costs 1.7-2.5 steps, most of it
+    /// for the first (the 8-row kernels cost about twice the 1-row ones); at 16 rows 1.4 and at
+    /// 64 rows 2.4 steps per position. On a 2-core CPU, 5 positions at 1 row cost 2.1-2.3
+    /// steps, and 0.8 per position at 4 rows.
+    pub fn verify(device: &Device, rows: usize) -> Self {
+        let (first, each) = match (device.is_cuda(), rows) {
+            (true, 0..=4) => (0.95, 0.05),
+            (true, 5..=16) => (0.0, 1.5),
+            (true, _) => (0.0, 2.4),
+            (false, 0..=1) => (0.3, 0.2),
+            (false, _) => (0.0, 0.8),
+        };
+        Self { first, each }
+    }
+
+    /// Whether drafting up to `max` tokens could pay at all: even with every token accepted,
+    /// `max` tokens must gain more than they cost. Where they cannot, rows do not even probe.
+    pub fn can_pay(&self, max: usize) -> bool {
+        max as f64 * (1.0 - self.each) > self.first
+    }
+
+    /// The same, with `per_token` more steps for each token (a draft model's own steps).
+    pub fn plus(self, per_token: f64) -> Self {
+        Self {
+            each: self.each + per_token,
+            ..self
+        }
     }
 }
 
@@ -109,17 +138,31 @@ pub fn verify_cost(device: &Device, rows: usize) -> f64 {
 mod tests {
     use super::*;
 
+    fn cost(first: f64, each: f64) -> Cost {
+        Cost { first, each }
+    }
+
     #[test]
-    fn cheap_verification_drafts_the_most_a_high_acceptance_pays_for() {
+    fn drafts_are_as_long_as_their_tokens_pay() {
         let mut row = Pacing::default();
         for _ in 0..10 {
             row.record(4, 4);
         }
         assert!(row.acceptance() > 0.9, "{}", row.acceptance());
-        assert_eq!(row.draft_len(6, 0.15), 6);
-        // 0.7^1 = 0.7 >= 0.5 but 0.7^2 = 0.49 < 0.5: one token pays, two do not.
-        assert_eq!(Pacing::default().draft_len(6, 0.5), 1);
-        assert_eq!(Pacing::default().draft_len(6, 0.15), 5);
+        assert_eq!(row.draft_len(6, cost(0.0, 0.15)), 6);
+        // At the 70% prior: 0.7 > 0.5 but 0.49 < 0.5, so one token pays on a linear cost;
+        // 0.7^5 = 0.17 > 0.15 but 0.7^6 = 0.12 < 0.15, so five do on a cheaper one.
+        assert_eq!(Pacing::default().draft_len(6, cost(0.0, 0.5)), 1);
+        assert_eq!(Pacing::default().draft_len(6, cost(0.0, 0.15)), 5);
+        // A price for verifying at all: at 70% four tokens gain 0.7 + 0.49 + 0.34 + 0.24 -
+        // 4 x 0.05 = 1.57 steps, which pays for 0.95, but not for 2.
+        assert_eq!(Pacing::default().draft_len(4, cost(0.95, 0.05)), 4);
+        let mut row = Pacing::default();
+        assert_eq!(row.draft_len(4, cost(2.0, 0.05)), 0);
+        // Where not even certain acceptance pays (a draft model whose steps cost about the
+        // policy's), a row never drafts, not even to probe.
+        assert!(!cost(0.95, 0.91).can_pay(10));
+        assert!((0..100).all(|_| row.draft_len(10, cost(0.95, 0.91)) == 0));
     }
 
     #[test]
@@ -129,21 +172,21 @@ mod tests {
             row.record(2, 0);
         }
         assert!(row.acceptance() < 0.1, "{}", row.acceptance());
-        let lens: Vec<usize> = (0..2 * Pacing::PROBE_EVERY)
-            .map(|_| row.draft_len(4, 0.5))
-            .collect();
+        // A probe costs 0.5 steps: one every 0.5 / 0.06 = 8.3 steps, so at the 9th and 18th.
+        let lens: Vec<usize> = (0..18).map(|_| row.draft_len(4, cost(0.3, 0.2))).collect();
         let probes: Vec<usize> = lens
             .iter()
             .enumerate()
             .filter(|(_, &l)| l > 0)
             .map(|(i, _)| i)
             .collect();
-        assert_eq!(
-            probes,
-            [Pacing::PROBE_EVERY - 1, 2 * Pacing::PROBE_EVERY - 1],
-            "{lens:?}"
-        );
+        assert_eq!(probes, [8, 17], "{lens:?}");
         assert!(lens.iter().all(|&l| l <= 1), "{lens:?}");
+        // Where a probe costs a whole step, probes are half as frequent again.
+        let lens: Vec<usize> = (0..34)
+            .map(|_| row.draft_len(4, cost(0.95, 0.05)))
+            .collect();
+        assert_eq!(lens.iter().filter(|&&l| l > 0).count(), 2, "{lens:?}");
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! and the exactness properties speculative decoding relies on. It prints one line per check
 //! and exits non-zero on any failure, so a GPU machine can run it without cargo.
 //!
-//! Tolerance of the logits comparison: the CPU engine quantizes activations to 8 bits before
-//! each product (as llama.cpp does) while the CUDA kernels keep them in f32, so the two differ
-//! by about what hone and llama.cpp differ by. The bounds are the ones tests/reference.rs holds
+//! Tolerance of the logits comparison: both engines quantize activations to 8 bits before each
+//! product, the CPU engine as llama.cpp's CPU code does (blocks of 256 values for K-quant
+//! weights) and the CUDA kernels in blocks of 32, so the two differ by about what hone and
+//! llama.cpp differ by. The bounds are the ones tests/reference.rs holds
 //! hone to against llama.cpp: over the CPU's 32 most likely tokens of every position, the mean
 //! |difference| of log-probabilities at most 0.3 and the largest at most 2.0.
 
@@ -27,6 +28,10 @@ pub struct CheckArgs {
     /// Decoding steps compared in the batch and speculation checks.
     #[arg(long, default_value_t = 24)]
     steps: usize,
+    /// Also write both engines' log-probabilities of every prompt position (their top 32
+    /// tokens each) to this JSONL file, to compare them with a third implementation.
+    #[arg(long)]
+    dump: Option<std::path::PathBuf>,
 }
 
 const PROMPTS: [&str; 4] = [
@@ -52,7 +57,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
     let results = [
         (
             "logits against the CPU engine",
-            against_cpu(&on_gpu, &on_cpu, &prompts),
+            against_cpu(&on_gpu, &on_cpu, &prompts, a.dump.as_deref()),
         ),
         (
             "rows alone = rows in a batch",
@@ -91,10 +96,26 @@ pub fn run(a: CheckArgs) -> Result<()> {
     Ok(())
 }
 
-/// Every prompt position's log-probabilities, GPU against CPU.
-fn against_cpu(gpu: &Policy, cpu: &Policy, prompts: &[Vec<u32>]) -> Result<String> {
+/// Every prompt position's log-probabilities but the first, GPU against CPU; the worst is
+/// named.
+///
+/// The first position is left out: in models with massive activations (Qwen2.5-1.5B's
+/// residual reaches ~4,400 in a few channels from the second layer on, at the first token,
+/// which every later token attends to as a sink), its row cannot be quantized to 8 bits
+/// without losing the rest of its values, and both engines' logits there are far from a
+/// float computation's (llama.cpp's by up to 7.8 in log-probability, measured with a float32
+/// forward of the dequantized weights), while every later position agrees with it within
+/// 0.5. Its logits predict the prompt's second token, which generation never samples.
+fn against_cpu(
+    gpu: &Policy,
+    cpu: &Policy,
+    prompts: &[Vec<u32>],
+    dump: Option<&std::path::Path>,
+) -> Result<String> {
     let (mut worst, mut total, mut n, mut agree, mut positions) = (0f32, 0f64, 0usize, 0, 0);
-    for p in prompts {
+    let mut at = (0, 0, 0);
+    let mut lines = String::new();
+    for (pi, p) in prompts.iter().enumerate() {
         let all = |policy: &Policy| -> Result<Vec<Vec<f32>>> {
             let mut cache = policy.model().new_cache(1);
             let logits = policy
@@ -103,37 +124,61 @@ fn against_cpu(gpu: &Policy, cpu: &Policy, prompts: &[Vec<u32>]) -> Result<Strin
             Ok(logits.to_vec2()?)
         };
         let (ours, theirs) = (all(gpu)?, all(cpu)?);
-        if ours.len() != theirs.len() {
+        if ours.len() != theirs.len() || ours.len() != p.len() {
             bail!(
-                "{} positions on the GPU, {} on the CPU",
+                "{} positions on the GPU, {} on the CPU, for a prompt of {}",
                 ours.len(),
-                theirs.len()
+                theirs.len(),
+                p.len()
             );
         }
-        for (g, c) in ours.iter().zip(&theirs) {
+        for (t, (g, c)) in ours.iter().zip(&theirs).enumerate().skip(1) {
             let (lg, lc) = (log_softmax(g), log_softmax(c));
-            let mut top: Vec<usize> = (0..lc.len()).collect();
-            top.sort_by(|&i, &j| lc[j].total_cmp(&lc[i]));
-            for &i in top.iter().take(TOP) {
+            let top = top_ids(&lc, TOP);
+            for &i in &top {
                 let d = (lg[i] - lc[i]).abs();
-                worst = worst.max(d);
+                if d > worst {
+                    (worst, at) = (d, (pi, t, i));
+                }
                 total += d as f64;
                 n += 1;
             }
             positions += 1;
             agree += usize::from(policies::sampling::argmax(g) == top[0] as u32);
+            if dump.is_some() {
+                let mut ids = top.clone();
+                ids.extend(top_ids(&lg, TOP).into_iter().filter(|i| !top.contains(i)));
+                let line = serde_json::json!({
+                    "prompt": pi, "position": t, "tokens": &p[..=t], "ids": ids,
+                    "gpu": ids.iter().map(|&i| lg[i]).collect::<Vec<_>>(),
+                    "cpu": ids.iter().map(|&i| lc[i]).collect::<Vec<_>>(),
+                });
+                lines.push_str(&format!("{line}\n"));
+            }
         }
+    }
+    if let Some(path) = dump {
+        std::fs::write(path, lines)?;
     }
     let mean = total / n.max(1) as f64;
     let detail = format!(
         "log-prob |diff| over the top {TOP} of {positions} positions: mean {mean:.4} \
-         (bound {MEAN_TOL}), max {worst:.4} (bound {MAX_TOL}); top-1 agrees at \
-         {agree}/{positions}"
+         (bound {MEAN_TOL}), max {worst:.4} (bound {MAX_TOL}; prompt {}, position {}, token \
+         {}); top-1 agrees at {agree}/{positions}",
+        at.0, at.1, at.2
     );
     if mean > MEAN_TOL as f64 || worst > MAX_TOL {
         bail!("{detail}");
     }
     Ok(detail)
+}
+
+/// The indices of the `k` largest entries, largest first.
+fn top_ids(xs: &[f32], k: usize) -> Vec<usize> {
+    let mut ids: Vec<usize> = (0..xs.len()).collect();
+    ids.sort_by(|&i, &j| xs[j].total_cmp(&xs[i]));
+    ids.truncate(k);
+    ids
 }
 
 fn log_softmax(xs: &[f32]) -> Vec<f32> {
