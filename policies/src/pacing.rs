@@ -5,11 +5,11 @@
 //! about `p^i`, where `p` is the row's acceptance rate so far, so drafting `L` tokens gains
 //! `p + p² + ... + p^L` steps on average and costs what verifying them costs ([`Cost`]): a
 //! price for verifying any at all (`first`) and a price per token (`each`). Both are
-//! properties of the device and the batch. On a GPU at a few rows a step is a chain of small
-//! kernels: one more position per row moves the products to kernels built for several rows,
-//! which costs about a step once (an H200 runs 2 to 8 positions per row for about 2 steps),
-//! and the positions after it are nearly free. On a CPU every position costs arithmetic. A
-//! draft model's tokens also cost its own steps ([`crate::draft::DraftModel::cost`]).
+//! properties of the device and the batch. On a GPU at a few rows one more position per row
+//! moves the products to kernels built for several rows, which costs most of a step once
+//! (an H200 runs 2 positions per row for 1.6 steps), and each position after it less. On a
+//! CPU every position costs arithmetic. A draft model's tokens also cost its own steps
+//! ([`crate::draft::DraftModel::cost`]).
 //!
 //! Rows whose drafts do not pay stop drafting, and now and then try again (a probe) to notice
 //! when the text starts repeating; probes are spaced so that they cost about
@@ -103,14 +103,14 @@ pub struct Cost {
 impl Cost {
     /// The cost of verifying on `device` with `rows` rows in the step: the larger figure of
     /// the models measured, so that drafting stops where it might not pay. Measured with
-    /// `hone bench engine` (the `verify 5 / step` column) and `hone bench speculate`: on an
-    /// H200 (2026-12-01), verifying 5 positions at 1 to 4 rows costs 1.7-2.5 steps, most of it
-    /// for the first (the 8-row kernels cost about twice the 1-row ones); at 16 rows 1.4 and at
-    /// 64 rows 2.4 steps per position. On a 2-core CPU, 5 positions at 1 row cost 2.1-2.3
-    /// steps, and 0.8 per position at 4 rows.
+    /// `hone bench engine --verify K` (the `verify K / step` column): on an H200 with
+    /// Qwen2.5-Coder-1.5B (2026-12-01), a call of 2 positions per row at 1 and 4 rows costs
+    /// 1.6 steps and one of 7 costs 3.2-3.4 (the products move to kernels built for 8 rows);
+    /// at 16 rows 1.4 and at 64 rows 2.4 steps per position. On a 2-core CPU, 5 positions at 1
+    /// row cost 2.1-2.3 steps, and 0.8 per position at 4 rows.
     pub fn verify(device: &Device, rows: usize) -> Self {
         let (first, each) = match (device.is_cuda(), rows) {
-            (true, 0..=4) => (0.95, 0.05),
+            (true, 0..=4) => (0.6, 0.3),
             (true, 5..=16) => (0.0, 1.5),
             (true, _) => (0.0, 2.4),
             (false, 0..=1) => (0.3, 0.2),
