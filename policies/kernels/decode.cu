@@ -286,9 +286,9 @@ __device__ void dot_tile(const uint8_t *w, const int8_t *xq, const float *xd, in
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.f;
     // Several units in flight per lane: decode is bound by memory latency (a long reduction,
-    // as in the gated MLP's output, is a long chain of loads per lane). With 8 rows the
+    // as in the gated MLP's output, is a long chain of loads per lane). With more rows the
     // registers go to the rows instead.
-#pragma unroll(R == 1 ? 8 / T::SPAN : 1)
+#pragma unroll(R == 1 ? 8 / T::SPAN : (R == 2 ? 4 / T::SPAN : 1))
     for (int u = lane; u < units; u += WARP) {
         const int blk = u / T::UNITS, t = u % T::UNITS, e = blk * T::QK + 16 * T::SPAN * t;
         const uint8_t *b = w + (size_t)blk * T::BYTES;
@@ -766,8 +766,9 @@ __device__ void glu_mma(const uint8_t *gate, const uint8_t *up, const int8_t *xq
 }
 
 // Shapes: `_1` one row and one column per warp (a decode step of one row: the most warps);
-// `_8` up to 8 rows per warp (small batches, verification); `_mma` tensor cores (prefill and
-// larger batches).
+// `_2`, `_4` and `_8` up to 2, 4 and 8 rows per warp (small batches, and a row's drafted
+// tokens under verification: a warp's work grows with its rows); `_mma` tensor cores (prefill
+// and larger batches).
 #define MATVEC_ARGS                                                                            \
     const uint8_t *w, const int8_t *xq, const float *xd, float *y, const float *bias,          \
         const float *res, int has_bias, int has_res, int n, int k, int cols
@@ -792,6 +793,8 @@ __device__ void glu_mma(const uint8_t *gate, const uint8_t *up, const int8_t *xq
     }
 #define QUANT_KERNELS(T)                                                                       \
     QUANT_KERNELS_R(T, _1, 1)                                                                  \
+    QUANT_KERNELS_R(T, _2, 2)                                                                  \
+    QUANT_KERNELS_R(T, _4, 4)                                                                  \
     QUANT_KERNELS_R(T, _8, 8)                                                                  \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS *WARP, 2) matvec_##T##_mma(MATVEC_ARGS) { \
         matvec_mma<T>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols);                 \

@@ -209,7 +209,11 @@ impl GpuMatrix {
 enum Tile {
     /// One row, one column per warp: a decode step of one row gets the most warps.
     One,
-    /// Up to 8 rows, one column per warp: small batches and drafted tokens.
+    /// Up to 2, 4 or 8 rows, one column per warp: small batches and drafted tokens. A warp
+    /// does work in proportion to its rows, so a step of 2 rows (a token and one draft) does
+    /// not pay for 8.
+    Two,
+    Four,
     Eight,
     /// Tensor cores, 16 rows by 32 columns per block: prefill and larger batches, where each
     /// weight unit serves 16 rows.
@@ -220,7 +224,9 @@ impl Tile {
     fn of(n: usize) -> Self {
         match n {
             0 | 1 => Self::One,
-            2..=8 => Self::Eight,
+            2 => Self::Two,
+            3 | 4 => Self::Four,
+            5..=8 => Self::Eight,
             _ => Self::Mma,
         }
     }
@@ -228,6 +234,8 @@ impl Tile {
     fn suffix(self) -> &'static str {
         match self {
             Self::One => "_1",
+            Self::Two => "_2",
+            Self::Four => "_4",
             Self::Eight => "_8",
             Self::Mma => "_mma",
         }
@@ -255,6 +263,8 @@ impl Tile {
     fn config(self, cols: usize, n: usize) -> LaunchConfig {
         let (rows, cols_per_block, threads) = match self {
             Self::One => (1, COLUMN_WARPS as usize, 32 * COLUMN_WARPS),
+            Self::Two => (2, COLUMN_WARPS as usize, 32 * COLUMN_WARPS),
+            Self::Four => (4, COLUMN_WARPS as usize, 32 * COLUMN_WARPS),
             Self::Eight => (8, COLUMN_WARPS as usize, 32 * COLUMN_WARPS),
             Self::Mma => (MMA_ROWS, MMA_COLS, 32 * MMA_WARPS),
         };
