@@ -4,9 +4,14 @@
 # (pass_rate.svg); the judges' tables go to docs/eval/judges-<model>.md. EVAL.md shows these
 # reports; `hone eval report docs/eval/<run>` writes a run's report again from its log alone.
 #
+#   scripts/eval.sh doc   # only the tables of docs/EVAL.md, from the folders as they are
 #   scripts/eval.sh cpu   # the default model on this machine's CPU: about 40 minutes on 2 cores
 #   scripts/eval.sh gpu   # Qwen2.5-Coder-1.5B on a GPU (a CUDA build): on an H200 the
 #                         # constrained run takes 5 minutes, the whole set about an hour
+#
+# Each run ends by writing the tables of docs/EVAL.md again: a table between
+# `<!-- report: NAME -->` and `<!-- end report -->` is replaced by the table of
+# docs/eval/NAME/report.md (or of docs/eval/NAME when NAME is a file), where that exists.
 #
 # HONE (default target/release/hone, or target-cuda/release/hone for gpu) is the binary to use.
 set -euo pipefail
@@ -14,6 +19,7 @@ cd "$(dirname "$0")/.."
 where=${1:-cpu}
 out=docs/eval
 case "$where" in
+doc) ;;
 cpu)
     hone=${HONE:-target/release/hone}
     [ -x "$hone" ] || cargo build --release
@@ -36,8 +42,22 @@ gpu)
         --min-pairwise-accuracy 0.85 > "$out/judges-$model.md"
     ;;
 *)
-    echo "usage: $0 cpu|gpu" >&2
+    echo "usage: $0 cpu|gpu|doc" >&2
     exit 2
     ;;
 esac
-echo "written to $out"
+python3 - "$out" docs/EVAL.md <<'PY'
+import re, sys
+from pathlib import Path
+out, doc = Path(sys.argv[1]), Path(sys.argv[2])
+block = re.compile(r"(<!-- report: (\S+) -->\n)(.*?)(<!-- end report -->)", re.S)
+def table(m):
+    src = out / m.group(2)
+    src = src / "report.md" if src.is_dir() else src
+    if not src.exists():  # not run on this kind of machine yet: the table stays as measured
+        return m.group(0)
+    rows = [l for l in src.read_text().splitlines() if l.startswith("|")]
+    return m.group(1) + "\n".join(rows) + "\n" + m.group(4)
+doc.write_text(block.sub(table, doc.read_text()))
+PY
+echo "written to $out and docs/EVAL.md"
