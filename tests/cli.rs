@@ -48,9 +48,9 @@ fn withheld(o: &Output) -> usize {
 
 #[test]
 fn unpaced_speculation_verifies_every_draft_and_keeps_the_text() {
-    let prompt = "Rewrite this paragraph with better grammar, keeping its meaning: The report \
-                  were finished late because the team have not enough time, but it contain all \
-                  the numbers that the manager asked for.";
+    // A poem repeats little of its prompt: the first drafts are rejected, and pacing then
+    // holds the row's next drafts back as not paying on this CPU.
+    let prompt = "Write a short poem about the sea, with a title, in four lines.";
     let run = |extra: &[&str]| {
         let out = hone(
             &[
@@ -65,8 +65,8 @@ fn unpaced_speculation_verifies_every_draft_and_keeps_the_text() {
     let plain = run(&[]);
     let paced = run(&["--speculate", "4"]);
     let unpaced = run(&["--speculate", "4", "--unpaced"]);
-    // Greedy text is the plain text either way; on this CPU pacing holds back drafts that
-    // would not pay, and --unpaced verifies them all.
+    // Greedy text is the plain text either way; pacing holds back drafts that would not pay,
+    // and --unpaced verifies them all.
     assert_eq!(paced.stdout, plain.stdout);
     assert_eq!(unpaced.stdout, plain.stdout);
     assert!(withheld(&paced) > 0, "{}", stderr(&paced));
