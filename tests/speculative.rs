@@ -6,7 +6,7 @@ mod common;
 use common::load;
 use policies::speculative::chi_square_bound;
 use policies::store::SMOLLM2;
-use policies::{GenerateParams, Message, Policy, Role, SamplingParams, Speculation};
+use policies::{GenerateParams, Generation, Message, Policy, Role, SamplingParams, Speculation};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
@@ -181,6 +181,37 @@ fn two_sample_chi_square(a: &HashMap<u32, u64>, b: &HashMap<u32, u64>) -> (f64, 
     (stat, cells.len().saturating_sub(1))
 }
 
+/// How often each token appears at positions `from`, `from + 1` and `from + 2` of the rows.
+fn counts_at(out: &[Generation], from: usize) -> [HashMap<u32, u64>; 3] {
+    let mut at: [HashMap<u32, u64>; 3] = Default::default();
+    for g in out {
+        for (i, slot) in at.iter_mut().enumerate() {
+            if let Some(&t) = g.tokens.get(from + i) {
+                *slot.entry(t).or_default() += 1;
+            }
+        }
+    }
+    at
+}
+
+/// Each of the three positions' tokens (counted from `from`) follows the same distribution
+/// in both samples, by the two-sample chi-square test at the 0.1% level.
+fn assert_same_distributions(
+    plain: &[HashMap<u32, u64>; 3],
+    spec: &[HashMap<u32, u64>; 3],
+    from: usize,
+) {
+    for (i, (p, s)) in plain.iter().zip(spec).enumerate() {
+        let (x, df) = two_sample_chi_square(p, s);
+        eprintln!("token {}: chi2 {x:.1} with {df} df", from + i + 1);
+        assert!(
+            x < chi_square_bound(df),
+            "token {}: chi2 {x:.1} with {df} df over {p:?} vs {s:?}",
+            from + i + 1
+        );
+    }
+}
+
 #[test]
 fn sampled_speculative_output_follows_the_plain_distribution() {
     // A raw text that repeats a pattern, sampled at T = 0.8 on 300 rows over one prefill: once
@@ -196,15 +227,7 @@ fn sampled_speculative_output_follows_the_plain_distribution() {
         let (out, stats) = policy()
             .generate(&prompt, rows, &params(4, 0.8, seed, speculate))
             .unwrap();
-        let mut at: [HashMap<u32, u64>; 3] = Default::default();
-        for g in &out {
-            for (i, slot) in at.iter_mut().enumerate() {
-                if let Some(&t) = g.tokens.get(i + 1) {
-                    *slot.entry(t).or_default() += 1;
-                }
-            }
-        }
-        (at, stats)
+        (counts_at(&out, 1), stats)
     };
     let (plain, _) = count(0, 0);
     let (spec, stats) = count(4, 1_000_000);
@@ -214,17 +237,7 @@ fn sampled_speculative_output_follows_the_plain_distribution() {
         stats.num_draft_tokens >= rows / 2 && stats.num_accepted_tokens > 0,
         "too few drafts to test: {stats:?}"
     );
-    for i in 0..3 {
-        let (x, df) = two_sample_chi_square(&plain[i], &spec[i]);
-        eprintln!("token {}: chi2 {x:.1} with {df} df", i + 2);
-        assert!(
-            x < chi_square_bound(df),
-            "token {}: chi2 {x:.1} with {df} df over {:?} vs {:?}",
-            i + 2,
-            plain[i],
-            spec[i]
-        );
-    }
+    assert_same_distributions(&plain, &spec, 1);
 }
 
 /// The default model paired with itself as its draft model: its guesses are the policy's own
@@ -283,15 +296,7 @@ fn sampled_output_with_a_draft_model_follows_the_plain_distribution() {
         let (out, stats) = policy
             .generate(&prompt, rows, &params(3, 0.8, seed, speculate))
             .unwrap();
-        let mut at: [HashMap<u32, u64>; 3] = Default::default();
-        for g in &out {
-            for (i, slot) in at.iter_mut().enumerate() {
-                if let Some(&t) = g.tokens.get(i) {
-                    *slot.entry(t).or_default() += 1;
-                }
-            }
-        }
-        (at, stats)
+        (counts_at(&out, 0), stats)
     };
     let (plain, _) = count(policy(), 0, 0);
     let (spec, stats) = count(self_drafted(), 4, 1_000_000);
@@ -301,16 +306,7 @@ fn sampled_output_with_a_draft_model_follows_the_plain_distribution() {
             && stats.num_model_accepted_tokens < stats.num_model_draft_tokens,
         "the draft model's guesses must be both accepted and rejected: {stats:?}"
     );
-    for i in 0..3 {
-        let (x, df) = two_sample_chi_square(&plain[i], &spec[i]);
-        assert!(
-            x < chi_square_bound(df),
-            "token {}: chi2 {x:.1} with {df} df over {:?} vs {:?}",
-            i + 1,
-            plain[i],
-            spec[i]
-        );
-    }
+    assert_same_distributions(&plain, &spec, 0);
 }
 
 #[test]
