@@ -195,26 +195,10 @@ fn load_ps(v: &[f32; 8]) -> __m256 {
     unsafe { _mm256_loadu_ps(v.as_ptr()) }
 }
 
-/// Lane j: the sum of the 32-bit lanes of `v[j]`, for the first `n` (at most 8) of `v`; the
-/// other lanes are zero. The blocks after a row's last group have one vector each: this puts
-/// their sums where a group's are. Horizontal adds over several vectors at once take fewer
-/// instructions than one reduction per vector.
+/// Lane `j` of `v` in every lane.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn lane_sums(v: &[__m256i; 8], n: usize) -> __m256i {
-    // Lane j of each 128-bit half: v[j]'s sum over that half, for j < 4.
-    let low4 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-    if n <= 4 {
-        let s = _mm_add_epi32(
-            _mm256_castsi256_si128(low4),
-            _mm256_extracti128_si256::<1>(low4),
-        );
-        return _mm256_zextsi128_si256(s);
-    }
-    let high4 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-    _mm256_add_epi32(
-        _mm256_permute2x128_si256::<0x20>(low4, high4),
-        _mm256_permute2x128_si256::<0x31>(low4, high4),
-    )
+fn lane(v: __m256, j: usize) -> __m256 {
+    _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j as i32))
 }
 
 /// Whether the CPU has AVX-512 VNNI with 256-bit vectors (`avx512vl`), detected once.
@@ -351,9 +335,11 @@ pub(crate) unsafe fn unsigned32_at<B: Unpack, const R: usize, const VNNI: bool>(
             offset[r] = _mm256_fmadd_ps(m, load_ps(&x.s), offset[r]);
         }
     }
-    // The blocks after the last group, in the file's layout (one vector each): their integer
-    // sums are reduced across lanes into lane j for block j, and from there they take the
-    // groups' path (the last group's activations hold zeros past the last block).
+    // The blocks after the last group, in the file's layout (one vector each). Block j's eight
+    // integer lane sums go to float as they are and are scaled by lane j of the group's scales,
+    // broadcast: the float lanes are summed at the end anyway, so no horizontal add is needed
+    // here. The offsets take the groups' path (the last group's activations hold zeros past
+    // the last block).
     let rest = &w[8 * full..];
     let mut q = [_mm256_setzero_si256(); 8];
     let (mut d, mut m) = ([0f32; 8], [0f32; 8]);
@@ -369,14 +355,12 @@ pub(crate) unsafe fn unsigned32_at<B: Unpack, const R: usize, const VNNI: bool>(
         }
         // SAFETY: the last group exists when blocks are left over (checked above).
         let x = unsafe { xs[r].get_unchecked(full) };
-        let mut products = [_mm256_setzero_si256(); 8];
-        for j in 0..rest.len() {
-            // SAFETY: as above.
-            products[j] = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), q[j], load(&x.qs[j])) };
-        }
-        let sums = lane_sums(&products, rest.len());
         let scale = _mm256_mul_ps(d, load_ps(&x.d));
-        acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[r]);
+        for (j, &q) in q.iter().enumerate().take(rest.len()) {
+            // SAFETY: as above.
+            let sums = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), q, load(&x.qs[j])) };
+            acc[r] = _mm256_fmadd_ps(lane(scale, j), _mm256_cvtepi32_ps(sums), acc[r]);
+        }
         offset[r] = _mm256_fmadd_ps(m, load_ps(&x.s), offset[r]);
     }
     std::array::from_fn(|r| hsum(acc[r]) + hsum(offset[r]))
@@ -448,18 +432,13 @@ pub(crate) unsafe fn q8_0_at<const R: usize, const VNNI: bool>(
         }
         // SAFETY: as in `unsigned32`.
         let x = unsafe { xs[r].get_unchecked(full) };
-        let mut products = [_mm256_setzero_si256(); 8];
+        let scale = _mm256_mul_ps(d, load_ps(&x.d));
         for j in 0..rest.len() {
             let signed = _mm256_sign_epi8(load(&x.qs[j]), q[j]);
             // SAFETY: as above.
-            products[j] = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), magnitude[j], signed) };
+            let sums = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), magnitude[j], signed) };
+            acc[r] = _mm256_fmadd_ps(lane(scale, j), _mm256_cvtepi32_ps(sums), acc[r]);
         }
-        let sums = lane_sums(&products, rest.len());
-        acc[r] = _mm256_fmadd_ps(
-            _mm256_mul_ps(d, load_ps(&x.d)),
-            _mm256_cvtepi32_ps(sums),
-            acc[r],
-        );
     }
     std::array::from_fn(|r| hsum(acc[r]))
 }
