@@ -84,42 +84,126 @@ fn one_query<'a>(
     if slots.is_empty() {
         return;
     }
-    let scores: Vec<f32> = slots.iter().map(|&s| dot(q, key(s)) * scale).collect();
+    // Four keys at a time: each key's dot product is the same arithmetic as `dot`'s, but four
+    // independent chains of additions keep the CPU busy where one would wait on the last add.
+    let mut scores = Vec::with_capacity(slots.len());
+    let mut quads = slots.chunks_exact(4);
+    for s in &mut quads {
+        let dots = dots4(q, [key(s[0]), key(s[1]), key(s[2]), key(s[3])]);
+        scores.extend(dots.map(|x| x * scale));
+    }
+    scores.extend(quads.remainder().iter().map(|&s| dot(q, key(s)) * scale));
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut total = 0f32;
-    for (&s, score) in slots.iter().zip(&scores) {
-        let p = (score - max).exp();
-        total += p;
-        for (o, x) in out.iter_mut().zip(value(s)) {
-            *o += p * x;
+    for p in scores.iter_mut() {
+        *p = (*p - max).exp();
+        total += *p;
+    }
+    match out.len() {
+        64 => weighted_sum::<64>(slots, &scores, value, out),
+        128 => weighted_sum::<128>(slots, &scores, value, out),
+        _ => {
+            for (&s, &p) in slots.iter().zip(&scores) {
+                for (o, x) in out.iter_mut().zip(value(s)) {
+                    *o += p * x;
+                }
+            }
         }
     }
     let inv = 1.0 / total;
     out.iter_mut().for_each(|o| *o *= inv);
 }
 
+/// `out` = Σ p·v over the keys in order, in a local array the compiler keeps in registers
+/// (the same additions as into `out` directly, which would go through memory every key).
+fn weighted_sum<'a, const D: usize>(
+    slots: &[usize],
+    weights: &[f32],
+    value: impl Fn(usize) -> &'a [f32],
+    out: &mut [f32],
+) {
+    debug_assert_eq!(slots.len(), weights.len());
+    let mut acc = [0f32; D];
+    for (&s, &p) in slots.iter().zip(weights) {
+        let Some(v) = value(s).first_chunk::<D>() else {
+            return;
+        };
+        for (a, x) in acc.iter_mut().zip(v) {
+            *a += p * x;
+        }
+    }
+    out.copy_from_slice(&acc);
+}
+
 /// A dot product in a fixed order: eight lanes over the vector, then the lanes pairwise.
 /// (The compiler may vectorize it but never reorders it: Rust does not reassociate floats.)
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut acc = [0f32; LANES];
-    let (a_main, a_tail) = a.split_at(a.len() - a.len() % LANES);
-    let (b_main, b_tail) = b.split_at(a_main.len());
-    for (x, y) in a_main.chunks_exact(LANES).zip(b_main.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
+    dots::<1>(a, [b])[0]
+}
+
+/// `dot(a, b)` for four `b`s at once, each with exactly `dot`'s arithmetic.
+fn dots4(a: &[f32], bs: [&[f32]; 4]) -> [f32; 4] {
+    dots::<4>(a, bs)
+}
+
+fn dots<const N: usize>(a: &[f32], bs: [&[f32]; N]) -> [f32; N] {
+    let main = a.len() - a.len() % LANES;
+    let mut acc = lanes::<N>(&a[..main], bs.map(|b| &b[..main]));
+    for (acc, b) in acc.iter_mut().zip(&bs) {
+        for (l, (x, y)) in a[main..].iter().zip(&b[main..]).enumerate() {
+            acc[l] += x * y;
         }
     }
-    for (l, (x, y)) in a_tail.iter().zip(b_tail).enumerate() {
-        acc[l] += x * y;
+    acc.map(|acc| {
+        let quads = [
+            acc[0] + acc[4],
+            acc[1] + acc[5],
+            acc[2] + acc[6],
+            acc[3] + acc[7],
+        ];
+        (quads[0] + quads[2]) + (quads[1] + quads[3])
+    })
+}
+
+const LANES: usize = 8;
+
+/// Lane `l` of result `n`: Σ a[i]·bs[n][i] over the `i` with `i % 8 == l`, in order of `i`
+/// (a multiply, then an add: never fused, so every build gives the same bits).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+fn lanes<const N: usize>(a: &[f32], bs: [&[f32]; N]) -> [[f32; LANES]; N] {
+    use std::arch::x86_64::*;
+    assert!(bs.iter().all(|b| b.len() == a.len()) && a.len().is_multiple_of(LANES));
+    // SAFETY: the build has AVX (cfg above).
+    let mut acc = [unsafe { _mm256_setzero_ps() }; N];
+    for c in (0..a.len()).step_by(LANES) {
+        // SAFETY: `c + 8 <= len` for `a` and every `b` (checked above); unaligned loads.
+        unsafe {
+            let x = _mm256_loadu_ps(a.as_ptr().add(c));
+            for (acc, b) in acc.iter_mut().zip(&bs) {
+                let y = _mm256_loadu_ps(b.as_ptr().add(c));
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, y));
+            }
+        }
     }
-    let quads = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
-    (quads[0] + quads[2]) + (quads[1] + quads[3])
+    acc.map(|v| {
+        let mut out = [0f32; LANES];
+        // SAFETY: `out` holds eight floats; unaligned store.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+        out
+    })
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
+fn lanes<const N: usize>(a: &[f32], bs: [&[f32]; N]) -> [[f32; LANES]; N] {
+    let mut acc = [[0f32; LANES]; N];
+    for (acc, b) in acc.iter_mut().zip(&bs) {
+        for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+            for l in 0..LANES {
+                acc[l] += x[l] * y[l];
+            }
+        }
+    }
+    acc
 }
 
 /// A read-only view of a 4-D f32 CPU tensor of any strides whose last axis is contiguous.
