@@ -143,13 +143,25 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `dot(a, b)` for four `b`s at once, each with exactly `dot`'s arithmetic.
 fn dots4(a: &[f32], bs: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    if a.len().is_multiple_of(LANES) && bs.iter().all(|b| b.len() == a.len()) {
+        return avx::dots4(a, bs);
+    }
     dots::<4>(a, bs)
 }
 
 fn dots<const N: usize>(a: &[f32], bs: [&[f32]; N]) -> [f32; N] {
+    let mut acc = [[0f32; LANES]; N];
     let main = a.len() - a.len() % LANES;
-    let mut acc = lanes::<N>(&a[..main], bs.map(|b| &b[..main]));
     for (acc, b) in acc.iter_mut().zip(&bs) {
+        for (x, y) in a[..main]
+            .chunks_exact(LANES)
+            .zip(b[..main].chunks_exact(LANES))
+        {
+            for l in 0..LANES {
+                acc[l] += x[l] * y[l];
+            }
+        }
         for (l, (x, y)) in a[main..].iter().zip(&b[main..]).enumerate() {
             acc[l] += x * y;
         }
@@ -167,43 +179,40 @@ fn dots<const N: usize>(a: &[f32], bs: [&[f32]; N]) -> [f32; N] {
 
 const LANES: usize = 8;
 
-/// Lane `l` of result `n`: Σ a[i]·bs[n][i] over the `i` with `i % 8 == l`, in order of `i`
-/// (a multiply, then an add: never fused, so every build gives the same bits).
+/// `dots4` in AVX registers: the four keys' eight lanes and their reduction, in `dot`'s order
+/// (a multiply, then an add, never fused; lanes `l` and `l + 4`, then quads 0 + 2 and 1 + 3).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-fn lanes<const N: usize>(a: &[f32], bs: [&[f32]; N]) -> [[f32; LANES]; N] {
+mod avx {
+    use super::LANES;
     use std::arch::x86_64::*;
-    assert!(bs.iter().all(|b| b.len() == a.len()) && a.len().is_multiple_of(LANES));
-    // SAFETY: the build has AVX (cfg above).
-    let mut acc = [unsafe { _mm256_setzero_ps() }; N];
-    for c in (0..a.len()).step_by(LANES) {
-        // SAFETY: `c + 8 <= len` for `a` and every `b` (checked above); unaligned loads.
-        unsafe {
-            let x = _mm256_loadu_ps(a.as_ptr().add(c));
-            for (acc, b) in acc.iter_mut().zip(&bs) {
-                let y = _mm256_loadu_ps(b.as_ptr().add(c));
-                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, y));
-            }
-        }
-    }
-    acc.map(|v| {
-        let mut out = [0f32; LANES];
-        // SAFETY: `out` holds eight floats; unaligned store.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
-        out
-    })
-}
 
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
-fn lanes<const N: usize>(a: &[f32], bs: [&[f32]; N]) -> [[f32; LANES]; N] {
-    let mut acc = [[0f32; LANES]; N];
-    for (acc, b) in acc.iter_mut().zip(&bs) {
-        for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
-            for l in 0..LANES {
-                acc[l] += x[l] * y[l];
+    pub(super) fn dots4(a: &[f32], bs: [&[f32]; 4]) -> [f32; 4] {
+        assert!(bs.iter().all(|b| b.len() == a.len()) && a.len().is_multiple_of(LANES));
+        // SAFETY: the build has AVX (cfg above); every load reads `c..c + 8` of a slice at
+        // least that long (checked above); loads and the store are unaligned.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for c in (0..a.len()).step_by(LANES) {
+                let x = _mm256_loadu_ps(a.as_ptr().add(c));
+                for (acc, b) in acc.iter_mut().zip(&bs) {
+                    let y = _mm256_loadu_ps(b.as_ptr().add(c));
+                    *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, y));
+                }
             }
+            // Quads: lane l plus lane l + 4, for each key.
+            let q =
+                acc.map(|v| _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v)));
+            // Transposed: quad l of the four keys in one vector.
+            let (t0, t1) = (_mm_unpacklo_ps(q[0], q[1]), _mm_unpacklo_ps(q[2], q[3]));
+            let (t2, t3) = (_mm_unpackhi_ps(q[0], q[1]), _mm_unpackhi_ps(q[2], q[3]));
+            let (r0, r1) = (_mm_movelh_ps(t0, t1), _mm_movehl_ps(t1, t0));
+            let (r2, r3) = (_mm_movelh_ps(t2, t3), _mm_movehl_ps(t3, t2));
+            let sums = _mm_add_ps(_mm_add_ps(r0, r2), _mm_add_ps(r1, r3));
+            let mut out = [0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), sums);
+            out
         }
     }
-    acc
 }
 
 /// A read-only view of a 4-D f32 CPU tensor of any strides whose last axis is contiguous.
@@ -332,6 +341,25 @@ mod tests {
                     .map(|(a, b)| (a - b).abs())
                     .fold(0f32, f32::max);
                 assert!(diff < 1e-5, "token {t} head {head}: {diff}");
+            }
+        }
+    }
+
+    /// Four keys at a time are four single dot products, bit for bit, at every length.
+    #[test]
+    fn four_dot_products_are_four_single_ones() {
+        for d in [8, 24, 64, 67, 128] {
+            let v = filled((1, 1, 5, d), d as u32)
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let (q, keys) = v.split_at(d);
+            let keys: Vec<&[f32]> = keys.chunks_exact(d).collect();
+            assert_eq!(keys.len(), 4);
+            let four = dots4(q, [keys[0], keys[1], keys[2], keys[3]]);
+            for (k, got) in keys.iter().zip(four) {
+                assert_eq!(got.to_bits(), dot(q, k).to_bits(), "head_dim {d}");
             }
         }
     }

@@ -165,12 +165,29 @@ fn widen(p: __m256i) -> __m256i {
     _mm256_madd_epi16(p, _mm256_set1_epi16(1))
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
+/// Each vector's eight lanes summed, four vectors at a time (`hadd` pairs lanes within one
+/// vector only), every vector in the same tree whatever `R` is: ((0+1)+(2+3))+((4+5)+(6+7)).
+///
+/// # Safety
+/// The CPU must have AVX2 (every caller runs with it enabled).
+#[inline(always)]
+unsafe fn lane_totals<const R: usize>(v: &[__m256; R]) -> [f32; R] {
+    let mut out = [0f32; R];
+    for first in (0..R).step_by(4) {
+        let at = |i: usize| v[(first + i).min(R - 1)];
+        let (a, b, c, d) = (at(0), at(1), at(2), at(3));
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+        let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+        let mut lanes = [0f32; 4];
+        // SAFETY: four floats' room; unaligned store.
+        unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), s) };
+        for (i, &total) in lanes.iter().enumerate() {
+            if first + i < R {
+                out[first + i] = total;
+            }
+        }
+    }
+    out
 }
 
 /// Checks that every row has the activation groups for `n` weight blocks, so that the loops
@@ -319,7 +336,6 @@ pub(crate) unsafe fn unsigned32_at<B: Unpack, const R: usize, const VNNI: bool>(
 ) -> [f32; R] {
     same_lengths(&xs, w.len().div_ceil(8));
     let mut acc = [_mm256_setzero_ps(); R];
-    let mut offset = [_mm256_setzero_ps(); R];
     let full = w.len() / 8;
     for g in 0..full {
         let group = groups::group(w, g);
@@ -332,7 +348,7 @@ pub(crate) unsafe fn unsigned32_at<B: Unpack, const R: usize, const VNNI: bool>(
             let sums = unsafe { group_sums::<VNNI>(&q, &x.qs) };
             let scale = _mm256_mul_ps(d, load_ps(&x.d));
             acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[r]);
-            offset[r] = _mm256_fmadd_ps(m, load_ps(&x.s), offset[r]);
+            acc[r] = _mm256_fmadd_ps(m, load_ps(&x.s), acc[r]);
         }
     }
     // The blocks after the last group, in the file's layout (one vector each). Block j's eight
@@ -361,9 +377,10 @@ pub(crate) unsafe fn unsigned32_at<B: Unpack, const R: usize, const VNNI: bool>(
             let sums = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), q, load(&x.qs[j])) };
             acc[r] = _mm256_fmadd_ps(lane(scale, j), _mm256_cvtepi32_ps(sums), acc[r]);
         }
-        offset[r] = _mm256_fmadd_ps(m, load_ps(&x.s), offset[r]);
+        acc[r] = _mm256_fmadd_ps(m, load_ps(&x.s), acc[r]);
     }
-    std::array::from_fn(|r| hsum(acc[r]) + hsum(offset[r]))
+    // SAFETY: this function runs with AVX2 enabled.
+    unsafe { lane_totals(&acc) }
 }
 
 /// # Safety
@@ -440,7 +457,8 @@ pub(crate) unsafe fn q8_0_at<const R: usize, const VNNI: bool>(
             acc[r] = _mm256_fmadd_ps(lane(scale, j), _mm256_cvtepi32_ps(sums), acc[r]);
         }
     }
-    std::array::from_fn(|r| hsum(acc[r]))
+    // SAFETY: this function runs with AVX2 enabled.
+    unsafe { lane_totals(&acc) }
 }
 
 /// Q4K and Q5K once their 4 chunks of 64 values are unpacked: chunk `c` holds groups `2c`
@@ -510,7 +528,12 @@ pub(crate) unsafe fn q4k_at<const R: usize, const VNNI: bool>(
             k_minimums::<R, VNNI>(d, dmin, &block.scales, chunk, rows, &mut acc, &mut offset)
         };
     }
-    std::array::from_fn(|r| hsum(acc[r]) - offset[r])
+    // SAFETY: this function runs with AVX2 enabled.
+    let mut totals = unsafe { lane_totals(&acc) };
+    for (t, o) in totals.iter_mut().zip(offset) {
+        *t -= o;
+    }
+    totals
 }
 
 /// # Safety
@@ -544,7 +567,12 @@ pub(crate) unsafe fn q5k_at<const R: usize, const VNNI: bool>(
             k_minimums::<R, VNNI>(d, dmin, &block.scales, chunk, rows, &mut acc, &mut offset)
         };
     }
-    std::array::from_fn(|r| hsum(acc[r]) - offset[r])
+    // SAFETY: this function runs with AVX2 enabled.
+    let mut totals = unsafe { lane_totals(&acc) };
+    for (t, o) in totals.iter_mut().zip(offset) {
+        *t -= o;
+    }
+    totals
 }
 
 /// # Safety
@@ -598,5 +626,10 @@ pub(crate) unsafe fn q6k_at<const R: usize, const VNNI: bool>(
             offset[r] += d * x.d * (32 * sums) as f32;
         }
     }
-    std::array::from_fn(|r| hsum(acc[r]) - offset[r])
+    // SAFETY: this function runs with AVX2 enabled.
+    let mut totals = unsafe { lane_totals(&acc) };
+    for (t, o) in totals.iter_mut().zip(offset) {
+        *t -= o;
+    }
+    totals
 }
