@@ -292,6 +292,30 @@ macro_rules! entry {
 }
 
 entry!(unsigned32, unsigned32_vnni, unsigned32_at, [B: Unpack], B, Act8x32);
+
+/// `unsigned32` for two columns at once (tiles of several rows, with VNNI).
+pub(crate) fn unsigned32_pair<B: Unpack, const R: usize>(
+    w: [&[B]; 2],
+    xs: [&[Act8x32]; R],
+) -> [[f32; R]; 2] {
+    if R > 1 && has_vnni() {
+        // SAFETY: the CPU has AVX-512 VNNI and VL (checked).
+        unsafe { unsigned32_pair_vnni::<B, R>(w, xs) }
+    } else {
+        [unsigned32::<B, R>(w[0], xs), unsigned32::<B, R>(w[1], xs)]
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX-512 VNNI and VL.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn unsigned32_pair_vnni<B: Unpack, const R: usize>(
+    w: [&[B]; 2],
+    xs: [&[Act8x32]; R],
+) -> [[f32; R]; 2] {
+    // SAFETY: this function runs with VNNI enabled.
+    unsafe { unsigned32_pair_at::<B, R, true>(w, xs) }
+}
 entry!(q8_0, q8_0_vnni, q8_0_at, [], Q8_0, Act8x32);
 entry!(q4k, q4k_vnni, q4k_at, [], Q4K, Act256);
 entry!(q5k, q5k_vnni, q5k_at, [], Q5K, Act256);
@@ -334,21 +358,59 @@ pub(crate) unsafe fn unsigned32_at<B: Unpack, const R: usize, const VNNI: bool>(
     w: &[B],
     xs: [&[Act8x32]; R],
 ) -> [f32; R] {
-    same_lengths(&xs, w.len().div_ceil(8));
-    let mut acc = [_mm256_setzero_ps(); R];
-    let full = w.len() / 8;
+    // SAFETY: the caller's guarantees.
+    let [out] = unsafe { unsigned32_cols::<B, R, 1, VNNI>([w], xs) };
+    out
+}
+
+/// Two weight columns against a tile of rows: each activation vector loaded once for both.
+/// Every row's and column's arithmetic is `unsigned32_at`'s.
+///
+/// # Safety
+/// With `VNNI` the CPU must have AVX-512 VNNI and VL.
+#[inline(always)]
+pub(crate) unsafe fn unsigned32_pair_at<B: Unpack, const R: usize, const VNNI: bool>(
+    w: [&[B]; 2],
+    xs: [&[Act8x32]; R],
+) -> [[f32; R]; 2] {
+    // SAFETY: the caller's guarantees.
+    unsafe { unsigned32_cols::<B, R, 2, VNNI>(w, xs) }
+}
+
+/// # Safety
+/// With `VNNI` the CPU must have AVX-512 VNNI and VL.
+#[inline(always)]
+unsafe fn unsigned32_cols<B: Unpack, const R: usize, const C: usize, const VNNI: bool>(
+    w: [&[B]; C],
+    xs: [&[Act8x32]; R],
+) -> [[f32; R]; C] {
+    let n = w[0].len();
+    assert!(
+        w.iter().all(|w| w.len() == n),
+        "columns of different widths"
+    );
+    same_lengths(&xs, n.div_ceil(8));
+    let mut acc = [[_mm256_setzero_ps(); R]; C];
+    let full = n / 8;
     for g in 0..full {
-        let group = groups::group(w, g);
-        // SAFETY: this function runs with AVX2 enabled.
-        let (q, (d, m)) = unsafe { (B::unpack_group(group), B::scales(group)) };
+        let mut q = [[_mm256_setzero_si256(); 8]; C];
+        let mut dm = [(_mm256_setzero_ps(), _mm256_setzero_ps()); C];
+        for c in 0..C {
+            let group = groups::group(w[c], g);
+            // SAFETY: this function runs with AVX2 enabled.
+            (q[c], dm[c]) = unsafe { (B::unpack_group(group), B::scales(group)) };
+        }
         for r in 0..R {
             // SAFETY: `g < full <= xs[r].len()` (checked above).
             let x = unsafe { xs[r].get_unchecked(g) };
-            // SAFETY: the caller guarantees VNNI where it is asked for.
-            let sums = unsafe { group_sums::<VNNI>(&q, &x.qs) };
-            let scale = _mm256_mul_ps(d, load_ps(&x.d));
-            acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[r]);
-            acc[r] = _mm256_fmadd_ps(m, load_ps(&x.s), acc[r]);
+            for c in 0..C {
+                let (d, m) = dm[c];
+                // SAFETY: the caller guarantees VNNI where it is asked for.
+                let sums = unsafe { group_sums::<VNNI>(&q[c], &x.qs) };
+                let scale = _mm256_mul_ps(d, load_ps(&x.d));
+                acc[c][r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[c][r]);
+                acc[c][r] = _mm256_fmadd_ps(m, load_ps(&x.s), acc[c][r]);
+            }
         }
     }
     // The blocks after the last group, in the file's layout (one vector each). Block j's eight
@@ -356,31 +418,36 @@ pub(crate) unsafe fn unsigned32_at<B: Unpack, const R: usize, const VNNI: bool>(
     // broadcast: the float lanes are summed at the end anyway, so no horizontal add is needed
     // here. The offsets take the groups' path (the last group's activations hold zeros past
     // the last block).
-    let rest = &w[8 * full..];
-    let mut q = [_mm256_setzero_si256(); 8];
-    let (mut d, mut m) = ([0f32; 8], [0f32; 8]);
-    for (j, block) in rest.iter().enumerate() {
-        // SAFETY: as above.
-        q[j] = unsafe { block.unpack() };
-        (d[j], m[j]) = block.scale_offset();
-    }
-    let (d, m) = (load_ps(&d), load_ps(&m));
-    for r in 0..R {
-        if rest.is_empty() {
-            break;
-        }
-        // SAFETY: the last group exists when blocks are left over (checked above).
-        let x = unsafe { xs[r].get_unchecked(full) };
-        let scale = _mm256_mul_ps(d, load_ps(&x.d));
-        for (j, &q) in q.iter().enumerate().take(rest.len()) {
+    let left = n - 8 * full;
+    let mut out = [[0f32; R]; C];
+    for c in 0..C {
+        let rest = &w[c][8 * full..];
+        let mut q = [_mm256_setzero_si256(); 8];
+        let (mut d, mut m) = ([0f32; 8], [0f32; 8]);
+        for (j, block) in rest.iter().enumerate() {
             // SAFETY: as above.
-            let sums = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), q, load(&x.qs[j])) };
-            acc[r] = _mm256_fmadd_ps(lane(scale, j), _mm256_cvtepi32_ps(sums), acc[r]);
+            q[j] = unsafe { block.unpack() };
+            (d[j], m[j]) = block.scale_offset();
         }
-        acc[r] = _mm256_fmadd_ps(m, load_ps(&x.s), acc[r]);
+        let (d, m) = (load_ps(&d), load_ps(&m));
+        for r in 0..R {
+            if left == 0 {
+                break;
+            }
+            // SAFETY: the last group exists when blocks are left over (checked above).
+            let x = unsafe { xs[r].get_unchecked(full) };
+            let scale = _mm256_mul_ps(d, load_ps(&x.d));
+            for (j, &q) in q.iter().enumerate().take(left) {
+                // SAFETY: as above.
+                let sums = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), q, load(&x.qs[j])) };
+                acc[c][r] = _mm256_fmadd_ps(lane(scale, j), _mm256_cvtepi32_ps(sums), acc[c][r]);
+            }
+            acc[c][r] = _mm256_fmadd_ps(m, load_ps(&x.s), acc[c][r]);
+        }
+        // SAFETY: this function runs with AVX2 enabled.
+        out[c] = unsafe { lane_totals(&acc[c]) };
     }
-    // SAFETY: this function runs with AVX2 enabled.
-    unsafe { lane_totals(&acc) }
+    out
 }
 
 /// # Safety

@@ -65,13 +65,17 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
     /// Puts one matrix row, as read from the file, in the layout `dot` reads.
     fn prepare(row: &mut [Self]);
     fn dot<const R: usize>(w: &[Self], xs: [&[Self::Act]; R]) -> [f32; R];
+    /// `dot` for two columns: where a kernel reads each activation vector once for both.
+    fn dot_pair<const R: usize>(w: [&[Self]; 2], xs: [&[Self::Act]; R]) -> [[f32; R]; 2] {
+        [Self::dot(w[0], xs), Self::dot(w[1], xs)]
+    }
 }
 
 /// The file's layout is the kernel's (the k-quants).
 fn keep<B>(_: &mut [B]) {}
 
 macro_rules! kernel {
-    ($block:ty, $width:literal, $act:ty, $dtype:expr, $prepare:path, $f:ident $(::<$g:ty>)?) => {
+    ($block:ty, $width:literal, $act:ty, $dtype:expr, $prepare:path, $f:ident $(::<$g:ty>)? $(, pair $p:ident::<$pg:ty>)?) => {
         impl Kernel for $block {
             const WIDTH: usize = $width;
             type Act = $act;
@@ -82,6 +86,9 @@ macro_rules! kernel {
             fn dot<const R: usize>(w: &[Self], xs: [&[$act]; R]) -> [f32; R] {
                 simd::$f$(::<$g, R>)?(w, xs)
             }
+            $(fn dot_pair<const R: usize>(w: [&[Self]; 2], xs: [&[$act]; R]) -> [[f32; R]; 2] {
+                simd::$p::<$pg, R>(w, xs)
+            })?
         }
     };
 }
@@ -93,7 +100,8 @@ kernel!(
     Act8x32,
     GgmlDType::Q4_0,
     interleave_row,
-    unsigned32::<Q4_0>
+    unsigned32::<Q4_0>,
+    pair unsigned32_pair::<Q4_0>
 );
 kernel!(
     Q4_1,
@@ -101,7 +109,8 @@ kernel!(
     Act8x32,
     GgmlDType::Q4_1,
     interleave_row,
-    unsigned32::<Q4_1>
+    unsigned32::<Q4_1>,
+    pair unsigned32_pair::<Q4_1>
 );
 kernel!(
     Q5_0,
@@ -109,7 +118,8 @@ kernel!(
     Act8x32,
     GgmlDType::Q5_0,
     interleave_row,
-    unsigned32::<Q5_0>
+    unsigned32::<Q5_0>,
+    pair unsigned32_pair::<Q5_0>
 );
 kernel!(Q8_0, 32, Act8x32, GgmlDType::Q8_0, interleave_row, q8_0);
 kernel!(Q4K, 256, Act256, GgmlDType::Q4K, keep, q4k);
@@ -285,16 +295,33 @@ impl<B: Kernel> Blocks<B> {
         // the end.
         let total: usize = mats.iter().map(|b| b.rows).sum();
         let mut by_column = vec![0f32; total * m];
-        crate::cpu::for_each_chunk(&mut by_column, m, |col, out| {
+        // Columns two at a time (the kernels that can read each activation vector once for
+        // both do), each pair's `2m` results contiguous.
+        let column = |col: usize| {
             let (mut mat, mut col) = (0, col);
             while col >= mats[mat].rows {
                 col -= mats[mat].rows;
                 mat += 1;
             }
-            let w = &mats[mat].blocks[col * per_row..(col + 1) * per_row];
+            &mats[mat].blocks[col * per_row..(col + 1) * per_row]
+        };
+        crate::cpu::for_each_chunk(&mut by_column, 2 * m, |pair, out| {
             let tile = simd::tile_rows();
-            for (t, out) in out.chunks_mut(tile).enumerate() {
-                dot_tile(w, &rows[tile * t..tile * t + out.len()], out);
+            let (first, second) = out.split_at_mut(m);
+            let w = column(2 * pair);
+            if second.is_empty() {
+                for (t, out) in first.chunks_mut(tile).enumerate() {
+                    dot_tile(w, &rows[tile * t..tile * t + out.len()], out);
+                }
+                return Ok(());
+            }
+            let ws = [w, column(2 * pair + 1)];
+            for (t, (a, b)) in first
+                .chunks_mut(tile)
+                .zip(second.chunks_mut(tile))
+                .enumerate()
+            {
+                dot_tile_pair(ws, &rows[tile * t..tile * t + a.len()], [a, b]);
             }
             Ok(())
         })?;
@@ -313,6 +340,31 @@ impl<B: Kernel> Blocks<B> {
             outs.push(out);
         }
         Ok(outs)
+    }
+}
+
+/// Two weight columns against a tile of 1 to 8 activation rows.
+fn dot_tile_pair<B: Kernel>(w: [&[B]; 2], rows: &[&[B::Act]], out: [&mut [f32]; 2]) {
+    fn tile<B: Kernel, const R: usize>(w: [&[B]; 2], rows: &[&[B::Act]], out: [&mut [f32]; 2]) {
+        debug_assert_eq!(rows.len(), R);
+        let [a, b] = B::dot_pair::<R>(w, std::array::from_fn(|r| rows[r]));
+        let [oa, ob] = out;
+        oa.copy_from_slice(&a);
+        ob.copy_from_slice(&b);
+    }
+    match rows.len() {
+        8 => tile::<B, 8>(w, rows, out),
+        7 => tile::<B, 7>(w, rows, out),
+        6 => tile::<B, 6>(w, rows, out),
+        5 => tile::<B, 5>(w, rows, out),
+        4 => tile::<B, 4>(w, rows, out),
+        3 => tile::<B, 3>(w, rows, out),
+        2 => tile::<B, 2>(w, rows, out),
+        _ => {
+            let [a, b] = out;
+            dot_tile(w[0], rows, a);
+            dot_tile(w[1], rows, b);
+        }
     }
 }
 

@@ -183,6 +183,44 @@ fn a_row_does_not_depend_on_the_batch() {
     }
 }
 
+/// A column's results are the same bits computed in a pair of columns (as every matrix of more
+/// than one column is) and alone, for tiles of one row and of several.
+#[test]
+fn a_column_does_not_depend_on_its_pair() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let (out, m) = (5, 6);
+    for (dtype, k) in cases() {
+        let dense = random(&mut rng, out * k);
+        let quantize = |rows: &[f32], n: usize| {
+            let t = Tensor::from_vec(rows.to_vec(), (n, k), &Device::Cpu).unwrap();
+            let q = QTensor::quantize(&t, dtype).unwrap();
+            QuantMatrix::from_qtensor(&q).unwrap().expect("a kernel")
+        };
+        let all = quantize(&dense, out);
+        let lhs = random(&mut rng, m * k);
+        for rows in [1, m] {
+            let paired = forward(&all, &lhs[..rows * k], rows, k);
+            assert_eq!(paired.len(), rows * out);
+            for col in 0..out {
+                let alone = forward(
+                    &quantize(&dense[col * k..(col + 1) * k], 1),
+                    &lhs[..rows * k],
+                    rows,
+                    k,
+                );
+                assert_eq!(alone.len(), rows);
+                for (r, a) in alone.iter().enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        paired[r * out + col].to_bits(),
+                        "{dtype:?}: column {col}, row {r} of {rows}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// The SIMD kernels and the portable ones agree to float rounding.
 #[cfg(all(
     target_arch = "x86_64",
