@@ -86,7 +86,14 @@ macro_rules! kernel {
             fn dot<const R: usize>(w: &[Self], xs: [&[$act]; R]) -> [f32; R] {
                 simd::$f$(::<$g, R>)?(w, xs)
             }
-            $(fn dot_pair<const R: usize>(w: [&[Self]; 2], xs: [&[$act]; R]) -> [[f32; R]; 2] {
+            // Only the AVX2 build has pair kernels; the portable one computes columns alone.
+            $(#[cfg(all(
+                target_arch = "x86_64",
+                target_feature = "avx2",
+                target_feature = "fma",
+                target_feature = "f16c"
+            ))]
+            fn dot_pair<const R: usize>(w: [&[Self]; 2], xs: [&[$act]; R]) -> [[f32; R]; 2] {
                 simd::$p::<$pg, R>(w, xs)
             })?
         }

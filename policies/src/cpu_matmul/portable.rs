@@ -123,13 +123,6 @@ pub(crate) fn unsigned32<B: Values + Grouped, const R: usize>(
     acc
 }
 
-pub(crate) fn unsigned32_pair<B: Values + Grouped, const R: usize>(
-    w: [&[B]; 2],
-    xs: [&[Act8x32]; R],
-) -> [[f32; R]; 2] {
-    [unsigned32::<B, R>(w[0], xs), unsigned32::<B, R>(w[1], xs)]
-}
-
 pub(crate) fn q8_0<const R: usize>(w: &[Q8_0], xs: [&[Act8x32]; R]) -> [f32; R] {
     let mut acc = [0f32; R];
     for b in 0..w.len() {
