@@ -265,16 +265,29 @@ unsafe fn madd_add<const VNNI: bool>(acc: __m256i, a: __m256i, b: __m256i) -> __
 
 /// A kernel's entry point, `$name`, which takes VNNI where the CPU has it; `$vnni`, the body
 /// compiled with VNNI enabled; and the body itself, `$body::<.., false>`, for AVX2 alone.
+///
+/// Both take a run of columns (`w` holds `per_row` blocks per column) and write column `c`'s
+/// result for row `r` to `out[c * stride + r]`: the loop over columns runs inside the function
+/// compiled for the CPU's features, so a column costs no call and no dispatch.
 macro_rules! entry {
     ($name:ident, $vnni:ident, $body:ident, [$($g:ident: $b:path),*], $w:ty, $x:ty) => {
-        pub(crate) fn $name<$($g: $b,)* const R: usize>(w: &[$w], xs: [&[$x]; R]) -> [f32; R] {
+        pub(crate) fn $name<$($g: $b,)* const R: usize>(
+            w: &[$w],
+            per_row: usize,
+            xs: [&[$x]; R],
+            out: &mut [f32],
+            stride: usize,
+        ) {
             // One row is bound by reading its weights: VNNI gains nothing there.
             if R > 1 && has_vnni() {
                 // SAFETY: the CPU has AVX-512 VNNI and VL (checked).
-                unsafe { $vnni::<$($g,)* R>(w, xs) }
+                unsafe { $vnni::<$($g,)* R>(w, per_row, xs, out, stride) }
             } else {
-                // SAFETY: without VNNI the body needs only what the build is compiled for.
-                unsafe { $body::<$($g,)* R, false>(w, xs) }
+                for (c, w) in w.chunks_exact(per_row).enumerate() {
+                    // SAFETY: without VNNI the body needs only what the build is compiled for.
+                    let column = unsafe { $body::<$($g,)* R, false>(w, xs) };
+                    out[c * stride..][..R].copy_from_slice(&column);
+                }
             }
         }
 
@@ -283,39 +296,68 @@ macro_rules! entry {
         #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
         pub(crate) unsafe fn $vnni<$($g: $b,)* const R: usize>(
             w: &[$w],
+            per_row: usize,
             xs: [&[$x]; R],
-        ) -> [f32; R] {
-            // SAFETY: this function runs with VNNI enabled.
-            unsafe { $body::<$($g,)* R, true>(w, xs) }
+            out: &mut [f32],
+            stride: usize,
+        ) {
+            for (c, w) in w.chunks_exact(per_row).enumerate() {
+                // SAFETY: this function runs with VNNI enabled.
+                let column = unsafe { $body::<$($g,)* R, true>(w, xs) };
+                out[c * stride..][..R].copy_from_slice(&column);
+            }
         }
     };
 }
 
-entry!(unsigned32, unsigned32_vnni, unsigned32_at, [B: Unpack], B, Act8x32);
-
-/// `unsigned32` for two columns at once (tiles of several rows, with VNNI).
-pub(crate) fn unsigned32_pair<B: Unpack, const R: usize>(
-    w: [&[B]; 2],
+/// `unsigned32_at` for a run of columns, as `entry!` makes the others' entry points, but two
+/// columns at a time with VNNI: each activation vector is read once for both.
+pub(crate) fn unsigned32<B: Unpack, const R: usize>(
+    w: &[B],
+    per_row: usize,
     xs: [&[Act8x32]; R],
-) -> [[f32; R]; 2] {
+    out: &mut [f32],
+    stride: usize,
+) {
     if R > 1 && has_vnni() {
         // SAFETY: the CPU has AVX-512 VNNI and VL (checked).
-        unsafe { unsigned32_pair_vnni::<B, R>(w, xs) }
+        unsafe { unsigned32_vnni::<B, R>(w, per_row, xs, out, stride) }
     } else {
-        [unsigned32::<B, R>(w[0], xs), unsigned32::<B, R>(w[1], xs)]
+        for (c, w) in w.chunks_exact(per_row).enumerate() {
+            // SAFETY: without VNNI the body needs only what the build is compiled for.
+            let column = unsafe { unsigned32_at::<B, R, false>(w, xs) };
+            out[c * stride..][..R].copy_from_slice(&column);
+        }
     }
 }
 
 /// # Safety
 /// The CPU must have AVX-512 VNNI and VL.
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-unsafe fn unsigned32_pair_vnni<B: Unpack, const R: usize>(
-    w: [&[B]; 2],
+pub(crate) unsafe fn unsigned32_vnni<B: Unpack, const R: usize>(
+    w: &[B],
+    per_row: usize,
     xs: [&[Act8x32]; R],
-) -> [[f32; R]; 2] {
-    // SAFETY: this function runs with VNNI enabled.
-    unsafe { unsigned32_pair_at::<B, R, true>(w, xs) }
+    out: &mut [f32],
+    stride: usize,
+) {
+    let mut pairs = w.chunks_exact(2 * per_row);
+    for (p, w) in (&mut pairs).enumerate() {
+        let (a, b) = w.split_at(per_row);
+        // SAFETY: this function runs with VNNI enabled.
+        let [a, b] = unsafe { unsigned32_cols::<B, R, 2, true>([a, b], xs) };
+        out[2 * p * stride..][..R].copy_from_slice(&a);
+        out[(2 * p + 1) * stride..][..R].copy_from_slice(&b);
+    }
+    let last = pairs.remainder();
+    if !last.is_empty() {
+        let c = (w.len() - last.len()) / per_row;
+        // SAFETY: as above.
+        let [a] = unsafe { unsigned32_cols::<B, R, 1, true>([last], xs) };
+        out[c * stride..][..R].copy_from_slice(&a);
+    }
 }
+
 entry!(q8_0, q8_0_vnni, q8_0_at, [], Q8_0, Act8x32);
 entry!(q4k, q4k_vnni, q4k_at, [], Q4K, Act256);
 entry!(q5k, q5k_vnni, q5k_at, [], Q5K, Act256);
@@ -361,20 +403,6 @@ pub(crate) unsafe fn unsigned32_at<B: Unpack, const R: usize, const VNNI: bool>(
     // SAFETY: the caller's guarantees.
     let [out] = unsafe { unsigned32_cols::<B, R, 1, VNNI>([w], xs) };
     out
-}
-
-/// Two weight columns against a tile of rows: each activation vector loaded once for both.
-/// Every row's and column's arithmetic is `unsigned32_at`'s.
-///
-/// # Safety
-/// With `VNNI` the CPU must have AVX-512 VNNI and VL.
-#[inline(always)]
-pub(crate) unsafe fn unsigned32_pair_at<B: Unpack, const R: usize, const VNNI: bool>(
-    w: [&[B]; 2],
-    xs: [&[Act8x32]; R],
-) -> [[f32; R]; 2] {
-    // SAFETY: the caller's guarantees.
-    unsafe { unsigned32_cols::<B, R, 2, VNNI>(w, xs) }
 }
 
 /// # Safety

@@ -64,18 +64,22 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
     const DTYPE: GgmlDType;
     /// Puts one matrix row, as read from the file, in the layout `dot` reads.
     fn prepare(row: &mut [Self]);
-    fn dot<const R: usize>(w: &[Self], xs: [&[Self::Act]; R]) -> [f32; R];
-    /// `dot` for two columns: where a kernel reads each activation vector once for both.
-    fn dot_pair<const R: usize>(w: [&[Self]; 2], xs: [&[Self::Act]; R]) -> [[f32; R]; 2] {
-        [Self::dot(w[0], xs), Self::dot(w[1], xs)]
-    }
+    /// A run of columns (`per_row` blocks each) against a tile of up to eight activation rows:
+    /// column `c`'s result for row `r` at `out[c * stride + r]`.
+    fn dot<const R: usize>(
+        w: &[Self],
+        per_row: usize,
+        xs: [&[Self::Act]; R],
+        out: &mut [f32],
+        stride: usize,
+    );
 }
 
 /// The file's layout is the kernel's (the k-quants).
 fn keep<B>(_: &mut [B]) {}
 
 macro_rules! kernel {
-    ($block:ty, $width:literal, $act:ty, $dtype:expr, $prepare:path, $f:ident $(::<$g:ty>)? $(, pair $p:ident::<$pg:ty>)?) => {
+    ($block:ty, $width:literal, $act:ty, $dtype:expr, $prepare:path, $f:ident $(::<$g:ty>)?) => {
         impl Kernel for $block {
             const WIDTH: usize = $width;
             type Act = $act;
@@ -83,19 +87,15 @@ macro_rules! kernel {
             fn prepare(row: &mut [Self]) {
                 $prepare(row)
             }
-            fn dot<const R: usize>(w: &[Self], xs: [&[$act]; R]) -> [f32; R] {
-                simd::$f$(::<$g, R>)?(w, xs)
+            fn dot<const R: usize>(
+                w: &[Self],
+                per_row: usize,
+                xs: [&[$act]; R],
+                out: &mut [f32],
+                stride: usize,
+            ) {
+                simd::$f$(::<$g, R>)?(w, per_row, xs, out, stride)
             }
-            // Only the AVX2 build has pair kernels; the portable one computes columns alone.
-            $(#[cfg(all(
-                target_arch = "x86_64",
-                target_feature = "avx2",
-                target_feature = "fma",
-                target_feature = "f16c"
-            ))]
-            fn dot_pair<const R: usize>(w: [&[Self]; 2], xs: [&[$act]; R]) -> [[f32; R]; 2] {
-                simd::$p::<$pg, R>(w, xs)
-            })?
         }
     };
 }
@@ -107,8 +107,7 @@ kernel!(
     Act8x32,
     GgmlDType::Q4_0,
     interleave_row,
-    unsigned32::<Q4_0>,
-    pair unsigned32_pair::<Q4_0>
+    unsigned32::<Q4_0>
 );
 kernel!(
     Q4_1,
@@ -116,8 +115,7 @@ kernel!(
     Act8x32,
     GgmlDType::Q4_1,
     interleave_row,
-    unsigned32::<Q4_1>,
-    pair unsigned32_pair::<Q4_1>
+    unsigned32::<Q4_1>
 );
 kernel!(
     Q5_0,
@@ -125,8 +123,7 @@ kernel!(
     Act8x32,
     GgmlDType::Q5_0,
     interleave_row,
-    unsigned32::<Q5_0>,
-    pair unsigned32_pair::<Q5_0>
+    unsigned32::<Q5_0>
 );
 kernel!(Q8_0, 32, Act8x32, GgmlDType::Q8_0, interleave_row, q8_0);
 kernel!(Q4K, 256, Act256, GgmlDType::Q4K, keep, q4k);
@@ -302,33 +299,25 @@ impl<B: Kernel> Blocks<B> {
         // the end.
         let total: usize = mats.iter().map(|b| b.rows).sum();
         let mut by_column = vec![0f32; total * m];
-        // Columns two at a time (the kernels that can read each activation vector once for
-        // both do), each pair's `2m` results contiguous.
-        let column = |col: usize| {
-            let (mut mat, mut col) = (0, col);
-            while col >= mats[mat].rows {
-                col -= mats[mat].rows;
-                mat += 1;
-            }
-            &mats[mat].blocks[col * per_row..(col + 1) * per_row]
-        };
-        crate::cpu::for_each_chunk(&mut by_column, 2 * m, |pair, out| {
-            let tile = simd::tile_rows();
-            let (first, second) = out.split_at_mut(m);
-            let w = column(2 * pair);
-            if second.is_empty() {
-                for (t, out) in first.chunks_mut(tile).enumerate() {
-                    dot_tile(w, &rows[tile * t..tile * t + out.len()], out);
+        // Runs of up to `COLUMNS` columns per chunk of the pool's work, each column's `m`
+        // results contiguous; a run stops at the end of its matrix.
+        const COLUMNS: usize = 16;
+        crate::cpu::for_each_chunk(&mut by_column, COLUMNS * m, |chunk, out| {
+            let (mut mat, mut col) = (0, chunk * COLUMNS);
+            let mut done = 0;
+            while done < out.len() / m {
+                while col >= mats[mat].rows {
+                    col -= mats[mat].rows;
+                    mat += 1;
                 }
-                return Ok(());
-            }
-            let ws = [w, column(2 * pair + 1)];
-            for (t, (a, b)) in first
-                .chunks_mut(tile)
-                .zip(second.chunks_mut(tile))
-                .enumerate()
-            {
-                dot_tile_pair(ws, &rows[tile * t..tile * t + a.len()], [a, b]);
+                let n = (mats[mat].rows - col).min(out.len() / m - done);
+                let w = &mats[mat].blocks[col * per_row..(col + n) * per_row];
+                let out = &mut out[done * m..(done + n) * m];
+                let tile = simd::tile_rows();
+                for (t, rows) in rows.chunks(tile).enumerate() {
+                    dot_tile(w, per_row, rows, &mut out[t * tile..], m);
+                }
+                (col, done) = (col + n, done + n);
             }
             Ok(())
         })?;
@@ -350,49 +339,29 @@ impl<B: Kernel> Blocks<B> {
     }
 }
 
-/// Two weight columns against a tile of 1 to 8 activation rows.
-fn dot_tile_pair<B: Kernel>(w: [&[B]; 2], rows: &[&[B::Act]], out: [&mut [f32]; 2]) {
-    fn tile<B: Kernel, const R: usize>(w: [&[B]; 2], rows: &[&[B::Act]], out: [&mut [f32]; 2]) {
+/// A run of weight columns against a tile of 1 to 8 activation rows.
+fn dot_tile<B: Kernel>(w: &[B], per_row: usize, rows: &[&[B::Act]], out: &mut [f32], m: usize) {
+    fn tile<B: Kernel, const R: usize>(
+        w: &[B],
+        per_row: usize,
+        rows: &[&[B::Act]],
+        out: &mut [f32],
+        m: usize,
+    ) {
         debug_assert_eq!(rows.len(), R);
-        let [a, b] = B::dot_pair::<R>(w, std::array::from_fn(|r| rows[r]));
-        let [oa, ob] = out;
-        oa.copy_from_slice(&a);
-        ob.copy_from_slice(&b);
+        B::dot::<R>(w, per_row, std::array::from_fn(|r| rows[r]), out, m);
     }
     match rows.len() {
-        8 => tile::<B, 8>(w, rows, out),
-        7 => tile::<B, 7>(w, rows, out),
-        6 => tile::<B, 6>(w, rows, out),
-        5 => tile::<B, 5>(w, rows, out),
-        4 => tile::<B, 4>(w, rows, out),
-        3 => tile::<B, 3>(w, rows, out),
-        2 => tile::<B, 2>(w, rows, out),
+        8 => tile::<B, 8>(w, per_row, rows, out, m),
+        7 => tile::<B, 7>(w, per_row, rows, out, m),
+        6 => tile::<B, 6>(w, per_row, rows, out, m),
+        5 => tile::<B, 5>(w, per_row, rows, out, m),
+        4 => tile::<B, 4>(w, per_row, rows, out, m),
+        3 => tile::<B, 3>(w, per_row, rows, out, m),
+        2 => tile::<B, 2>(w, per_row, rows, out, m),
         _ => {
-            let [a, b] = out;
-            dot_tile(w[0], rows, a);
-            dot_tile(w[1], rows, b);
-        }
-    }
-}
-
-/// One weight column against a tile of 1 to 8 activation rows.
-fn dot_tile<B: Kernel>(w: &[B], rows: &[&[B::Act]], out: &mut [f32]) {
-    fn tile<B: Kernel, const R: usize>(w: &[B], rows: &[&[B::Act]], out: &mut [f32]) {
-        debug_assert_eq!(rows.len(), R);
-        out.copy_from_slice(&B::dot::<R>(w, std::array::from_fn(|r| rows[r])));
-    }
-    match rows.len() {
-        8 => tile::<B, 8>(w, rows, out),
-        7 => tile::<B, 7>(w, rows, out),
-        6 => tile::<B, 6>(w, rows, out),
-        5 => tile::<B, 5>(w, rows, out),
-        4 => tile::<B, 4>(w, rows, out),
-        3 => tile::<B, 3>(w, rows, out),
-        2 => tile::<B, 2>(w, rows, out),
-        _ => {
-            debug_assert_eq!(rows.len(), out.len());
-            for (o, &row) in out.iter_mut().zip(rows) {
-                *o = B::dot(w, [row])[0];
+            for (r, &row) in rows.iter().enumerate() {
+                B::dot::<1>(w, per_row, [row], &mut out[r..], m);
             }
         }
     }

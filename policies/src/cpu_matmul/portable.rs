@@ -105,7 +105,7 @@ fn block<B: Grouped>(w: &[B], b: usize) -> (B, bool) {
     }
 }
 
-pub(crate) fn unsigned32<B: Values + Grouped, const R: usize>(
+fn unsigned32_column<B: Values + Grouped, const R: usize>(
     w: &[B],
     xs: [&[Act8x32]; R],
 ) -> [f32; R] {
@@ -123,7 +123,7 @@ pub(crate) fn unsigned32<B: Values + Grouped, const R: usize>(
     acc
 }
 
-pub(crate) fn q8_0<const R: usize>(w: &[Q8_0], xs: [&[Act8x32]; R]) -> [f32; R] {
+fn q8_0_column<const R: usize>(w: &[Q8_0], xs: [&[Act8x32]; R]) -> [f32; R] {
     let mut acc = [0f32; R];
     for b in 0..w.len() {
         let (block, interleaved) = block(w, b);
@@ -162,7 +162,7 @@ fn k_minimums<const R: usize>(
     }
 }
 
-pub(crate) fn q4k<const R: usize>(w: &[Q4K], xs: [&[Act256]; R]) -> [f32; R] {
+fn q4k_column<const R: usize>(w: &[Q4K], xs: [&[Act256]; R]) -> [f32; R] {
     let mut acc = [0f32; R];
     for (b, block) in w.iter().enumerate() {
         let rows = std::array::from_fn(|r| &xs[r][b]);
@@ -172,7 +172,7 @@ pub(crate) fn q4k<const R: usize>(w: &[Q4K], xs: [&[Act256]; R]) -> [f32; R] {
     acc
 }
 
-pub(crate) fn q5k<const R: usize>(w: &[Q5K], xs: [&[Act256]; R]) -> [f32; R] {
+fn q5k_column<const R: usize>(w: &[Q5K], xs: [&[Act256]; R]) -> [f32; R] {
     let mut acc = [0f32; R];
     for (b, block) in w.iter().enumerate() {
         let rows = std::array::from_fn(|r| &xs[r][b]);
@@ -182,7 +182,7 @@ pub(crate) fn q5k<const R: usize>(w: &[Q5K], xs: [&[Act256]; R]) -> [f32; R] {
     acc
 }
 
-pub(crate) fn q6k<const R: usize>(w: &[Q6K], xs: [&[Act256]; R]) -> [f32; R] {
+fn q6k_column<const R: usize>(w: &[Q6K], xs: [&[Act256]; R]) -> [f32; R] {
     let mut acc = [0f32; R];
     for (b, block) in w.iter().enumerate() {
         let q = q6k_values(block);
@@ -202,4 +202,39 @@ pub(crate) fn q6k<const R: usize>(w: &[Q6K], xs: [&[Act256]; R]) -> [f32; R] {
         }
     }
     acc
+}
+
+/// The entry points, as the AVX2 module's: a run of columns (`per_row` blocks each), column
+/// `c`'s result for row `r` at `out[c * stride + r]`.
+macro_rules! columns {
+    ($name:ident, $column:ident, $w:ty, $x:ty) => {
+        pub(crate) fn $name<const R: usize>(
+            w: &[$w],
+            per_row: usize,
+            xs: [&[$x]; R],
+            out: &mut [f32],
+            stride: usize,
+        ) {
+            for (c, w) in w.chunks_exact(per_row).enumerate() {
+                out[c * stride..][..R].copy_from_slice(&$column::<R>(w, xs));
+            }
+        }
+    };
+}
+
+columns!(q8_0, q8_0_column, Q8_0, Act8x32);
+columns!(q4k, q4k_column, Q4K, Act256);
+columns!(q5k, q5k_column, Q5K, Act256);
+columns!(q6k, q6k_column, Q6K, Act256);
+
+pub(crate) fn unsigned32<B: Values + Grouped, const R: usize>(
+    w: &[B],
+    per_row: usize,
+    xs: [&[Act8x32]; R],
+    out: &mut [f32],
+    stride: usize,
+) {
+    for (c, w) in w.chunks_exact(per_row).enumerate() {
+        out[c * stride..][..R].copy_from_slice(&unsigned32_column::<B, R>(w, xs));
+    }
 }

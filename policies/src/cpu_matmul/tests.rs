@@ -16,6 +16,16 @@ const TYPES: [GgmlDType; 7] = [
     GgmlDType::Q6K,
 ];
 
+/// One column's results through an entry point that takes a run of columns.
+macro_rules! column {
+    ($f:expr, $w:expr, $xs:expr) => {{
+        let xs = $xs;
+        let mut out = xs.map(|_| 0f32);
+        $f($w, $w.len(), xs, &mut out, 0);
+        out
+    }};
+}
+
 fn random(rng: &mut StdRng, n: usize) -> Vec<f32> {
     // Mostly small values with a few outliers, as activations are.
     (0..n)
@@ -255,8 +265,8 @@ fn simd_matches_portable() {
                 for c in 0..out {
                     let w = &$blocks.blocks[c * per_row..(c + 1) * per_row];
                     check(
-                        $simd(w, [rows[0], rows[1], rows[2]]),
-                        $portable(w, [rows[0], rows[1], rows[2]]),
+                        column!($simd, w, [rows[0], rows[1], rows[2]]),
+                        column!($portable, w, [rows[0], rows[1], rows[2]]),
                     );
                 }
             }};
@@ -313,7 +323,7 @@ fn vnni_gives_the_avx2_bits() {
                     let (a, v) = unsafe {
                         (
                             $avx2(w, [rows[0], rows[1], rows[2]]),
-                            $vnni(w, [rows[0], rows[1], rows[2]]),
+                            column!($vnni, w, [rows[0], rows[1], rows[2]]),
                         )
                     };
                     assert_eq!(
@@ -322,7 +332,7 @@ fn vnni_gives_the_avx2_bits() {
                         "{dtype:?} column {c}"
                     );
                     // SAFETY: as above.
-                    let (a, v) = unsafe { ($avx2(w, [rows[1]]), $vnni(w, [rows[1]])) };
+                    let (a, v) = unsafe { ($avx2(w, [rows[1]]), column!($vnni, w, [rows[1]])) };
                     assert_eq!(
                         a.map(f32::to_bits),
                         v.map(f32::to_bits),
