@@ -300,8 +300,11 @@ fn sampled_output_with_a_draft_model_follows_the_plain_distribution() {
     };
     let (plain, _) = count(policy(), 0, 0);
     let (spec, stats) = count(self_drafted(), 4, 1_000_000);
+    // Every row drafts at its first step; the draft model guesses where the suffix drafter
+    // has nothing, which is nearly every row of a three-token answer.
     assert!(
-        stats.num_model_draft_tokens >= rows
+        stats.num_draft_tokens >= rows
+            && stats.num_model_draft_tokens * 10 >= rows * 9
             && stats.num_model_accepted_tokens > 0
             && stats.num_model_accepted_tokens < stats.num_model_draft_tokens,
         "the draft model's guesses must be both accepted and rejected: {stats:?}"

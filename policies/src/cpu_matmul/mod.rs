@@ -9,9 +9,11 @@
 //!
 //! Here, as in llama.cpp, activations are quantized once per row to 8 bits and multiplied
 //! with the weights' integers, summed in 32-bit integers per block before one conversion to
-//! float. Each output column is computed by one thread, a block of weights at a time for a
-//! tile of rows (four, eight with AVX-512 VNNI), with the same instructions for every row: the result depends on the row and the
-//! column only. Weights keep the GGUF layout but for the 32-wide types' groups of eight blocks,
+//! float. The pool's threads take runs of up to 16 output columns; a kernel call computes a
+//! run for a tile of rows (four, eight with AVX-512 VNNI), a block of weights at a time, with
+//! the same instructions for every row and column (the 4/5-bit kernels with VNNI take two
+//! columns at a time, to read each activation vector once for both): the result depends on
+//! the row and the column only. Weights keep the GGUF layout but for the 32-wide types' groups of eight blocks,
 //! interleaved in place (`groups.rs`); types without a kernel are re-quantized to Q8_0 at load
 //! (see `weights.rs`).
 
