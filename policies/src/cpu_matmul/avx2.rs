@@ -17,6 +17,7 @@
 //! rows it is computed with.
 
 use super::blocks::{k_scales, Act256, Act8x32, Unsigned32, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
+use super::each_column;
 use super::groups::{self, Grouped, Q4_0x8, Q4_1x8, Q5_0x8};
 use std::arch::x86_64::*;
 
@@ -283,11 +284,8 @@ macro_rules! entry {
                 // SAFETY: the CPU has AVX-512 VNNI and VL (checked).
                 unsafe { $vnni::<$($g,)* R>(w, per_row, xs, out, stride) }
             } else {
-                for (c, w) in w.chunks_exact(per_row).enumerate() {
-                    // SAFETY: without VNNI the body needs only what the build is compiled for.
-                    let column = unsafe { $body::<$($g,)* R, false>(w, xs) };
-                    out[c * stride..][..R].copy_from_slice(&column);
-                }
+                // SAFETY: without VNNI the body needs only what the build is compiled for.
+                each_column(w, per_row, out, stride, |w| unsafe { $body::<$($g,)* R, false>(w, xs) });
             }
         }
 
@@ -323,11 +321,10 @@ pub(crate) fn unsigned32<B: Unpack, const R: usize>(
         // SAFETY: the CPU has AVX-512 VNNI and VL (checked).
         unsafe { unsigned32_vnni::<B, R>(w, per_row, xs, out, stride) }
     } else {
-        for (c, w) in w.chunks_exact(per_row).enumerate() {
-            // SAFETY: without VNNI the body needs only what the build is compiled for.
-            let column = unsafe { unsigned32_at::<B, R, false>(w, xs) };
-            out[c * stride..][..R].copy_from_slice(&column);
-        }
+        // SAFETY: without VNNI the body needs only what the build is compiled for.
+        each_column(w, per_row, out, stride, |w| unsafe {
+            unsigned32_at::<B, R, false>(w, xs)
+        });
     }
 }
 

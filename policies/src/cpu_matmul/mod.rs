@@ -298,11 +298,10 @@ impl<B: Kernel> Blocks<B> {
             .collect();
         let rows: Vec<&[B::Act]> = acts.chunks_exact(k.div_ceil(B::Act::WIDTH)).collect();
         // Each column's `m` results are contiguous here, matrix after matrix, transposed at
-        // the end.
+        // the end. The pool takes runs of up to `COLUMNS` columns; a kernel call's run stops
+        // at the end of its matrix.
         let total: usize = mats.iter().map(|b| b.rows).sum();
         let mut by_column = vec![0f32; total * m];
-        // Runs of up to `COLUMNS` columns per chunk of the pool's work, each column's `m`
-        // results contiguous; a run stops at the end of its matrix.
         const COLUMNS: usize = 16;
         crate::cpu::for_each_chunk(&mut by_column, COLUMNS * m, |chunk, out| {
             let (mut mat, mut col) = (0, chunk * COLUMNS);
@@ -338,6 +337,21 @@ impl<B: Kernel> Blocks<B> {
             outs.push(out);
         }
         Ok(outs)
+    }
+}
+
+/// The loop of a kernel's entry point: column `c` of a run (`per_row` blocks each) through
+/// `dot`, its `R` results at `out[c * stride..]`. (Entry points compiled for a feature the
+/// build lacks, AVX-512 VNNI, write this loop out: a closure would not be inlined there.)
+pub(crate) fn each_column<W, const R: usize>(
+    w: &[W],
+    per_row: usize,
+    out: &mut [f32],
+    stride: usize,
+    dot: impl Fn(&[W]) -> [f32; R],
+) {
+    for (c, w) in w.chunks_exact(per_row).enumerate() {
+        out[c * stride..][..R].copy_from_slice(&dot(w));
     }
 }
 

@@ -3,6 +3,7 @@
 //! additions.
 
 use super::blocks::{k_scales, Act256, Act8x32, Unsigned32, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
+use super::each_column;
 use super::groups::{self, Grouped};
 
 /// Rows per tile: how many rows one read of a weight block serves. (Where the build has AVX2,
@@ -215,9 +216,7 @@ macro_rules! columns {
             out: &mut [f32],
             stride: usize,
         ) {
-            for (c, w) in w.chunks_exact(per_row).enumerate() {
-                out[c * stride..][..R].copy_from_slice(&$column::<R>(w, xs));
-            }
+            each_column(w, per_row, out, stride, |w| $column::<R>(w, xs));
         }
     };
 }
@@ -234,7 +233,7 @@ pub(crate) fn unsigned32<B: Values + Grouped, const R: usize>(
     out: &mut [f32],
     stride: usize,
 ) {
-    for (c, w) in w.chunks_exact(per_row).enumerate() {
-        out[c * stride..][..R].copy_from_slice(&unsigned32_column::<B, R>(w, xs));
-    }
+    each_column(w, per_row, out, stride, |w| {
+        unsigned32_column::<B, R>(w, xs)
+    });
 }

@@ -17,6 +17,12 @@ const TYPES: [GgmlDType; 7] = [
 ];
 
 /// One column's results through an entry point that takes a run of columns.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
 macro_rules! column {
     ($f:expr, $w:expr, $xs:expr) => {{
         let xs = $xs;
