@@ -1121,3 +1121,44 @@ extern "C" __global__ void attend_merge(const float *part, float *out, int8_t *x
     out[at] = v / total;
     if (quantize) quantize32(v / total, xq, xd, at - i % WARP);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The index of each row's largest value (the greedy token of a position's logits), the first
+// one among equals, as the host's `argmax` picks it; NaNs never win, and a row whose first
+// value is NaN gives 0, as on the host. Grid rows, ARGMAX_THREADS threads; `x` `[rows, cols]`.
+// Exact: a maximum does not depend on the order it is taken in.
+
+#define ARGMAX_THREADS 1024
+#define NO_INDEX 0x7fffffff
+
+__device__ __forceinline__ void better(float &v, int &i, float ov, int oi) {
+    if (ov > v || (ov == v && oi < i)) {
+        v = ov;
+        i = oi;
+    }
+}
+
+extern "C" __global__ void argmax_rows(const float *x, int *out, int cols) {
+    inputs_ready();
+    const float *xr = x + (size_t)blockIdx.x * cols;
+    float v = -INFINITY;
+    int i = NO_INDEX;
+    for (int j = threadIdx.x; j < cols; j += ARGMAX_THREADS) {
+        const float xj = xr[j];
+        if (!isnan(xj)) better(v, i, xj, j);
+    }
+#pragma unroll
+    for (int o = WARP / 2; o > 0; o >>= 1)
+        better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
+    __shared__ float vs[ARGMAX_THREADS / WARP];
+    __shared__ int is[ARGMAX_THREADS / WARP];
+    if (threadIdx.x % WARP == 0) {
+        vs[threadIdx.x / WARP] = v;
+        is[threadIdx.x / WARP] = i;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < ARGMAX_THREADS / WARP; w++) better(v, i, vs[w], is[w]);
+        out[blockIdx.x] = (i == NO_INDEX || isnan(xr[0])) ? 0 : i;
+    }
+}

@@ -1,9 +1,12 @@
 //! Which CPU this is and which SIMD paths hone's CPU kernels take on it, so that a benchmark
-//! figure or a test failure can be tied to its machine.
+//! figure or a test failure can be tied to its machine; and the worker pool hone's CPU
+//! computations share, with the element-wise op hone runs on it.
 //!
 //! Two levels matter. candle's quantized kernels and hone's attention are compiled for one
 //! instruction level (`.cargo/config.toml` asks for x86-64-v3: AVX2 and FMA). The dense matrix
 //! library picks AVX2 or AVX-512 kernels at run time from what the CPU reports.
+
+use candle_core::{Device, Storage, Tensor};
 
 /// One line: the CPU's model name, its thread count, the level compiled for and the level the
 /// CPU offers, e.g. `AMD EPYC, 2 threads; built for avx2+fma; CPU has avx2 fma`.
@@ -64,31 +67,26 @@ fn detected() -> String {
     std::env::consts::ARCH.to_string()
 }
 
-/// Runs `f(i, chunk)` over `out` cut into chunks of `size` (the last may be shorter), spread
-/// over candle's CPU worker pool; returns the first error.
+/// Runs `f(i)` for every `i` in `0..n`, spread over candle's CPU worker pool; returns the
+/// first error. A single item runs on the calling thread alone: waking the workers costs more
+/// than such small work.
 ///
 /// One pool for everything hone computes on the CPU: candle's element-wise ops already run on
 /// this pool (its workers spin briefly between calls, then park), and a second pool beside it
 /// (rayon's) would leave more busy threads than cores, so every product would wait for threads
 /// the scheduler had put aside. The calling thread works too; `RAYON_NUM_THREADS` (or
-/// `CANDLE_NUM_THREADS`) sets the total. Which thread computes a chunk never changes its result.
-pub(crate) fn for_each_chunk<F>(out: &mut [f32], size: usize, f: F) -> candle_core::Result<()>
+/// `CANDLE_NUM_THREADS`) sets the total. Which thread runs an item never changes its result.
+pub(crate) fn for_each<F>(n: usize, f: F) -> candle_core::Result<()>
 where
-    F: Fn(usize, &mut [f32]) -> candle_core::Result<()> + Sync,
+    F: Fn(usize) -> candle_core::Result<()> + Sync,
 {
-    let size = size.max(1);
-    let len = out.len();
-    let base = Shared(out.as_mut_ptr());
+    if n <= 1 {
+        return (0..n).try_for_each(f);
+    }
     let first_error = std::sync::Mutex::new(None);
-    candle_core::utils::barrier_pool().execute_chunked(len.div_ceil(size), |range| {
+    candle_core::utils::barrier_pool().execute_chunked(n, |range| {
         for i in range {
-            let lo = i * size;
-            let hi = (lo + size).min(len);
-            // SAFETY: the pool hands out each index `i` exactly once, so the ranges
-            // `lo..hi` are disjoint and inside `out`, which is borrowed mutably for the whole
-            // call; `execute_chunked` returns only after every worker has finished.
-            let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(lo), hi - lo) };
-            if let Err(e) = f(i, chunk) {
+            if let Err(e) = f(i) {
                 if let Ok(mut slot) = first_error.lock() {
                     slot.get_or_insert(e);
                 }
@@ -101,15 +99,69 @@ where
     }
 }
 
-/// `out`'s pointer, shared with the pool's workers (see the SAFETY note where it is used).
-struct Shared(*mut f32);
+/// [`for_each`] over `out` cut into chunks of `size` (the last may be shorter): `f(i, chunk)`.
+pub(crate) fn for_each_chunk<T, F>(out: &mut [T], size: usize, f: F) -> candle_core::Result<()>
+where
+    T: Send,
+    F: Fn(usize, &mut [T]) -> candle_core::Result<()> + Sync,
+{
+    let size = size.max(1);
+    let len = out.len();
+    let base = Shared::new(out);
+    for_each(len.div_ceil(size), |i| {
+        let lo = i * size;
+        let hi = (lo + size).min(len);
+        // SAFETY: `for_each` runs each index `i` exactly once, so the ranges `lo..hi` are
+        // disjoint and inside `out`, which is borrowed mutably for the whole call; `for_each`
+        // returns only after every item has run.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(lo), hi - lo) };
+        f(i, chunk)
+    })
+}
 
-// SAFETY: workers only write disjoint ranges through the pointer (see `for_each_chunk`).
-unsafe impl Sync for Shared {}
+/// A pointer the pool's workers write disjoint parts through (see the SAFETY notes where it
+/// is used).
+pub(crate) struct Shared<T>(*mut T);
 
-impl Shared {
+// SAFETY: workers only write disjoint ranges through the pointer (see the uses).
+unsafe impl<T: Send> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    pub(crate) fn new(slice: &mut [T]) -> Self {
+        Self(slice.as_mut_ptr())
+    }
+
     /// Through a method so that closures capture the `Sync` wrapper, not the bare pointer.
-    fn get(&self) -> *mut f32 {
+    pub(crate) fn get(&self) -> *mut T {
         self.0
     }
+}
+
+/// `silu(gate) · up`, element by element over the pool: the gated MLP's activation in one
+/// pass, where candle's ops take two on the calling thread and allocate twice. The formula is
+/// candle's `silu`, `x / (1 + e^-x)`.
+pub(crate) fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
+    if gate.shape() != up.shape() {
+        candle_core::bail!("silu_mul: gate {:?} and up {:?}", gate.shape(), up.shape());
+    }
+    let (gate, up) = (gate.contiguous()?, up.contiguous()?);
+    let (g, g_layout) = gate.storage_and_layout();
+    let (u, u_layout) = up.storage_and_layout();
+    let (Storage::Cpu(g), Storage::Cpu(u)) = (&*g, &*u) else {
+        candle_core::bail!("silu_mul: the inputs are not on the CPU");
+    };
+    let n = gate.elem_count();
+    let g = &g.as_slice::<f32>()?[g_layout.start_offset()..][..n];
+    let u = &u.as_slice::<f32>()?[u_layout.start_offset()..][..n];
+    let mut out = vec![0f32; n];
+    const CHUNK: usize = 4096;
+    for_each_chunk(&mut out, CHUNK, |i, out| {
+        let from = i * CHUNK;
+        let (g, u) = (&g[from..from + out.len()], &u[from..from + out.len()]);
+        for ((y, &g), &u) in out.iter_mut().zip(g).zip(u) {
+            *y = g / (1.0 + (-g).exp()) * u;
+        }
+        Ok(())
+    })?;
+    Tensor::from_vec(out, gate.shape(), &Device::Cpu)
 }

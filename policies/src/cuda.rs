@@ -661,6 +661,44 @@ pub fn read_rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
         .collect())
 }
 
+/// The index of each row's largest value of `[rows, cols]` f32 values on the GPU (a step's
+/// logits): what greedy decoding needs of them, read back as `rows` integers instead of
+/// `rows × cols` floats. The same index as [`crate::sampling::argmax`] of the row.
+pub fn argmax_rows(t: &Tensor) -> Result<Vec<u32>> {
+    let (rows, cols) = t.dims2()?;
+    let Device::Cuda(dev) = t.device() else {
+        bail!("argmax_rows: not on a CUDA device");
+    };
+    if t.dtype() != DType::F32 || cols == 0 || cols > i32::MAX as usize {
+        bail!("argmax_rows: {:?} {:?}", t.dtype(), t.shape());
+    }
+    let t = t.contiguous()?;
+    let out = Buffer::<i32>::new(dev, rows)?;
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (ARGMAX_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch(
+        dev,
+        "argmax_rows",
+        cfg,
+        &[ptr::<f32>(&t)?, out.ptr],
+        &[cols as i32],
+        None,
+    )?;
+    let stream = dev.cuda_stream();
+    let host = stream
+        .clone_dtoh(&out.slice)
+        .map_err(candle_core::Error::wrap)?;
+    stream.synchronize().map_err(candle_core::Error::wrap)?;
+    // Indices are in `0..cols`.
+    Ok(host.into_iter().take(rows).map(|i| i as u32).collect())
+}
+
+/// Threads per row of [`argmax_rows`] (`ARGMAX_THREADS` in the kernel file).
+const ARGMAX_THREADS: u32 = 1024;
+
 /// Launches `name` with its pointer arguments first, then its integers, then an optional
 /// float: the order every kernel of the file declares.
 ///

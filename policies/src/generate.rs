@@ -3,12 +3,11 @@
 use crate::draft::ModelDrafter;
 use crate::error::{PolicyError, Result};
 use crate::kv_cache::KvCache;
-use crate::model::read_logits;
-use crate::model::Logits;
+use crate::model::{read_scores, Logits};
 use crate::pacing::{self, Pacing};
 use crate::policy::Policy;
 use crate::prefill::{Interrupt, Output};
-use crate::sampling::{Sampler, SamplingParams, TokenLogprobs};
+use crate::sampling::{Sampler, SamplingParams, Scores, TokenLogprobs};
 use crate::speculative::{self, Proposal, Source, Speculation};
 use crate::suffix::SuffixIndex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,6 +92,12 @@ impl GenerateParams {
             });
         }
         self.sampling.validate()
+    }
+
+    /// Whether the argmax of each position's logits is all a step needs of them: greedy
+    /// decoding that reports no log-probabilities (see [`read_scores`]).
+    fn greedy(&self) -> bool {
+        self.sampling.is_greedy() && self.logprobs.is_none()
     }
 
     fn check_prefill(&self, tokens: usize) -> Result<()> {
@@ -253,7 +258,11 @@ impl Policy {
         let logits =
             self.model()
                 .prefill(&[prompt], &mut cache, Output::Logits, &params.interrupt())?;
-        let logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+        let first = read_scores(&logits, params.greedy())?
+            .pop()
+            .ok_or_else(|| {
+                PolicyError::Candle(candle_core::Error::Msg("prefill: no logits".into()))
+            })?;
         let drafter = self.model_drafter(&[prompt], n, params)?;
         let mut stats = GenerationStats {
             prefill_tokens: prompt.len(),
@@ -261,7 +270,7 @@ impl Policy {
             ..Default::default()
         };
         let cache = cache.select_rows(&vec![0; n])?;
-        let first = vec![logits; n];
+        let first = vec![first; n];
         let prompts = vec![prompt.to_vec(); n];
         let out = self.decode(cache, drafter, first, &prompts, params, &mut stats)?;
         Ok((out, stats))
@@ -285,7 +294,7 @@ impl Policy {
         let logits =
             self.model()
                 .prefill(&rows, &mut cache, Output::Logits, &params.interrupt())?;
-        let first = read_logits(&logits)?;
+        let first = read_scores(&logits, params.greedy())?;
         let drafter = self.model_drafter(&rows, rows.len(), params)?;
         let mut stats = GenerationStats {
             prefill_tokens: prompts.iter().map(Vec::len).sum(),
@@ -304,7 +313,7 @@ impl Policy {
         &self,
         mut cache: KvCache,
         mut drafter: Option<ModelDrafter>,
-        logits: Vec<Vec<f32>>,
+        first: Vec<Scores>,
         prompts: &[Vec<u32>],
         params: &GenerateParams,
         stats: &mut GenerationStats,
@@ -347,10 +356,10 @@ impl Policy {
         // next, already appended to the row.
         let mut active: Vec<usize> = (0..rows.len()).collect();
         let mut next = Vec::with_capacity(rows.len());
-        for (j, logits) in logits.iter().enumerate() {
-            let token = rows[j].sampler.sample(logits);
+        for (j, scores) in first.iter().enumerate() {
+            let token = rows[j].sampler.choose(scores);
             let position = cache.next_position(j) as usize;
-            self.advance(&mut rows[j], token, logits, params, position + 1 >= context)?;
+            self.advance(&mut rows[j], token, scores, params, position + 1 >= context)?;
             next.push(token);
         }
         loop {
@@ -444,12 +453,15 @@ impl Policy {
                 .map(|j| cache.next_position(j) as usize)
                 .collect();
             let drafted: usize = drafts.iter().map(|d| d.tokens.len()).sum();
-            let per_row: Vec<Vec<Vec<f32>>> = if drafted == 0 {
+            let per_row: Vec<Vec<Scores>> = if drafted == 0 {
                 let out = self.model().forward(&refs, &mut cache, Logits::Last)?;
-                read_logits(&out)?.into_iter().map(|l| vec![l]).collect()
+                read_scores(&out, params.greedy())?
+                    .into_iter()
+                    .map(|l| vec![l])
+                    .collect()
             } else {
                 let out = self.model().forward(&refs, &mut cache, Logits::All)?;
-                let mut packed = read_logits(&out)?.into_iter();
+                let mut packed = read_scores(&out, params.greedy())?.into_iter();
                 chunks
                     .iter()
                     .map(|chunk| packed.by_ref().take(chunk.len()).collect())
@@ -458,10 +470,10 @@ impl Policy {
             stats.decode_tokens += active.len() + drafted;
             stats.num_drafts += drafts.iter().filter(|d| !d.tokens.is_empty()).count();
             stats.num_draft_tokens += drafted;
-            for (j, logits) in per_row.iter().enumerate() {
+            for (j, scores) in per_row.iter().enumerate() {
                 let row = &mut rows[active[j]];
                 let draft = &drafts[j];
-                let verdict = speculative::verify(&mut row.sampler, logits, &draft.tokens);
+                let verdict = speculative::verify(&mut row.sampler, scores, &draft.tokens);
                 stats.num_accepted_tokens += verdict.accepted;
                 if draft.source == Source::Model {
                     row.model_pacing
@@ -490,7 +502,7 @@ impl Policy {
                         break;
                     }
                     let position = base[j] + 1 + i;
-                    self.advance(row, token, &logits[i], params, position + 1 >= context)?;
+                    self.advance(row, token, &scores[i], params, position + 1 >= context)?;
                 }
                 next[j] = verdict.next;
             }
@@ -550,16 +562,22 @@ impl Policy {
         Ok(())
     }
 
-    /// Appends a token sampled from `logits` to a row and decides whether the row is done.
+    /// Appends a token chosen from `scores` to a row and decides whether the row is done.
     fn advance(
         &self,
         row: &mut Row,
         token: u32,
-        logits: &[f32],
+        scores: &Scores,
         params: &GenerateParams,
         context_full: bool,
     ) -> Result<()> {
         if let Some(k) = params.logprobs {
+            // Steps read every logit when log-probabilities are asked for (`greedy()`).
+            let Scores::Logits(logits) = scores else {
+                return Err(PolicyError::Candle(candle_core::Error::Msg(
+                    "log-probabilities of a step that read only its argmax".into(),
+                )));
+            };
             row.logprobs.push(TokenLogprobs::new(logits, token, k));
         }
         if self.tokenizer().is_stop(token) {

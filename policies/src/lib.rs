@@ -41,11 +41,11 @@ pub use error::{PolicyError, Result};
 pub use generate::{FinishReason, GenerateParams, Generation, GenerationStats, TextSink};
 pub use kv_cache::KvCache;
 pub use language_model::LanguageModel;
-pub use model::{Logits, Transformer};
+pub use model::{read_scores, Logits, Transformer};
 pub use policy::{Checkpoint, Policy};
 pub use prefill::{Interrupt, Output};
 pub use remote::{Endpoint, RemotePolicy};
-pub use sampling::{Sampler, SamplingParams, TokenLogprobs};
+pub use sampling::{Sampler, SamplingParams, Scores, TokenLogprobs};
 pub use speculative::Speculation;
 pub use tokenizer::Tokenizer;
 

@@ -9,6 +9,7 @@ use crate::attention::{self, QueryKeys};
 use crate::config::{Arch, ModelConfig};
 use crate::error::{PolicyError, Result};
 use crate::kv_cache::KvCache;
+use crate::sampling::{argmax, Scores};
 use crate::weights::{Embedding, Linear, Rows, Weights};
 use candle_core::{Device, Tensor};
 
@@ -29,6 +30,26 @@ pub fn read_logits(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
         return Ok(crate::cuda::read_rows(logits)?);
     }
     Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2()?)
+}
+
+/// `[rows, vocab]` logits as what each row's sampler needs ([`Scores`]): with `greedy`
+/// (greedy decoding that reports no log-probabilities) only each row's argmax, taken on the
+/// GPU where the logits are there, so a step reads back one integer a row instead of the
+/// vocabulary's floats; otherwise every logit.
+pub fn read_scores(logits: &Tensor, greedy: bool) -> Result<Vec<Scores>> {
+    if !greedy {
+        return Ok(read_logits(logits)?
+            .into_iter()
+            .map(Scores::Logits)
+            .collect());
+    }
+    #[cfg(feature = "cuda")]
+    if logits.device().is_cuda() {
+        let tokens = crate::cuda::argmax_rows(logits)?;
+        return Ok(tokens.into_iter().map(Scores::Greedy).collect());
+    }
+    let rows = read_logits(logits)?;
+    Ok(rows.iter().map(|l| Scores::Greedy(argmax(l))).collect())
 }
 
 #[derive(Debug, Clone)]
@@ -539,12 +560,13 @@ impl Transformer {
             }
         }
         let [gate, up] = Linear::forward_each([&l.gate, &l.up], x)?;
-        let gate = if gemma {
-            gate.gelu()?
+        if gemma {
+            Ok((gate.gelu()? * up)?)
+        } else if gate.device().is_cpu() {
+            Ok(crate::cpu::silu_mul(&gate, &up)?)
         } else {
-            candle_nn::ops::silu(&gate)?
-        };
-        Ok((gate * up)?)
+            Ok((candle_nn::ops::silu(&gate)? * up)?)
+        }
     }
 
     /// RoPE, the cache write and attention with hone's CPU kernel ([`attention::attend`]);

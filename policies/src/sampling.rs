@@ -48,6 +48,16 @@ impl SamplingParams {
     }
 }
 
+/// One position's next-token scores, as much of them as its sampler needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scores {
+    /// Every logit: for sampling, and for reporting log-probabilities.
+    Logits(Vec<f32>),
+    /// The greedy token alone ([`argmax`] of the logits), taken where the logits are: on a
+    /// GPU one integer is read back instead of the vocabulary's floats.
+    Greedy(u32),
+}
+
 /// A seeded sampler for one sequence.
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -72,6 +82,23 @@ impl Sampler {
         }
         let dist = self.distribution(logits);
         draw(&dist, self.rng.random::<f32>())
+    }
+
+    /// Picks the next token from one position's scores. ([`Scores::Greedy`] is read only for
+    /// greedy samplers: it is their pick.)
+    pub fn choose(&mut self, scores: &Scores) -> u32 {
+        match scores {
+            Scores::Logits(logits) => self.sample(logits),
+            Scores::Greedy(token) => *token,
+        }
+    }
+
+    /// [`Self::distribution`] of one position's scores.
+    pub fn distribution_of(&self, scores: &Scores) -> Vec<(u32, f32)> {
+        match scores {
+            Scores::Logits(logits) => self.distribution(logits),
+            Scores::Greedy(token) => vec![(*token, 1.0)],
+        }
     }
 
     /// A uniform draw in [0, 1) from this sequence's generator (speculative acceptance).

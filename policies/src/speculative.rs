@@ -17,7 +17,7 @@
 //! round repeat each other. Where it has nothing, a draft model paired with the policy, if
 //! any, guesses instead ([`crate::draft`]).
 
-use crate::sampling::{draw, Sampler};
+use crate::sampling::{draw, Sampler, Scores};
 
 /// A drafter's guess at a row's next tokens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,12 +94,12 @@ pub struct Verdict {
     pub next: u32,
 }
 
-/// Rejection sampling of `drafts` against the policy's logits. `logits[i]` is the policy's
-/// next-token logits after the `i`-th token of the verified chunk (the token before the first
-/// draft, then each draft), so `logits.len() == drafts.len() + 1`.
-pub fn verify(sampler: &mut Sampler, logits: &[Vec<f32>], drafts: &[u32]) -> Verdict {
+/// Rejection sampling of `drafts` against the policy's scores. `scores[i]` is the policy's
+/// next-token scores after the `i`-th token of the verified chunk (the token before the first
+/// draft, then each draft), so `scores.len() == drafts.len() + 1`.
+pub fn verify(sampler: &mut Sampler, scores: &[Scores], drafts: &[u32]) -> Verdict {
     for (i, &draft) in drafts.iter().enumerate() {
-        let dist = sampler.distribution(&logits[i]);
+        let dist = sampler.distribution_of(&scores[i]);
         let p = dist
             .iter()
             .find(|(t, _)| *t == draft)
@@ -121,7 +121,7 @@ pub fn verify(sampler: &mut Sampler, logits: &[Vec<f32>], drafts: &[u32]) -> Ver
     }
     Verdict {
         accepted: drafts.len(),
-        next: sampler.sample(&logits[drafts.len()]),
+        next: sampler.choose(&scores[drafts.len()]),
     }
 }
 
@@ -139,35 +139,28 @@ mod tests {
         })
     }
 
+    /// Greedy verification accepts the drafts that are each position's argmax, the same
+    /// from every logit as from the argmax alone (what a GPU step reads back).
     #[test]
     fn greedy_accepts_exactly_the_argmax() {
-        let logits = vec![
+        let logits = [
             vec![0.0, 3.0, 1.0],
             vec![2.0, 0.0, 1.0],
             vec![0.0, 0.0, 5.0],
         ];
-        let mut s = sampler(0, 0.0);
-        assert_eq!(
-            verify(&mut s, &logits, &[1, 0]),
-            Verdict {
-                accepted: 2,
-                next: 2
+        let full: Vec<Scores> = logits.iter().cloned().map(Scores::Logits).collect();
+        let greedy = [Scores::Greedy(1), Scores::Greedy(0), Scores::Greedy(2)];
+        for scores in [&full[..], &greedy[..]] {
+            let mut s = sampler(0, 0.0);
+            let cases = [([1, 0], 2, 2), ([1, 2], 1, 0), ([2, 0], 0, 1)];
+            for (drafts, accepted, next) in cases {
+                assert_eq!(
+                    verify(&mut s, scores, &drafts),
+                    Verdict { accepted, next },
+                    "{scores:?} {drafts:?}"
+                );
             }
-        );
-        assert_eq!(
-            verify(&mut s, &logits, &[1, 2]),
-            Verdict {
-                accepted: 1,
-                next: 0
-            }
-        );
-        assert_eq!(
-            verify(&mut s, &logits, &[2, 0]),
-            Verdict {
-                accepted: 0,
-                next: 1
-            }
-        );
+        }
     }
 
     /// Chi-square statistic of observed counts against expected probabilities.
@@ -199,7 +192,7 @@ mod tests {
         };
         let (p1, p2) = (softmax(&first), softmax(&second));
         for drafts in [[1u32, 2], [3, 0]] {
-            let logits = vec![first.clone(), second.clone(), second.clone()];
+            let logits = [&first, &second, &second].map(|l| Scores::Logits(l.clone()));
             let mut counts = vec![0u64; 4];
             let mut second_counts = vec![0u64; 4];
             let draws = 40_000;

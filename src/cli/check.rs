@@ -13,7 +13,8 @@ use super::{policies_dir, resolve_model};
 use anyhow::{bail, Result};
 use clap::Args;
 use policies::{
-    GenerateParams, Logits, Message, Policy, Role, Sampler, SamplingParams, Speculation,
+    read_scores, GenerateParams, Logits, Message, Policy, Role, Sampler, SamplingParams, Scores,
+    Speculation,
 };
 
 const MEAN_TOL: f32 = 0.3;
@@ -70,6 +71,10 @@ pub fn run(a: CheckArgs) -> Result<()> {
         (
             "a prompt in one call = token by token",
             prefill_equals_steps(&on_gpu, &prompts),
+        ),
+        (
+            "greedy tokens picked on the GPU = argmax of the logits",
+            greedy_on_device(&on_gpu, &prompts, a.steps),
         ),
         (
             "speculative greedy = plain greedy",
@@ -246,6 +251,42 @@ fn greedy_logits(policy: &Policy, rows: &[Vec<u32>], steps: usize) -> Result<Vec
     Ok(out)
 }
 
+/// The tokens greedy decoding reads back (each row's argmax, taken on the GPU) against the
+/// argmax of the same logits read back whole, at every step of 16 rows decoding greedily.
+fn greedy_on_device(policy: &Policy, prompts: &[Vec<u32>], steps: usize) -> Result<String> {
+    let model = policy.model();
+    let mut feed: Vec<Vec<u32>> = (0..16)
+        .map(|i| prompts[i % prompts.len()].clone())
+        .collect();
+    let mut cache = model.new_cache(feed.len());
+    let mut checked = 0;
+    for step in 0..steps {
+        let slices: Vec<&[u32]> = feed.iter().map(Vec::as_slice).collect();
+        let logits = model.forward(&slices, &mut cache, Logits::Last)?;
+        let picked = read_scores(&logits, true)?;
+        let whole: Vec<Vec<f32>> = logits.to_vec2()?;
+        if picked.len() != whole.len() {
+            bail!(
+                "step {step}: {} picks for {} rows",
+                picked.len(),
+                whole.len()
+            );
+        }
+        feed.clear();
+        for (row, (pick, l)) in picked.iter().zip(&whole).enumerate() {
+            let argmax = policies::sampling::argmax(l);
+            if *pick != Scores::Greedy(argmax) {
+                bail!("row {row}, step {step}: picked {pick:?}, the logits' argmax is {argmax}");
+            }
+            feed.push(vec![argmax]);
+        }
+        checked += whole.len();
+    }
+    Ok(format!(
+        "{checked} positions identical ({steps} steps of 16 rows)"
+    ))
+}
+
 /// Five tokens fed in one call (as speculative verification does) against the same five fed
 /// one at a time: every position's logits must be the same bits.
 fn chunk_equals_steps(policy: &Policy, prompts: &[Vec<u32>]) -> Result<String> {
@@ -378,9 +419,12 @@ fn sampled_speculation(policy: &Policy, prompt: &[u32]) -> Result<String> {
     let mut ranked: Vec<u32> = (0..p2.len() as u32).collect();
     ranked.sort_by(|&a, &b| p2[b as usize].total_cmp(&p2[a as usize]));
     let drafts = [first, ranked[ranked.len().min(5) - 1]];
-    let chunk: Vec<Vec<f32>> = model
+    let chunk: Vec<Scores> = model
         .forward(&[&[last, drafts[0], drafts[1]]], &mut cache, Logits::All)?
-        .to_vec2()?;
+        .to_vec2::<f32>()?
+        .into_iter()
+        .map(Scores::Logits)
+        .collect();
     let mut firsts = vec![0u64; p1.len()];
     let mut seconds = vec![0u64; p2.len()];
     for seed in 0..DRAWS {

@@ -219,6 +219,32 @@ fn lane(v: __m256, j: usize) -> __m256 {
     _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(j as i32))
 }
 
+/// `x · inv` rounded to the nearest integer, ties to even (the conversion's rounding mode,
+/// which Rust leaves at its default), clamped to ±127: a block of activations as 8-bit values.
+/// Same results as `portable::scaled_i8` for every finite input.
+pub(crate) fn scaled_i8(xs: &[f32; 32], inv: f32) -> [i8; 32] {
+    let mut out = [0i8; 32];
+    // SAFETY: the build has AVX2; loads and the store stay inside the two arrays.
+    unsafe {
+        let inv = _mm256_set1_ps(inv);
+        let (hi, lo) = (_mm256_set1_ps(127.0), _mm256_set1_ps(-127.0));
+        let int = |i: usize| {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(xs.as_ptr().add(8 * i)), inv);
+            _mm256_cvtps_epi32(_mm256_max_ps(_mm256_min_ps(v, hi), lo))
+        };
+        // Packing works per 128-bit half: dword `d` of the packed bytes holds values
+        // 4·[0, 2, 4, 6, 1, 3, 5, 7][d]..+4, put back in order by the permutation.
+        let words = (
+            _mm256_packs_epi32(int(0), int(1)),
+            _mm256_packs_epi32(int(2), int(3)),
+        );
+        let bytes = _mm256_packs_epi16(words.0, words.1);
+        let ordered = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(out.as_mut_ptr().cast(), ordered);
+    }
+    out
+}
+
 /// Whether the CPU has AVX-512 VNNI with 256-bit vectors (`avx512vl`), detected once.
 pub(crate) fn has_vnni() -> bool {
     static VNNI: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {

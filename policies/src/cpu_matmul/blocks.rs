@@ -137,26 +137,47 @@ pub(crate) struct Act256 {
 /// An activation block: quantized from up to `WIDTH` floats (a row's last block may be short).
 pub(crate) trait Activations: Copy + Send + Sync + 'static {
     const WIDTH: usize;
+    /// All zeros: what a buffer of blocks starts as before it is filled.
+    const ZERO: Self;
     fn quantize(xs: &[f32]) -> Self;
 }
 
-/// Symmetric 8-bit quantization of one block: `(d, q)` with `|x - d·q| <= d/2`.
+/// Symmetric 8-bit quantization of one block of `N` values (a multiple of 32): `(d, q)` with
+/// `|x - d·q| <= d/2`, ties rounded to even. The largest magnitude is taken in eight lanes,
+/// which the compiler vectorizes (the maximum of floats is the same in any order).
 fn quantize_block<const N: usize>(xs: &[f32]) -> (f32, [i8; N]) {
-    let amax = xs.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let xs = &xs[..N];
+    let mut lanes = [0f32; 8];
+    for chunk in xs.as_chunks::<8>().0 {
+        for (m, x) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(x.abs());
+        }
+    }
+    let amax = lanes.iter().fold(0f32, |m, &x| m.max(x));
     let d = amax / 127.0;
     let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-    let qs = std::array::from_fn(|i| (xs[i] * inv).round().clamp(-127.0, 127.0) as i8);
+    let mut qs = [0i8; N];
+    // Both are N / 32 blocks long.
+    for (q, x) in qs
+        .as_chunks_mut::<32>()
+        .0
+        .iter_mut()
+        .zip(xs.as_chunks::<32>().0)
+    {
+        *q = super::simd::scaled_i8(x, inv);
+    }
     (d, qs)
 }
 
 impl Activations for Act8x32 {
     const WIDTH: usize = 256;
+    const ZERO: Self = Self {
+        d: [0.0; 8],
+        s: [0.0; 8],
+        qs: [[0; 32]; 8],
+    };
     fn quantize(xs: &[f32]) -> Self {
-        let mut group = Self {
-            d: [0.0; 8],
-            s: [0.0; 8],
-            qs: [[0; 32]; 8],
-        };
+        let mut group = Self::ZERO;
         for (j, block) in xs.chunks_exact(32).take(8).enumerate() {
             let (d, qs) = quantize_block::<32>(block);
             let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
@@ -186,6 +207,11 @@ impl Act8x32 {
 
 impl Activations for Act256 {
     const WIDTH: usize = 256;
+    const ZERO: Self = Self {
+        d: 0.0,
+        qs: [0; 256],
+        bsums: [0; 16],
+    };
     fn quantize(xs: &[f32]) -> Self {
         let (d, qs) = quantize_block::<256>(xs);
         let bsums =

@@ -292,51 +292,84 @@ impl<B: Kernel> Blocks<B> {
             return Ok(mats.iter().map(|_| Vec::new()).collect());
         }
         let per_row = k / B::WIDTH;
-        let acts: Vec<B::Act> = lhs
-            .chunks_exact(k)
-            .flat_map(|row| row.chunks(B::Act::WIDTH).map(B::Act::quantize))
+        let rows = Self::quantize(lhs, m, k)?;
+        let rows: Vec<&[B::Act]> = rows.chunks_exact(k.div_ceil(B::Act::WIDTH)).collect();
+        // The results, `[m, rows]` per matrix. The pool takes runs of up to `COLUMNS` columns
+        // (a kernel call's run stops at the end of its matrix); a run's `m` results per column
+        // are contiguous in its thread's scratch, and scattered into place by that thread.
+        let mut outs: Vec<Vec<f32>> = mats
+            .iter()
+            .map(|b| Vec::with_capacity(m * b.rows))
             .collect();
-        let rows: Vec<&[B::Act]> = acts.chunks_exact(k.div_ceil(B::Act::WIDTH)).collect();
-        // Each column's `m` results are contiguous here, matrix after matrix, transposed at
-        // the end. The pool takes runs of up to `COLUMNS` columns; a kernel call's run stops
-        // at the end of its matrix.
+        let dst: Vec<crate::cpu::Shared<std::mem::MaybeUninit<f32>>> = outs
+            .iter_mut()
+            .map(|o| crate::cpu::Shared::new(o.spare_capacity_mut()))
+            .collect();
         let total: usize = mats.iter().map(|b| b.rows).sum();
-        let mut by_column = vec![0f32; total * m];
         const COLUMNS: usize = 16;
-        crate::cpu::for_each_chunk(&mut by_column, COLUMNS * m, |chunk, out| {
-            let (mut mat, mut col) = (0, chunk * COLUMNS);
-            let mut done = 0;
-            while done < out.len() / m {
-                while col >= mats[mat].rows {
-                    col -= mats[mat].rows;
-                    mat += 1;
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        crate::cpu::for_each(total.div_ceil(COLUMNS), |run| {
+            SCRATCH.with_borrow_mut(|scratch| {
+                let columns = COLUMNS.min(total - run * COLUMNS);
+                scratch.resize(COLUMNS * m, 0.0);
+                let (mut mat, mut col) = (0, run * COLUMNS);
+                let mut done = 0;
+                while done < columns {
+                    while col >= mats[mat].rows {
+                        col -= mats[mat].rows;
+                        mat += 1;
+                    }
+                    let width = mats[mat].rows;
+                    let n = (width - col).min(columns - done);
+                    let w = &mats[mat].blocks[col * per_row..(col + n) * per_row];
+                    let out = &mut scratch[..n * m];
+                    let tile = simd::tile_rows();
+                    for (t, rows) in rows.chunks(tile).enumerate() {
+                        dot_tile(w, per_row, rows, &mut out[t * tile..], m);
+                    }
+                    for r in 0..m {
+                        // SAFETY: `outs[mat]` has room for `m * width` values and outlives the
+                        // pass; this run alone holds columns `col..col + n` of its matrix, so
+                        // no other thread writes `r * width + col..` up to `+ n`.
+                        let row = unsafe {
+                            std::slice::from_raw_parts_mut(dst[mat].get().add(r * width + col), n)
+                        };
+                        for (c, y) in row.iter_mut().enumerate() {
+                            y.write(out[c * m + r]);
+                        }
+                    }
+                    (col, done) = (col + n, done + n);
                 }
-                let n = (mats[mat].rows - col).min(out.len() / m - done);
-                let w = &mats[mat].blocks[col * per_row..(col + n) * per_row];
-                let out = &mut out[done * m..(done + n) * m];
-                let tile = simd::tile_rows();
-                for (t, rows) in rows.chunks(tile).enumerate() {
-                    dot_tile(w, per_row, rows, &mut out[t * tile..], m);
-                }
-                (col, done) = (col + n, done + n);
+            });
+            Ok(())
+        })?;
+        for (out, mat) in outs.iter_mut().zip(mats) {
+            // SAFETY: the runs cover every column of every matrix once, and each wrote its
+            // columns' values for all `m` rows: all `m * rows` values are written.
+            unsafe { out.set_len(m * mat.rows) };
+        }
+        Ok(outs)
+    }
+
+    /// `lhs` `[m, k]` as activation blocks, row after row; over the pool when there are
+    /// enough of them to pay for waking it.
+    fn quantize(lhs: &[f32], m: usize, k: usize) -> candle_core::Result<Vec<B::Act>> {
+        let width = B::Act::WIDTH;
+        let per_row = k.div_ceil(width);
+        let mut acts = vec![B::Act::ZERO; m * per_row];
+        const BLOCKS: usize = 8;
+        crate::cpu::for_each_chunk(&mut acts, BLOCKS, |chunk, acts| {
+            for (i, act) in (chunk * BLOCKS..).zip(acts.iter_mut()) {
+                let (row, block) = (i / per_row, i % per_row);
+                let from = row * k + block * width;
+                let to = row * k + (block * width + width).min(k);
+                *act = B::Act::quantize(&lhs[from..to]);
             }
             Ok(())
         })?;
-        let mut outs = Vec::with_capacity(mats.len());
-        let mut columns = by_column.chunks_exact(m);
-        for mat in mats {
-            let mut out = vec![0f32; m * mat.rows];
-            for col in 0..mat.rows {
-                let results = columns
-                    .next()
-                    .ok_or_else(|| candle_core::Error::Msg("matmul: missing columns".into()))?;
-                for (row, &v) in results.iter().enumerate() {
-                    out[row * mat.rows + col] = v;
-                }
-            }
-            outs.push(out);
-        }
-        Ok(outs)
+        Ok(acts)
     }
 }
 

@@ -13,6 +13,13 @@ pub(crate) fn tile_rows() -> usize {
     4
 }
 
+/// `x · inv` rounded to the nearest integer, ties to even, clamped to ±127: a block of
+/// activations as 8-bit values.
+#[cfg_attr(test, allow(dead_code))]
+pub(crate) fn scaled_i8(xs: &[f32; 32], inv: f32) -> [i8; 32] {
+    std::array::from_fn(|i| (xs[i] * inv).round_ties_even().clamp(-127.0, 127.0) as i8)
+}
+
 /// The 32 unsigned values of a 32-wide block, element `i` in byte `i`.
 pub(crate) trait Values: Unsigned32 {
     fn values(&self) -> [u8; 32];

@@ -289,6 +289,38 @@ fn simd_matches_portable() {
     }
 }
 
+/// The SIMD quantization of activations gives the portable one's values, in order, ties
+/// (x · inv exactly halfway) and the clamp included.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[test]
+fn activation_rounding_matches_portable() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for case in 0..200 {
+        let xs: [f32; 32] = std::array::from_fn(|i| match (case % 3, i % 5) {
+            // Exact halves: -2.5, 3.5, ... round to even either way.
+            (0, _) => (rng.random_range(-300i32..300) as f32) / 2.0,
+            // Beyond the clamp.
+            (1, 0) => rng.random_range(-500.0..500.0),
+            _ => rng.random_range(-130.0..130.0),
+        });
+        let simd = avx2::scaled_i8(&xs, 1.0);
+        assert_eq!(simd, portable::scaled_i8(&xs, 1.0), "{xs:?}");
+        let inv = rng.random_range(0.01..3.0);
+        assert_eq!(avx2::scaled_i8(&xs, inv), portable::scaled_i8(&xs, inv));
+        if case % 3 == 0 {
+            assert!(simd
+                .iter()
+                .zip(&xs)
+                .all(|(&q, &x)| q as f32 == x.round_ties_even().clamp(-127.0, 127.0)));
+        }
+    }
+}
+
 /// With AVX-512 VNNI the kernels give AVX2's bits: their integer sums are exact either way.
 /// Activations at the ends of their range (±127) and weights at theirs are where AVX2's 16-bit
 /// sums would saturate first.

@@ -5,8 +5,7 @@
 
 use super::BenchArgs;
 use anyhow::Result;
-use policies::model::read_logits;
-use policies::Logits;
+use policies::{read_scores, Logits};
 use std::time::Instant;
 
 pub fn run(a: &BenchArgs) -> Result<()> {
@@ -14,10 +13,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let model = policy.model();
     let vocab = model.config().vocab_size as u32;
     println!(
-        "model: {} | device: {:?} | threads: {}",
+        "model: {} | device: {:?} | threads: {} | reads {}",
         policy.name(),
         model.device(),
-        candle_core::utils::get_num_threads()
+        candle_core::utils::get_num_threads(),
+        if a.greedy { "greedy tokens" } else { "logits" }
     );
     let verify = a.verify;
     println!("| batch | prefill tok/s | decode tok/s | verify {verify} / step |");
@@ -44,8 +44,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let mut cache = model.new_cache(b);
             let rows: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
             let t = Instant::now();
-            // Logits are read back every call, as decoding does (and it waits for the GPU).
-            read_logits(&model.forward(&rows, &mut cache, Logits::Last)?)?;
+            // What decoding reads is read back every call (and it waits for the GPU).
+            read_scores(&model.forward(&rows, &mut cache, Logits::Last)?, a.greedy)?;
             let prefill_secs = t.elapsed().as_secs_f64();
             let t = Instant::now();
             for step in 0..a.gen_tokens {
@@ -53,7 +53,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     .map(|r| [100 + ((step * 31 + r) as u32 % (vocab - 100))])
                     .collect();
                 let rows: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
-                read_logits(&model.forward(&rows, &mut cache, Logits::Last)?)?;
+                read_scores(&model.forward(&rows, &mut cache, Logits::Last)?, a.greedy)?;
             }
             let decode_secs = t.elapsed().as_secs_f64();
             let t = Instant::now();
@@ -66,8 +66,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     })
                     .collect();
                 let rows: Vec<&[u32]> = toks.iter().map(Vec::as_slice).collect();
-                // Verification reads every position's logits.
-                read_logits(&model.forward(&rows, &mut cache, Logits::All)?)?;
+                // Verification reads every position's scores.
+                read_scores(&model.forward(&rows, &mut cache, Logits::All)?, a.greedy)?;
             }
             if repeat > 0 {
                 prefill += prefill_secs;

@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// tokens at once); the table gives its cost in single decoding steps. 0 skips it.
     #[arg(long, default_value_t = 5)]
     verify: usize,
+    /// engine: read each position's greedy token (its argmax, taken where the logits are), as
+    /// greedy decoding without log-probabilities does, instead of every logit, as sampling does.
+    #[arg(long)]
+    greedy: bool,
     /// engine, reward: batch sizes to measure (comma separated).
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 4])]
     batch: Vec<usize>,
