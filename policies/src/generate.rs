@@ -376,7 +376,7 @@ impl Policy {
             for (i, &(g, r)) in place.iter().enumerate() {
                 indexes[g].extend(r, &rows[i].tokens);
             }
-            let cost = pacing::Cost::verify(self.model().device(), keep.len());
+            let cost = pacing::Cost::verify(self.model().device(), keep.len(), params.greedy());
             let mut drafts: Vec<StepDraft> = Vec::with_capacity(keep.len());
             for &j in &keep {
                 let i = active[j];
@@ -532,7 +532,7 @@ impl Policy {
     ) -> Result<Option<ModelDrafter<'_>>> {
         let s = params.speculation;
         let pays = |cost: f64| {
-            let verify = pacing::Cost::verify(self.model().device(), rows);
+            let verify = pacing::Cost::verify(self.model().device(), rows, params.greedy());
             !s.paced || verify.plus(cost).can_pay(s.max_draft)
         };
         match self.draft() {

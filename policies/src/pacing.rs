@@ -4,12 +4,13 @@
 //! decoding step only when it is accepted. Draft `i` of a step is accepted with probability
 //! about `p^i`, where `p` is the row's acceptance rate so far, so drafting `L` tokens gains
 //! `p + p² + ... + p^L` steps on average and costs what verifying them costs ([`Cost`]): a
-//! price for verifying any at all (`first`) and a price per token (`each`). Both are
-//! properties of the device and the batch. On a GPU at a few rows one more position per row
-//! moves the products to kernels built for several rows, which costs most of a step once
-//! (an H200 runs 2 positions per row for 1.6 steps), and each position after it less. On a
-//! CPU every position costs arithmetic. A draft model's tokens also cost its own steps
-//! ([`crate::draft::DraftModel::cost`]).
+//! price for verifying any at all (`first`), a price per token (`each`), and at most `cap`
+//! in all. They are properties of the device and the batch. On a GPU at a few rows one more
+//! position per row moves the products to kernels built for several rows, which costs most
+//! of a step once, and each position after it less; from 9 positions on the tensor-core
+//! kernels take them all for about one price (an H200 verifies 13 positions of one row for
+//! 2.2 steps, 8 for 2.5). On a CPU every position costs arithmetic. A draft model's tokens
+//! also cost its own steps ([`crate::draft::DraftModel::cost`]), outside the cap.
 //!
 //! Rows whose drafts do not pay stop drafting, and now and then try again (a probe) to notice
 //! when the text starts repeating; probes are spaced so that they cost about
@@ -60,22 +61,27 @@ impl Pacing {
         if !cost.can_pay(max) {
             return 0;
         }
-        // Each further token gains p^i and costs `each`: the gain grows while p^i > each.
+        // Token i gains p^i; every length is priced whole, since the cap makes long drafts
+        // cheaper per token than short ones.
         let p = self.acceptance();
-        let (mut len, mut reach, mut gain) = (0, 1.0, -cost.first);
-        while len < max && reach * p > cost.each {
+        let (mut best, mut best_gain) = (0, 0.0);
+        let (mut reach, mut gained) = (1.0, 0.0);
+        for len in 1..=max {
             reach *= p;
-            gain += reach - cost.each;
-            len += 1;
+            gained += reach;
+            let gain = gained - cost.of(len);
+            if gain > best_gain {
+                (best, best_gain) = (len, gain);
+            }
         }
-        if len > 0 && gain > 0.0 {
+        if best > 0 {
             self.idle = 0;
-            return len;
+            return best;
         }
         self.idle += 1;
-        if self.idle as f64 * Self::PROBE_SHARE >= cost.first + cost.each {
+        if self.idle as f64 * Self::PROBE_SHARE >= cost.of(1) {
             self.idle = 0;
-            return len.max(1);
+            return 1;
         }
         0
     }
@@ -92,43 +98,68 @@ impl Pacing {
     }
 }
 
-/// What verifying drafted tokens costs a row, in decoding steps: `first` for verifying any,
-/// and `each` per token.
+/// What verifying drafted tokens costs a row, in decoding steps: `first` for verifying any
+/// and `each` per token, at most `cap` in all; plus `drafting` per token, the steps of a
+/// draft model that guessed them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Cost {
     pub first: f64,
     pub each: f64,
+    pub cap: f64,
+    pub drafting: f64,
 }
 
 impl Cost {
-    /// The cost of verifying on `device` with `rows` rows in the step: the larger figure of
-    /// the models measured, so that drafting stops where it might not pay. Measured with
-    /// `hone bench engine --verify K` (the `verify K / step` column): on an H200 with
-    /// Qwen2.5-Coder-1.5B (2026-12-01), a call of 2 positions per row at 1 and 4 rows costs
-    /// 1.6 steps and one of 7 costs 3.2-3.4 (the products move to kernels built for 8 rows);
-    /// at 16 rows 1.4 and at 64 rows 2.4 steps per position. On a 2-core CPU, 5 positions at 1
+    /// The cost of verifying on `device` with `rows` rows in the step, `greedy` when the step
+    /// reads back each position's greedy token rather than its logits (see
+    /// [`crate::model::read_scores`]): the larger figure of the models measured, so that
+    /// drafting stops where it might not pay. Measured with `hone bench engine --verify K
+    /// [--greedy]` (the `verify K / step` column; docs/PERFORMANCE.md) on an H200 with the
+    /// Qwen2.5-Coder-1.5B shape: reading logits, a call of 2 positions per row at 1 and 4 rows
+    /// costs 1.6 steps and one of 7 costs 3.2-3.4 (the products move to kernels built for 8
+    /// rows), at 16 rows 1.4 and at 64 rows 2.4 steps per position; reading greedy tokens, 2
+    /// positions cost 1.2-1.5 steps, 5 cost 2.2-2.5 and 13 cost 2.2 (1 row) or 3.4 (4 rows),
+    /// 5 positions at 16 rows 3.3 and at 64 rows 4.4 steps. On a 2-core CPU, 5 positions at 1
     /// row cost 2.1-2.3 steps, and 0.8 per position at 4 rows.
-    pub fn verify(device: &Device, rows: usize) -> Self {
-        let (first, each) = match (device.is_cuda(), rows) {
-            (true, 0..=4) => (0.6, 0.3),
-            (true, 5..=16) => (0.0, 1.5),
-            (true, _) => (0.0, 2.4),
-            (false, 0..=1) => (0.3, 0.2),
-            (false, _) => (0.0, 0.8),
+    pub fn verify(device: &Device, rows: usize, greedy: bool) -> Self {
+        let none = f64::INFINITY;
+        let (first, each, cap) = match (device.is_cuda(), greedy, rows) {
+            (true, true, 0..=1) => (0.6, 0.15, 1.5),
+            (true, true, 2..=4) => (0.6, 0.15, none),
+            (true, true, 5..=16) => (0.0, 0.6, none),
+            (true, true, _) => (0.0, 0.9, none),
+            (true, false, 0..=4) => (0.6, 0.3, none),
+            (true, false, 5..=16) => (0.0, 1.5, none),
+            (true, false, _) => (0.0, 2.4, none),
+            (false, _, 0..=1) => (0.3, 0.2, none),
+            (false, _, _) => (0.0, 0.8, none),
         };
-        Self { first, each }
+        Self {
+            first,
+            each,
+            cap,
+            drafting: 0.0,
+        }
+    }
+
+    /// What verifying `len` drafted tokens costs.
+    pub fn of(&self, len: usize) -> f64 {
+        if len == 0 {
+            return 0.0;
+        }
+        (self.first + self.each * len as f64).min(self.cap) + self.drafting * len as f64
     }
 
     /// Whether drafting up to `max` tokens could pay at all: even with every token accepted,
     /// `max` tokens must gain more than they cost. Where they cannot, rows do not even probe.
     pub fn can_pay(&self, max: usize) -> bool {
-        max as f64 * (1.0 - self.each) > self.first
+        (1..=max).any(|len| len as f64 > self.of(len))
     }
 
     /// The same, with `per_token` more steps for each token (a draft model's own steps).
     pub fn plus(self, per_token: f64) -> Self {
         Self {
-            each: self.each + per_token,
+            drafting: self.drafting + per_token,
             ..self
         }
     }
@@ -139,7 +170,12 @@ mod tests {
     use super::*;
 
     fn cost(first: f64, each: f64) -> Cost {
-        Cost { first, each }
+        Cost {
+            first,
+            each,
+            cap: f64::INFINITY,
+            drafting: 0.0,
+        }
     }
 
     #[test]
@@ -163,6 +199,29 @@ mod tests {
         // policy's), a row never drafts, not even to probe.
         assert!(!cost(0.95, 0.91).can_pay(10));
         assert!((0..100).all(|_| row.draft_len(10, cost(0.95, 0.91)) == 0));
+    }
+
+    /// Where verifying many tokens costs no more than a few (a cap), a row drafts all it may
+    /// once its acceptance makes the long draft gain more: at 70%, twelve tokens gain 2.27
+    /// steps for a capped 1.5, where the linear price would stop at five (0.7^6 < 0.15).
+    #[test]
+    fn a_capped_price_makes_long_drafts_pay() {
+        let linear = cost(0.6, 0.15);
+        let capped = Cost { cap: 1.5, ..linear };
+        assert_eq!(Pacing::default().draft_len(12, linear), 5);
+        assert_eq!(Pacing::default().draft_len(12, capped), 12);
+        assert_eq!(capped.of(12), 1.5);
+        assert!((capped.of(2) - 0.9).abs() < 1e-12);
+        // A draft model's own steps are not capped: at 0.3 a token, twelve guesses cost 5.1.
+        assert!((capped.plus(0.3).of(12) - 5.1).abs() < 1e-12);
+        // At 50% acceptance nothing pays, capped or not.
+        let mut row = Pacing::default();
+        for _ in 0..10 {
+            row.record(3, 1);
+        }
+        assert!(row.acceptance() < 0.55, "{}", row.acceptance());
+        assert_eq!(row.clone().draft_len(12, linear), 0);
+        assert_eq!(row.draft_len(12, capped), 0);
     }
 
     #[test]
