@@ -165,3 +165,38 @@ pub(crate) fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor
     })?;
     Tensor::from_vec(out, gate.shape(), &Device::Cpu)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused activation gives candle's `silu(gate) * up` bit for bit, over more values
+    /// than one chunk of the pool takes, so that several threads write.
+    #[test]
+    fn silu_mul_is_candles_silu_times_up() {
+        let n = 3 * 4096 + 77;
+        let gate: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 2001) as f32 / 100.0 - 10.0)
+            .collect();
+        let up: Vec<f32> = (0..n)
+            .map(|i| ((i * 104_729) % 1999) as f32 / 500.0 - 2.0)
+            .collect();
+        let gate = Tensor::from_vec(gate, (1, n), &Device::Cpu).unwrap();
+        let up = Tensor::from_vec(up, (1, n), &Device::Cpu).unwrap();
+        let ours: Vec<f32> = silu_mul(&gate, &up)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let candle = (candle_nn::ops::silu(&gate).unwrap() * &up).unwrap();
+        let candle: Vec<f32> = candle.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(ours.len(), n);
+        assert_eq!(ours.len(), candle.len());
+        for (i, (a, b)) in ours.iter().zip(&candle).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "value {i}: {a} against {b}");
+        }
+        let other = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(silu_mul(&gate, &other).is_err());
+    }
+}
