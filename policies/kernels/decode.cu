@@ -1162,3 +1162,98 @@ extern "C" __global__ void argmax_rows(const float *x, int *out, int cols) {
         out[blockIdx.x] = (i == NO_INDEX || isnan(xr[0])) ? 0 : i;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// What a sampled step needs of each row's logits: the tokens its draw can reach, with their
+// weights w = exp((x - max) * inv_t), and the whole row's total weight. The head is every
+// token whose weight is at least the largest of HEAD_CUTS cuts (1e-1, 1e-2, ... of the top
+// weight) under which the tokens number at least `k_min` (top-k) and weigh at least `p` of
+// the total (top-p); when no cut gives both, or more than HEAD_CAP tokens, the row reports -1
+// and the host reads its logits whole. NaNs weigh nothing, as on the host. Grid rows,
+// HEAD_THREADS threads; `out` per row, as 32-bit words: n, the total, HEAD_CAP ids,
+// HEAD_CAP weights, the first n of each written, in no particular order (the host sorts).
+// A row's head and total depend on that row alone, summed in a fixed order.
+
+#define HEAD_THREADS 1024
+#define HEAD_CUTS 8
+#define HEAD_CAP 512
+
+__device__ __forceinline__ float head_cut(int c) {
+    const float cuts[HEAD_CUTS] = {1e-1f, 1e-2f, 1e-3f, 1e-4f, 1e-5f, 1e-6f, 1e-7f, 1e-8f};
+    return cuts[c];
+}
+
+__device__ __forceinline__ float head_weight(float x, float max, float inv_t) {
+    return isnan(x) ? 0.f : expf((x - max) * inv_t);
+}
+
+// Sums `v` over the block; every thread gets the sum. `scratch` holds a warp's share.
+__device__ __forceinline__ float block_sum(float v, float *scratch) {
+#pragma unroll
+    for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if (threadIdx.x % WARP == 0) scratch[threadIdx.x / WARP] = v;
+    __syncthreads();
+    float s = 0.f;
+    for (int w = 0; w < HEAD_THREADS / WARP; w++) s += scratch[w];
+    return s;
+}
+
+extern "C" __global__ void head_rows(const float *x, unsigned *out, int cols, int k_min,
+                                     float p, float inv_t) {
+    inputs_ready();
+    const float *xr = x + (size_t)blockIdx.x * cols;
+    unsigned *o = out + (size_t)blockIdx.x * (2 + 2 * HEAD_CAP);
+    __shared__ float scratch[HEAD_THREADS / WARP];
+    __shared__ int taken;
+
+    float max = -INFINITY;
+    for (int j = threadIdx.x; j < cols; j += HEAD_THREADS)
+        if (!isnan(xr[j])) max = fmaxf(max, xr[j]);
+#pragma unroll
+    for (int s = WARP / 2; s > 0; s >>= 1) max = fmaxf(max, __shfl_xor_sync(0xffffffffu, max, s));
+    __syncthreads();
+    if (threadIdx.x % WARP == 0) scratch[threadIdx.x / WARP] = max;
+    __syncthreads();
+    for (int w = 0; w < HEAD_THREADS / WARP; w++) max = fmaxf(max, scratch[w]);
+
+    float total = 0.f, mass[HEAD_CUTS], count[HEAD_CUTS];
+#pragma unroll
+    for (int c = 0; c < HEAD_CUTS; c++) mass[c] = count[c] = 0.f;
+    for (int j = threadIdx.x; j < cols; j += HEAD_THREADS) {
+        const float w = head_weight(xr[j], max, inv_t);
+        total += w;
+#pragma unroll
+        for (int c = 0; c < HEAD_CUTS; c++)
+            if (w >= head_cut(c)) {
+                mass[c] += w;
+                count[c] += 1.f;
+            }
+    }
+    total = block_sum(total, scratch);
+    int cut = -1;
+    for (int c = 0; c < HEAD_CUTS; c++) {
+        const float m = block_sum(mass[c], scratch), n = block_sum(count[c], scratch);
+        if (cut < 0 && n >= (float)k_min && m >= p * total) cut = n <= (float)HEAD_CAP ? c : -2;
+    }
+    if (threadIdx.x == 0) taken = 0;
+    __syncthreads();
+    if (cut >= 0) {
+        const float bar = head_cut(cut);
+        for (int j = threadIdx.x; j < cols; j += HEAD_THREADS) {
+            const float w = head_weight(xr[j], max, inv_t);
+            if (w >= bar) {
+                const int at = atomicAdd(&taken, 1);
+                if (at < HEAD_CAP) {
+                    o[2 + at] = (unsigned)j;
+                    o[2 + HEAD_CAP + at] = __float_as_uint(w);
+                }
+            }
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        o[0] = cut >= 0 ? (unsigned)taken : 0xffffffffu;
+        o[1] = __float_as_uint(total);
+    }
+}

@@ -7,6 +7,7 @@
 //! speculative verification was not lossless). Every kernel here reduces each output element in
 //! an order fixed by the reduction length alone; see the comments in the `.cu` file.
 
+use crate::sampling::{Head, HeadParams, HEAD_CAP};
 use candle_core::cuda_backend::cudarc::driver::{
     sys, CudaFunction, CudaModule, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PinnedHostSlice,
 };
@@ -138,7 +139,7 @@ impl GpuMatrix {
                 cfg,
                 &[self.ptr(&dev), xq, xd, y.ptr, bias, residual],
                 &[has_bias, has_residual, n32, k, cols],
-                None,
+                &[],
             )?;
             return y.tensor(shape);
         }
@@ -159,7 +160,7 @@ impl GpuMatrix {
             },
             &[self.ptr(&dev), xq, xd, part.ptr],
             &[n32, k, cols],
-            None,
+            &[],
         )?;
         launch(
             &dev,
@@ -167,7 +168,7 @@ impl GpuMatrix {
             cfg,
             &[part.ptr, y.ptr, bias, residual],
             &[has_bias, has_residual, n32, cols],
-            None,
+            &[],
         )?;
         y.tensor(shape)
     }
@@ -309,7 +310,7 @@ pub fn glu(gate: &GpuMatrix, up: &GpuMatrix, xs: &Q8Rows, act: Activation) -> Re
         Tile::of(n).config(gate.rows, n),
         &[gate.ptr(&dev), up.ptr(&dev), xq, xd, y.ptr],
         &[act as i32, n as i32, gate.cols as i32, gate.rows as i32],
-        None,
+        &[],
     )?;
     y.tensor(shape)
 }
@@ -370,7 +371,7 @@ pub fn forward3(mats: [(&GpuMatrix, Option<&Tensor>); 3], xs: &Q8Rows) -> Result
             m1.rows as i32,
             m2.rows as i32,
         ],
-        None,
+        &[],
     )?;
     Ok([
         y0.tensor(Shape::from((n, m0.rows)))?,
@@ -450,7 +451,7 @@ pub fn quantize(xs: &Tensor) -> Result<Q8Rows> {
         cfg,
         &[ptr::<f32>(&xs)?, xq, xd],
         &[xs.elem_count() as i32],
-        None,
+        &[],
     )?;
     Ok(rows)
 }
@@ -525,7 +526,7 @@ pub fn rope_store(
             cap as i32,
             interleaved as i32,
         ],
-        None,
+        &[],
     )?;
     out.tensor(q.shape().clone())
 }
@@ -583,7 +584,7 @@ pub fn attend(
             part.ptr,
         ],
         &[heads as i32, kv_heads as i32, cap as i32],
-        Some(scale),
+        &[scale],
     )?;
     let out = Output::new(dev, q.elem_count())?;
     let (q8, xq, xd) = Q8Rows::alloc_if(quantize, dev, q.shape(), out.ptr)?;
@@ -598,7 +599,7 @@ pub fn attend(
         cfg,
         &[part.ptr, out.ptr, xq, xd],
         &[heads as i32, d as i32, quantize as i32],
-        None,
+        &[],
     )?;
     Ok((out.tensor(q.shape().clone())?, q8))
 }
@@ -665,42 +666,89 @@ pub fn read_rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
 /// logits): what greedy decoding needs of them, read back as `rows` integers instead of
 /// `rows × cols` floats. The same index as [`crate::sampling::argmax`] of the row.
 pub fn argmax_rows(t: &Tensor) -> Result<Vec<u32>> {
-    let (rows, cols) = t.dims2()?;
-    let Device::Cuda(dev) = t.device() else {
-        bail!("argmax_rows: not on a CUDA device");
-    };
-    if t.dtype() != DType::F32 || cols == 0 || cols > i32::MAX as usize {
-        bail!("argmax_rows: {:?} {:?}", t.dtype(), t.shape());
-    }
-    let t = t.contiguous()?;
-    let out = Buffer::<i32>::new(dev, rows)?;
-    let cfg = LaunchConfig {
-        grid_dim: (rows as u32, 1, 1),
-        block_dim: (ARGMAX_THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    launch(
-        dev,
-        "argmax_rows",
-        cfg,
-        &[ptr::<f32>(&t)?, out.ptr],
-        &[cols as i32],
-        None,
-    )?;
-    let stream = dev.cuda_stream();
-    let host = stream
-        .clone_dtoh(&out.slice)
-        .map_err(candle_core::Error::wrap)?;
-    stream.synchronize().map_err(candle_core::Error::wrap)?;
+    let host = per_row::<i32>(t, "argmax_rows", ARGMAX_THREADS, 1, &[], &[])?;
     // Indices are in `0..cols`.
-    Ok(host.into_iter().take(rows).map(|i| i as u32).collect())
+    Ok(host.into_iter().map(|i| i as u32).collect())
 }
 
 /// Threads per row of [`argmax_rows`] (`ARGMAX_THREADS` in the kernel file).
 const ARGMAX_THREADS: u32 = 1024;
 
-/// Launches `name` with its pointer arguments first, then its integers, then an optional
-/// float: the order every kernel of the file declares.
+/// Each row's [`Head`] of `[rows, cols]` f32 values on the GPU (a step's logits), taken as
+/// [`Head::of`] takes it on the host, or `None` where it would be too wide: what a top-k or
+/// top-p draw needs, read back as at most [`HEAD_CAP`] (token, weight) pairs a row.
+pub fn head_rows(t: &Tensor, params: &HeadParams) -> Result<Vec<Option<Head>>> {
+    let words = 2 + 2 * HEAD_CAP;
+    // More tokens than the vocabulary holds: no cut keeps them, as on the host.
+    let min_tokens = params.min_tokens.min(i32::MAX as usize) as i32;
+    let host = per_row::<u32>(
+        t,
+        "head_rows",
+        HEAD_THREADS,
+        words,
+        &[min_tokens],
+        &[params.min_mass, params.inv_temperature],
+    )?;
+    let heads = host
+        .chunks_exact(words)
+        .map(|row| {
+            let n = row[0] as usize;
+            (n <= HEAD_CAP).then(|| Head {
+                weights: (0..n)
+                    .map(|i| (row[2 + i], f32::from_bits(row[2 + HEAD_CAP + i])))
+                    .collect(),
+                total: f32::from_bits(row[1]),
+            })
+        })
+        .collect();
+    Ok(heads)
+}
+
+/// Threads per row of [`head_rows`] (`HEAD_THREADS` in the kernel file, which also has
+/// [`HEAD_CAP`] and [`crate::sampling::HEAD_CUTS`]).
+const HEAD_THREADS: u32 = 1024;
+
+/// Runs `name`, a kernel of one block of `threads` per row of `[rows, cols]` f32 values on the
+/// GPU (a step's logits) that writes `words` values a row, and reads back those `rows ×
+/// words` values. The kernel's parameters are `(x, out, cols, ints.., floats..)`.
+fn per_row<T: CudaDType + DeviceRepr>(
+    t: &Tensor,
+    name: &str,
+    threads: u32,
+    words: usize,
+    ints: &[i32],
+    floats: &[f32],
+) -> Result<Vec<T>> {
+    let (rows, cols) = t.dims2()?;
+    let Device::Cuda(dev) = t.device() else {
+        bail!("{name}: not on a CUDA device");
+    };
+    if t.dtype() != DType::F32 || cols == 0 || cols > i32::MAX as usize {
+        bail!("{name}: {:?} {:?}", t.dtype(), t.shape());
+    }
+    let t = t.contiguous()?;
+    let out = Buffer::<T>::new(dev, rows * words)?;
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let ints: Vec<i32> = std::iter::once(cols as i32)
+        .chain(ints.iter().copied())
+        .collect();
+    launch(dev, name, cfg, &[ptr::<f32>(&t)?, out.ptr], &ints, floats)?;
+    let stream = dev.cuda_stream();
+    let mut host = stream
+        .clone_dtoh(&out.slice)
+        .map_err(candle_core::Error::wrap)?;
+    stream.synchronize().map_err(candle_core::Error::wrap)?;
+    // The buffer holds at least one value, even for no rows.
+    host.truncate(rows * words);
+    Ok(host)
+}
+
+/// Launches `name` with its pointer arguments first, then its integers, then its floats: the
+/// order every kernel of the file declares.
 ///
 /// On Hopper and later the launch lets the kernel start before the one ahead of it in the
 /// stream has finished (programmatic dependent launch): its blocks become resident and fetch
@@ -714,7 +762,7 @@ fn launch(
     cfg: LaunchConfig,
     ptrs: &[u64],
     ints: &[i32],
-    float: Option<f32>,
+    floats: &[f32],
 ) -> Result<()> {
     let (func, overlap) = function(dev, name)?;
     let stream = dev.cuda_stream();
@@ -722,12 +770,10 @@ fn launch(
         .context()
         .bind_to_thread()
         .map_err(candle_core::Error::wrap)?;
-    let mut params: Vec<*mut c_void> = Vec::with_capacity(ptrs.len() + ints.len() + 1);
+    let mut params: Vec<*mut c_void> = Vec::with_capacity(ptrs.len() + ints.len() + floats.len());
     params.extend(ptrs.iter().map(|p| p as *const u64 as *mut c_void));
     params.extend(ints.iter().map(|i| i as *const i32 as *mut c_void));
-    if let Some(f) = &float {
-        params.push(f as *const f32 as *mut c_void);
-    }
+    params.extend(floats.iter().map(|f| f as *const f32 as *mut c_void));
     let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
     value.programmaticStreamSerializationAllowed = 1;
     let mut attr = sys::CUlaunchAttribute {
@@ -884,7 +930,7 @@ pub fn rms_norm(
         cfg,
         &[ptr::<f32>(&xs)?, ptr::<f32>(weight)?, out.ptr, xq, xd],
         &[d as i32, quantize as i32],
-        Some(eps),
+        &[eps],
     )?;
     Ok((out.tensor(xs.shape().clone())?, q8))
 }

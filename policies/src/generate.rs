@@ -7,7 +7,7 @@ use crate::model::{read_scores, Logits};
 use crate::pacing::{self, Pacing};
 use crate::policy::Policy;
 use crate::prefill::{Interrupt, Output};
-use crate::sampling::{Sampler, SamplingParams, Scores, TokenLogprobs};
+use crate::sampling::{Readout, Sampler, SamplingParams, Scores, TokenLogprobs};
 use crate::speculative::{self, Proposal, Source, Speculation};
 use crate::suffix::SuffixIndex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,10 +94,9 @@ impl GenerateParams {
         self.sampling.validate()
     }
 
-    /// Whether the argmax of each position's logits is all a step needs of them: greedy
-    /// decoding that reports no log-probabilities (see [`read_scores`]).
-    fn greedy(&self) -> bool {
-        self.sampling.is_greedy() && self.logprobs.is_none()
+    /// What each step reads back of its logits (see [`read_scores`]).
+    fn readout(&self) -> Readout {
+        Readout::of(&self.sampling, self.logprobs.is_some())
     }
 
     fn check_prefill(&self, tokens: usize) -> Result<()> {
@@ -258,7 +257,7 @@ impl Policy {
         let logits =
             self.model()
                 .prefill(&[prompt], &mut cache, Output::Logits, &params.interrupt())?;
-        let first = read_scores(&logits, params.greedy())?
+        let first = read_scores(&logits, params.readout())?
             .pop()
             .ok_or_else(|| {
                 PolicyError::Candle(candle_core::Error::Msg("prefill: no logits".into()))
@@ -294,7 +293,7 @@ impl Policy {
         let logits =
             self.model()
                 .prefill(&rows, &mut cache, Output::Logits, &params.interrupt())?;
-        let first = read_scores(&logits, params.greedy())?;
+        let first = read_scores(&logits, params.readout())?;
         let drafter = self.model_drafter(&rows, rows.len(), params)?;
         let mut stats = GenerationStats {
             prefill_tokens: prompts.iter().map(Vec::len).sum(),
@@ -376,7 +375,7 @@ impl Policy {
             for (i, &(g, r)) in place.iter().enumerate() {
                 indexes[g].extend(r, &rows[i].tokens);
             }
-            let cost = pacing::Cost::verify(self.model().device(), keep.len(), params.greedy());
+            let cost = pacing::Cost::verify(self.model().device(), keep.len(), params.readout());
             let mut drafts: Vec<StepDraft> = Vec::with_capacity(keep.len());
             for &j in &keep {
                 let i = active[j];
@@ -455,13 +454,13 @@ impl Policy {
             let drafted: usize = drafts.iter().map(|d| d.tokens.len()).sum();
             let per_row: Vec<Vec<Scores>> = if drafted == 0 {
                 let out = self.model().forward(&refs, &mut cache, Logits::Last)?;
-                read_scores(&out, params.greedy())?
+                read_scores(&out, params.readout())?
                     .into_iter()
                     .map(|l| vec![l])
                     .collect()
             } else {
                 let out = self.model().forward(&refs, &mut cache, Logits::All)?;
-                let mut packed = read_scores(&out, params.greedy())?.into_iter();
+                let mut packed = read_scores(&out, params.readout())?.into_iter();
                 chunks
                     .iter()
                     .map(|chunk| packed.by_ref().take(chunk.len()).collect())
@@ -532,7 +531,7 @@ impl Policy {
     ) -> Result<Option<ModelDrafter<'_>>> {
         let s = params.speculation;
         let pays = |cost: f64| {
-            let verify = pacing::Cost::verify(self.model().device(), rows, params.greedy());
+            let verify = pacing::Cost::verify(self.model().device(), rows, params.readout());
             !s.paced || verify.plus(cost).can_pay(s.max_draft)
         };
         match self.draft() {
@@ -572,10 +571,10 @@ impl Policy {
         context_full: bool,
     ) -> Result<()> {
         if let Some(k) = params.logprobs {
-            // Steps read every logit when log-probabilities are asked for (`greedy()`).
+            // Steps read every logit when log-probabilities are asked for (`readout()`).
             let Scores::Logits(logits) = scores else {
                 return Err(PolicyError::Candle(candle_core::Error::Msg(
-                    "log-probabilities of a step that read only its argmax".into(),
+                    "log-probabilities of a step that read only part of its logits".into(),
                 )));
             };
             row.logprobs.push(TokenLogprobs::new(logits, token, k));

@@ -45,7 +45,7 @@ pub use model::{read_scores, Logits, Transformer};
 pub use policy::{Checkpoint, Policy};
 pub use prefill::{Interrupt, Output};
 pub use remote::{Endpoint, RemotePolicy};
-pub use sampling::{Sampler, SamplingParams, Scores, TokenLogprobs};
+pub use sampling::{Readout, Sampler, SamplingParams, Scores, TokenLogprobs};
 pub use speculative::Speculation;
 pub use tokenizer::Tokenizer;
 

@@ -9,7 +9,7 @@ use crate::attention::{self, QueryKeys};
 use crate::config::{Arch, ModelConfig};
 use crate::error::{PolicyError, Result};
 use crate::kv_cache::KvCache;
-use crate::sampling::{argmax, Scores};
+use crate::sampling::{argmax, Readout, Scores};
 use crate::weights::{Embedding, Linear, Rows, Weights};
 use candle_core::{Device, Tensor};
 
@@ -32,24 +32,51 @@ pub fn read_logits(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
     Ok(logits.to_dtype(candle_core::DType::F32)?.to_vec2()?)
 }
 
-/// `[rows, vocab]` logits as what each row's sampler needs ([`Scores`]): with `greedy`
-/// (greedy decoding that reports no log-probabilities) only each row's argmax, taken on the
-/// GPU where the logits are there, so a step reads back one integer a row instead of the
-/// vocabulary's floats; otherwise every logit.
-pub fn read_scores(logits: &Tensor, greedy: bool) -> Result<Vec<Scores>> {
-    if !greedy {
-        return Ok(read_logits(logits)?
-            .into_iter()
-            .map(Scores::Logits)
-            .collect());
-    }
+/// `[rows, vocab]` logits as what each row's sampler needs ([`Scores`], see [`Readout`]):
+/// each row's argmax, or the head of its distribution, taken on the GPU where the logits are
+/// there, so that a step reads back an integer or a few hundred weights a row instead of the
+/// vocabulary's floats; every logit where the sampler needs them. On the CPU, where nothing is
+/// copied, greedy steps take the argmax on the host (the same decoding path), and sampled
+/// steps keep every logit: a head would only add work there.
+pub fn read_scores(logits: &Tensor, readout: Readout) -> Result<Vec<Scores>> {
     #[cfg(feature = "cuda")]
     if logits.device().is_cuda() {
-        let tokens = crate::cuda::argmax_rows(logits)?;
-        return Ok(tokens.into_iter().map(Scores::Greedy).collect());
+        match readout {
+            Readout::Logits => {}
+            Readout::Greedy => {
+                let tokens = crate::cuda::argmax_rows(logits)?;
+                return Ok(tokens.into_iter().map(Scores::Greedy).collect());
+            }
+            Readout::Head(params) => {
+                let heads = crate::cuda::head_rows(logits, &params)?;
+                if heads.iter().all(Option::is_some) {
+                    return Ok(heads.into_iter().flatten().map(Scores::Head).collect());
+                }
+                // A head too wide: the rows' logits, whole, in one copy.
+                let rows = read_logits(logits)?;
+                if rows.len() != heads.len() {
+                    return Err(PolicyError::Candle(candle_core::Error::Msg(format!(
+                        "{} heads for {} rows of logits",
+                        heads.len(),
+                        rows.len()
+                    ))));
+                }
+                return Ok(heads
+                    .into_iter()
+                    .zip(rows)
+                    .map(|(head, l)| head.map_or(Scores::Logits(l), Scores::Head))
+                    .collect());
+            }
+        }
     }
     let rows = read_logits(logits)?;
-    Ok(rows.iter().map(|l| Scores::Greedy(argmax(l))).collect())
+    Ok(rows
+        .into_iter()
+        .map(|l| match readout {
+            Readout::Greedy => Scores::Greedy(argmax(&l)),
+            Readout::Logits | Readout::Head(_) => Scores::Logits(l),
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone)]

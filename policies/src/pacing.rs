@@ -13,13 +13,14 @@
 //! also cost its own steps ([`crate::draft::DraftModel::cost`]), outside the cap.
 //!
 //! Rows whose drafts do not pay stop drafting, and now and then try again (a probe) to notice
-//! when the text starts repeating; probes are spaced so that they cost about
-//! [`Pacing::PROBE_SHARE`] of the row's steps.
+//! when the text starts repeating; probes are spaced so that all rows' together cost about
+//! [`Pacing::PROBE_SHARE`] of the steps (a probe delays the whole batch).
 //!
 //! Every decision depends on the tokens alone (acceptance counts, batch size, device), never
 //! on timings, so a seeded run stays reproducible; and speculation is exact whatever the draft
 //! length, so pacing changes speed only.
 
+use crate::sampling::Readout;
 use candle_core::Device;
 
 /// One row's acceptance record.
@@ -79,7 +80,7 @@ impl Pacing {
             return best;
         }
         self.idle += 1;
-        if self.idle as f64 * Self::PROBE_SHARE >= cost.of(1) {
+        if self.idle as f64 * Self::PROBE_SHARE >= cost.of(1) * cost.rows.max(1) as f64 {
             self.idle = 0;
             return 1;
         }
@@ -107,30 +108,41 @@ pub struct Cost {
     pub each: f64,
     pub cap: f64,
     pub drafting: f64,
+    /// The rows of the step: a probe that does not pay delays every one of them, so each row
+    /// probes that many times less often.
+    pub rows: usize,
 }
 
 impl Cost {
-    /// The cost of verifying on `device` with `rows` rows in the step, `greedy` when the step
-    /// reads back each position's greedy token rather than its logits (see
-    /// [`crate::model::read_scores`]): the larger figure of the models measured, so that
-    /// drafting stops where it might not pay. Measured with `hone bench engine --verify K
+    /// The cost of verifying on `device` with `rows` rows in the step, reading back what
+    /// `readout` says (see [`crate::model::read_scores`]): the larger figure of the models
+    /// measured, so that drafting stops where it might not pay. Measured with `hone bench engine --verify K
     /// [--greedy]` (the `verify K / step` column; docs/PERFORMANCE.md) on an H200 with the
     /// Qwen2.5-Coder-1.5B shape: reading logits, a call of 2 positions per row at 1 and 4 rows
     /// costs 1.6 steps and one of 7 costs 3.2-3.4 (the products move to kernels built for 8
     /// rows), at 16 rows 1.4 and at 64 rows 2.4 steps per position; reading greedy tokens, 2
     /// positions cost 1.2-1.5 steps, 5 cost 2.2-2.5 and 13 cost 2.2 (1 row) or 3.4 (4 rows),
     /// 5 positions at 16 rows 3.3 and at 64 rows 4.4 steps. On a 2-core CPU, 5 positions at 1
-    /// row cost 2.1-2.3 steps, and 0.8 per position at 4 rows.
-    pub fn verify(device: &Device, rows: usize, greedy: bool) -> Self {
+    /// row cost 2.1-2.3 steps, and 0.8 per position at 4 rows. A step reading heads of
+    /// distributions is priced as one reading greedy tokens: both read back a few bytes a row.
+    /// At 2-4 rows on a GPU, verifying any costs 1.3 steps: priced at 0.6, the four rows of
+    /// `hone generate --batch 4 --temperature 0.7 --top-p 0.95 --speculate 7` decoded at 0.8x
+    /// plain, a step in which one row verified costing the batch about 1.3 more.
+    /// On a GPU from 5 rows on, speculation is off: priced per row from those figures
+    /// (nothing for verifying any, 0.6 a token), the 16 rows of `hone generate --batch 16
+    /// --temperature 0.7 --top-p 0.95 --speculate 7` (real Qwen2.5-Coder-1.5B) drafted or
+    /// probed in nearly every step, and decoded at 0.56x plain.
+    pub fn verify(device: &Device, rows: usize, readout: Readout) -> Self {
         let none = f64::INFINITY;
-        let (first, each, cap) = match (device.is_cuda(), greedy, rows) {
+        let small = !matches!(readout, Readout::Logits);
+        let (first, each, cap) = match (device.is_cuda(), small, rows) {
             (true, true, 0..=1) => (0.6, 0.15, 1.5),
-            (true, true, 2..=4) => (0.6, 0.15, none),
-            (true, true, 5..=16) => (0.0, 0.6, none),
-            (true, true, _) => (0.0, 0.9, none),
-            (true, false, 0..=4) => (0.6, 0.3, none),
-            (true, false, 5..=16) => (0.0, 1.5, none),
-            (true, false, _) => (0.0, 2.4, none),
+            (true, true, 2..=4) => (1.3, 0.15, none),
+            (true, false, 0..=1) => (0.6, 0.3, none),
+            (true, false, 2..=4) => (1.3, 0.3, none),
+            // Never: a step in which any row verifies drafts costs the whole batch about two
+            // plain steps, and the batch is done only when its slowest row is.
+            (true, _, _) => (none, 0.0, none),
             (false, _, 0..=1) => (0.3, 0.2, none),
             (false, _, _) => (0.0, 0.8, none),
         };
@@ -139,6 +151,7 @@ impl Cost {
             each,
             cap,
             drafting: 0.0,
+            rows,
         }
     }
 
@@ -175,6 +188,7 @@ mod tests {
             each,
             cap: f64::INFINITY,
             drafting: 0.0,
+            rows: 1,
         }
     }
 
@@ -245,6 +259,13 @@ mod tests {
         let lens: Vec<usize> = (0..34)
             .map(|_| row.draft_len(4, cost(0.95, 0.05)))
             .collect();
+        assert_eq!(lens.iter().filter(|&&l| l > 0).count(), 2, "{lens:?}");
+        // Where four rows share the step a probe delays, each probes a quarter as often.
+        let shared = Cost {
+            rows: 4,
+            ..cost(0.3, 0.2)
+        };
+        let lens: Vec<usize> = (0..68).map(|_| row.draft_len(4, shared)).collect();
         assert_eq!(lens.iter().filter(|&&l| l > 0).count(), 2, "{lens:?}");
     }
 

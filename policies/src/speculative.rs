@@ -177,6 +177,55 @@ mod tests {
             .sum()
     }
 
+    /// Rejection sampling against heads (what a GPU step reads for top-p) keeps the nucleus'
+    /// distribution: a draft outside the nucleus is never accepted, one inside it is accepted
+    /// as often as the nucleus draws it.
+    #[test]
+    fn sampled_output_from_heads_follows_the_nucleus() {
+        let logits = vec![2.0f32, 1.5, 0.0, -1.0, 1.0, -6.0];
+        let params = SamplingParams {
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 0.9,
+            seed: 0,
+        };
+        let crate::sampling::Readout::Head(head_params) =
+            crate::sampling::Readout::of(&params, false)
+        else {
+            panic!("top-p reads heads");
+        };
+        let head = crate::sampling::Head::of(&logits, &head_params).expect("a narrow head");
+        let scores = [Scores::Head(head.clone()), Scores::Head(head)];
+        let nucleus = Sampler::new(params.clone()).distribution(&logits);
+        let mut probs = vec![0f64; logits.len()];
+        for &(t, p) in &nucleus {
+            probs[t as usize] = p as f64;
+        }
+        assert_eq!(nucleus.len(), 3, "{nucleus:?}");
+        for draft in [1u32, 5] {
+            let mut counts = vec![0u64; logits.len()];
+            for seed in 0..40_000 {
+                let mut s = Sampler::new(SamplingParams {
+                    seed,
+                    ..params.clone()
+                });
+                let v = verify(&mut s, &scores, &[draft]);
+                counts[if v.accepted == 1 { draft } else { v.next } as usize] += 1;
+            }
+            let outside = counts.iter().zip(&probs).filter(|(_, &p)| p == 0.0);
+            assert!(
+                outside.map(|(&c, _)| c).sum::<u64>() == 0,
+                "draft {draft}: {counts:?}"
+            );
+            let df = nucleus.len() - 1;
+            let x = chi_square(&counts, &probs);
+            assert!(
+                x < chi_square_bound(df),
+                "draft {draft}: chi2 {x} over {df} df"
+            );
+        }
+    }
+
     #[test]
     fn sampled_output_follows_the_target_distribution() {
         // Two positions over a 4-token vocabulary; the drafts are one likely and one unlikely

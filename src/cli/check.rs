@@ -13,8 +13,8 @@ use super::{policies_dir, resolve_model};
 use anyhow::{bail, Result};
 use clap::Args;
 use policies::{
-    read_scores, GenerateParams, Logits, Message, Policy, Role, Sampler, SamplingParams, Scores,
-    Speculation,
+    read_scores, GenerateParams, Logits, Message, Policy, Readout, Role, Sampler, SamplingParams,
+    Scores, Speculation,
 };
 
 const MEAN_TOL: f32 = 0.3;
@@ -73,8 +73,8 @@ pub fn run(a: CheckArgs) -> Result<()> {
             prefill_equals_steps(&on_gpu, &prompts),
         ),
         (
-            "greedy tokens picked on the GPU = argmax of the logits",
-            greedy_on_device(&on_gpu, &prompts, a.steps),
+            "greedy tokens and heads taken on the GPU = from the whole logits",
+            readouts_on_device(&on_gpu, &prompts, a.steps),
         ),
         (
             "speculative greedy = plain greedy",
@@ -251,40 +251,113 @@ fn greedy_logits(policy: &Policy, rows: &[Vec<u32>], steps: usize) -> Result<Vec
     Ok(out)
 }
 
-/// The tokens greedy decoding reads back (each row's argmax, taken on the GPU) against the
-/// argmax of the same logits read back whole, at every step of 16 rows decoding greedily.
-fn greedy_on_device(policy: &Policy, prompts: &[Vec<u32>], steps: usize) -> Result<String> {
+/// What decoding reads back instead of the logits, taken on the GPU, against the same taken
+/// from the logits read back whole, at every step of 16 rows decoding greedily: each row's
+/// greedy token must be the argmax, and each row's head under TPO's sampling (T = 0.7, top-p
+/// 0.95) must give the distribution of the whole logits, within float rounding (a total
+/// variation distance under 1e-4, or the nucleus' last token alone on the other side of
+/// top-p, see [`boundary_token`]).
+fn readouts_on_device(policy: &Policy, prompts: &[Vec<u32>], steps: usize) -> Result<String> {
     let model = policy.model();
+    let sampler = Sampler::new(SamplingParams {
+        temperature: 0.7,
+        top_p: 0.95,
+        ..SamplingParams::default()
+    });
+    let heads = Readout::of(sampler.params(), false);
     let mut feed: Vec<Vec<u32>> = (0..16)
         .map(|i| prompts[i % prompts.len()].clone())
         .collect();
     let mut cache = model.new_cache(feed.len());
-    let mut checked = 0;
+    let (mut checked, mut taken, mut flips, mut worst) = (0, 0, 0, 0f32);
     for step in 0..steps {
         let slices: Vec<&[u32]> = feed.iter().map(Vec::as_slice).collect();
         let logits = model.forward(&slices, &mut cache, Logits::Last)?;
-        let picked = read_scores(&logits, true)?;
+        let picked = read_scores(&logits, Readout::Greedy)?;
+        let headed = read_scores(&logits, heads)?;
         let whole: Vec<Vec<f32>> = logits.to_vec2()?;
-        if picked.len() != whole.len() {
+        if picked.len() != whole.len() || headed.len() != whole.len() {
             bail!(
-                "step {step}: {} picks for {} rows",
+                "step {step}: {} picks and {} heads for {} rows",
                 picked.len(),
+                headed.len(),
                 whole.len()
             );
         }
         feed.clear();
-        for (row, (pick, l)) in picked.iter().zip(&whole).enumerate() {
+        for (row, ((pick, head), l)) in picked.iter().zip(&headed).zip(&whole).enumerate() {
             let argmax = policies::sampling::argmax(l);
             if *pick != Scores::Greedy(argmax) {
                 bail!("row {row}, step {step}: picked {pick:?}, the logits' argmax is {argmax}");
+            }
+            if let Scores::Head(_) = head {
+                taken += 1;
+                let (ours, theirs) = (sampler.distribution_of(head), sampler.distribution(l));
+                match boundary_token(&ours, &theirs) {
+                    Ok(None) => {
+                        let distance = total_variation(&ours, &theirs, l.len());
+                        if distance > 1e-4 {
+                            bail!("row {row}, step {step}: the head's draw is {distance} from the logits'");
+                        }
+                        worst = worst.max(distance);
+                    }
+                    Ok(Some(_)) => flips += 1,
+                    Err(e) => bail!("row {row}, step {step}: {e}"),
+                }
             }
             feed.push(vec![argmax]);
         }
         checked += whole.len();
     }
     Ok(format!(
-        "{checked} positions identical ({steps} steps of 16 rows)"
+        "{checked} positions ({steps} steps of 16 rows): argmax identical, {taken} heads taken \
+         (the rest too wide, read whole), largest distance {worst:.1e}, {flips} with the \
+         nucleus' last token on the other side of top-p"
     ))
+}
+
+/// The one token that two top-p draws' supports do not share, if any, when it is the least
+/// likely token of the draw that has it: the nucleus' last token, which the two sides'
+/// float sums of the vocabulary (the GPU's and the host's differ in the last bits) can put
+/// on either side of top-p. Any other difference of support is an error.
+fn boundary_token(a: &[(u32, f32)], b: &[(u32, f32)]) -> Result<Option<u32>> {
+    let ids = |d: &[(u32, f32)]| {
+        d.iter()
+            .map(|x| x.0)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let (ia, ib) = (ids(a), ids(b));
+    let odd: Vec<u32> = ia.symmetric_difference(&ib).copied().collect();
+    let [token] = odd[..] else {
+        if odd.is_empty() {
+            return Ok(None);
+        }
+        bail!(
+            "the head's nucleus differs from the logits' in {} tokens",
+            odd.len()
+        );
+    };
+    let side = if ia.contains(&token) { a } else { b };
+    let least = side.iter().map(|x| x.1).fold(f32::INFINITY, f32::min);
+    match side.iter().find(|x| x.0 == token) {
+        Some(&(_, p)) if p <= least => Ok(Some(token)),
+        _ => bail!("token {token} is in one nucleus only and is not its least likely"),
+    }
+}
+
+/// Half the L1 distance between two distributions over `vocab` tokens.
+fn total_variation(a: &[(u32, f32)], b: &[(u32, f32)], vocab: usize) -> f32 {
+    let mut diff = vec![0f32; vocab];
+    let mut outside = 0f32;
+    for (dist, sign) in [(a, 1f32), (b, -1f32)] {
+        for &(t, p) in dist {
+            match diff.get_mut(t as usize) {
+                Some(d) => *d += sign * p,
+                None => outside += p,
+            }
+        }
+    }
+    (diff.iter().map(|d| d.abs()).sum::<f32>() + outside) / 2.0
 }
 
 /// Five tokens fed in one call (as speculative verification does) against the same five fed

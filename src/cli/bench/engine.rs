@@ -5,19 +5,36 @@
 
 use super::BenchArgs;
 use anyhow::Result;
-use policies::{read_scores, Logits};
+use policies::{read_scores, Logits, Readout};
 use std::time::Instant;
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     let policy = crate::cli::load_policy(&a.model, a.cpu)?;
     let model = policy.model();
     let vocab = model.config().vocab_size as u32;
+    let readout = if a.greedy {
+        Readout::Greedy
+    } else if a.sampled {
+        let tpo = hone::strategy::Request::default();
+        let sampling = policies::SamplingParams {
+            temperature: tpo.temperature,
+            top_p: tpo.top_p,
+            ..Default::default()
+        };
+        Readout::of(&sampling, false)
+    } else {
+        Readout::Logits
+    };
     println!(
         "model: {} | device: {:?} | threads: {} | reads {}",
         policy.name(),
         model.device(),
         candle_core::utils::get_num_threads(),
-        if a.greedy { "greedy tokens" } else { "logits" }
+        match readout {
+            Readout::Logits => "logits",
+            Readout::Greedy => "greedy tokens",
+            Readout::Head(_) => "heads of distributions",
+        }
     );
     let verify = a.verify;
     println!("| batch | prefill tok/s | decode tok/s | verify {verify} / step |");
@@ -45,7 +62,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let rows: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
             let t = Instant::now();
             // What decoding reads is read back every call (and it waits for the GPU).
-            read_scores(&model.forward(&rows, &mut cache, Logits::Last)?, a.greedy)?;
+            read_scores(&model.forward(&rows, &mut cache, Logits::Last)?, readout)?;
             let prefill_secs = t.elapsed().as_secs_f64();
             let t = Instant::now();
             for step in 0..a.gen_tokens {
@@ -53,7 +70,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     .map(|r| [100 + ((step * 31 + r) as u32 % (vocab - 100))])
                     .collect();
                 let rows: Vec<&[u32]> = toks.iter().map(|t| t.as_slice()).collect();
-                read_scores(&model.forward(&rows, &mut cache, Logits::Last)?, a.greedy)?;
+                read_scores(&model.forward(&rows, &mut cache, Logits::Last)?, readout)?;
             }
             let decode_secs = t.elapsed().as_secs_f64();
             let t = Instant::now();
@@ -67,7 +84,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     .collect();
                 let rows: Vec<&[u32]> = toks.iter().map(Vec::as_slice).collect();
                 // Verification reads every position's scores.
-                read_scores(&model.forward(&rows, &mut cache, Logits::All)?, a.greedy)?;
+                read_scores(&model.forward(&rows, &mut cache, Logits::All)?, readout)?;
             }
             if repeat > 0 {
                 prefill += prefill_secs;

@@ -47,8 +47,12 @@ pub struct BenchArgs {
     verify: usize,
     /// engine: read each position's greedy token (its argmax, taken where the logits are), as
     /// greedy decoding without log-probabilities does, instead of every logit, as sampling does.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sampled")]
     greedy: bool,
+    /// engine: read the head of each position's distribution under TPO's sampling
+    /// (temperature 0.7, top-p 0.95; the logits where it is too wide) instead of every logit.
+    #[arg(long)]
+    sampled: bool,
     /// engine, reward: batch sizes to measure (comma separated).
     #[arg(long, value_delimiter = ',', default_values_t = vec![1, 4])]
     batch: Vec<usize>,
