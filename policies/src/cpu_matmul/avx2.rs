@@ -2,14 +2,16 @@
 //! per instruction (`maddubs`), summed in 32-bit integers over a block (over a whole super-block
 //! of 256 for the k-quants) before one conversion to float.
 //!
-//! Where the CPU has AVX-512 VNNI (Intel since Cascade Lake, AMD since Zen 4), `vpdpbusd` on
-//! 256-bit vectors does in one instruction what AVX2 needs three for (`maddubs`, a 16-bit add
-//! or a widening `madd`, a 32-bit add), and `vpdpwssd` fuses the k-quants' scale `madd` with
-//! its add. That is most of a row's cost beside the weights it shares with the other rows of a
-//! tile, and AVX-512's 32 vector registers hold a tile of eight rows where AVX2's 16 hold four.
-//! A single row is bound by reading its weights, not by arithmetic, so it keeps AVX2. The sums
-//! are exact integers either way (AVX2's 16-bit ones never saturate here), so both paths give
-//! the same bits (tested); each kernel is compiled for both and picks at run time.
+//! Where the CPU has AVX-512 VNNI (Intel since Cascade Lake, AMD since Zen 4), `vpdpbusd` does
+//! in one instruction what AVX2 needs three for (`maddubs`, a 16-bit add or a widening `madd`, a
+//! 32-bit add), and `vpdpwssd` fuses the k-quants' scale `madd` with its add. That is most of a
+//! row's cost beside the weights it shares with the other rows of a tile, and AVX-512's 32
+//! vector registers hold a tile of eight rows where AVX2's 16 hold four. Tiles of the 32-wide
+//! types take 512-bit vectors (`avx512.rs`); the k-quants' bodies here compile with VNNI on
+//! 256-bit vectors (`VNNI = true`), as do the 32-wide bodies for what the 512-bit kernels leave
+//! over (a run's odd last column, the blocks after a row's last group). A single row is bound by
+//! reading its weights, not by arithmetic, so it keeps AVX2. The sums are exact integers either
+//! way (AVX2's 16-bit ones never saturate here), so every path gives the same bits (tested).
 //!
 //! The 32-wide types read a group of eight interleaved blocks (`groups.rs`) at a time.
 //! Each kernel reads a block of weights once for every row of its tile. A row's arithmetic is the
@@ -40,6 +42,14 @@ pub(crate) trait Unpack: Unsigned32 + Grouped {
     /// # Safety
     /// The CPU must have AVX2.
     unsafe fn scales(group: &Self::Group) -> (__m256, __m256);
+    /// A group's packed nibbles: load `s` holds vectors `2s` (low) and `2s + 1` (high).
+    fn packed(group: &Self::Group) -> &[[u8; 32]; 4];
+    /// Whether values have a fifth bit (`fifth_bits`).
+    const FIFTH: bool = false;
+    /// The fifth bits of vectors `2s` (bit `b` for byte `b`) and `2s + 1` (bit `32 + b`).
+    fn fifth_bits(_group: &Self::Group, _s: usize) -> u64 {
+        0
+    }
 }
 
 impl Unpack for Q4_0 {
@@ -58,6 +68,9 @@ impl Unpack for Q4_0 {
             (d, _mm256_mul_ps(d, _mm256_set1_ps(-8.0)))
         }
     }
+    fn packed(g: &Q4_0x8) -> &[[u8; 32]; 4] {
+        &g.qs
+    }
 }
 
 impl Unpack for Q4_1 {
@@ -72,6 +85,9 @@ impl Unpack for Q4_1 {
     unsafe fn scales(g: &Q4_1x8) -> (__m256, __m256) {
         // SAFETY: the caller guarantees AVX2.
         unsafe { (halves(&g.d), halves(&g.m)) }
+    }
+    fn packed(g: &Q4_1x8) -> &[[u8; 32]; 4] {
+        &g.qs
     }
 }
 
@@ -93,6 +109,14 @@ impl Unpack for Q5_0 {
             let d = halves(&g.d);
             (d, _mm256_mul_ps(d, _mm256_set1_ps(-16.0)))
         }
+    }
+    fn packed(g: &Q5_0x8) -> &[[u8; 32]; 4] {
+        &g.qs
+    }
+    const FIFTH: bool = true;
+    fn fifth_bits(g: &Q5_0x8, s: usize) -> u64 {
+        u64::from(u32::from_le_bytes(g.qh[2 * s]))
+            | u64::from(u32::from_le_bytes(g.qh[2 * s + 1])) << 32
     }
 }
 
@@ -172,7 +196,7 @@ fn widen(p: __m256i) -> __m256i {
 /// # Safety
 /// The CPU must have AVX2 (every caller runs with it enabled).
 #[inline(always)]
-unsafe fn lane_totals<const R: usize>(v: &[__m256; R]) -> [f32; R] {
+pub(super) unsafe fn lane_totals<const R: usize>(v: &[__m256; R]) -> [f32; R] {
     let mut out = [0f32; R];
     for first in (0..R).step_by(4) {
         let at = |i: usize| v[(first + i).min(R - 1)];
@@ -193,7 +217,7 @@ unsafe fn lane_totals<const R: usize>(v: &[__m256; R]) -> [f32; R] {
 
 /// Checks that every row has the activation groups for `n` weight blocks, so that the loops
 /// below can read them unchecked.
-fn same_lengths<A, const R: usize>(xs: &[&[A]; R], groups: usize) {
+pub(super) fn same_lengths<A, const R: usize>(xs: &[&[A]; R], groups: usize) {
     assert!(
         xs.iter().all(|x| x.len() == groups),
         "a row of activations does not match the weights"
@@ -245,10 +269,15 @@ pub(crate) fn scaled_i8(xs: &[f32; 32], inv: f32) -> [i8; 32] {
     out
 }
 
-/// Whether the CPU has AVX-512 VNNI with 256-bit vectors (`avx512vl`), detected once.
+/// Whether the CPU has AVX-512 VNNI, with the F, BW, DQ and VL subsets that every CPU with it
+/// has (`avx512.rs` uses them on 512-bit vectors), detected once.
 pub(crate) fn has_vnni() -> bool {
     static VNNI: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
-        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+        is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
     });
     *VNNI
 }
@@ -290,14 +319,14 @@ unsafe fn madd_add<const VNNI: bool>(acc: __m256i, a: __m256i, b: __m256i) -> __
     }
 }
 
-/// A kernel's entry point, `$name`, which takes VNNI where the CPU has it; `$vnni`, the body
-/// compiled with VNNI enabled; and the body itself, `$body::<.., false>`, for AVX2 alone.
+/// A kernel's entry point, `$name`: for a tile of several rows where the CPU has AVX-512 VNNI,
+/// `$vnni`; otherwise `$body`, column by column.
 ///
-/// Both take a run of columns (`w` holds `per_row` blocks per column) and write column `c`'s
+/// It takes a run of columns (`w` holds `per_row` blocks per column) and writes column `c`'s
 /// result for row `r` to `out[c * stride + r]`: the loop over columns runs inside the function
 /// compiled for the CPU's features, so a column costs no call and no dispatch.
 macro_rules! entry {
-    ($name:ident, $vnni:ident, $body:ident, [$($g:ident: $b:path),*], $w:ty, $x:ty) => {
+    ($name:ident, $vnni:expr, $body:expr, [$($g:ident: $b:path),*], $w:ty, $x:ty) => {
         pub(crate) fn $name<$($g: $b,)* const R: usize>(
             w: &[$w],
             per_row: usize,
@@ -307,84 +336,62 @@ macro_rules! entry {
         ) {
             // One row is bound by reading its weights: VNNI gains nothing there.
             if R > 1 && has_vnni() {
-                // SAFETY: the CPU has AVX-512 VNNI and VL (checked).
-                unsafe { $vnni::<$($g,)* R>(w, per_row, xs, out, stride) }
+                // SAFETY: the CPU has AVX-512 F, BW, DQ, VL and VNNI (checked).
+                unsafe { $vnni(w, per_row, xs, out, stride) }
             } else {
-                // SAFETY: without VNNI the body needs only what the build is compiled for.
-                each_column(w, per_row, out, stride, |w| unsafe { $body::<$($g,)* R, false>(w, xs) });
+                // SAFETY: the body needs only what the build is compiled for.
+                each_column(w, per_row, out, stride, |w| unsafe { $body(w, xs) });
             }
         }
+    };
+}
 
+/// A k-quant kernel's body with VNNI on 256-bit vectors, for a run of columns. (On 512-bit
+/// vectors the k-quants' 16-bit products and scale multiply-adds measured slower on an Intel
+/// Xeon, where the 32-wide types' `vpdpbusd` gained: `avx512.rs` takes those.)
+macro_rules! vnni256 {
+    ($vnni:ident, $body:ident, $w:ty) => {
         /// # Safety
         /// The CPU must have AVX-512 VNNI and VL.
         #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-        pub(crate) unsafe fn $vnni<$($g: $b,)* const R: usize>(
+        pub(crate) unsafe fn $vnni<const R: usize>(
             w: &[$w],
             per_row: usize,
-            xs: [&[$x]; R],
+            xs: [&[Act256]; R],
             out: &mut [f32],
             stride: usize,
         ) {
             for (c, w) in w.chunks_exact(per_row).enumerate() {
                 // SAFETY: this function runs with VNNI enabled.
-                let column = unsafe { $body::<$($g,)* R, true>(w, xs) };
+                let column = unsafe { $body::<R, true>(w, xs) };
                 out[c * stride..][..R].copy_from_slice(&column);
             }
         }
     };
 }
 
-/// `unsigned32_at` for a run of columns, as `entry!` makes the others' entry points, but two
-/// columns at a time with VNNI: each activation vector is read once for both.
-pub(crate) fn unsigned32<B: Unpack, const R: usize>(
-    w: &[B],
-    per_row: usize,
-    xs: [&[Act8x32]; R],
-    out: &mut [f32],
-    stride: usize,
-) {
-    if R > 1 && has_vnni() {
-        // SAFETY: the CPU has AVX-512 VNNI and VL (checked).
-        unsafe { unsigned32_vnni::<B, R>(w, per_row, xs, out, stride) }
-    } else {
-        // SAFETY: without VNNI the body needs only what the build is compiled for.
-        each_column(w, per_row, out, stride, |w| unsafe {
-            unsigned32_at::<B, R, false>(w, xs)
-        });
-    }
-}
-
-/// # Safety
-/// The CPU must have AVX-512 VNNI and VL.
-#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-pub(crate) unsafe fn unsigned32_vnni<B: Unpack, const R: usize>(
-    w: &[B],
-    per_row: usize,
-    xs: [&[Act8x32]; R],
-    out: &mut [f32],
-    stride: usize,
-) {
-    let mut pairs = w.chunks_exact(2 * per_row);
-    for (p, w) in (&mut pairs).enumerate() {
-        let (a, b) = w.split_at(per_row);
-        // SAFETY: this function runs with VNNI enabled.
-        let [a, b] = unsafe { unsigned32_cols::<B, R, 2, true>([a, b], xs) };
-        out[2 * p * stride..][..R].copy_from_slice(&a);
-        out[(2 * p + 1) * stride..][..R].copy_from_slice(&b);
-    }
-    let last = pairs.remainder();
-    if !last.is_empty() {
-        let c = (w.len() - last.len()) / per_row;
-        // SAFETY: as above.
-        let [a] = unsafe { unsigned32_cols::<B, R, 1, true>([last], xs) };
-        out[c * stride..][..R].copy_from_slice(&a);
-    }
-}
-
-entry!(q8_0, q8_0_vnni, q8_0_at, [], Q8_0, Act8x32);
-entry!(q4k, q4k_vnni, q4k_at, [], Q4K, Act256);
-entry!(q5k, q5k_vnni, q5k_at, [], Q5K, Act256);
-entry!(q6k, q6k_vnni, q6k_at, [], Q6K, Act256);
+entry!(
+    unsigned32,
+    super::avx512::unsigned32::<B, R>,
+    unsigned32_at::<B, R, false>,
+    [B: Unpack],
+    B,
+    Act8x32
+);
+entry!(
+    q8_0,
+    super::avx512::q8_0::<R>,
+    q8_0_at::<R, false>,
+    [],
+    Q8_0,
+    Act8x32
+);
+entry!(q4k, q4k_vnni::<R>, q4k_at::<R, false>, [], Q4K, Act256);
+entry!(q5k, q5k_vnni::<R>, q5k_at::<R, false>, [], Q5K, Act256);
+entry!(q6k, q6k_vnni::<R>, q6k_at::<R, false>, [], Q6K, Act256);
+vnni256!(q4k_vnni, q4k_at, Q4K);
+vnni256!(q5k_vnni, q5k_at, Q5K);
+vnni256!(q6k_vnni, q6k_at, Q6K);
 
 // The 32-wide kernels take a group of eight interleaved blocks at a time: lane j of every
 // product vector belongs to block j, so vector adds give the eight integer sums side by side,
@@ -431,7 +438,12 @@ pub(crate) unsafe fn unsigned32_at<B: Unpack, const R: usize, const VNNI: bool>(
 /// # Safety
 /// With `VNNI` the CPU must have AVX-512 VNNI and VL.
 #[inline(always)]
-unsafe fn unsigned32_cols<B: Unpack, const R: usize, const C: usize, const VNNI: bool>(
+pub(super) unsafe fn unsigned32_cols<
+    B: Unpack,
+    const R: usize,
+    const C: usize,
+    const VNNI: bool,
+>(
     w: [&[B]; C],
     xs: [&[Act8x32]; R],
 ) -> [[f32; R]; C] {
@@ -464,41 +476,56 @@ unsafe fn unsigned32_cols<B: Unpack, const R: usize, const C: usize, const VNNI:
             }
         }
     }
-    // The blocks after the last group, in the file's layout (one vector each). Block j's eight
-    // integer lane sums go to float as they are and are scaled by lane j of the group's scales,
-    // broadcast: the float lanes are summed at the end anyway, so no horizontal add is needed
-    // here. The offsets take the groups' path (the last group's activations hold zeros past
-    // the last block).
-    let left = n - 8 * full;
     let mut out = [[0f32; R]; C];
     for c in 0..C {
-        let rest = &w[c][8 * full..];
-        let mut q = [_mm256_setzero_si256(); 8];
-        let (mut d, mut m) = ([0f32; 8], [0f32; 8]);
-        for (j, block) in rest.iter().enumerate() {
-            // SAFETY: as above.
-            q[j] = unsafe { block.unpack() };
-            (d[j], m[j]) = block.scale_offset();
+        // SAFETY: the caller's guarantees.
+        unsafe {
+            unsigned32_rest::<B, R, VNNI>(w[c], xs, &mut acc[c]);
+            out[c] = lane_totals(&acc[c]);
         }
-        let (d, m) = (load_ps(&d), load_ps(&m));
-        for r in 0..R {
-            if left == 0 {
-                break;
-            }
-            // SAFETY: the last group exists when blocks are left over (checked above).
-            let x = unsafe { xs[r].get_unchecked(full) };
-            let scale = _mm256_mul_ps(d, load_ps(&x.d));
-            for (j, &q) in q.iter().enumerate().take(left) {
-                // SAFETY: as above.
-                let sums = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), q, load(&x.qs[j])) };
-                acc[c][r] = _mm256_fmadd_ps(lane(scale, j), _mm256_cvtepi32_ps(sums), acc[c][r]);
-            }
-            acc[c][r] = _mm256_fmadd_ps(m, load_ps(&x.s), acc[c][r]);
-        }
-        // SAFETY: this function runs with AVX2 enabled.
-        out[c] = unsafe { lane_totals(&acc[c]) };
     }
     out
+}
+
+/// A column's blocks after its last full group, added to `acc`, in the file's layout (one
+/// vector each). Block j's eight integer lane sums go to float as they are and are scaled by
+/// lane j of the blocks' scales, broadcast: the float lanes are summed at the end anyway, so no
+/// horizontal add is needed here. The offsets take the groups' path (the last group's
+/// activations hold zeros past the last block).
+///
+/// # Safety
+/// With `VNNI` the CPU must have AVX-512 VNNI and VL; the rows must hold `w`'s groups
+/// (`same_lengths`).
+#[inline(always)]
+pub(super) unsafe fn unsigned32_rest<B: Unpack, const R: usize, const VNNI: bool>(
+    w: &[B],
+    xs: [&[Act8x32]; R],
+    acc: &mut [__m256; R],
+) {
+    let full = w.len() / 8;
+    let rest = &w[8 * full..];
+    if rest.is_empty() {
+        return;
+    }
+    let mut q = [_mm256_setzero_si256(); 8];
+    let (mut d, mut m) = ([0f32; 8], [0f32; 8]);
+    for (j, block) in rest.iter().enumerate() {
+        // SAFETY: the build has AVX2.
+        q[j] = unsafe { block.unpack() };
+        (d[j], m[j]) = block.scale_offset();
+    }
+    let (d, m) = (load_ps(&d), load_ps(&m));
+    for r in 0..R {
+        // SAFETY: the last group exists when blocks are left over (the caller's guarantee).
+        let x = unsafe { xs[r].get_unchecked(full) };
+        let scale = _mm256_mul_ps(d, load_ps(&x.d));
+        for (j, &q) in q.iter().enumerate().take(rest.len()) {
+            // SAFETY: the caller guarantees VNNI where it is asked for.
+            let sums = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), q, load(&x.qs[j])) };
+            acc[r] = _mm256_fmadd_ps(lane(scale, j), _mm256_cvtepi32_ps(sums), acc[r]);
+        }
+        acc[r] = _mm256_fmadd_ps(m, load_ps(&x.s), acc[r]);
+    }
 }
 
 /// # Safety
@@ -551,8 +578,28 @@ pub(crate) unsafe fn q8_0_at<const R: usize, const VNNI: bool>(
             acc[r] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(sums), acc[r]);
         }
     }
-    // The blocks after the last group, as in `unsigned32`.
+    // SAFETY: the caller's guarantees; the rows hold `w`'s groups (checked above).
+    unsafe {
+        q8_0_rest::<R, VNNI>(w, xs, &mut acc);
+        lane_totals(&acc)
+    }
+}
+
+/// A column's blocks after its last full group, added to `acc`, as in `unsigned32_rest`.
+///
+/// # Safety
+/// As `unsigned32_rest`.
+#[inline(always)]
+pub(super) unsafe fn q8_0_rest<const R: usize, const VNNI: bool>(
+    w: &[Q8_0],
+    xs: [&[Act8x32]; R],
+    acc: &mut [__m256; R],
+) {
+    let full = w.len() / 8;
     let rest = &w[8 * full..];
+    if rest.is_empty() {
+        return;
+    }
     let mut q = [_mm256_setzero_si256(); 8];
     let mut d = [0f32; 8];
     for (j, block) in rest.iter().enumerate() {
@@ -562,21 +609,16 @@ pub(crate) unsafe fn q8_0_at<const R: usize, const VNNI: bool>(
     let d = load_ps(&d);
     let magnitude = q.map(|q| _mm256_sign_epi8(q, q));
     for r in 0..R {
-        if rest.is_empty() {
-            break;
-        }
-        // SAFETY: as in `unsigned32`.
+        // SAFETY: the last group exists when blocks are left over (the caller's guarantee).
         let x = unsafe { xs[r].get_unchecked(full) };
         let scale = _mm256_mul_ps(d, load_ps(&x.d));
         for j in 0..rest.len() {
             let signed = _mm256_sign_epi8(load(&x.qs[j]), q[j]);
-            // SAFETY: as above.
+            // SAFETY: the caller guarantees VNNI where it is asked for.
             let sums = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), magnitude[j], signed) };
             acc[r] = _mm256_fmadd_ps(lane(scale, j), _mm256_cvtepi32_ps(sums), acc[r]);
         }
     }
-    // SAFETY: this function runs with AVX2 enabled.
-    unsafe { lane_totals(&acc) }
 }
 
 /// Q4K and Q5K once their 4 chunks of 64 values are unpacked: chunk `c` holds groups `2c`

@@ -11,8 +11,8 @@
 //! with the weights' integers, summed in 32-bit integers per block before one conversion to
 //! float. The pool's threads take runs of up to 16 output columns; a kernel call computes a
 //! run for a tile of rows (four, eight with AVX-512 VNNI), a block of weights at a time, with
-//! the same instructions for every row and column (the 4/5-bit kernels with VNNI take two
-//! columns at a time, to read each activation vector once for both): the result depends on
+//! the same instructions for every row and column (with AVX-512 VNNI the 32-wide kernels take
+//! two columns at a time on 512-bit vectors, `avx512.rs`): the result depends on
 //! the row and the column only. Weights keep the GGUF layout but for the 32-wide types' groups of eight blocks,
 //! interleaved in place (`groups.rs`); types without a kernel are re-quantized to Q8_0 at load
 //! (see `weights.rs`).
@@ -24,6 +24,13 @@
     target_feature = "f16c"
 ))]
 mod avx2;
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+mod avx512;
 mod blocks;
 mod groups;
 #[cfg(any(

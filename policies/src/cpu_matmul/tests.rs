@@ -355,26 +355,30 @@ fn vnni_gives_the_avx2_bits() {
                 let rows: Vec<&[$act]> = acts.chunks_exact(k.div_ceil(<$act>::WIDTH)).collect();
                 assert_eq!(rows.len(), 3);
                 let per_row = k / if is_k(dtype) { 256 } else { 32 };
+                let all = &$blocks.blocks[..];
+                assert_eq!(all.len(), out * per_row);
+                // The whole matrix as one run of columns (in pairs where the kernel pairs them).
+                let (mut three, mut one) = (vec![0f32; 3 * out], vec![0f32; out]);
+                // SAFETY: AVX2 by the build; VNNI checked above.
+                unsafe {
+                    $vnni(all, per_row, [rows[0], rows[1], rows[2]], &mut three, 3);
+                    $vnni(all, per_row, [rows[1]], &mut one, 1);
+                }
                 for c in 0..out {
-                    let w = &$blocks.blocks[c * per_row..(c + 1) * per_row];
-                    // SAFETY: AVX2 by the build; VNNI checked above.
-                    let (a, v) = unsafe {
-                        (
-                            $avx2(w, [rows[0], rows[1], rows[2]]),
-                            column!($vnni, w, [rows[0], rows[1], rows[2]]),
-                        )
-                    };
+                    let w = &all[c * per_row..(c + 1) * per_row];
+                    // SAFETY: AVX2 by the build.
+                    let (a, b) =
+                        unsafe { ($avx2(w, [rows[0], rows[1], rows[2]]), $avx2(w, [rows[1]])) };
+                    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
-                        a.map(f32::to_bits),
-                        v.map(f32::to_bits),
+                        bits(&a),
+                        bits(&three[3 * c..3 * c + 3]),
                         "{dtype:?} column {c}"
                     );
-                    // SAFETY: as above.
-                    let (a, v) = unsafe { ($avx2(w, [rows[1]]), column!($vnni, w, [rows[1]])) };
                     assert_eq!(
-                        a.map(f32::to_bits),
-                        v.map(f32::to_bits),
-                        "{dtype:?} column {c}"
+                        bits(&b),
+                        bits(&one[c..c + 1]),
+                        "{dtype:?} column {c}, one row"
                     );
                 }
             }};
@@ -382,15 +386,30 @@ fn vnni_gives_the_avx2_bits() {
         use avx2::*;
         match &matrix {
             QuantMatrix::Q4_0(b) => {
-                compare!(b, Act8x32, unsigned32_at::<_, _, false>, unsigned32_vnni)
+                compare!(
+                    b,
+                    Act8x32,
+                    unsigned32_at::<_, _, false>,
+                    super::avx512::unsigned32
+                )
             }
             QuantMatrix::Q4_1(b) => {
-                compare!(b, Act8x32, unsigned32_at::<_, _, false>, unsigned32_vnni)
+                compare!(
+                    b,
+                    Act8x32,
+                    unsigned32_at::<_, _, false>,
+                    super::avx512::unsigned32
+                )
             }
             QuantMatrix::Q5_0(b) => {
-                compare!(b, Act8x32, unsigned32_at::<_, _, false>, unsigned32_vnni)
+                compare!(
+                    b,
+                    Act8x32,
+                    unsigned32_at::<_, _, false>,
+                    super::avx512::unsigned32
+                )
             }
-            QuantMatrix::Q8_0(b) => compare!(b, Act8x32, q8_0_at::<_, false>, q8_0_vnni),
+            QuantMatrix::Q8_0(b) => compare!(b, Act8x32, q8_0_at::<_, false>, super::avx512::q8_0),
             QuantMatrix::Q4K(b) => compare!(b, Act256, q4k_at::<_, false>, q4k_vnni),
             QuantMatrix::Q5K(b) => compare!(b, Act256, q5k_at::<_, false>, q5k_vnni),
             QuantMatrix::Q6K(b) => compare!(b, Act256, q6k_at::<_, false>, q6k_vnni),

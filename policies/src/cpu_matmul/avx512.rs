@@ -1,0 +1,244 @@
+//! Tiles of several rows of the 32-wide types (Q4_0, Q4_1, Q5_0, Q8_0) on 512-bit vectors, where
+//! the CPU has AVX-512 VNNI, two columns at a time.
+//!
+//! Why: a tile of rows is bound by its integer multiply-adds, one `vpdpbusd` per row and 32
+//! weights on 256-bit vectors. On 512-bit vectors one takes 64: vectors `2s` and `2s + 1` of a
+//! group, which sit side by side in the activations (`Act8x32::qs`), so each row loads them in
+//! one go, and the weights' packed nibbles unpack into both halves at once. Each column's 512-bit
+//! sums fold to its eight lanes, one per block, by exact integer adds, and the float work that
+//! scales them takes both columns of a pair in one vector. Every lane's float operations are
+//! the 256-bit kernels', in the same order, so the results are the same bits (tested): a row's
+//! result does not depend on whether it was computed alone, on AVX2, or in a tile.
+
+use super::avx2::{self, Unpack};
+use super::blocks::{Act8x32, Q8_0};
+use super::groups;
+use std::arch::x86_64::*;
+
+/// A run of columns of a 32-wide unsigned type against a tile of rows, as `avx2::unsigned32`
+/// takes them; a run's odd last column goes to the 256-bit kernel, alone.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW, DQ, VL and VNNI (`avx2::has_vnni`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub(crate) unsafe fn unsigned32<B: Unpack, const R: usize>(
+    w: &[B],
+    per_row: usize,
+    xs: [&[Act8x32]; R],
+    out: &mut [f32],
+    stride: usize,
+) {
+    let mut pairs = w.chunks_exact(2 * per_row);
+    for (p, w) in (&mut pairs).enumerate() {
+        let (a, b) = w.split_at(per_row);
+        let [a, b] = pair::<B, R>([a, b], xs);
+        out[2 * p * stride..][..R].copy_from_slice(&a);
+        out[(2 * p + 1) * stride..][..R].copy_from_slice(&b);
+    }
+    let last = pairs.remainder();
+    if !last.is_empty() {
+        let c = (w.len() - last.len()) / per_row;
+        // SAFETY: as above.
+        let [a] = unsafe { avx2::unsigned32_cols::<B, R, 1, true>([last], xs) };
+        out[c * stride..][..R].copy_from_slice(&a);
+    }
+}
+
+/// Two columns against a tile of rows. Lanes 0..8 of the float accumulators are column 0's,
+/// lanes 8..16 column 1's.
+///
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+fn pair<B: Unpack, const R: usize>(w: [&[B]; 2], xs: [&[Act8x32]; R]) -> [[f32; R]; 2] {
+    let n = w[0].len();
+    assert_eq!(w[1].len(), n, "columns of different widths");
+    avx2::same_lengths(&xs, n.div_ceil(8));
+    let mut acc = [_mm512_setzero_ps(); R];
+    let full = n / 8;
+    for g in 0..full {
+        let groups = [groups::group(w[0], g), groups::group(w[1], g)];
+        let q = [nibbles::<B>(groups[0]), nibbles::<B>(groups[1])];
+        // SAFETY: this function runs with AVX2 enabled.
+        let ((d0, m0), (d1, m1)) = unsafe { (B::scales(groups[0]), B::scales(groups[1])) };
+        let (d, m) = (join(d0, d1), join(m0, m1));
+        for r in 0..R {
+            // SAFETY: `g < full <= xs[r].len()` (checked above).
+            let x = unsafe { xs[r].get_unchecked(g) };
+            // Vectors 2s and 2s + 1 of the row's group: 64 contiguous bytes.
+            // SAFETY: `x.qs[2 * s..]` holds at least two vectors of 32 bytes.
+            let mut xv = [_mm512_setzero_si512(); 4];
+            for (s, v) in xv.iter_mut().enumerate() {
+                // SAFETY: `x.qs[2 * s..]` holds at least two vectors of 32 bytes.
+                *v = unsafe { _mm512_loadu_si512(x.qs[2 * s..].as_ptr().cast()) };
+            }
+            let (s0, s1) = (sums(&q[0], &xv), sums(&q[1], &xv));
+            let total = fold(s0, s1);
+            let scale = _mm512_mul_ps(d, twice(&x.d));
+            acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(total), acc[r]);
+            acc[r] = _mm512_fmadd_ps(m, twice(&x.s), acc[r]);
+        }
+    }
+    let mut halves = split(&acc);
+    let mut out = [[0f32; R]; 2];
+    for c in 0..2 {
+        // SAFETY: this function runs with VNNI, and AVX2 with it.
+        unsafe {
+            avx2::unsigned32_rest::<B, R, true>(w[c], xs, &mut halves[c]);
+            out[c] = avx2::lane_totals(&halves[c]);
+        }
+    }
+    out
+}
+
+/// A run of Q8_0 columns against a tile of rows, as `avx2::q8_0` takes them; a run's odd
+/// last column goes to the 256-bit kernel, alone.
+///
+/// # Safety
+/// As `unsigned32`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+pub(crate) unsafe fn q8_0<const R: usize>(
+    w: &[Q8_0],
+    per_row: usize,
+    xs: [&[Act8x32]; R],
+    out: &mut [f32],
+    stride: usize,
+) {
+    let mut pairs = w.chunks_exact(2 * per_row);
+    for (p, w) in (&mut pairs).enumerate() {
+        let (a, b) = w.split_at(per_row);
+        let [a, b] = q8_0_pair::<R>([a, b], xs);
+        out[2 * p * stride..][..R].copy_from_slice(&a);
+        out[(2 * p + 1) * stride..][..R].copy_from_slice(&b);
+    }
+    let last = pairs.remainder();
+    if !last.is_empty() {
+        let c = (w.len() - last.len()) / per_row;
+        // SAFETY: this function runs with VNNI, and AVX2 with it.
+        let a = unsafe { avx2::q8_0_at::<R, true>(last, xs) };
+        out[c * stride..][..R].copy_from_slice(&a);
+    }
+}
+
+/// Two Q8_0 columns against a tile of rows, as `pair` takes the unsigned types. `vpdpbusd`
+/// wants its weights unsigned: it takes their magnitudes, and the activations negated where a
+/// weight is negative (the same integer products as AVX2's `sign`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+fn q8_0_pair<const R: usize>(w: [&[Q8_0]; 2], xs: [&[Act8x32]; R]) -> [[f32; R]; 2] {
+    let n = w[0].len();
+    assert_eq!(w[1].len(), n, "columns of different widths");
+    avx2::same_lengths(&xs, n.div_ceil(8));
+    let mut acc = [_mm512_setzero_ps(); R];
+    let full = n / 8;
+    for g in 0..full {
+        let groups = [groups::group(w[0], g), groups::group(w[1], g)];
+        let mut magnitude = [[_mm512_setzero_si512(); 4]; 2];
+        let mut negative = [[0u64; 4]; 2];
+        for c in 0..2 {
+            for s in 0..4 {
+                // SAFETY: `qs[2 * s..]` holds at least two vectors of 32 bytes.
+                let q = unsafe { _mm512_loadu_si512(groups[c].qs[2 * s..].as_ptr().cast()) };
+                magnitude[c][s] = _mm512_abs_epi8(q);
+                negative[c][s] = _mm512_movepi8_mask(q);
+            }
+        }
+        // SAFETY: 16 readable bytes each; no alignment requirement.
+        let d = unsafe {
+            join(
+                _mm256_cvtph_ps(_mm_loadu_si128(groups[0].d.as_ptr().cast())),
+                _mm256_cvtph_ps(_mm_loadu_si128(groups[1].d.as_ptr().cast())),
+            )
+        };
+        for r in 0..R {
+            // SAFETY: `g < full <= xs[r].len()` (checked above).
+            let x = unsafe { xs[r].get_unchecked(g) };
+            let mut xv = [_mm512_setzero_si512(); 4];
+            for (s, v) in xv.iter_mut().enumerate() {
+                // SAFETY: as in `pair`.
+                *v = unsafe { _mm512_loadu_si512(x.qs[2 * s..].as_ptr().cast()) };
+            }
+            let column = |c: usize| {
+                let signed: [__m512i; 4] = std::array::from_fn(|s| {
+                    _mm512_mask_sub_epi8(xv[s], negative[c][s], _mm512_setzero_si512(), xv[s])
+                });
+                sums(&magnitude[c], &signed)
+            };
+            let total = fold(column(0), column(1));
+            let scale = _mm512_mul_ps(d, twice(&x.d));
+            acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(total), acc[r]);
+        }
+    }
+    let mut halves = split(&acc);
+    let mut out = [[0f32; R]; 2];
+    for c in 0..2 {
+        // SAFETY: this function runs with VNNI, and AVX2 with it.
+        unsafe {
+            avx2::q8_0_rest::<R, true>(w[c], xs, &mut halves[c]);
+            out[c] = avx2::lane_totals(&halves[c]);
+        }
+    }
+    out
+}
+
+/// A group's unsigned values as four vectors: vector `s` holds the group's 256-bit vectors `2s`
+/// (the low nibbles of packed load `s`, and their fifth bits) and `2s + 1` (the high nibbles).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+fn nibbles<B: Unpack>(group: &B::Group) -> [__m512i; 4] {
+    let packed = B::packed(group);
+    let m4 = _mm512_set1_epi8(0x0F);
+    let mut q = [_mm512_setzero_si512(); 4];
+    for (s, q) in q.iter_mut().enumerate() {
+        // SAFETY: 32 readable bytes; no alignment requirement.
+        let p = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(packed[s].as_ptr().cast()) });
+        // The upper half's 16-bit words shifted right by four: its high nibbles.
+        *q = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(p, 0xFFFF_0000, p), m4);
+        if B::FIFTH {
+            let fifth = _mm512_maskz_mov_epi8(B::fifth_bits(group, s), _mm512_set1_epi8(0x10));
+            *q = _mm512_or_si512(*q, fifth);
+        }
+    }
+    q
+}
+
+/// Per 32-bit lane, the lane's products of `q` by `x` over the four vectors, in two chains so
+/// that consecutive instructions do not wait for each other.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+fn sums(q: &[__m512i; 4], x: &[__m512i; 4]) -> __m512i {
+    let a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], x[0]);
+    let b = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[1], x[1]);
+    let a = _mm512_dpbusd_epi32(a, q[2], x[2]);
+    let b = _mm512_dpbusd_epi32(b, q[3], x[3]);
+    _mm512_add_epi32(a, b)
+}
+
+/// Two columns' 512-bit sums folded to their eight lanes each, column 0's in the low half:
+/// 128-bit lanes [a.0, a.1, b.0, b.1] + [a.2, a.3, b.2, b.3], exact integer adds.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+fn fold(a: __m512i, b: __m512i) -> __m512i {
+    _mm512_add_epi32(
+        _mm512_shuffle_i64x2::<0b01_00_01_00>(a, b),
+        _mm512_shuffle_i64x2::<0b11_10_11_10>(a, b),
+    )
+}
+
+/// Float accumulators of two columns as each column's 256-bit ones.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+fn split<const R: usize>(acc: &[__m512; R]) -> [[__m256; R]; 2] {
+    let mut halves = [[_mm256_setzero_ps(); R]; 2];
+    for (r, acc) in acc.iter().enumerate() {
+        halves[0][r] = _mm512_castps512_ps256(*acc);
+        halves[1][r] = _mm512_extractf32x8_ps::<1>(*acc);
+    }
+    halves
+}
+
+/// `a` in the low half, `b` in the high.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+fn join(a: __m256, b: __m256) -> __m512 {
+    _mm512_insertf32x8::<1>(_mm512_castps256_ps512(a), b)
+}
+
+/// Eight floats in both halves.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+fn twice(v: &[f32; 8]) -> __m512 {
+    // SAFETY: 32 readable bytes; no alignment requirement.
+    _mm512_broadcast_f32x8(unsafe { _mm256_loadu_ps(v.as_ptr()) })
+}
