@@ -515,16 +515,44 @@ pub(super) unsafe fn unsigned32_rest<B: Unpack, const R: usize, const VNNI: bool
         (d[j], m[j]) = block.scale_offset();
     }
     let (d, m) = (load_ps(&d), load_ps(&m));
+    // SAFETY: the caller's.
+    unsafe {
+        rest_blocks::<R, VNNI>(rest.len(), full, d, Some(m), xs, acc, |j, x| {
+            (q[j], load(&x.qs[j]))
+        })
+    };
+}
+
+/// The float work of `unsigned32_rest` and `q8_0_rest`: for each row, block `j` (of `blocks`
+/// after group `full`) adds its integer sums, `operands(j, x)` multiplied as `dot4` takes them,
+/// times its scale and the row's to lane `j`; then the blocks' offsets `m`, if any, times the
+/// row's sums.
+///
+/// # Safety
+/// As `unsigned32_rest`.
+#[inline(always)]
+unsafe fn rest_blocks<const R: usize, const VNNI: bool>(
+    blocks: usize,
+    full: usize,
+    d: __m256,
+    m: Option<__m256>,
+    xs: [&[Act8x32]; R],
+    acc: &mut [__m256; R],
+    operands: impl Fn(usize, &Act8x32) -> (__m256i, __m256i),
+) {
     for r in 0..R {
         // SAFETY: the last group exists when blocks are left over (the caller's guarantee).
         let x = unsafe { xs[r].get_unchecked(full) };
         let scale = _mm256_mul_ps(d, load_ps(&x.d));
-        for (j, &q) in q.iter().enumerate().take(rest.len()) {
+        for j in 0..blocks {
+            let (q, x8) = operands(j, x);
             // SAFETY: the caller guarantees VNNI where it is asked for.
-            let sums = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), q, load(&x.qs[j])) };
+            let sums = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), q, x8) };
             acc[r] = _mm256_fmadd_ps(lane(scale, j), _mm256_cvtepi32_ps(sums), acc[r]);
         }
-        acc[r] = _mm256_fmadd_ps(m, load_ps(&x.s), acc[r]);
+        if let Some(m) = m {
+            acc[r] = _mm256_fmadd_ps(m, load_ps(&x.s), acc[r]);
+        }
     }
 }
 
@@ -606,19 +634,13 @@ pub(super) unsafe fn q8_0_rest<const R: usize, const VNNI: bool>(
         q[j] = load(&block.qs);
         d[j] = block.d.to_f32();
     }
-    let d = load_ps(&d);
     let magnitude = q.map(|q| _mm256_sign_epi8(q, q));
-    for r in 0..R {
-        // SAFETY: the last group exists when blocks are left over (the caller's guarantee).
-        let x = unsafe { xs[r].get_unchecked(full) };
-        let scale = _mm256_mul_ps(d, load_ps(&x.d));
-        for j in 0..rest.len() {
-            let signed = _mm256_sign_epi8(load(&x.qs[j]), q[j]);
-            // SAFETY: the caller guarantees VNNI where it is asked for.
-            let sums = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), magnitude[j], signed) };
-            acc[r] = _mm256_fmadd_ps(lane(scale, j), _mm256_cvtepi32_ps(sums), acc[r]);
-        }
-    }
+    // SAFETY: the caller's.
+    unsafe {
+        rest_blocks::<R, VNNI>(rest.len(), full, load_ps(&d), None, xs, acc, |j, x| {
+            (magnitude[j], _mm256_sign_epi8(load(&x.qs[j]), q[j]))
+        })
+    };
 }
 
 /// Q4K and Q5K once their 4 chunks of 64 values are unpacked: chunk `c` holds groups `2c`

@@ -28,19 +28,40 @@ pub(crate) unsafe fn unsigned32<B: Unpack, const R: usize>(
     out: &mut [f32],
     stride: usize,
 ) {
+    // SAFETY: this function runs with VNNI, and AVX2 with it; closures inherit it.
+    in_pairs(
+        w,
+        per_row,
+        out,
+        stride,
+        |p| pair::<B, R>(p, xs),
+        |c| unsafe { avx2::unsigned32_cols::<B, R, 1, true>([c], xs)[0] },
+    );
+}
+
+/// Walks a run of columns (`per_row` blocks each, one after another) two at a time with
+/// `pair`, and its odd last column alone with `one`; column `c`'s results for the tile's rows
+/// go to `out[c * stride..]`.
+#[inline(always)]
+fn in_pairs<T, const R: usize>(
+    w: &[T],
+    per_row: usize,
+    out: &mut [f32],
+    stride: usize,
+    pair: impl Fn([&[T]; 2]) -> [[f32; R]; 2],
+    one: impl Fn(&[T]) -> [f32; R],
+) {
     let mut pairs = w.chunks_exact(2 * per_row);
     for (p, w) in (&mut pairs).enumerate() {
         let (a, b) = w.split_at(per_row);
-        let [a, b] = pair::<B, R>([a, b], xs);
+        let [a, b] = pair([a, b]);
         out[2 * p * stride..][..R].copy_from_slice(&a);
         out[(2 * p + 1) * stride..][..R].copy_from_slice(&b);
     }
     let last = pairs.remainder();
     if !last.is_empty() {
         let c = (w.len() - last.len()) / per_row;
-        // SAFETY: as above.
-        let [a] = unsafe { avx2::unsigned32_cols::<B, R, 1, true>([last], xs) };
-        out[c * stride..][..R].copy_from_slice(&a);
+        out[c * stride..][..R].copy_from_slice(&one(last));
     }
 }
 
@@ -102,20 +123,15 @@ pub(crate) unsafe fn q8_0<const R: usize>(
     out: &mut [f32],
     stride: usize,
 ) {
-    let mut pairs = w.chunks_exact(2 * per_row);
-    for (p, w) in (&mut pairs).enumerate() {
-        let (a, b) = w.split_at(per_row);
-        let [a, b] = q8_0_pair::<R>([a, b], xs);
-        out[2 * p * stride..][..R].copy_from_slice(&a);
-        out[(2 * p + 1) * stride..][..R].copy_from_slice(&b);
-    }
-    let last = pairs.remainder();
-    if !last.is_empty() {
-        let c = (w.len() - last.len()) / per_row;
-        // SAFETY: this function runs with VNNI, and AVX2 with it.
-        let a = unsafe { avx2::q8_0_at::<R, true>(last, xs) };
-        out[c * stride..][..R].copy_from_slice(&a);
-    }
+    // SAFETY: this function runs with VNNI, and AVX2 with it; closures inherit it.
+    in_pairs(
+        w,
+        per_row,
+        out,
+        stride,
+        |p| q8_0_pair::<R>(p, xs),
+        |c| unsafe { avx2::q8_0_at::<R, true>(c, xs) },
+    );
 }
 
 /// Two Q8_0 columns against a tile of rows, as `pair` takes the unsigned types. `vpdpbusd`
