@@ -4,10 +4,12 @@
 //! the host, their launch cost is most of the step. A graph records the step once and replays
 //! it with one launch. What changes from step to step (token ids, positions, cache slots, key
 //! lists) lives in one device buffer at fixed offsets that the recorded kernels read, refilled
-//! before each replay; the kernels' sizes (rows, tokens, cache capacity) are fixed by the
-//! recording, so a step of another shape, or after the cache was reallocated, records a new
-//! graph. The few latest shapes are kept: speculative decoding alternates single steps with
-//! verification chunks of a few lengths.
+//! before each replay; the kernels' sizes (rows, tokens, cache capacity) and the cache's
+//! buffers are fixed by the recording, so a step of another shape, or against other buffers,
+//! records a new graph. The latest shapes are kept: speculative decoding alternates single
+//! steps with verification chunks of a few lengths, and caches take their buffers from the
+//! model's pool ([`crate::kv_cache::Pool`]), so a request replays the graphs an earlier one
+//! recorded (recording costs several steps, and a request's answer is a few hundred).
 //!
 //! Recording re-runs the step's host code against the same buffers, so a replay computes
 //! exactly what an eager step computes (checked by `hone check`).
@@ -22,8 +24,9 @@ use std::sync::Mutex;
 /// Steps of at most this many tokens per row are replayed (decode, and verification of up to
 /// 7 drafted tokens); longer chunks (prompts) vary in shape too much to be worth recording.
 pub(crate) const MAX_CHUNK: usize = 8;
-/// The most graphs a model keeps, the least recently used dropped first.
-const KEPT: usize = 8;
+/// The most graphs a model keeps, the least recently used dropped first: every step shape
+/// (rows, verification length) of every pooled cache set in use.
+const KEPT: usize = 32;
 
 /// The graphs of the latest step shapes a model ran, most recent last.
 #[derive(Default)]
@@ -110,8 +113,6 @@ impl Graphs {
             recorded.push(r);
             return Ok(out);
         }
-        // Graphs of other cache buffers will never match again.
-        recorded.retain(|r| r.shape.buffers == buffers && r.shape.capacity == capacity);
         if recorded.len() >= KEPT {
             recorded.remove(0);
         }

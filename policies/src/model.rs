@@ -236,6 +236,9 @@ pub struct Transformer {
     /// Decode steps replayed as CUDA graphs (see [`crate::cuda_graph`]).
     #[cfg(feature = "cuda")]
     graphs: crate::cuda_graph::Graphs,
+    /// Cache buffers handed from one request to the next, so the graphs recorded against them
+    /// replay (see [`crate::kv_cache::Pool`]); used on GPUs only.
+    pool: std::sync::Arc<crate::kv_cache::Pool>,
 }
 
 impl Transformer {
@@ -311,6 +314,7 @@ impl Transformer {
             device,
             #[cfg(feature = "cuda")]
             graphs: Default::default(),
+            pool: Default::default(),
         })
     }
 
@@ -337,6 +341,9 @@ impl Transformer {
 
     /// An empty cache sized for this model.
     pub fn new_cache(&self, batch: usize) -> KvCache {
+        if self.device.is_cuda() {
+            return KvCache::pooled(self.cfg.n_layers, batch, self.pool.clone());
+        }
         KvCache::new(self.cfg.n_layers, batch)
     }
 

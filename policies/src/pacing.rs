@@ -125,6 +125,10 @@ impl Cost {
     /// 5 positions at 16 rows 3.3 and at 64 rows 4.4 steps. On a 2-core CPU, 5 positions at 1
     /// row cost 2.1-2.3 steps, and 0.8 per position at 4 rows. A step reading heads of
     /// distributions is priced as one reading greedy tokens: both read back a few bytes a row.
+    /// At one row on a GPU a whole call is priced at most 1.2 steps: against 1.5, refine rounds
+    /// of `hone bench speculate --speculate 12` gained 1.90x / 1.87x against 1.86x / 1.79x,
+    /// chat prompts 0.99x against 0.98-0.99x (once graphs outlived requests, so that long
+    /// drafts stopped paying for recording their lengths' graphs).
     /// At 2-4 rows on a GPU, verifying any costs 1.3 steps: priced at 0.6, the four rows of
     /// `hone generate --batch 4 --temperature 0.7 --top-p 0.95 --speculate 7` decoded at 0.8x
     /// plain, a step in which one row verified costing the batch about 1.3 more.
@@ -136,7 +140,7 @@ impl Cost {
         let none = f64::INFINITY;
         let small = !matches!(readout, Readout::Logits);
         let (first, each, cap) = match (device.is_cuda(), small, rows) {
-            (true, true, 0..=1) => (0.6, 0.15, 1.5),
+            (true, true, 0..=1) => (0.6, 0.15, 1.2),
             (true, true, 2..=4) => (1.3, 0.15, none),
             (true, false, 0..=1) => (0.6, 0.3, none),
             (true, false, 2..=4) => (1.3, 0.3, none),
