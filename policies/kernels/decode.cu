@@ -767,9 +767,8 @@ __device__ void glu_mma(const uint8_t *gate, const uint8_t *up, const int8_t *xq
 }
 
 // Shapes: `_1` one row and one column per warp (a decode step of one row: the most warps);
-// `_2`, `_4` and `_8` up to 2, 4 and 8 rows per warp (small batches, and a row's drafted
-// tokens under verification: a warp's work grows with its rows); `_mma` tensor cores (prefill
-// and larger batches).
+// `_2` and `_4` up to 2 and 4 rows per warp (small batches, and a row's drafted tokens under
+// verification: a warp's work grows with its rows); `_mma` tensor cores from 5 rows on.
 #define MATVEC_ARGS                                                                            \
     const uint8_t *w, const int8_t *xq, const float *xd, float *y, const float *bias,          \
         const float *res, int has_bias, int has_res, int n, int k, int cols
@@ -796,7 +795,6 @@ __device__ void glu_mma(const uint8_t *gate, const uint8_t *up, const int8_t *xq
     QUANT_KERNELS_R(T, _1, 1)                                                                  \
     QUANT_KERNELS_R(T, _2, 2)                                                                  \
     QUANT_KERNELS_R(T, _4, 4)                                                                  \
-    QUANT_KERNELS_R(T, _8, 8)                                                                  \
     extern "C" __global__ void __launch_bounds__(MMA_WARPS *WARP, 2) matvec_##T##_mma(MATVEC_ARGS) { \
         matvec_mma<T>(w, xq, xd, y, bias, res, has_bias, has_res, n, k, cols);                 \
     }                                                                                          \

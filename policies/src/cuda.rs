@@ -210,14 +210,15 @@ impl GpuMatrix {
 enum Tile {
     /// One row, one column per warp: a decode step of one row gets the most warps.
     One,
-    /// Up to 2, 4 or 8 rows, one column per warp: small batches and drafted tokens. A warp
-    /// does work in proportion to its rows, so a step of 2 rows (a token and one draft) does
-    /// not pay for 8.
+    /// Up to 2 or 4 rows, one column per warp: small batches and drafted tokens. A warp does
+    /// work in proportion to its rows, so a step of 2 rows (a token and one draft) does not pay
+    /// for 4.
     Two,
     Four,
-    Eight,
-    /// Tensor cores, 16 rows by 32 columns per block: prefill and larger batches, where each
-    /// weight unit serves 16 rows.
+    /// Tensor cores, 16 rows by 16 columns per block: from 5 rows on (prefill, batches,
+    /// verification of 4 drafted tokens and more), where each weight unit serves every row.
+    /// From 5 rows they beat warps of 8 rows on an H200: batch-8 decoding 1.23x, verifying 8
+    /// positions of one row 1.88 steps against 2.30 (docs/PERFORMANCE.md).
     Mma,
 }
 
@@ -227,7 +228,6 @@ impl Tile {
             0 | 1 => Self::One,
             2 => Self::Two,
             3 | 4 => Self::Four,
-            5..=8 => Self::Eight,
             _ => Self::Mma,
         }
     }
@@ -237,7 +237,6 @@ impl Tile {
             Self::One => "_1",
             Self::Two => "_2",
             Self::Four => "_4",
-            Self::Eight => "_8",
             Self::Mma => "_mma",
         }
     }
@@ -266,7 +265,6 @@ impl Tile {
             Self::One => (1, COLUMN_WARPS as usize, 32 * COLUMN_WARPS),
             Self::Two => (2, COLUMN_WARPS as usize, 32 * COLUMN_WARPS),
             Self::Four => (4, COLUMN_WARPS as usize, 32 * COLUMN_WARPS),
-            Self::Eight => (8, COLUMN_WARPS as usize, 32 * COLUMN_WARPS),
             Self::Mma => (MMA_ROWS, MMA_COLS, 32 * MMA_WARPS),
         };
         let groups = n.div_ceil(rows).clamp(1, MAX_ROW_GROUPS) as u32;

@@ -7,9 +7,9 @@
 //! price for verifying any at all (`first`), a price per token (`each`), and at most `cap`
 //! in all. They are properties of the device and the batch. On a GPU at a few rows one more
 //! position per row moves the products to kernels built for several rows, which costs most
-//! of a step once, and each position after it less; from 9 positions on the tensor-core
-//! kernels take them all for about one price (an H200 verifies 13 positions of one row for
-//! 2.2 steps, 8 for 2.5). On a CPU every position costs arithmetic. A draft model's tokens
+//! of a step once, and each position after it less; from 5 positions on the tensor-core
+//! kernels take them all for about one price (an H200 verifies 5 to 8 positions of one row
+//! for 1.8-1.9 steps, 13 for 2.2). On a CPU every position costs arithmetic. A draft model's tokens
 //! also cost its own steps ([`crate::draft::DraftModel::cost`]), outside the cap.
 //!
 //! Rows whose drafts do not pay stop drafting, and now and then try again (a probe) to notice
@@ -119,8 +119,8 @@ impl Cost {
     /// measured, so that drafting stops where it might not pay. Measured with `hone bench engine --verify K
     /// [--greedy]` (the `verify K / step` column; docs/PERFORMANCE.md) on an H200 with the
     /// Qwen2.5-Coder-1.5B shape: reading logits, a call of 2 positions per row at 1 and 4 rows
-    /// costs 1.6 steps and one of 7 costs 3.2-3.4 (the products move to kernels built for 8
-    /// rows), at 16 rows 1.4 and at 64 rows 2.4 steps per position; reading greedy tokens, 2
+    /// costs 1.6 steps and one of 7 costs 3.2-3.4 (then in kernels built for 8 rows, since
+    /// replaced by the tensor-core ones), at 16 rows 1.4 and at 64 rows 2.4 steps per position; reading greedy tokens, 2
     /// positions cost 1.2-1.5 steps, 5 cost 2.2-2.5 and 13 cost 2.2 (1 row) or 3.4 (4 rows),
     /// 5 positions at 16 rows 3.3 and at 64 rows 4.4 steps. On a 2-core CPU, 5 positions at 1
     /// row cost 2.1-2.3 steps, and 0.8 per position at 4 rows. A step reading heads of
