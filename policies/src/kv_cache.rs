@@ -62,13 +62,13 @@ impl SetShape {
 /// A set held by caches (shared by their clones); dropping the last returns it to the pool.
 #[derive(Debug)]
 struct Lease {
-    set: Mutex<Option<Set>>,
+    set: Option<Set>,
     pool: Arc<Pool>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(set) = self.set.get_mut().ok().and_then(Option::take) {
+        if let Some(set) = self.set.take() {
             self.pool.put(set);
         }
     }
@@ -271,7 +271,7 @@ impl KvCache {
         self.layers = set.layers.iter().cloned().map(Some).collect();
         self.buffers = set.buffers;
         self.lease = Some(Arc::new(Lease {
-            set: Mutex::new(Some(set)),
+            set: Some(set),
             pool: pool.clone(),
         }));
         Ok(())

@@ -502,6 +502,32 @@ pub(super) unsafe fn unsigned32_rest<B: Unpack, const R: usize, const VNNI: bool
     xs: [&[Act8x32]; R],
     acc: &mut [__m256; R],
 ) {
+    let unpack = |block: &B| {
+        let (d, m) = block.scale_offset();
+        // SAFETY: the build has AVX2.
+        (unsafe { block.unpack() }, d, m)
+    };
+    // SAFETY: the caller's.
+    unsafe { rest_blocks::<B, R, VNNI>(w, xs, acc, unpack, true, |q, x| (q, x)) };
+}
+
+/// The blocks of a column after its last full group, added to `acc` (the float work of
+/// `unsigned32_rest` and `q8_0_rest`). For each row, block `j` adds its integer sums times its
+/// scale and the row's to lane `j`; then, with `offsets`, the blocks' offsets times the row's
+/// sums. `unpack` gives a block's values, scale and offset; `operands` turns its values and
+/// the row's into what `dot4` multiplies.
+///
+/// # Safety
+/// As `unsigned32_rest`.
+#[inline(always)]
+unsafe fn rest_blocks<T, const R: usize, const VNNI: bool>(
+    w: &[T],
+    xs: [&[Act8x32]; R],
+    acc: &mut [__m256; R],
+    unpack: impl Fn(&T) -> (__m256i, f32, f32),
+    offsets: bool,
+    operands: impl Fn(__m256i, __m256i) -> (__m256i, __m256i),
+) {
     let full = w.len() / 8;
     let rest = &w[8 * full..];
     if rest.is_empty() {
@@ -510,47 +536,20 @@ pub(super) unsafe fn unsigned32_rest<B: Unpack, const R: usize, const VNNI: bool
     let mut q = [_mm256_setzero_si256(); 8];
     let (mut d, mut m) = ([0f32; 8], [0f32; 8]);
     for (j, block) in rest.iter().enumerate() {
-        // SAFETY: the build has AVX2.
-        q[j] = unsafe { block.unpack() };
-        (d[j], m[j]) = block.scale_offset();
+        (q[j], d[j], m[j]) = unpack(block);
     }
     let (d, m) = (load_ps(&d), load_ps(&m));
-    // SAFETY: the caller's.
-    unsafe {
-        rest_blocks::<R, VNNI>(rest.len(), full, d, Some(m), xs, acc, |j, x| {
-            (q[j], load(&x.qs[j]))
-        })
-    };
-}
-
-/// The float work of `unsigned32_rest` and `q8_0_rest`: for each row, block `j` (of `blocks`
-/// after group `full`) adds its integer sums, `operands(j, x)` multiplied as `dot4` takes them,
-/// times its scale and the row's to lane `j`; then the blocks' offsets `m`, if any, times the
-/// row's sums.
-///
-/// # Safety
-/// As `unsigned32_rest`.
-#[inline(always)]
-unsafe fn rest_blocks<const R: usize, const VNNI: bool>(
-    blocks: usize,
-    full: usize,
-    d: __m256,
-    m: Option<__m256>,
-    xs: [&[Act8x32]; R],
-    acc: &mut [__m256; R],
-    operands: impl Fn(usize, &Act8x32) -> (__m256i, __m256i),
-) {
     for r in 0..R {
         // SAFETY: the last group exists when blocks are left over (the caller's guarantee).
         let x = unsafe { xs[r].get_unchecked(full) };
         let scale = _mm256_mul_ps(d, load_ps(&x.d));
-        for j in 0..blocks {
-            let (q, x8) = operands(j, x);
+        for (j, &q) in q.iter().enumerate().take(rest.len()) {
+            let (a, b) = operands(q, load(&x.qs[j]));
             // SAFETY: the caller guarantees VNNI where it is asked for.
-            let sums = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), q, x8) };
+            let sums = unsafe { dot4::<VNNI>(_mm256_setzero_si256(), a, b) };
             acc[r] = _mm256_fmadd_ps(lane(scale, j), _mm256_cvtepi32_ps(sums), acc[r]);
         }
-        if let Some(m) = m {
+        if offsets {
             acc[r] = _mm256_fmadd_ps(m, load_ps(&x.s), acc[r]);
         }
     }
@@ -623,24 +622,11 @@ pub(super) unsafe fn q8_0_rest<const R: usize, const VNNI: bool>(
     xs: [&[Act8x32]; R],
     acc: &mut [__m256; R],
 ) {
-    let full = w.len() / 8;
-    let rest = &w[8 * full..];
-    if rest.is_empty() {
-        return;
-    }
-    let mut q = [_mm256_setzero_si256(); 8];
-    let mut d = [0f32; 8];
-    for (j, block) in rest.iter().enumerate() {
-        q[j] = load(&block.qs);
-        d[j] = block.d.to_f32();
-    }
-    let magnitude = q.map(|q| _mm256_sign_epi8(q, q));
+    let unpack = |block: &Q8_0| (load(&block.qs), block.d.to_f32(), 0.0);
+    // |q| times x with q's sign, as in `q8_0_at`.
+    let operands = |q, x| (_mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q));
     // SAFETY: the caller's.
-    unsafe {
-        rest_blocks::<R, VNNI>(rest.len(), full, load_ps(&d), None, xs, acc, |j, x| {
-            (magnitude[j], _mm256_sign_epi8(load(&x.qs[j]), q[j]))
-        })
-    };
+    unsafe { rest_blocks::<Q8_0, R, VNNI>(w, xs, acc, unpack, false, operands) };
 }
 
 /// Q4K and Q5K once their 4 chunks of 64 values are unpacked: chunk `c` holds groups `2c`
