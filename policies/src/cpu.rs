@@ -76,22 +76,52 @@ fn detected() -> String {
 /// (rayon's) would leave more busy threads than cores, so every product would wait for threads
 /// the scheduler had put aside. The calling thread works too; `RAYON_NUM_THREADS` (or
 /// `CANDLE_NUM_THREADS`) sets the total. Which thread runs an item never changes its result.
+///
+/// Threads take items in shrinking runs (guided scheduling): a run is the remaining items
+/// shared out twice over the threads, so the first grabs are long and the last are single
+/// items. A pass ends when its slowest thread does; with fixed runs of an eighth of a
+/// thread's share (candle's own `execute_chunked`), the other thread waited up to that long at
+/// the end of every product.
 pub(crate) fn for_each<F>(n: usize, f: F) -> candle_core::Result<()>
 where
     F: Fn(usize) -> candle_core::Result<()> + Sync,
 {
-    if n <= 1 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    thread_local! {
+        /// Set while this thread runs a pass's items: a nested pass runs inline (the pool
+        /// takes one pass at a time, and a worker waiting for another pass would never end).
+        static IN_PASS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    let pool = candle_core::utils::barrier_pool();
+    let threads = pool.n_workers() + 1;
+    if n <= 1 || threads == 1 || IN_PASS.get() {
         return (0..n).try_for_each(f);
     }
     let first_error = std::sync::Mutex::new(None);
-    candle_core::utils::barrier_pool().execute_chunked(n, |range| {
-        for i in range {
-            if let Err(e) = f(i) {
-                if let Ok(mut slot) = first_error.lock() {
-                    slot.get_or_insert(e);
+    let next = AtomicUsize::new(0);
+    pool.execute(|_| {
+        IN_PASS.set(true);
+        loop {
+            let start = next.load(Ordering::Relaxed);
+            if start >= n {
+                break;
+            }
+            let take = ((n - start) / (2 * threads)).max(1);
+            if next
+                .compare_exchange_weak(start, start + take, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            for i in start..start + take {
+                if let Err(e) = f(i) {
+                    if let Ok(mut slot) = first_error.lock() {
+                        slot.get_or_insert(e);
+                    }
                 }
             }
         }
+        IN_PASS.set(false);
     });
     match first_error.into_inner() {
         Ok(Some(e)) => Err(e),
@@ -169,6 +199,41 @@ pub(crate) fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every item runs exactly once, an error comes back, and a pass inside a pass runs
+    /// inline instead of waiting for the pool it is already in.
+    #[test]
+    fn for_each_runs_every_item_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        for n in [0, 1, 2, 3, 17, 1000] {
+            let counts: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            for_each(n, |i| {
+                counts[i].fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })
+            .unwrap();
+            assert!(
+                counts.iter().all(|c| c.load(Ordering::Relaxed) == 1),
+                "n = {n}"
+            );
+        }
+        let err = for_each(100, |i| {
+            if i == 63 {
+                candle_core::bail!("item {i}")
+            }
+            Ok(())
+        });
+        assert!(err.unwrap_err().to_string().starts_with("item 63"));
+        let inner = AtomicUsize::new(0);
+        for_each(8, |_| {
+            for_each(8, |_| {
+                inner.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })
+        })
+        .unwrap();
+        assert_eq!(inner.load(Ordering::Relaxed), 64);
+    }
 
     /// The fused activation gives candle's `silu(gate) * up` bit for bit, over more values
     /// than one chunk of the pool takes, so that several threads write.
