@@ -497,7 +497,7 @@ pub(super) unsafe fn unsigned32_cols<
 /// With `VNNI` the CPU must have AVX-512 VNNI and VL; the rows must hold `w`'s groups
 /// (`same_lengths`).
 #[inline(always)]
-pub(super) unsafe fn unsigned32_rest<B: Unpack, const R: usize, const VNNI: bool>(
+unsafe fn unsigned32_rest<B: Unpack, const R: usize, const VNNI: bool>(
     w: &[B],
     xs: [&[Act8x32]; R],
     acc: &mut [__m256; R],
@@ -617,7 +617,7 @@ pub(crate) unsafe fn q8_0_at<const R: usize, const VNNI: bool>(
 /// # Safety
 /// As `unsigned32_rest`.
 #[inline(always)]
-pub(super) unsafe fn q8_0_rest<const R: usize, const VNNI: bool>(
+unsafe fn q8_0_rest<const R: usize, const VNNI: bool>(
     w: &[Q8_0],
     xs: [&[Act8x32]; R],
     acc: &mut [__m256; R],

@@ -98,16 +98,13 @@ fn pair<B: Unpack, const R: usize>(w: [&[B]; 2], xs: [&[Act8x32]; R]) -> [[f32; 
             acc[r] = _mm512_fmadd_ps(m, twice(&x.s), acc[r]);
         }
     }
-    let mut halves = split(&acc);
-    let mut out = [[0f32; R]; 2];
-    for c in 0..2 {
-        // SAFETY: this function runs with VNNI, and AVX2 with it.
-        unsafe {
-            avx2::unsigned32_rest::<B, R, true>(w[c], xs, &mut halves[c]);
-            out[c] = avx2::lane_totals(&halves[c]);
-        }
-    }
-    out
+    let unpack = |block: &B| {
+        let (d, m) = block.scale_offset();
+        // SAFETY: this function runs with AVX2.
+        (unsafe { block.unpack() }, d, m)
+    };
+    pair_rest(w, xs, &mut acc, unpack, true, |q, x| (q, x));
+    totals(&acc)
 }
 
 /// A run of Q8_0 columns against a tile of rows, as `avx2::q8_0` takes them; a run's odd
@@ -182,16 +179,97 @@ fn q8_0_pair<const R: usize>(w: [&[Q8_0]; 2], xs: [&[Act8x32]; R]) -> [[f32; R];
             acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(total), acc[r]);
         }
     }
-    let mut halves = split(&acc);
-    let mut out = [[0f32; R]; 2];
-    for c in 0..2 {
-        // SAFETY: this function runs with VNNI, and AVX2 with it.
-        unsafe {
-            avx2::q8_0_rest::<R, true>(w[c], xs, &mut halves[c]);
-            out[c] = avx2::lane_totals(&halves[c]);
+    // SAFETY: 32 readable bytes; no alignment requirement.
+    let unpack = |block: &Q8_0| unsafe {
+        let q = _mm256_loadu_si256(block.qs.as_ptr().cast());
+        (q, block.d.to_f32(), 0.0)
+    };
+    // |q| times x with q's sign, as in the groups above.
+    let operands = |q: __m512i, x: __m512i| {
+        let negative = _mm512_movepi8_mask(q);
+        (
+            _mm512_abs_epi8(q),
+            _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x),
+        )
+    };
+    pair_rest(w, xs, &mut acc, unpack, false, operands);
+    totals(&acc)
+}
+
+/// The blocks of two columns after their last full group, added to `acc` (column 0's in the
+/// low half) with the float operations, lane by lane, that `avx2::rest_blocks` does for each
+/// column: for each row, block `j` adds its integer sums times its scale and the row's to
+/// every lane of its column, then (with `offsets`) the blocks' offsets times the row's sums.
+/// One 512-bit instruction does what two 256-bit ones did, a column in each half.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+fn pair_rest<T, const R: usize>(
+    w: [&[T]; 2],
+    xs: [&[Act8x32]; R],
+    acc: &mut [__m512; R],
+    unpack: impl Fn(&T) -> (__m256i, f32, f32),
+    offsets: bool,
+    operands: impl Fn(__m512i, __m512i) -> (__m512i, __m512i),
+) {
+    let full = w[0].len() / 8;
+    let rest = [&w[0][8 * full..], &w[1][8 * full..]];
+    assert_eq!(rest[0].len(), rest[1].len(), "columns of different widths");
+    if rest[0].is_empty() {
+        return;
+    }
+    let mut q = [_mm512_setzero_si512(); 8];
+    let (mut d, mut m) = ([0f32; 16], [0f32; 16]);
+    for (j, (a, b)) in rest[0].iter().zip(rest[1]).enumerate() {
+        let ((qa, da, ma), (qb, db, mb)) = (unpack(a), unpack(b));
+        q[j] = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(qa), qb);
+        (d[j], d[8 + j], m[j], m[8 + j]) = (da, db, ma, mb);
+    }
+    // SAFETY: 64 readable bytes each; no alignment requirement.
+    let (d, m) = unsafe { (_mm512_loadu_ps(d.as_ptr()), _mm512_loadu_ps(m.as_ptr())) };
+    for r in 0..R {
+        // SAFETY: the last group exists when blocks are left over (`same_lengths`).
+        let x = unsafe { xs[r].get_unchecked(full) };
+        let scale = _mm512_mul_ps(d, twice(&x.d));
+        for (j, &q) in q.iter().enumerate().take(rest[0].len()) {
+            // SAFETY: 32 readable bytes; no alignment requirement.
+            let xj = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(x.qs[j].as_ptr().cast()) });
+            let (a, b) = operands(q, xj);
+            let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), a, b);
+            // Lane j of each half in every lane of that half.
+            let at = _mm512_permutexvar_ps(
+                _mm512_set_epi32(
+                    8 + j as i32,
+                    8 + j as i32,
+                    8 + j as i32,
+                    8 + j as i32,
+                    8 + j as i32,
+                    8 + j as i32,
+                    8 + j as i32,
+                    8 + j as i32,
+                    j as i32,
+                    j as i32,
+                    j as i32,
+                    j as i32,
+                    j as i32,
+                    j as i32,
+                    j as i32,
+                    j as i32,
+                ),
+                scale,
+            );
+            acc[r] = _mm512_fmadd_ps(at, _mm512_cvtepi32_ps(sums), acc[r]);
+        }
+        if offsets {
+            acc[r] = _mm512_fmadd_ps(m, twice(&x.s), acc[r]);
         }
     }
-    out
+}
+
+/// Each column's total of its eight lanes, for every row.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+fn totals<const R: usize>(acc: &[__m512; R]) -> [[f32; R]; 2] {
+    let halves = split(acc);
+    // SAFETY: this function runs with AVX2.
+    unsafe { [avx2::lane_totals(&halves[0]), avx2::lane_totals(&halves[1])] }
 }
 
 /// A group's unsigned values as four vectors: vector `s` holds the group's 256-bit vectors `2s`
