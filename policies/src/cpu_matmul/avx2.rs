@@ -323,7 +323,7 @@ unsafe fn madd_add<const VNNI: bool>(acc: __m256i, a: __m256i, b: __m256i) -> __
 /// `$vnni`; otherwise `$body`, column by column.
 ///
 /// It takes a run of columns (`w` holds `per_row` blocks per column) and writes column `c`'s
-/// result for row `r` to `out[c * stride + r]`: the loop over columns runs inside the function
+/// result for row `r` to `out[r * stride + c]`: the loop over columns runs inside the function
 /// compiled for the CPU's features, so a column costs no call and no dispatch.
 macro_rules! entry {
     ($name:ident, $vnni:expr, $body:expr, [$($g:ident: $b:path),*], $w:ty, $x:ty) => {
@@ -364,7 +364,7 @@ macro_rules! vnni256 {
             for (c, w) in w.chunks_exact(per_row).enumerate() {
                 // SAFETY: this function runs with VNNI enabled.
                 let column = unsafe { $body::<R, true>(w, xs) };
-                out[c * stride..][..R].copy_from_slice(&column);
+                super::put(out, stride, c, &column);
             }
         }
     };

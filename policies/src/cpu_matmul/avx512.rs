@@ -41,7 +41,7 @@ pub(crate) unsafe fn unsigned32<B: Unpack, const R: usize>(
 
 /// Walks a run of columns (`per_row` blocks each, one after another) two at a time with
 /// `pair`, and its odd last column alone with `one`; column `c`'s results for the tile's rows
-/// go to `out[c * stride..]`.
+/// go where `put` puts them.
 #[inline(always)]
 fn in_pairs<T, const R: usize>(
     w: &[T],
@@ -55,13 +55,13 @@ fn in_pairs<T, const R: usize>(
     for (p, w) in (&mut pairs).enumerate() {
         let (a, b) = w.split_at(per_row);
         let [a, b] = pair([a, b]);
-        out[2 * p * stride..][..R].copy_from_slice(&a);
-        out[(2 * p + 1) * stride..][..R].copy_from_slice(&b);
+        super::put(out, stride, 2 * p, &a);
+        super::put(out, stride, 2 * p + 1, &b);
     }
     let last = pairs.remainder();
     if !last.is_empty() {
         let c = (w.len() - last.len()) / per_row;
-        out[c * stride..][..R].copy_from_slice(&one(last));
+        super::put(out, stride, c, &one(last));
     }
 }
 

@@ -74,7 +74,7 @@ pub(crate) trait Kernel: Copy + Send + Sync + 'static {
     /// Puts one matrix row, as read from the file, in the layout `dot` reads.
     fn prepare(row: &mut [Self]);
     /// A run of columns (`per_row` blocks each) against a tile of up to eight activation rows:
-    /// column `c`'s result for row `r` at `out[c * stride + r]`.
+    /// column `c`'s result for row `r` at `out[r * stride + c]`.
     fn dot<const R: usize>(
         w: &[Self],
         per_row: usize,
@@ -302,8 +302,8 @@ impl<B: Kernel> Blocks<B> {
         let rows = Self::quantize(lhs, m, k)?;
         let rows: Vec<&[B::Act]> = rows.chunks_exact(k.div_ceil(B::Act::WIDTH)).collect();
         // The results, `[m, rows]` per matrix. The pool takes runs of up to `COLUMNS` columns
-        // (a kernel call's run stops at the end of its matrix); a run's `m` results per column
-        // are contiguous in its thread's scratch, and scattered into place by that thread.
+        // (a kernel call's run stops at the end of its matrix); a run's results lie row by
+        // row in its thread's scratch, `COLUMNS` apart, and each row's are copied into place.
         let mut outs: Vec<Vec<f32>> = mats
             .iter()
             .map(|b| Vec::with_capacity(m * b.rows))
@@ -331,21 +331,28 @@ impl<B: Kernel> Blocks<B> {
                     let width = mats[mat].rows;
                     let n = (width - col).min(columns - done);
                     let w = &mats[mat].blocks[col * per_row..(col + n) * per_row];
-                    let out = &mut scratch[..n * m];
                     let tile = simd::tile_rows();
                     for (t, rows) in rows.chunks(tile).enumerate() {
-                        dot_tile(w, per_row, rows, &mut out[t * tile..], m);
+                        dot_tile(
+                            w,
+                            per_row,
+                            rows,
+                            &mut scratch[t * tile * COLUMNS..],
+                            COLUMNS,
+                        );
                     }
-                    for r in 0..m {
+                    for (r, from) in scratch.chunks_exact(COLUMNS).take(m).enumerate() {
                         // SAFETY: `outs[mat]` has room for `m * width` values and outlives the
                         // pass; this run alone holds columns `col..col + n` of its matrix, so
-                        // no other thread writes `r * width + col..` up to `+ n`.
-                        let row = unsafe {
-                            std::slice::from_raw_parts_mut(dst[mat].get().add(r * width + col), n)
+                        // no other thread writes `r * width + col..` up to `+ n`; `from` holds
+                        // `COLUMNS >= n` values.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                from.as_ptr(),
+                                dst[mat].get().add(r * width + col).cast::<f32>(),
+                                n,
+                            )
                         };
-                        for (c, y) in row.iter_mut().enumerate() {
-                            y.write(out[c * m + r]);
-                        }
                     }
                     (col, done) = (col + n, done + n);
                 }
@@ -381,8 +388,8 @@ impl<B: Kernel> Blocks<B> {
 }
 
 /// The loop of a kernel's entry point: column `c` of a run (`per_row` blocks each) through
-/// `dot`, its `R` results at `out[c * stride..]`. (Entry points compiled for a feature the
-/// build lacks, AVX-512 VNNI, write this loop out: a closure would not be inlined there.)
+/// `dot`, its `R` results put in `out` (`put`). (Entry points compiled for a feature the build
+/// lacks, AVX-512 VNNI, write this loop out: a closure would not be inlined there.)
 pub(crate) fn each_column<W, const R: usize>(
     w: &[W],
     per_row: usize,
@@ -391,33 +398,49 @@ pub(crate) fn each_column<W, const R: usize>(
     dot: impl Fn(&[W]) -> [f32; R],
 ) {
     for (c, w) in w.chunks_exact(per_row).enumerate() {
-        out[c * stride..][..R].copy_from_slice(&dot(w));
+        put(out, stride, c, &dot(w));
     }
 }
 
-/// A run of weight columns against a tile of 1 to 8 activation rows.
-fn dot_tile<B: Kernel>(w: &[B], per_row: usize, rows: &[&[B::Act]], out: &mut [f32], m: usize) {
+/// Column `c`'s results for a tile's rows: row `r`'s at `out[r * stride + c]`, so that a run's
+/// results lie row by row, each row's columns side by side, as the product's output does.
+#[inline(always)]
+pub(crate) fn put<const R: usize>(out: &mut [f32], stride: usize, c: usize, results: &[f32; R]) {
+    for (r, &y) in results.iter().enumerate() {
+        out[r * stride + c] = y;
+    }
+}
+
+/// A run of weight columns against a tile of 1 to 8 activation rows: row `r`'s results at
+/// `out[r * stride..]`.
+fn dot_tile<B: Kernel>(
+    w: &[B],
+    per_row: usize,
+    rows: &[&[B::Act]],
+    out: &mut [f32],
+    stride: usize,
+) {
     fn tile<B: Kernel, const R: usize>(
         w: &[B],
         per_row: usize,
         rows: &[&[B::Act]],
         out: &mut [f32],
-        m: usize,
+        stride: usize,
     ) {
         debug_assert_eq!(rows.len(), R);
-        B::dot::<R>(w, per_row, std::array::from_fn(|r| rows[r]), out, m);
+        B::dot::<R>(w, per_row, std::array::from_fn(|r| rows[r]), out, stride);
     }
     match rows.len() {
-        8 => tile::<B, 8>(w, per_row, rows, out, m),
-        7 => tile::<B, 7>(w, per_row, rows, out, m),
-        6 => tile::<B, 6>(w, per_row, rows, out, m),
-        5 => tile::<B, 5>(w, per_row, rows, out, m),
-        4 => tile::<B, 4>(w, per_row, rows, out, m),
-        3 => tile::<B, 3>(w, per_row, rows, out, m),
-        2 => tile::<B, 2>(w, per_row, rows, out, m),
+        8 => tile::<B, 8>(w, per_row, rows, out, stride),
+        7 => tile::<B, 7>(w, per_row, rows, out, stride),
+        6 => tile::<B, 6>(w, per_row, rows, out, stride),
+        5 => tile::<B, 5>(w, per_row, rows, out, stride),
+        4 => tile::<B, 4>(w, per_row, rows, out, stride),
+        3 => tile::<B, 3>(w, per_row, rows, out, stride),
+        2 => tile::<B, 2>(w, per_row, rows, out, stride),
         _ => {
             for (r, &row) in rows.iter().enumerate() {
-                B::dot::<1>(w, per_row, [row], &mut out[r..], m);
+                B::dot::<1>(w, per_row, [row], &mut out[r * stride..], stride);
             }
         }
     }

@@ -213,7 +213,7 @@ fn q6k_column<const R: usize>(w: &[Q6K], xs: [&[Act256]; R]) -> [f32; R] {
 }
 
 /// The entry points, as the AVX2 module's: a run of columns (`per_row` blocks each), column
-/// `c`'s result for row `r` at `out[c * stride + r]`.
+/// `c`'s result for row `r` at `out[r * stride + c]`.
 macro_rules! columns {
     ($name:ident, $column:ident, $w:ty, $x:ty) => {
         pub(crate) fn $name<const R: usize>(

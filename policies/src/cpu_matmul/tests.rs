@@ -27,7 +27,7 @@ macro_rules! column {
     ($f:expr, $w:expr, $xs:expr) => {{
         let xs = $xs;
         let mut out = xs.map(|_| 0f32);
-        $f($w, $w.len(), xs, &mut out, 0);
+        $f($w, $w.len(), xs, &mut out, 1);
         out
     }};
 }
@@ -361,7 +361,7 @@ fn vnni_gives_the_avx2_bits() {
                 let (mut three, mut one) = (vec![0f32; 3 * out], vec![0f32; out]);
                 // SAFETY: AVX2 by the build; VNNI checked above.
                 unsafe {
-                    $vnni(all, per_row, [rows[0], rows[1], rows[2]], &mut three, 3);
+                    $vnni(all, per_row, [rows[0], rows[1], rows[2]], &mut three, out);
                     $vnni(all, per_row, [rows[1]], &mut one, 1);
                 }
                 for c in 0..out {
@@ -372,7 +372,7 @@ fn vnni_gives_the_avx2_bits() {
                     let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
                         bits(&a),
-                        bits(&three[3 * c..3 * c + 3]),
+                        bits(&[three[c], three[out + c], three[2 * out + c]]),
                         "{dtype:?} column {c}"
                     );
                     assert_eq!(
