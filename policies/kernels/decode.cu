@@ -768,7 +768,8 @@ __device__ void glu_mma(const uint8_t *gate, const uint8_t *up, const int8_t *xq
 
 // Shapes: `_1` one row and one column per warp (a decode step of one row: the most warps);
 // `_2` and `_4` up to 2 and 4 rows per warp (small batches, and a row's drafted tokens under
-// verification: a warp's work grows with its rows); `_mma` tensor cores from 5 rows on.
+// verification: a warp's work grows with its rows; 5 rows are two warps of rows); `_mma` tensor
+// cores from 6 rows on.
 #define MATVEC_ARGS                                                                            \
     const uint8_t *w, const int8_t *xq, const float *xd, float *y, const float *bias,          \
         const float *res, int has_bias, int has_res, int n, int k, int cols

@@ -212,13 +212,16 @@ enum Tile {
     One,
     /// Up to 2 or 4 rows, one column per warp: small batches and drafted tokens. A warp does
     /// work in proportion to its rows, so a step of 2 rows (a token and one draft) does not pay
-    /// for 4.
+    /// for 4. Five rows take two warps of rows per column (the second reads the weights from
+    /// L2): on an H200 a 5-position verification costs 1.75 steps against the tensor cores'
+    /// 1.82, and batch-5 decoding gains 2-3%; at 6 rows the two are even, beyond it the tensor
+    /// cores win (docs/PERFORMANCE.md).
     Two,
     Four,
-    /// Tensor cores, 16 rows by 16 columns per block: from 5 rows on (prefill, batches,
-    /// verification of 4 drafted tokens and more), where each weight unit serves every row.
-    /// From 5 rows they beat warps of 8 rows on an H200: batch-8 decoding 1.23x, verifying 8
-    /// positions of one row 1.88 steps against 2.30 (docs/PERFORMANCE.md).
+    /// Tensor cores, 16 rows by 16 columns per block: from 6 rows on (prefill, batches,
+    /// verification of 5 drafted tokens and more), where each weight unit serves every row.
+    /// They beat warps of 8 rows on an H200: batch-8 decoding 1.23x, verifying 8 positions of
+    /// one row 1.88 steps against 2.30 (docs/PERFORMANCE.md).
     Mma,
 }
 
@@ -227,7 +230,7 @@ impl Tile {
         match n {
             0 | 1 => Self::One,
             2 => Self::Two,
-            3 | 4 => Self::Four,
+            3..=5 => Self::Four,
             _ => Self::Mma,
         }
     }
