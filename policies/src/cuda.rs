@@ -212,8 +212,8 @@ enum Tile {
     One,
     /// Up to 2 or 4 rows, one column per warp: small batches and drafted tokens. A warp does
     /// work in proportion to its rows, so a step of 2 rows (a token and one draft) does not pay
-    /// for 4. Five rows take two warps of rows per column (the second reads the weights from
-    /// L2): on an H200 a 5-position verification costs 1.75 steps against the tensor cores'
+    /// for 4. Five rows take two warps of rows per column (each reads the column's weights,
+    /// the second probably from L2): on an H200 a 5-position verification costs 1.75 steps against the tensor cores'
     /// 1.82, and batch-5 decoding gains 2-3%; at 6 rows the two are even, beyond it the tensor
     /// cores win (docs/PERFORMANCE.md).
     Two,

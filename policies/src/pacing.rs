@@ -7,9 +7,9 @@
 //! price for verifying any at all (`first`), a price per token (`each`), and at most `cap`
 //! in all. They are properties of the device and the batch. On a GPU at a few rows one more
 //! position per row moves the products to kernels built for several rows, which costs most
-//! of a step once, and each position after it less; from 5 positions on the tensor-core
-//! kernels take them all for about one price (an H200 verifies 5 to 8 positions of one row
-//! for 1.8-1.9 steps, 13 for 2.2). On a CPU every position costs arithmetic. A draft model's tokens
+//! of a step once, and each position after it less; from 6 positions on the tensor-core
+//! kernels take them all for about one price (an H200 verifies 5 positions of one row for
+//! 1.75 steps on 4-row warps, 6 to 8 for 1.8-1.9 and 13 for 2.2 on tensor cores). On a CPU every position costs arithmetic. A draft model's tokens
 //! also cost its own steps ([`crate::draft::DraftModel::cost`]), outside the cap.
 //!
 //! Rows whose drafts do not pay stop drafting, and now and then try again (a probe) to notice
