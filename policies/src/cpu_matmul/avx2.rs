@@ -363,10 +363,11 @@ macro_rules! vnni256 {
             out: &mut [f32],
             stride: usize,
         ) {
-            for (c, w) in w.chunks_exact(per_row).enumerate() {
+            for (c, column) in w.chunks_exact(per_row).enumerate() {
+                super::fetch(w, per_row, c + 1..c + 2);
                 // SAFETY: this function runs with VNNI enabled.
-                let column = unsafe { $body::<R, true>(w, xs) };
-                super::put(out, stride, c, &column);
+                let results = unsafe { $body::<R, true>(column, xs) };
+                super::put(out, stride, c, &results);
             }
         }
     };

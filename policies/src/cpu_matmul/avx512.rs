@@ -52,8 +52,9 @@ fn in_pairs<T, const R: usize>(
     one: impl Fn(&[T]) -> [f32; R],
 ) {
     let mut pairs = w.chunks_exact(2 * per_row);
-    for (p, w) in (&mut pairs).enumerate() {
-        let (a, b) = w.split_at(per_row);
+    for (p, columns) in (&mut pairs).enumerate() {
+        super::fetch(w, per_row, 2 * p + 2..2 * p + 4);
+        let (a, b) = columns.split_at(per_row);
         let [a, b] = pair([a, b]);
         super::put(out, stride, 2 * p, &a);
         super::put(out, stride, 2 * p + 1, &b);

@@ -397,9 +397,35 @@ pub(crate) fn each_column<W, const R: usize>(
     stride: usize,
     dot: impl Fn(&[W]) -> [f32; R],
 ) {
-    for (c, w) in w.chunks_exact(per_row).enumerate() {
-        put(out, stride, c, &dot(w));
+    for (c, column) in w.chunks_exact(per_row).enumerate() {
+        fetch(w, per_row, c + 1..c + 2);
+        put(out, stride, c, &dot(column));
     }
+}
+
+/// Columns `columns` of a run (`per_row` blocks each, as far as the run goes) requested
+/// toward the core before they are read.
+///
+/// Why: a product's weights stream from memory (a model's layers together outgrow the caches),
+/// and the hardware prefetcher alone keeps too few lines in flight: in a 5-row product, stalls on
+/// the first load of a group of weights were over half of the kernel's samples, and a single
+/// row stalled as often on the loads themselves. A prefetch never faults; the range is clamped
+/// to the slice anyway, so no address outside it is named.
+#[inline(always)]
+pub(crate) fn fetch<W>(w: &[W], per_row: usize, columns: std::ops::Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let from = (columns.start * per_row).min(w.len());
+        let to = (columns.end * per_row).min(w.len());
+        let start = w[from..].as_ptr().cast::<i8>();
+        for at in (0..std::mem::size_of_val(&w[from..to])).step_by(64) {
+            // SAFETY: `start + at` lies within `w[from..to]`; a prefetch reads nothing back.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(at)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (w, per_row, columns);
 }
 
 /// Column `c`'s results for a tile's rows: row `r`'s at `out[r * stride + c]`, so that a run's
