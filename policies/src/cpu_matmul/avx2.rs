@@ -339,7 +339,7 @@ macro_rules! entry {
             // one row 1.5-1.9x faster on an Intel Xeon; the other types the same or faster).
             if has_vnni() {
                 // SAFETY: the CPU has AVX-512 F, BW, DQ, VL and VNNI (checked).
-                unsafe { $vnni(w, per_row, xs, out, stride) }
+                unsafe { $vnni(w, per_row, &xs, out, stride) }
             } else {
                 // SAFETY: the body needs only what the build is compiled for.
                 each_column(w, per_row, out, stride, |w| unsafe { $body(w, xs) });
@@ -359,14 +359,14 @@ macro_rules! vnni256 {
         pub(crate) unsafe fn $vnni<const R: usize>(
             w: &[$w],
             per_row: usize,
-            xs: [&[Act256]; R],
+            xs: &[&[Act256]; R],
             out: &mut [f32],
             stride: usize,
         ) {
             for (c, column) in w.chunks_exact(per_row).enumerate() {
                 super::fetch(w, per_row, c + 1..c + 2);
                 // SAFETY: this function runs with VNNI enabled.
-                let results = unsafe { $body::<R, true>(column, xs) };
+                let results = unsafe { $body::<R, true>(column, *xs) };
                 super::put(out, stride, c, &results);
             }
         }

@@ -361,8 +361,8 @@ fn vnni_gives_the_avx2_bits() {
                 let (mut three, mut one) = (vec![0f32; 3 * out], vec![0f32; out]);
                 // SAFETY: AVX2 by the build; VNNI checked above.
                 unsafe {
-                    $vnni(all, per_row, [rows[0], rows[1], rows[2]], &mut three, out);
-                    $vnni(all, per_row, [rows[1]], &mut one, 1);
+                    $vnni(all, per_row, &[rows[0], rows[1], rows[2]], &mut three, out);
+                    $vnni(all, per_row, &[rows[1]], &mut one, 1);
                 }
                 for c in 0..out {
                     let w = &all[c * per_row..(c + 1) * per_row];
