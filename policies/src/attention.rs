@@ -328,7 +328,12 @@ mod avx512 {
         value: impl Fn(usize) -> &'a [f32],
         out: &mut [f32],
     ) {
-        const { assert!(D.is_multiple_of(16) && D <= 128, "16 to 128 elements in sixteens") };
+        const {
+            assert!(
+                D.is_multiple_of(16) && D <= 128,
+                "16 to 128 elements in sixteens"
+            )
+        };
         debug_assert_eq!(slots.len(), weights.len());
         let mut acc = [_mm512_setzero_ps(); 8];
         for (&s, &p) in slots.iter().zip(weights) {

@@ -364,7 +364,7 @@ macro_rules! vnni256 {
             stride: usize,
         ) {
             for (c, column) in w.chunks_exact(per_row).enumerate() {
-                super::fetch(w, per_row, c + 1..c + 2);
+                super::fetch::<_, R>(w, per_row, c + 1..c + 2);
                 // SAFETY: this function runs with VNNI enabled.
                 let results = unsafe { $body::<R, true>(column, *xs) };
                 super::put(out, stride, c, &results);

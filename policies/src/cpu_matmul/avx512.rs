@@ -56,7 +56,7 @@ fn in_pairs<T, const R: usize>(
 ) {
     let mut pairs = w.chunks_exact(2 * per_row);
     for (p, columns) in (&mut pairs).enumerate() {
-        super::fetch(w, per_row, 2 * p + 2..2 * p + 4);
+        super::fetch::<_, R>(w, per_row, 2 * p + 2..2 * p + 4);
         let (a, b) = columns.split_at(per_row);
         let [a, b] = pair([a, b]);
         super::put(out, stride, 2 * p, &a);
