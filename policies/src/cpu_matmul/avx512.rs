@@ -2,13 +2,14 @@
 //! the CPU has AVX-512 VNNI, two columns at a time.
 //!
 //! Why: a tile of rows is bound by its integer multiply-adds, one `vpdpbusd` per row and 32
-//! weights on 256-bit vectors. On 512-bit vectors one takes 64: vectors `2s` and `2s + 1` of a
-//! group, which sit side by side in the activations (`Act8x32::qs`), so each row loads them in
-//! one go, and the weights' packed nibbles unpack into both halves at once. Each column's 512-bit
-//! sums fold to its eight lanes, one per block, by exact integer adds, and the float work that
-//! scales them takes both columns of a pair in one vector. Every lane's float operations are
-//! the 256-bit kernels', in the same order, so the results are the same bits (tested): a row's
-//! result does not depend on whether it was computed alone, on AVX2, or in a tile.
+//! weights on 256-bit vectors. On 512-bit vectors one takes 64: vector `v` of a group of both
+//! columns of a pair, column 0's in the low half and column 1's in the high, against the row's
+//! vector `v` in both halves (one broadcasting load). Lane `j` of each half then sums block `j`
+//! of its column, so the integer sums come out as the eight blocks of both columns side by
+//! side, and the float work that scales them takes both columns in one vector. Every lane's
+//! float operations are the 256-bit kernels', in the same order, and integer sums are exact
+//! whatever their order, so the results are the same bits (tested): a row's result does not
+//! depend on whether it was computed alone, on AVX2, or in a tile.
 
 use super::avx2::{self, Unpack};
 use super::blocks::{Act8x32, Q8_0};
@@ -71,7 +72,6 @@ fn in_pairs<T, const R: usize>(
 
 /// Two columns against a tile of rows. Lanes 0..8 of the float accumulators are column 0's,
 /// lanes 8..16 column 1's.
-///
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 fn pair<B: Unpack, const R: usize>(w: [&[B]; 2], xs: [&[Act8x32]; R]) -> [[f32; R]; 2] {
     let n = w[0].len();
@@ -81,22 +81,14 @@ fn pair<B: Unpack, const R: usize>(w: [&[B]; 2], xs: [&[Act8x32]; R]) -> [[f32; 
     let full = n / 8;
     for g in 0..full {
         let groups = [groups::group(w[0], g), groups::group(w[1], g)];
-        let q = [nibbles::<B>(groups[0]), nibbles::<B>(groups[1])];
+        let q = nibbles::<B>(groups);
         // SAFETY: this function runs with AVX2 enabled.
         let ((d0, m0), (d1, m1)) = unsafe { (B::scales(groups[0]), B::scales(groups[1])) };
         let (d, m) = (join(d0, d1), join(m0, m1));
         for r in 0..R {
             // SAFETY: `g < full <= xs[r].len()` (checked above).
             let x = unsafe { xs[r].get_unchecked(g) };
-            // Vectors 2s and 2s + 1 of the row's group: 64 contiguous bytes.
-            // SAFETY: `x.qs[2 * s..]` holds at least two vectors of 32 bytes.
-            let mut xv = [_mm512_setzero_si512(); 4];
-            for (s, v) in xv.iter_mut().enumerate() {
-                // SAFETY: `x.qs[2 * s..]` holds at least two vectors of 32 bytes.
-                *v = unsafe { _mm512_loadu_si512(x.qs[2 * s..].as_ptr().cast()) };
-            }
-            let (s0, s1) = (sums(&q[0], &xv), sums(&q[1], &xv));
-            let total = fold(s0, s1);
+            let total = sums(&q, |v| broadcast(&x.qs[v]));
             let scale = _mm512_mul_ps(d, twice(&x.d));
             acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(total), acc[r]);
             acc[r] = _mm512_fmadd_ps(m, twice(&x.s), acc[r]);
@@ -147,15 +139,12 @@ fn q8_0_pair<const R: usize>(w: [&[Q8_0]; 2], xs: [&[Act8x32]; R]) -> [[f32; R];
     let full = n / 8;
     for g in 0..full {
         let groups = [groups::group(w[0], g), groups::group(w[1], g)];
-        let mut magnitude = [[_mm512_setzero_si512(); 4]; 2];
-        let mut negative = [[0u64; 4]; 2];
-        for c in 0..2 {
-            for s in 0..4 {
-                // SAFETY: `qs[2 * s..]` holds at least two vectors of 32 bytes.
-                let q = unsafe { _mm512_loadu_si512(groups[c].qs[2 * s..].as_ptr().cast()) };
-                magnitude[c][s] = _mm512_abs_epi8(q);
-                negative[c][s] = _mm512_movepi8_mask(q);
-            }
+        let mut magnitude = [_mm512_setzero_si512(); 8];
+        let mut negative = [0u64; 8];
+        for v in 0..8 {
+            let q = both(&groups[0].qs[v], &groups[1].qs[v]);
+            magnitude[v] = _mm512_abs_epi8(q);
+            negative[v] = _mm512_movepi8_mask(q);
         }
         // SAFETY: 16 readable bytes each; no alignment requirement.
         let d = unsafe {
@@ -167,18 +156,10 @@ fn q8_0_pair<const R: usize>(w: [&[Q8_0]; 2], xs: [&[Act8x32]; R]) -> [[f32; R];
         for r in 0..R {
             // SAFETY: `g < full <= xs[r].len()` (checked above).
             let x = unsafe { xs[r].get_unchecked(g) };
-            let mut xv = [_mm512_setzero_si512(); 4];
-            for (s, v) in xv.iter_mut().enumerate() {
-                // SAFETY: as in `pair`.
-                *v = unsafe { _mm512_loadu_si512(x.qs[2 * s..].as_ptr().cast()) };
-            }
-            let column = |c: usize| {
-                let signed: [__m512i; 4] = std::array::from_fn(|s| {
-                    _mm512_mask_sub_epi8(xv[s], negative[c][s], _mm512_setzero_si512(), xv[s])
-                });
-                sums(&magnitude[c], &signed)
-            };
-            let total = fold(column(0), column(1));
+            let total = sums(&magnitude, |v| {
+                let x = broadcast(&x.qs[v]);
+                _mm512_mask_sub_epi8(x, negative[v], _mm512_setzero_si512(), x)
+            });
             let scale = _mm512_mul_ps(d, twice(&x.d));
             acc[r] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(total), acc[r]);
         }
@@ -276,45 +257,61 @@ fn totals<const R: usize>(acc: &[__m512; R]) -> [[f32; R]; 2] {
     unsafe { [avx2::lane_totals(&halves[0]), avx2::lane_totals(&halves[1])] }
 }
 
-/// A group's unsigned values as four vectors: vector `s` holds the group's 256-bit vectors `2s`
-/// (the low nibbles of packed load `s`, and their fifth bits) and `2s + 1` (the high nibbles).
+/// Two groups' unsigned values as eight vectors: vector `v` holds the first group's vector
+/// `v` in its low half and the second's in its high half (`groups::slot`).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-fn nibbles<B: Unpack>(group: &B::Group) -> [__m512i; 4] {
-    let packed = B::packed(group);
+fn nibbles<B: Unpack>(groups: [&B::Group; 2]) -> [__m512i; 8] {
+    let packed = [B::packed(groups[0]), B::packed(groups[1])];
     let m4 = _mm512_set1_epi8(0x0F);
-    let mut q = [_mm512_setzero_si512(); 4];
-    for (s, q) in q.iter_mut().enumerate() {
-        // SAFETY: 32 readable bytes; no alignment requirement.
-        let p = _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(packed[s].as_ptr().cast()) });
-        // The upper half's 16-bit words shifted right by four: its high nibbles.
-        *q = _mm512_and_si512(_mm512_mask_srli_epi16::<4>(p, 0xFFFF_0000, p), m4);
+    let mut q = [_mm512_setzero_si512(); 8];
+    for s in 0..4 {
+        // Load `s` of each group holds its vectors 2s (low nibbles) and 2s + 1 (high).
+        let p = both(&packed[0][s], &packed[1][s]);
+        q[2 * s] = _mm512_and_si512(p, m4);
+        q[2 * s + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(p), m4);
         if B::FIFTH {
-            let fifth = _mm512_maskz_mov_epi8(B::fifth_bits(group, s), _mm512_set1_epi8(0x10));
-            *q = _mm512_or_si512(*q, fifth);
+            // Bits 0..32 of a group's mask are vector 2s's bytes, 32..64 vector 2s + 1's.
+            let (a, b) = (B::fifth_bits(groups[0], s), B::fifth_bits(groups[1], s));
+            let low = (a & 0xFFFF_FFFF) | (b << 32);
+            let high = (a >> 32) | (b & !0xFFFF_FFFF);
+            let bit = _mm512_set1_epi8(0x10);
+            q[2 * s] = _mm512_or_si512(q[2 * s], _mm512_maskz_mov_epi8(low, bit));
+            q[2 * s + 1] = _mm512_or_si512(q[2 * s + 1], _mm512_maskz_mov_epi8(high, bit));
         }
     }
     q
 }
 
-/// Per 32-bit lane, the lane's products of `q` by `x` over the four vectors, in two chains so
-/// that consecutive instructions do not wait for each other.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-fn sums(q: &[__m512i; 4], x: &[__m512i; 4]) -> __m512i {
-    let a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[0], x[0]);
-    let b = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[1], x[1]);
-    let a = _mm512_dpbusd_epi32(a, q[2], x[2]);
-    let b = _mm512_dpbusd_epi32(b, q[3], x[3]);
-    _mm512_add_epi32(a, b)
+/// Per 32-bit lane, the lane's products of `q[v]` by `x(v)` over the eight vectors, in two
+/// chains so that consecutive instructions do not wait for each other.
+#[inline(always)]
+fn sums(q: &[__m512i; 8], x: impl Fn(usize) -> __m512i) -> __m512i {
+    // SAFETY: the callers run with AVX-512 VNNI.
+    unsafe {
+        let (mut a, mut b) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+        for v in (0..8).step_by(2) {
+            a = _mm512_dpbusd_epi32(a, q[v], x(v));
+            b = _mm512_dpbusd_epi32(b, q[v + 1], x(v + 1));
+        }
+        _mm512_add_epi32(a, b)
+    }
 }
 
-/// Two columns' 512-bit sums folded to their eight lanes each, column 0's in the low half:
-/// 128-bit lanes [a.0, a.1, b.0, b.1] + [a.2, a.3, b.2, b.3], exact integer adds.
+/// 32 bytes of the first column in the low half, 32 of the second in the high.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
-fn fold(a: __m512i, b: __m512i) -> __m512i {
-    _mm512_add_epi32(
-        _mm512_shuffle_i64x2::<0b01_00_01_00>(a, b),
-        _mm512_shuffle_i64x2::<0b11_10_11_10>(a, b),
-    )
+fn both<T>(a: &[T; 32], b: &[T; 32]) -> __m512i {
+    // SAFETY: 32 readable bytes each (`T` is a byte type); no alignment requirement.
+    unsafe {
+        let low = _mm512_castsi256_si512(_mm256_loadu_si256(a.as_ptr().cast()));
+        _mm512_inserti64x4::<1>(low, _mm256_loadu_si256(b.as_ptr().cast()))
+    }
+}
+
+/// A row's 32 activation bytes in both halves.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+fn broadcast(x: &[i8; 32]) -> __m512i {
+    // SAFETY: 32 readable bytes; no alignment requirement.
+    _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(x.as_ptr().cast()) })
 }
 
 /// Float accumulators of two columns as each column's 256-bit ones.
