@@ -49,26 +49,72 @@ pub(crate) fn attend(
     let values = Strided::new(&v_store, v_layout)?;
     let group = h / hkv;
     let mut out = vec![0f32; n * h * d];
-    crate::cpu::for_each_chunk(&mut out, d, |i, out| {
-        let (token, head) = (i / h, i % h);
+    let visible = |token: usize| {
         let plan = queries[token];
-        let slots = held
-            .get(plan.row)
+        held.get(plan.row)
             .and_then(|s| s.get(plan.lo..plan.hi))
-            .ok_or_else(|| candle_core::Error::Msg("attention: bad key range".into()))?;
-        let qv = &q[(head * n + token) * d..][..d];
-        let kv_head = head / group;
-        one_query(
-            qv,
-            slots,
-            |s| keys.row(plan.row, kv_head, s, d),
-            |s| values.row(plan.row, kv_head, s, d),
-            scale,
-            out,
-        );
-        Ok(())
-    })?;
+            .map(|slots| (plan.row, slots))
+            .ok_or_else(|| candle_core::Error::Msg("attention: bad key range".into()))
+    };
+    let query = |head: usize, token: usize| &q[(head * n + token) * d..][..d];
+    if pairs_pay(n, group, d) {
+        // A key head's query heads of one token, side by side in `out`: pairs of them share
+        // each key's loads and multiplies (`two_queries`).
+        crate::cpu::for_each_chunk(&mut out, group * d, |i, out| {
+            let (token, kv_head) = (i / hkv, i % hkv);
+            let (row, slots) = visible(token)?;
+            let key = |s| keys.row(row, kv_head, s, d);
+            let value = |s| values.row(row, kv_head, s, d);
+            let first = kv_head * group;
+            let mut pairs = out.chunks_exact_mut(2 * d);
+            for (p, pair) in (&mut pairs).enumerate() {
+                let (a, b) = pair.split_at_mut(d);
+                let head = first + 2 * p;
+                let q = [query(head, token), query(head + 1, token)];
+                two_queries(q, slots, key, value, scale, [a, b]);
+            }
+            let last = pairs.into_remainder();
+            if !last.is_empty() {
+                one_query(
+                    query(first + group - 1, token),
+                    slots,
+                    key,
+                    value,
+                    scale,
+                    last,
+                );
+            }
+            Ok(())
+        })?;
+    } else {
+        crate::cpu::for_each_chunk(&mut out, d, |i, out| {
+            let (token, head) = (i / h, i % h);
+            let (row, slots) = visible(token)?;
+            let kv_head = head / group;
+            one_query(
+                query(head, token),
+                slots,
+                |s| keys.row(row, kv_head, s, d),
+                |s| values.row(row, kv_head, s, d),
+                scale,
+                out,
+            );
+            Ok(())
+        })?;
+    }
     Tensor::from_vec(out, (1, n, h * d), &candle_core::Device::Cpu)
+}
+
+/// Whether queries go to the kernels in pairs: with 512-bit vectors, several tokens (one
+/// token's items would be too few to share over the threads) and two query heads or more per
+/// key head.
+fn pairs_pay(tokens: usize, group: usize, d: usize) -> bool {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    if avx512::available() {
+        return tokens > 1 && group > 1 && d.is_multiple_of(LANES) && d <= 128;
+    }
+    let _ = (tokens, group, d);
+    false
 }
 
 /// One query head over its visible keys: softmax(q·k × scale) · v, into `out`.
@@ -93,6 +139,59 @@ fn one_query<'a>(
         scores.extend(dots.map(|x| x * scale));
     }
     scores.extend(quads.remainder().iter().map(|&s| dot(q, key(s)) * scale));
+    softmax_sum(slots, scores, value, out);
+}
+
+/// Two query heads of one key head over the same visible keys, each with `one_query`'s
+/// arithmetic: on 512-bit vectors each key's loads and multiplies serve both (the dot products
+/// were half of a verification's attention).
+fn two_queries<'a>(
+    q: [&[f32]; 2],
+    slots: &[usize],
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    scale: f32,
+    out: [&mut [f32]; 2],
+) {
+    let [out_a, out_b] = out;
+    out_a.fill(0.0);
+    out_b.fill(0.0);
+    if slots.is_empty() {
+        return;
+    }
+    let mut scores = [
+        Vec::with_capacity(slots.len()),
+        Vec::with_capacity(slots.len()),
+    ];
+    let mut quads = slots.chunks_exact(4);
+    for s in &mut quads {
+        let keys = [key(s[0]), key(s[1]), key(s[2]), key(s[3])];
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+        // SAFETY: `pairs_pay` sends queries here only where the CPU has AVX-512.
+        let dots = unsafe { avx512_dots::dots4_pair(q, keys) };
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
+        let dots = [dots4(q[0], keys), dots4(q[1], keys)];
+        for (scores, dots) in scores.iter_mut().zip(dots) {
+            scores.extend(dots.map(|x| x * scale));
+        }
+    }
+    for &s in quads.remainder() {
+        for (scores, q) in scores.iter_mut().zip(q) {
+            scores.push(dot(q, key(s)) * scale);
+        }
+    }
+    let [a, b] = scores;
+    softmax_sum(slots, a, &value, out_a);
+    softmax_sum(slots, b, &value, out_b);
+}
+
+/// `out` = softmax(scores) · v over the visible keys, in one fixed order.
+fn softmax_sum<'a>(
+    slots: &[usize],
+    mut scores: Vec<f32>,
+    value: impl Fn(usize) -> &'a [f32],
+    out: &mut [f32],
+) {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     weights(&mut scores, max);
     let total = scores.iter().sum::<f32>();
@@ -290,6 +389,15 @@ mod avx {
                     *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, y));
                 }
             }
+            reduce4(acc)
+        }
+    }
+
+    /// Each accumulator's eight lanes summed in `dot`'s order.
+    #[inline(always)]
+    pub(super) fn reduce4(acc: [__m256; 4]) -> [f32; 4] {
+        // SAFETY: the build has AVX (cfg above); the store covers `out`'s four floats.
+        unsafe {
             // Quads: lane l plus lane l + 4, for each key.
             let q =
                 acc.map(|v| _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v)));
@@ -312,10 +420,12 @@ mod avx {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    /// Whether the CPU has AVX-512 F, detected once.
+    /// Whether the CPU has AVX-512 F and DQ (every CPU with AVX-512 but the Xeon Phi),
+    /// detected once.
     pub(super) fn available() -> bool {
-        static F: std::sync::LazyLock<bool> =
-            std::sync::LazyLock::new(|| is_x86_feature_detected!("avx512f"));
+        static F: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+            is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq")
+        });
         *F
     }
 
@@ -354,6 +464,49 @@ mod avx512 {
             // SAFETY: `out` holds `D` floats, `16 * i + 16 <= D`; unaligned store.
             unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(16 * i), *acc) };
         }
+    }
+}
+
+/// `dots4` for two queries at once on 512-bit vectors: query 0's eight lanes in the low half,
+/// query 1's in the high, each key's eight values in both; every lane's multiply and add, and
+/// the reduction, are `dot`'s.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+mod avx512_dots {
+    use super::LANES;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU must have AVX-512 F and DQ.
+    #[target_feature(enable = "avx,avx512f,avx512dq")]
+    pub(crate) unsafe fn dots4_pair(q: [&[f32]; 2], keys: [&[f32]; 4]) -> [[f32; 4]; 2] {
+        let d = q[0].len();
+        assert!(
+            q[1].len() == d
+                && keys.iter().all(|k| k.len() == d)
+                && d.is_multiple_of(LANES)
+                && d <= 128,
+            "dots4_pair: lengths"
+        );
+        let mut qv = [_mm512_setzero_ps(); 16];
+        let mut acc = [_mm512_setzero_ps(); 4];
+        // SAFETY: every load reads `c..c + 8` of a slice of `d` floats, `c + 8 <= d`.
+        unsafe {
+            for (i, qv) in qv.iter_mut().enumerate().take(d / LANES) {
+                let c = i * LANES;
+                let low = _mm512_castps256_ps512(_mm256_loadu_ps(q[0].as_ptr().add(c)));
+                *qv = _mm512_insertf32x8::<1>(low, _mm256_loadu_ps(q[1].as_ptr().add(c)));
+            }
+            for (i, &qv) in qv.iter().enumerate().take(d / LANES) {
+                let c = i * LANES;
+                for (acc, k) in acc.iter_mut().zip(&keys) {
+                    let kv = _mm512_broadcast_f32x8(_mm256_loadu_ps(k.as_ptr().add(c)));
+                    *acc = _mm512_add_ps(*acc, _mm512_mul_ps(qv, kv));
+                }
+            }
+        }
+        let low = acc.map(|v| _mm512_castps512_ps256(v));
+        let high = acc.map(|v| _mm512_extractf32x8_ps::<1>(v));
+        [super::avx::reduce4(low), super::avx::reduce4(high)]
     }
 }
 
@@ -556,6 +709,33 @@ mod tests {
         unsafe { avx512::weighted_sum::<64>(&slots, &weights, value, &mut wide) };
         weighted_sum_scalar::<64>(&slots, &weights, value, &mut scalar);
         assert_eq!(wide.map(f32::to_bits), scalar.map(f32::to_bits));
+    }
+
+    /// Two queries' dot products at once are each query's single ones, bit for bit.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+    #[test]
+    fn paired_dot_products_are_single_ones() {
+        if !avx512::available() {
+            eprintln!("this CPU has no AVX-512: nothing to compare");
+            return;
+        }
+        for d in [8, 24, 64, 128] {
+            let v = filled((1, 1, 6, d), d as u32)
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let rows: Vec<&[f32]> = v.chunks_exact(d).collect();
+            assert_eq!(rows.len(), 6);
+            let keys = [rows[2], rows[3], rows[4], rows[5]];
+            // SAFETY: AVX-512 F and DQ checked above.
+            let pair = unsafe { avx512_dots::dots4_pair([rows[0], rows[1]], keys) };
+            for (q, got) in [rows[0], rows[1]].iter().zip(pair) {
+                for (k, got) in keys.iter().zip(got) {
+                    assert_eq!(got.to_bits(), dot(q, k).to_bits(), "head_dim {d}");
+                }
+            }
+        }
     }
 
     /// The same query and visible keys give the same bits whatever else the call holds.
