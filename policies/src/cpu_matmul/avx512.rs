@@ -284,17 +284,14 @@ fn nibbles<B: Unpack>(groups: [&B::Group; 2]) -> [__m512i; 8] {
 
 /// Per 32-bit lane, the lane's products of `q[v]` by `x(v)` over the eight vectors, in two
 /// chains so that consecutive instructions do not wait for each other.
-#[inline(always)]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
 fn sums(q: &[__m512i; 8], x: impl Fn(usize) -> __m512i) -> __m512i {
-    // SAFETY: the callers run with AVX-512 VNNI.
-    unsafe {
-        let (mut a, mut b) = (_mm512_setzero_si512(), _mm512_setzero_si512());
-        for v in (0..8).step_by(2) {
-            a = _mm512_dpbusd_epi32(a, q[v], x(v));
-            b = _mm512_dpbusd_epi32(b, q[v + 1], x(v + 1));
-        }
-        _mm512_add_epi32(a, b)
+    let (mut a, mut b) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+    for v in (0..8).step_by(2) {
+        a = _mm512_dpbusd_epi32(a, q[v], x(v));
+        b = _mm512_dpbusd_epi32(b, q[v + 1], x(v + 1));
     }
+    _mm512_add_epi32(a, b)
 }
 
 /// 32 bytes of the first column in the low half, 32 of the second in the high.
