@@ -54,7 +54,7 @@ fn run(
 ) -> Result<Trace, StrategyError> {
     run_as(
         strategy,
-        Execution::Batched,
+        (Execution::Batched, Speculation::OFF),
         reward,
         weight,
         learned,
@@ -65,7 +65,7 @@ fn run(
 
 fn run_as(
     strategy: Strategy,
-    execution: Execution,
+    (execution, speculation): (Execution, Speculation),
     reward: &Verifier,
     weight: f64,
     learned: &Learned,
@@ -78,7 +78,7 @@ fn run_as(
         reward_weight: weight,
         learned,
         execution,
-        speculation: Speculation::OFF,
+        speculation,
     };
     strategy.run(&engine, req, progress, None)
 }
@@ -346,7 +346,7 @@ fn sequential_tpo_finds_the_same_candidates_at_a_higher_cost() {
     .unwrap();
     let sequential = run_as(
         Strategy::Tpo,
-        Execution::Sequential,
+        (Execution::Sequential, Speculation::OFF),
         &verifier(),
         1.0,
         &Learned::default(),
@@ -380,6 +380,54 @@ fn sequential_tpo_finds_the_same_candidates_at_a_higher_cost() {
         batched.usage
     );
     assert!(sequential.usage.reward_calls > batched.usage.reward_calls);
+}
+
+#[test]
+fn speculative_tpo_finds_the_same_candidates() {
+    // Speculation changes how many tokens a forward pass yields, never which: a sampled TPO
+    // query writes the same candidates, critique and answer with and without it, so its
+    // saving is pure cost.
+    let req = Request {
+        budget: Budget::default(),
+        ..request(3, 1, 24, 0)
+    };
+    let plain = run(
+        Strategy::Tpo,
+        &verifier(),
+        1.0,
+        &Learned::default(),
+        &req,
+        None,
+    )
+    .unwrap();
+    let speculative = run_as(
+        Strategy::Tpo,
+        (Execution::Batched, Speculation::drafts(4).unpaced()),
+        &verifier(),
+        1.0,
+        &Learned::default(),
+        &req,
+        None,
+    )
+    .unwrap();
+    let texts = |t: &Trace| -> Vec<String> {
+        t.rounds
+            .iter()
+            .flat_map(|r| &r.candidates)
+            .map(|c| c.text.clone())
+            .collect()
+    };
+    assert_eq!(texts(&plain), texts(&speculative));
+    assert_eq!(plain.answer, speculative.answer);
+    assert_eq!(
+        plain.usage.tokens_generated,
+        speculative.usage.tokens_generated
+    );
+    let u = &speculative.usage;
+    assert!(
+        u.spec_accepted_tokens > 0 && u.spec_accepted_tokens < u.spec_draft_tokens,
+        "drafts must be both accepted and rejected: {u:?}"
+    );
 }
 
 #[test]

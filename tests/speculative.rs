@@ -1,5 +1,6 @@
 //! Speculative decoding on the default model is lossless: greedy output is plain greedy output,
-//! token for token, and sampled output follows the same distribution as plain sampling.
+//! token for token, sampled output is plain sampled output, seed for seed, and follows the
+//! same distribution as plain sampling under other seeds.
 
 mod common;
 
@@ -143,6 +144,27 @@ fn greedy_speculative_output_is_plain_greedy_output() {
     assert_eq!(spec.len(), plain.len(), "speculative batch rows vs plain");
     for (p, s) in plain.iter().zip(&spec) {
         assert_eq!(p.tokens, s.tokens);
+    }
+}
+
+#[test]
+fn sampled_speculative_output_is_plain_sampled_output_seed_for_seed() {
+    // Each position's token is drawn with the row's next uniform number whether it was
+    // drafted or not, so speculation changes how many tokens a forward pass yields and never
+    // which ones: drafts from the text and from a draft model, accepted and rejected.
+    let prompts: Vec<Vec<u32>> = REPEATS.iter().map(|t| chat(t)).collect();
+    let sampled = |speculate| params(40, 0.8, 7, speculate);
+    let (plain, _) = policy().generate_batch(&prompts, &sampled(0)).unwrap();
+    for (name, drafting) in [("suffix", policy()), ("draft model", self_drafted())] {
+        let (spec, stats) = drafting.generate_batch(&prompts, &sampled(4)).unwrap();
+        assert_eq!(spec.len(), plain.len(), "{name}: rows");
+        for (p, s) in plain.iter().zip(&spec) {
+            assert_eq!(p.tokens, s.tokens, "{name}: {:?} vs {:?}", p.text, s.text);
+        }
+        assert!(
+            stats.num_accepted_tokens > 0 && stats.num_accepted_tokens < stats.num_draft_tokens,
+            "{name}: drafts must be both accepted and rejected: {stats:?}"
+        );
     }
 }
 

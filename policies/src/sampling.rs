@@ -223,14 +223,8 @@ impl Sampler {
         }
     }
 
-    /// A uniform draw in [0, 1) from this sequence's generator (speculative acceptance).
-    pub fn uniform(&mut self) -> f32 {
-        self.rng.random::<f32>()
-    }
-
     /// The distribution this sampler draws from, as (token, probability) pairs in no
-    /// particular order. Speculative decoding accepts and resamples against exactly this
-    /// distribution.
+    /// particular order. Speculative verification draws from exactly this distribution too.
     ///
     /// Nothing is sorted unless top-p needs an order, and then only the tokens above a weight
     /// threshold that already holds the nucleus' mass: sorting the whole vocabulary for every
@@ -349,7 +343,7 @@ impl TokenLogprobs {
 }
 
 /// Draws from a normalized distribution with a uniform number `u` in [0, 1).
-pub fn draw(dist: &[(u32, f32)], u: f32) -> u32 {
+fn draw(dist: &[(u32, f32)], u: f32) -> u32 {
     let mut acc = 0.0;
     for &(t, p) in dist {
         acc += p;

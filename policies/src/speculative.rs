@@ -1,14 +1,18 @@
 //! Lossless speculative decoding with a model-free drafter.
 //!
 //! A drafter guesses the next few tokens; the policy checks them all in one forward pass, which
-//! on the CPU computes every drafted position exactly as a lone decoding step would (see the
-//! `attention` module), and rejection sampling (Leviathan et al. 2023; Chen et al.
-//! 2023) keeps exactly the tokens the policy itself would have produced in distribution:
-//! draft token `x` is accepted with probability `p(x)` (the drafter proposes one token with
-//! certainty, so `min(1, p/q)` is `p(x)`); at the first rejection the replacement is drawn from
-//! `p` with `x` removed, renormalized; when every draft is accepted, one more token is drawn
-//! from the policy's distribution after the last one. Under greedy decoding this accepts a
-//! draft exactly when it is the argmax, so the output is the plain greedy output.
+//! computes every drafted position exactly as a lone decoding step would (see the `attention`
+//! module and the GPU kernels' batch invariance). Each position's token is then drawn exactly
+//! as plain decoding draws it, with the row's next uniform number, and a draft is accepted
+//! when it is that token; the first token that differs from its draft ends the chunk and is
+//! kept in its place. Every drafter proposes one token with certainty per position, so this
+//! accepts a draft `x` with probability `p(x)` and, on a rejection, keeps a token drawn from
+//! `p` with `x` removed, renormalized: the rejection sampling of Leviathan et al. (2023) and
+//! Chen et al. (2023) for such drafters, with the draws coupled to plain decoding's. One
+//! uniform is used per emitted token either way, so a sampled row writes plain decoding's
+//! tokens, seed for seed, whatever was drafted; the drafts decide only how many of them one
+//! forward pass yields. Under greedy decoding a draft is accepted exactly when it is the
+//! argmax.
 //!
 //! The first drafter looks up the context's last tokens in the prompt and in what every row of
 //! the same prompt has written so far ([`crate::suffix`]). It costs next to nothing and
@@ -17,7 +21,7 @@
 //! round repeat each other. Where it has nothing, a draft model paired with the policy, if
 //! any, guesses instead ([`crate::draft`]).
 
-use crate::sampling::{draw, Sampler, Scores};
+use crate::sampling::{Sampler, Scores};
 
 /// A drafter's guess at a row's next tokens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,30 +98,18 @@ pub struct Verdict {
     pub next: u32,
 }
 
-/// Rejection sampling of `drafts` against the policy's scores. `scores[i]` is the policy's
+/// Verification of `drafts` against the policy's scores. `scores[i]` is the policy's
 /// next-token scores after the `i`-th token of the verified chunk (the token before the first
-/// draft, then each draft), so `scores.len() == drafts.len() + 1`.
+/// draft, then each draft), so `scores.len() == drafts.len() + 1`. Each position's token is
+/// drawn as plain decoding draws it ([`Sampler::choose`]), up to the first that is not its
+/// draft.
 pub fn verify(sampler: &mut Sampler, scores: &[Scores], drafts: &[u32]) -> Verdict {
+    debug_assert_eq!(scores.len(), drafts.len() + 1, "one score per position");
     for (i, &draft) in drafts.iter().enumerate() {
-        let dist = sampler.distribution_of(&scores[i]);
-        let p = dist
-            .iter()
-            .find(|(t, _)| *t == draft)
-            .map_or(0.0, |(_, p)| *p);
-        if sampler.uniform() < p {
-            continue;
+        let next = sampler.choose(&scores[i]);
+        if next != draft {
+            return Verdict { accepted: i, next };
         }
-        let residual: Vec<(u32, f32)> = dist.into_iter().filter(|(t, _)| *t != draft).collect();
-        let total: f32 = residual.iter().map(|(_, p)| p).sum();
-        let next = if total > 0.0 {
-            let residual: Vec<(u32, f32)> =
-                residual.into_iter().map(|(t, p)| (t, p / total)).collect();
-            draw(&residual, sampler.uniform())
-        } else {
-            // p(draft) was 1 and the uniform draw hit 1.0 exactly: nothing else can come.
-            draft
-        };
-        return Verdict { accepted: i, next };
     }
     Verdict {
         accepted: drafts.len(),
@@ -177,7 +169,7 @@ mod tests {
             .sum()
     }
 
-    /// Rejection sampling against heads (what a GPU step reads for top-p) keeps the nucleus'
+    /// Verification against heads (what a GPU step reads for top-p) keeps the nucleus'
     /// distribution: a draft outside the nucleus is never accepted, one inside it is accepted
     /// as often as the nucleus draws it.
     #[test]

@@ -77,7 +77,7 @@ pub fn run(a: CheckArgs) -> Result<()> {
             readouts_on_device(&on_gpu, &prompts, a.steps),
         ),
         (
-            "speculative greedy = plain greedy",
+            "speculative greedy and sampled = plain, seed for seed",
             speculation(&on_gpu, &prompts, a.steps),
         ),
         (
@@ -414,28 +414,43 @@ fn prefill_equals_steps(policy: &Policy, prompts: &[Vec<u32>]) -> Result<String>
     ))
 }
 
-/// Greedy generation with and without speculative decoding: the same tokens.
+/// Generation with and without speculative decoding, greedy and sampled (top-p, so that
+/// sampled rows read heads taken on the device): the same tokens, seed for seed.
 fn speculation(policy: &Policy, prompts: &[Vec<u32>], steps: usize) -> Result<String> {
-    let plain = GenerateParams {
-        max_tokens: steps,
-        ..Default::default()
-    };
-    let drafted = GenerateParams {
-        // Every proposed draft verified: this checks verification, not what pays.
-        speculation: Speculation::drafts(5).unpaced(),
-        ..plain.clone()
+    let sampled = SamplingParams {
+        temperature: 0.8,
+        top_p: 0.95,
+        seed: 7,
+        ..SamplingParams::default()
     };
     let mut tokens = 0;
-    for p in prompts {
-        let (a, _) = policy.generate(p, 1, &plain)?;
-        let (b, _) = policy.generate(p, 1, &drafted)?;
-        if a[0].tokens != b[0].tokens {
-            bail!("the texts differ: {:?} vs {:?}", a[0].text, b[0].text);
+    for sampling in [SamplingParams::default(), sampled] {
+        let plain = GenerateParams {
+            max_tokens: steps,
+            sampling,
+            ..Default::default()
+        };
+        let drafted = GenerateParams {
+            // Every proposed draft verified: this checks verification, not what pays.
+            speculation: Speculation::drafts(5).unpaced(),
+            ..plain.clone()
+        };
+        for p in prompts {
+            let (a, _) = policy.generate(p, 1, &plain)?;
+            let (b, _) = policy.generate(p, 1, &drafted)?;
+            if a[0].tokens != b[0].tokens {
+                bail!(
+                    "the texts differ at temperature {}: {:?} vs {:?}",
+                    plain.sampling.temperature,
+                    a[0].text,
+                    b[0].text
+                );
+            }
+            tokens += a[0].tokens.len();
         }
-        tokens += a[0].tokens.len();
     }
     Ok(format!(
-        "{tokens} tokens identical over {} prompts",
+        "{tokens} tokens identical over {} prompts, greedy and at temperature 0.8 with top-p 0.95",
         prompts.len()
     ))
 }
