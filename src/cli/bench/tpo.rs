@@ -1,9 +1,9 @@
 //! `hone bench tpo`: the cost of a TPO query run the way the reference implementation does
 //! (each candidate its own prefill and decoding, each score its own reward call), as hone runs
 //! it (a round's candidates decode as one batch over one prefill, a round is scored in one
-//! reward call), and as hone runs it with speculative decoding. The first two give the same
-//! candidates (tested in tests/optimize.rs); speculation keeps the greedy output and the
-//! sampling distribution but not the exact samples. The arms alternate query by query in one
+//! reward call), and as hone runs it with speculative decoding. All three write the same
+//! candidates, token for token (tested in tests/optimize.rs; the `same text` column says so
+//! for each query), so they differ in cost alone. The arms alternate query by query in one
 //! process.
 
 use super::BenchArgs;
@@ -60,8 +60,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         a.rounds,
         a.max_tokens
     );
-    println!("| query | arm | compute units | policy positions | tokens generated | reward calls | accepted / drafted | wall s |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| query | arm | compute units | policy positions | tokens generated | reward calls | accepted / drafted | wall s | same text |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut arms = vec![
         ("naive", Execution::Sequential, Speculation::OFF),
         ("batched", Execution::Batched, Speculation::OFF),
@@ -83,6 +83,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             seed: q as u64,
             ..Request::default()
         };
+        let mut first: Option<Vec<String>> = None;
         for (k, &(arm, execution, speculation)) in arms.iter().enumerate() {
             let learned = Learned::default();
             let engine = Engine {
@@ -94,9 +95,24 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 speculation,
             };
             let trace = Strategy::Tpo.run(&engine, &request, None, None)?;
+            let texts: Vec<String> = trace
+                .rounds
+                .iter()
+                .flat_map(|r| &r.candidates)
+                .map(|c| c.text.clone())
+                .chain([trace.answer.clone()])
+                .collect();
+            let same = match &first {
+                None => {
+                    first = Some(texts);
+                    "-"
+                }
+                Some(f) if *f == texts => "yes",
+                Some(_) => "no",
+            };
             let u = &trace.usage;
             println!(
-                "| {q} | {arm} | {} | {} | {} | {} | {} / {} | {:.1} |",
+                "| {q} | {arm} | {} | {} | {} | {} | {} / {} | {:.1} | {same} |",
                 u.compute,
                 u.policy_positions,
                 u.tokens_generated,
