@@ -72,6 +72,11 @@ pub struct Usage {
     pub spec_sibling_drafts: u64,
     pub spec_sibling_draft_tokens: u64,
     pub spec_sibling_accepted_tokens: u64,
+    /// Speculative decoding: of `spec_drafts`, `spec_draft_tokens` and `spec_accepted_tokens`,
+    /// those a draft model guessed (`--draft`; hone's own counters).
+    pub spec_model_drafts: u64,
+    pub spec_model_draft_tokens: u64,
+    pub spec_model_accepted_tokens: u64,
 }
 
 /// Records what a query spends and says what is left of its budget.
@@ -80,11 +85,8 @@ pub struct Meter {
     budget: Budget,
     reward_weight: f64,
     started: Instant,
-    policy_positions: u64,
-    reward_positions: u64,
-    tokens_generated: u64,
-    reward_calls: u64,
-    spec: [u64; 7],
+    /// Everything but `compute` and `wall_ms`, which [`Self::usage`] fills in.
+    counts: Usage,
 }
 
 impl Meter {
@@ -95,11 +97,7 @@ impl Meter {
             budget,
             reward_weight,
             started: Instant::now(),
-            policy_positions: 0,
-            reward_positions: 0,
-            tokens_generated: 0,
-            reward_calls: 0,
-            spec: [0; 7],
+            counts: Usage::default(),
         }
     }
 
@@ -108,7 +106,7 @@ impl Meter {
     }
 
     pub fn spent(&self) -> u64 {
-        self.policy_positions + self.reward_positions
+        self.counts.policy_positions + self.counts.reward_positions
     }
 
     /// Compute units left; `None` when the budget has no compute limit.
@@ -128,38 +126,32 @@ impl Meter {
 
     /// Records one policy call.
     pub fn record_generation(&mut self, stats: &GenerationStats, tokens: usize) {
-        self.policy_positions += stats.positions() as u64;
-        self.tokens_generated += tokens as u64;
-        self.spec[0] += stats.num_drafts as u64;
-        self.spec[1] += stats.num_draft_tokens as u64;
-        self.spec[2] += stats.num_accepted_tokens as u64;
-        self.spec[3] += stats.num_withheld_tokens as u64;
-        self.spec[4] += stats.num_sibling_draft_tokens as u64;
-        self.spec[5] += stats.num_sibling_accepted_tokens as u64;
-        self.spec[6] += stats.num_sibling_drafts as u64;
+        let c = &mut self.counts;
+        c.policy_positions += stats.positions() as u64;
+        c.tokens_generated += tokens as u64;
+        c.spec_drafts += stats.num_drafts as u64;
+        c.spec_draft_tokens += stats.num_draft_tokens as u64;
+        c.spec_accepted_tokens += stats.num_accepted_tokens as u64;
+        c.spec_withheld_tokens += stats.num_withheld_tokens as u64;
+        c.spec_sibling_drafts += stats.num_sibling_drafts as u64;
+        c.spec_sibling_draft_tokens += stats.num_sibling_draft_tokens as u64;
+        c.spec_sibling_accepted_tokens += stats.num_sibling_accepted_tokens as u64;
+        c.spec_model_drafts += stats.num_model_drafts as u64;
+        c.spec_model_draft_tokens += stats.num_model_draft_tokens as u64;
+        c.spec_model_accepted_tokens += stats.num_model_accepted_tokens as u64;
     }
 
     /// Records one reward call and its (estimated) cost in compute units.
     pub fn record_reward(&mut self, cost: u64) {
-        self.reward_positions += cost;
-        self.reward_calls += 1;
+        self.counts.reward_positions += cost;
+        self.counts.reward_calls += 1;
     }
 
     pub fn usage(&self) -> Usage {
         Usage {
             compute: self.spent(),
-            policy_positions: self.policy_positions,
-            reward_positions: self.reward_positions,
-            tokens_generated: self.tokens_generated,
-            reward_calls: self.reward_calls,
             wall_ms: self.started.elapsed().as_millis() as u64,
-            spec_drafts: self.spec[0],
-            spec_draft_tokens: self.spec[1],
-            spec_accepted_tokens: self.spec[2],
-            spec_withheld_tokens: self.spec[3],
-            spec_sibling_drafts: self.spec[6],
-            spec_sibling_draft_tokens: self.spec[4],
-            spec_sibling_accepted_tokens: self.spec[5],
+            ..self.counts
         }
     }
 }

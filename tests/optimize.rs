@@ -431,6 +431,43 @@ fn speculative_tpo_finds_the_same_candidates() {
 }
 
 #[test]
+fn usage_counts_a_draft_models_guesses_apart() {
+    // The default model drafting for itself: its greedy guesses are accepted where sampling
+    // picks the greedy token, and every one of them is counted under the draft model.
+    let drafted = load(&SMOLLM2).with_draft(load(&SMOLLM2)).unwrap();
+    let learned = Learned::default();
+    let reward = verifier();
+    let engine = Engine {
+        policy: &drafted,
+        reward: &reward,
+        reward_weight: 1.0,
+        learned: &learned,
+        execution: Execution::Batched,
+        speculation: Speculation::drafts(4).unpaced(),
+    };
+    let req = Request {
+        budget: Budget::default(),
+        ..request(2, 1, 16, 0)
+    };
+    let trace = Strategy::Tpo.run(&engine, &req, None, None).unwrap();
+    let u = &trace.usage;
+    assert!(
+        u.spec_model_drafts > 0 && u.spec_model_draft_tokens >= u.spec_model_drafts,
+        "{u:?}"
+    );
+    assert!(
+        u.spec_model_accepted_tokens > 0
+            && u.spec_model_accepted_tokens <= u.spec_model_draft_tokens,
+        "{u:?}"
+    );
+    assert!(
+        u.spec_model_draft_tokens + u.spec_sibling_draft_tokens <= u.spec_draft_tokens
+            && u.spec_model_accepted_tokens <= u.spec_accepted_tokens,
+        "the draft model's counts are part of the totals: {u:?}"
+    );
+}
+
+#[test]
 fn a_deadline_that_passes_during_a_long_prefill_stops_it() {
     // About 2,000 prompt tokens: seconds of prefill on any CPU, against a 300 ms deadline that
     // has not passed when the loop starts, so only the prefill's own checks can stop it.

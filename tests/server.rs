@@ -567,6 +567,18 @@ fn metrics_count_each_request_by_arm() {
                 "hone_spec_decode_num_sibling_accepted_tokens_total",
                 "spec_sibling_accepted_tokens",
             ),
+            (
+                "hone_spec_decode_num_model_drafts_total",
+                "spec_model_drafts",
+            ),
+            (
+                "hone_spec_decode_num_model_draft_tokens_total",
+                "spec_model_draft_tokens",
+            ),
+            (
+                "hone_spec_decode_num_model_accepted_tokens_total",
+                "spec_model_accepted_tokens",
+            ),
         ] {
             assert_eq!(of_arm(family), usage(field), "{a}: {family}");
         }

@@ -3,6 +3,7 @@
 
 use super::ab::Arm;
 use super::rate_limit::By;
+use crate::budget::Usage;
 use crate::strategy::tallies::Tallies;
 use crate::strategy::{Move, Trace};
 use prometheus::{
@@ -13,6 +14,65 @@ use std::time::Duration;
 
 /// The routes that run the model, the values of `hone_requests_cancelled_total`'s label.
 pub const ROUTES: [&str; 2] = ["/optimize", "/v1/chat/completions"];
+
+/// Reads one field of a query's usage.
+type UsageField = fn(&Usage) -> u64;
+
+/// Speculative decoding's counters, under vLLM's names where vLLM has them (acceptance rate =
+/// accepted / draft tokens; mean acceptance length = 1 + accepted / drafts), each with the
+/// `usage` field it adds up.
+const SPEC_COUNTERS: [(&str, &str, UsageField); 10] = [
+    (
+        "hone_spec_decode_num_drafts_total",
+        "Decoding steps that verified draft tokens",
+        |u| u.spec_drafts,
+    ),
+    (
+        "hone_spec_decode_num_draft_tokens_total",
+        "Draft tokens verified",
+        |u| u.spec_draft_tokens,
+    ),
+    (
+        "hone_spec_decode_num_accepted_tokens_total",
+        "Draft tokens accepted",
+        |u| u.spec_accepted_tokens,
+    ),
+    (
+        "hone_spec_decode_num_withheld_tokens_total",
+        "Draft tokens proposed but not verified: at their row's acceptance rate they would cost more than they save",
+        |u| u.spec_withheld_tokens,
+    ),
+    (
+        "hone_spec_decode_num_sibling_drafts_total",
+        "Drafts that the drafter found in sibling rows (other samples of the same prompt)",
+        |u| u.spec_sibling_drafts,
+    ),
+    (
+        "hone_spec_decode_num_sibling_draft_tokens_total",
+        "Draft tokens verified that the drafter found in sibling rows (other samples of the same prompt)",
+        |u| u.spec_sibling_draft_tokens,
+    ),
+    (
+        "hone_spec_decode_num_sibling_accepted_tokens_total",
+        "Draft tokens accepted that the drafter found in sibling rows",
+        |u| u.spec_sibling_accepted_tokens,
+    ),
+    (
+        "hone_spec_decode_num_model_drafts_total",
+        "Drafts that the draft model guessed",
+        |u| u.spec_model_drafts,
+    ),
+    (
+        "hone_spec_decode_num_model_draft_tokens_total",
+        "Draft tokens verified that the draft model guessed",
+        |u| u.spec_model_draft_tokens,
+    ),
+    (
+        "hone_spec_decode_num_model_accepted_tokens_total",
+        "Draft tokens accepted that the draft model guessed",
+        |u| u.spec_model_accepted_tokens,
+    ),
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -35,7 +95,8 @@ pub struct Metrics {
     auto_wins: IntGaugeVec,
     auto_win_rate: GaugeVec,
     auto_cost: GaugeVec,
-    spec: [IntCounterVec; 7],
+    /// [`SPEC_COUNTERS`]' counters, each with the `usage` field it adds up.
+    spec: Vec<(IntCounterVec, UsageField)>,
     feedback: IntCounterVec,
     rate_limited: IntCounterVec,
 }
@@ -195,51 +256,13 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
-        // Speculative decoding, under vLLM's names: acceptance rate = accepted / draft tokens;
-        // mean acceptance length = 1 + accepted / drafts.
-        let spec = [
-            (
-                "hone_spec_decode_num_drafts_total",
-                "Decoding steps that verified draft tokens",
-            ),
-            (
-                "hone_spec_decode_num_draft_tokens_total",
-                "Draft tokens verified",
-            ),
-            (
-                "hone_spec_decode_num_accepted_tokens_total",
-                "Draft tokens accepted",
-            ),
-            (
-                "hone_spec_decode_num_withheld_tokens_total",
-                "Draft tokens proposed but not verified: at their row's acceptance rate they would cost more than they save",
-            ),
-            (
-                "hone_spec_decode_num_sibling_drafts_total",
-                "Drafts that the drafter found in sibling rows (other samples of the same prompt)",
-            ),
-            (
-                "hone_spec_decode_num_sibling_draft_tokens_total",
-                "Draft tokens verified that the drafter found in sibling rows (other samples of the same prompt)",
-            ),
-            (
-                "hone_spec_decode_num_sibling_accepted_tokens_total",
-                "Draft tokens accepted that the drafter found in sibling rows",
-            ),
-        ]
-        .map(|(name, help)| IntCounterVec::new(Opts::new(name, help), &["arm"]));
-        let [drafts, draft_tokens, accepted, withheld, sibling_drafts, sibling_drafted, sibling_accepted] =
-            spec;
-        let spec = [
-            drafts?,
-            draft_tokens?,
-            accepted?,
-            withheld?,
-            sibling_drafts?,
-            sibling_drafted?,
-            sibling_accepted?,
-        ];
-        for counter in &spec {
+        let spec = SPEC_COUNTERS
+            .iter()
+            .map(|&(name, help, field)| {
+                IntCounterVec::new(Opts::new(name, help), &["arm"]).map(|c| (c, field))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (counter, _) in &spec {
             for arm in [Arm::Optimized, Arm::Plain] {
                 counter.with_label_values(&[arm.name()]);
             }
@@ -366,17 +389,10 @@ impl Metrics {
         self.tokens
             .with_label_values(&[arm.name()])
             .inc_by(trace.usage.tokens_generated);
-        let u = &trace.usage;
-        for (counter, value) in self.spec.iter().zip([
-            u.spec_drafts,
-            u.spec_draft_tokens,
-            u.spec_accepted_tokens,
-            u.spec_withheld_tokens,
-            u.spec_sibling_drafts,
-            u.spec_sibling_draft_tokens,
-            u.spec_sibling_accepted_tokens,
-        ]) {
-            counter.with_label_values(&[arm.name()]).inc_by(value);
+        for (counter, field) in &self.spec {
+            counter
+                .with_label_values(&[arm.name()])
+                .inc_by(field(&trace.usage));
         }
         if let Some(budget) = budget.filter(|&b| b > 0) {
             self.budget_ratio
