@@ -1,9 +1,15 @@
 //! A draft model: a smaller model with the policy's vocabulary that guesses the policy's next
 //! tokens where the text does not repeat (where the suffix drafter has nothing to propose).
 //!
-//! It proposes its greedy continuation, one token with certainty per position, so the
-//! policy's verification stays the one in [`crate::speculative`] and is as exact with it as
-//! with any drafter: the draft only decides how fast the policy's own tokens come.
+//! It proposes one token with certainty per position, so the policy's verification stays the
+//! one in [`crate::speculative`] and is as exact with it as with any drafter: the draft only
+//! decides how fast the policy's own tokens come. Its guess is the token the row's own sampler
+//! would draw from the draft's distribution with the uniform numbers it will draw the policy's
+//! next tokens with (the argmax when greedy): verification keeps a draft when the policy's
+//! draw with the same number is the same token, and where the two distributions are close,
+//! draws with one number mostly agree, where a greedy guess is accepted only with the
+//! probability of the draft's argmax. Which numbers come next is known (a row's generator is
+//! seeded), and reading them ahead changes nothing that is drawn.
 //!
 //! The draft keeps a cache of its own, a row for each of the policy's rows, that trails the
 //! policy's by the tokens it has not read yet (`owed`). Drafting `k` tokens feeds the owed
@@ -14,7 +20,7 @@ use crate::error::{PolicyError, Result};
 use crate::kv_cache::KvCache;
 use crate::model::{read_logits, Logits, Transformer};
 use crate::prefill::{Interrupt, Output};
-use crate::sampling::argmax;
+use crate::sampling::Sampler;
 use crate::tokenizer::Tokenizer;
 use candle_core::Device;
 
@@ -163,16 +169,24 @@ impl<'d> ModelDrafter<'d> {
         Ok(())
     }
 
-    /// Up to `lens[j]` greedy draft tokens for each cache row `j`, which feeds `next[j]` to
-    /// the policy this step. Every row drafts as many steps as the longest asks for (one
-    /// batch per step), and its guesses are cut to its length.
-    pub fn propose(&mut self, next: &[u32], lens: &[usize]) -> Result<Vec<Vec<u32>>> {
+    /// Up to `lens[j]` draft tokens for each cache row `j`, which feeds `next[j]` to the
+    /// policy this step and draws its tokens with `samplers[j]` (a copy: the row's own is not
+    /// advanced). Every row drafts as many steps as the longest asks for (one batch per step),
+    /// and its guesses are cut to its length.
+    pub fn propose(
+        &mut self,
+        next: &[u32],
+        lens: &[usize],
+        mut samplers: Vec<Sampler>,
+    ) -> Result<Vec<Vec<u32>>> {
         let rows = self.owed.len();
-        if next.len() != rows || lens.len() != rows {
+        if next.len() != rows || lens.len() != rows || samplers.len() != rows {
             return Err(inconsistent(format!(
-                "draft model: {rows} rows in its cache, {} tokens and {} lengths given",
+                "draft model: {rows} rows in its cache, {} tokens, {} lengths and {} samplers \
+                 given",
                 next.len(),
-                lens.len()
+                lens.len(),
+                samplers.len()
             )));
         }
         for (owed, &t) in self.owed.iter_mut().zip(next) {
@@ -199,8 +213,8 @@ impl<'d> ModelDrafter<'d> {
                     logits.len()
                 )));
             }
-            for (g, l) in guesses.iter_mut().zip(&logits) {
-                g.push(argmax(l));
+            for ((g, l), sampler) in guesses.iter_mut().zip(&logits).zip(&mut samplers) {
+                g.push(sampler.sample(l));
             }
             if step + 1 < steps {
                 feed = guesses.iter().map(|g| vec![g[step]]).collect();

@@ -439,7 +439,10 @@ impl Policy {
                 next = keep.iter().map(|&j| next[j]).collect();
             }
             let drafts = match &mut drafter {
-                Some(d) => guess(d, &next, drafts)?,
+                Some(d) => {
+                    let samplers = active.iter().map(|&i| rows[i].sampler.clone()).collect();
+                    guess(d, &next, drafts, samplers)?
+                }
                 None => drafts.into_iter().map(|d| d.proposal).collect(),
             };
             let chunks: Vec<Vec<u32>> = next
@@ -700,9 +703,10 @@ fn guess(
     drafter: &mut ModelDrafter,
     next: &[u32],
     drafts: Vec<StepDraft>,
+    samplers: Vec<Sampler>,
 ) -> Result<Vec<Proposal>> {
     let lens: Vec<usize> = drafts.iter().map(|d| d.model_len).collect();
-    let mut guesses = drafter.propose(next, &lens)?.into_iter();
+    let mut guesses = drafter.propose(next, &lens, samplers)?.into_iter();
     Ok(drafts
         .into_iter()
         .map(|d| {
