@@ -326,42 +326,41 @@ fn auto_explores_both_moves_then_follows_its_estimate() {
     );
 }
 
+/// A TPO query of 3 candidates and one update round, run `how`. Its budget is unlimited, so
+/// that every way of running it plans the same calls.
+fn unlimited_tpo(how: (Execution, Speculation), max_tokens: usize) -> Trace {
+    let req = Request {
+        budget: Budget::default(),
+        ..request(3, 1, max_tokens, 0)
+    };
+    run_as(
+        Strategy::Tpo,
+        how,
+        &verifier(),
+        1.0,
+        &Learned::default(),
+        &req,
+        None,
+    )
+    .unwrap()
+}
+
+/// Every candidate's text and score, in order.
+fn candidates(t: &Trace) -> Vec<(String, Option<f32>)> {
+    t.rounds
+        .iter()
+        .flat_map(|r| &r.candidates)
+        .map(|c| (c.text.clone(), c.score))
+        .collect()
+}
+
 #[test]
 fn sequential_tpo_finds_the_same_candidates_at_a_higher_cost() {
     // The reference implementation's way (a prefill per response, a reward call per score)
-    // against batching: the same trace, fewer policy positions. Unlimited budget, so that
-    // both plan the same calls.
-    let req = Request {
-        budget: Budget::default(),
-        ..request(3, 1, 16, 0)
-    };
-    let batched = run(
-        Strategy::Tpo,
-        &verifier(),
-        1.0,
-        &Learned::default(),
-        &req,
-        None,
-    )
-    .unwrap();
-    let sequential = run_as(
-        Strategy::Tpo,
-        (Execution::Sequential, Speculation::OFF),
-        &verifier(),
-        1.0,
-        &Learned::default(),
-        &req,
-        None,
-    )
-    .unwrap();
-    let texts = |t: &Trace| -> Vec<(String, Option<f32>)> {
-        t.rounds
-            .iter()
-            .flat_map(|r| &r.candidates)
-            .map(|c| (c.text.clone(), c.score))
-            .collect()
-    };
-    assert_eq!(texts(&batched), texts(&sequential));
+    // against batching: the same trace, fewer policy positions.
+    let batched = unlimited_tpo((Execution::Batched, Speculation::OFF), 16);
+    let sequential = unlimited_tpo((Execution::Sequential, Speculation::OFF), 16);
+    assert_eq!(candidates(&batched), candidates(&sequential));
     assert_eq!(batched.answer, sequential.answer);
     assert_eq!(
         batched.usage.tokens_generated,
@@ -387,37 +386,9 @@ fn speculative_tpo_finds_the_same_candidates() {
     // Speculation changes how many tokens a forward pass yields, never which: a sampled TPO
     // query writes the same candidates, critique and answer with and without it, so its
     // saving is pure cost.
-    let req = Request {
-        budget: Budget::default(),
-        ..request(3, 1, 24, 0)
-    };
-    let plain = run(
-        Strategy::Tpo,
-        &verifier(),
-        1.0,
-        &Learned::default(),
-        &req,
-        None,
-    )
-    .unwrap();
-    let speculative = run_as(
-        Strategy::Tpo,
-        (Execution::Batched, Speculation::drafts(4).unpaced()),
-        &verifier(),
-        1.0,
-        &Learned::default(),
-        &req,
-        None,
-    )
-    .unwrap();
-    let texts = |t: &Trace| -> Vec<String> {
-        t.rounds
-            .iter()
-            .flat_map(|r| &r.candidates)
-            .map(|c| c.text.clone())
-            .collect()
-    };
-    assert_eq!(texts(&plain), texts(&speculative));
+    let plain = unlimited_tpo((Execution::Batched, Speculation::OFF), 24);
+    let speculative = unlimited_tpo((Execution::Batched, Speculation::drafts(4).unpaced()), 24);
+    assert_eq!(candidates(&plain), candidates(&speculative));
     assert_eq!(plain.answer, speculative.answer);
     assert_eq!(
         plain.usage.tokens_generated,
