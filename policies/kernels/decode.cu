@@ -375,6 +375,10 @@ __device__ void mma_slots(const uint8_t *w, size_t row_bytes, int ncols, const i
                           const float *xd, int rows, int k, int z,
                           float (&acc)[4 / Z][MMA_TILES][4]) {
     constexpr int SLOTS = 4 / Z;
+    // Units a warp's loop advances by: a multiple of every type's
+    // units per block, so a slot's unit keeps its place in the block from one pass to the next.
+    constexpr int STEP = 4 * MMA_WARPS;
+    static_assert(STEP % T::UNITS == 0, "a slot's unit keeps its place in its block");
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int g = lane / 4, q = lane % 4;
     const int units = k / T::QK * T::UNITS, runs = k / 32;
@@ -384,20 +388,38 @@ __device__ void mma_slots(const uint8_t *w, size_t row_bytes, int ncols, const i
         for (int j = 0; j < MMA_TILES; j++)
 #pragma unroll
             for (int i = 0; i < 4; i++) acc[s][j][i] = 0.f;
-    const bool r0 = g < rows, r1 = g + 8 < rows;
+    // Columns past the tile's last read the last one's (valid memory; every output element
+    // depends on its own column alone, and those past the end are not kept), so every
+    // address of weights is fixed before the loop. Rows past the last load nothing: the
+    // loads of inputs are what the kernel's memory pipeline is busiest with.
     // Lane q's inputs of a unit: elements 4q.. of a piece of 16, 8q.. of a unit of 32 (whose
     // two multiplies take elements 8q.. and 8q + 4..: the same integer sum, in whole loads).
+    const bool r0 = g < rows, r1 = g + 8 < rows;
     const int8_t *x0 = xq + (size_t)g * k + 4 * T::SPAN * q, *x1 = x0 + (size_t)8 * k;
     const float *d0 = xd + (size_t)g * runs, *d1 = d0 + (size_t)8 * runs;
-    for (int u0 = warp; u0 < units; u0 += 4 * MMA_WARPS) {
-        // Slot z + Z s takes unit u0 + 8 (z + Z s); past the last unit it loads unit u0
-        // again and adds nothing, so every load is unconditional and the slots can overlap.
+    // Lane q's words of column 8j + g; and the scales of column 8 (q % MMA_TILES) + g: lane
+    // 4c + j holds those of column 8j + c, which lanes whose outputs lie in that column take
+    // when they add.
+    const uint8_t *wc[MMA_TILES];
+#pragma unroll
+    for (int j = 0; j < MMA_TILES; j++) wc[j] = w + (size_t)min(8 * j + g, ncols - 1) * row_bytes;
+    const uint8_t *ws = w + (size_t)min(8 * (q % MMA_TILES) + g, ncols - 1) * row_bytes;
+    // Slot s takes unit u0 + 8 (z + Z s) of each pass: unit t of its block, always the same.
+    int t[SLOTS], blk0[SLOTS];
+#pragma unroll
+    for (int s = 0; s < SLOTS; s++) {
+        const int v = warp + (z + Z * s) * MMA_WARPS;
+        t[s] = v % T::UNITS;
+        blk0[s] = v / T::UNITS;
+    }
+    for (int u0 = warp, pass = 0; u0 < units; u0 += STEP, pass++) {
+        // Past the last unit a slot loads from unit u0's block and adds nothing.
         MmaLoad<T> ld[SLOTS];
 #pragma unroll
         for (int s = 0; s < SLOTS; s++) {
-            const int at = u0 + (z + Z * s) * MMA_WARPS;
-            const int u = at < units ? at : u0;
-            const int blk = u / T::UNITS, t = u % T::UNITS, e = blk * T::QK + 16 * T::SPAN * t;
+            const bool live = u0 + (z + Z * s) * MMA_WARPS < units;
+            const int blk = (live ? blk0[s] : warp / T::UNITS) + pass * (STEP / T::UNITS);
+            const int e = blk * T::QK + 16 * T::SPAN * t[s];
             if constexpr (T::SPAN == 2) {
                 const uint2 v0 = r0 ? ld8(x0 + e) : make_uint2(0, 0);
                 const uint2 v1 = r1 ? ld8(x1 + e) : make_uint2(0, 0);
@@ -409,23 +431,18 @@ __device__ void mma_slots(const uint8_t *w, size_t row_bytes, int ncols, const i
             }
             ld[s].dx0 = r0 ? d0[e / 32] : 0.f;
             ld[s].dx1 = r1 ? d1[e / 32] : 0.f;
+            const size_t at = (size_t)blk * T::BYTES;
 #pragma unroll
             for (int j = 0; j < MMA_TILES; j++) {
-                // Lane q's words of column 8j + g.
-                const int col = 8 * j + g < ncols ? 8 * j + g : 0;
-                const uint8_t *p = w + col * row_bytes + (size_t)blk * T::BYTES;
                 if constexpr (T::SPAN == 2) {
-                    const int2 b = T::pair(p, t, q);
+                    const int2 b = T::pair(wc[j] + at, t[s], q);
                     ld[s].b[j][0] = b.x, ld[s].b[j][1] = b.y;
                 } else {
-                    ld[s].b[j][0] = T::word(p, t, q);
+                    ld[s].b[j][0] = T::word(wc[j] + at, t[s], q);
                 }
             }
-            // The scales of column 8 (q % MMA_TILES) + g: lane 4c + j holds those of column
-            // 8j + c, which lanes whose outputs lie in that column take when they add.
-            const int sj = q % MMA_TILES, scol = 8 * sj + g < ncols ? 8 * sj + g : 0;
             ld[s].m = 0.f;
-            T::scale(w + scol * row_bytes + (size_t)blk * T::BYTES, t, ld[s].d, ld[s].m);
+            T::scale(ws + at, t[s], ld[s].d, ld[s].m);
         }
 #pragma unroll
         for (int s = 0; s < SLOTS; s++) {
