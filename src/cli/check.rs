@@ -255,8 +255,8 @@ fn greedy_logits(policy: &Policy, rows: &[Vec<u32>], steps: usize) -> Result<Vec
 /// from the logits read back whole, at every step of 16 rows decoding greedily: each row's
 /// greedy token must be the argmax, and each row's head under TPO's sampling (T = 0.7, top-p
 /// 0.95) must give the distribution of the whole logits, within float rounding (a total
-/// variation distance under 1e-4, or the nucleus' last token alone on the other side of
-/// top-p, see [`boundary_tokens`]).
+/// variation distance under 1e-4, or the nucleus' tail alone on the other side of top-p,
+/// see [`boundary_tokens`]).
 fn readouts_on_device(policy: &Policy, prompts: &[Vec<u32>], steps: usize) -> Result<String> {
     let model = policy.model();
     let sampler = Sampler::new(SamplingParams {
