@@ -375,8 +375,8 @@ __device__ void mma_slots(const uint8_t *w, size_t row_bytes, int ncols, const i
                           const float *xd, int rows, int k, int z,
                           float (&acc)[4 / Z][MMA_TILES][4]) {
     constexpr int SLOTS = 4 / Z;
-    // Units a warp's loop advances by: a multiple of every type's
-    // units per block, so a slot's unit keeps its place in the block from one pass to the next.
+    // Units a warp's loop advances by: a multiple of every type's units per block, so a
+    // slot's unit keeps its place in the block from one pass to the next.
     constexpr int STEP = 4 * MMA_WARPS;
     static_assert(STEP % T::UNITS == 0, "a slot's unit keeps its place in its block");
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;

@@ -330,11 +330,10 @@ fn boundary_tokens(a: &[(u32, f32)], b: &[(u32, f32)]) -> Result<usize> {
             .collect::<std::collections::BTreeSet<_>>()
     };
     let (ia, ib) = (ids(a), ids(b));
-    let (only_a, only_b) = (ia.difference(&ib).count(), ib.difference(&ia).count());
-    let (side, only, other) = match (only_a, only_b) {
-        (0, 0) => return Ok(0),
-        (n, 0) => (a, n, &ib),
-        (0, n) => (b, n, &ia),
+    let (side, other) = match (ia.is_subset(&ib), ib.is_subset(&ia)) {
+        (true, true) => return Ok(0),
+        (false, true) => (a, &ib),
+        (true, false) => (b, &ia),
         _ => bail!("the head's nucleus and the logits' each hold tokens the other does not"),
     };
     let shared_least = side
@@ -351,10 +350,13 @@ fn boundary_tokens(a: &[(u32, f32)], b: &[(u32, f32)]) -> Result<usize> {
         bail!("a token of probability {p} is in one nucleus only but likelier than one in both");
     }
     let mass: f32 = tail.iter().sum();
-    if only > 1 && mass > 1e-3 {
-        bail!("the nuclei differ in {only} tokens holding {mass} of the probability");
+    if tail.len() > 1 && mass > 1e-3 {
+        bail!(
+            "the nuclei differ in {} tokens holding {mass} of the probability",
+            tail.len()
+        );
     }
-    Ok(only)
+    Ok(tail.len())
 }
 
 /// Half the L1 distance between two distributions over `vocab` tokens.
