@@ -57,51 +57,53 @@ pub(crate) fn attend(
             .ok_or_else(|| candle_core::Error::Msg("attention: bad key range".into()))
     };
     let query = |head: usize, token: usize| &q[(head * n + token) * d..][..d];
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
     if pairs_pay(n, group, d) {
-        // A key head's query heads of one token, side by side in `out`: pairs of them share
-        // each key's loads and multiplies (`two_queries`).
-        crate::cpu::for_each_chunk(&mut out, group * d, |i, out| {
-            let (token, kv_head) = (i / hkv, i % hkv);
-            let (row, slots) = visible(token)?;
+        // Runs of up to two tokens of one row that see keys from the same first slot, and
+        // a key head: the run's query heads go through `pairs` two at a time, each pair
+        // sharing every key's loads and multiplies. Items write their queries side by side
+        // in `items`, copied into place after.
+        let runs = runs_of_tokens(queries);
+        let size = 2 * group * d;
+        let mut items = vec![0f32; runs.len() * hkv * size];
+        crate::cpu::for_each_chunk(&mut items, size, |i, item| {
+            let (tokens, kv_head) = (runs[i / hkv].clone(), i % hkv);
+            let (row, _) = visible(tokens.start)?;
             let key = |s| keys.row(row, kv_head, s, d);
             let value = |s| values.row(row, kv_head, s, d);
-            let first = kv_head * group;
-            let mut pairs = out.chunks_exact_mut(2 * d);
-            for (p, pair) in (&mut pairs).enumerate() {
-                let (a, b) = pair.split_at_mut(d);
-                let head = first + 2 * p;
-                let q = [query(head, token), query(head + 1, token)];
-                two_queries(q, slots, key, value, scale, [a, b]);
+            let mut sees = Vec::with_capacity(tokens.len() * group);
+            for token in tokens.clone() {
+                let (_, slots) = visible(token)?;
+                for head in kv_head * group..(kv_head + 1) * group {
+                    sees.push((query(head, token), slots));
+                }
             }
-            let last = pairs.into_remainder();
-            if !last.is_empty() {
-                one_query(
-                    query(first + group - 1, token),
-                    slots,
-                    key,
-                    value,
-                    scale,
-                    last,
-                );
-            }
+            pairs(&sees, key, value, scale, item);
             Ok(())
         })?;
-    } else {
-        crate::cpu::for_each_chunk(&mut out, d, |i, out| {
-            let (token, head) = (i / h, i % h);
-            let (row, slots) = visible(token)?;
-            let kv_head = head / group;
-            one_query(
-                query(head, token),
-                slots,
-                |s| keys.row(row, kv_head, s, d),
-                |s| values.row(row, kv_head, s, d),
-                scale,
-                out,
-            );
-            Ok(())
-        })?;
+        for (i, item) in items.chunks_exact(size).enumerate() {
+            let (tokens, kv_head) = (runs[i / hkv].clone(), i % hkv);
+            for (t, from) in tokens.zip(item.chunks_exact(group * d)) {
+                let at = (t * h + kv_head * group) * d;
+                out[at..at + group * d].copy_from_slice(from);
+            }
+        }
+        return Tensor::from_vec(out, (1, n, h * d), &candle_core::Device::Cpu);
     }
+    crate::cpu::for_each_chunk(&mut out, d, |i, out| {
+        let (token, head) = (i / h, i % h);
+        let (row, slots) = visible(token)?;
+        let kv_head = head / group;
+        one_query(
+            query(head, token),
+            slots,
+            |s| keys.row(row, kv_head, s, d),
+            |s| values.row(row, kv_head, s, d),
+            scale,
+            out,
+        );
+        Ok(())
+    })?;
     Tensor::from_vec(out, (1, n, h * d), &candle_core::Device::Cpu)
 }
 
@@ -111,7 +113,7 @@ pub(crate) fn attend(
 fn pairs_pay(tokens: usize, group: usize, d: usize) -> bool {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
     if avx512::available() {
-        return tokens > 1 && group > 1 && d.is_multiple_of(LANES) && d <= 128;
+        return tokens > 1 && group > 1 && (d == 64 || d == 128);
     }
     let _ = (tokens, group, d);
     false
@@ -142,47 +144,63 @@ fn one_query<'a>(
     softmax_sum(slots, scores, value, out);
 }
 
-/// Two query heads of one key head over the same visible keys, each with `one_query`'s
-/// arithmetic: on 512-bit vectors each key's loads and multiplies serve both (the dot products
-/// were half of a verification's attention).
-fn two_queries<'a>(
-    q: [&[f32]; 2],
-    slots: &[usize],
+/// The tokens cut into runs of up to two that share a row and a first visible slot (a
+/// prompt's or a verification's consecutive tokens; a batch's rows stay apart).
+fn runs_of_tokens(queries: &[QueryKeys]) -> Vec<std::ops::Range<usize>> {
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (t, plan) in queries.iter().enumerate() {
+        match runs.last_mut() {
+            Some(run)
+                if run.len() < 2
+                    && queries[run.start].row == plan.row
+                    && queries[run.start].lo == plan.lo =>
+            {
+                run.end = t + 1
+            }
+            _ => runs.push(t..t + 1),
+        }
+    }
+    runs
+}
+
+/// Queries of one key head (their vectors and the slots each sees, all from the same first
+/// slot), each with `one_query`'s arithmetic, into `out` side by side: on 512-bit vectors two
+/// at a time, each key's loads and multiplies serving both (the dot products were half of a
+/// verification's attention). A pair's scores run over the longer of its two ranges; each
+/// query's softmax reads only its own.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+fn pairs<'a>(
+    sees: &[(&[f32], &[usize])],
     key: impl Fn(usize) -> &'a [f32],
     value: impl Fn(usize) -> &'a [f32],
     scale: f32,
-    out: [&mut [f32]; 2],
+    out: &mut [f32],
 ) {
-    let [out_a, out_b] = out;
-    out_a.fill(0.0);
-    out_b.fill(0.0);
-    if slots.is_empty() {
-        return;
+    let d = sees.first().map_or(0, |(q, _)| q.len());
+    let mut outs = out.chunks_exact_mut(d.max(1));
+    let mut sees = sees.chunks_exact(2);
+    for pair in &mut sees {
+        let [(qa, a), (qb, b)] = [pair[0], pair[1]];
+        let (Some(out_a), Some(out_b)) = (outs.next(), outs.next()) else {
+            return;
+        };
+        let slots = if a.len() >= b.len() { a } else { b };
+        // SAFETY: `pairs_pay` sends queries here only where the CPU has AVX-512 F and DQ,
+        // and only with head sizes 64 and 128.
+        let [mut sa, mut sb] = unsafe {
+            match d {
+                64 => avx512_dots::scores_pair::<64>([qa, qb], slots, &key, scale),
+                _ => avx512_dots::scores_pair::<128>([qa, qb], slots, &key, scale),
+            }
+        };
+        sa.truncate(a.len());
+        sb.truncate(b.len());
+        softmax_sum(a, sa, &value, out_a);
+        softmax_sum(b, sb, &value, out_b);
     }
-    let mut scores = [
-        Vec::with_capacity(slots.len()),
-        Vec::with_capacity(slots.len()),
-    ];
-    let mut quads = slots.chunks_exact(4);
-    for s in &mut quads {
-        let keys = [key(s[0]), key(s[1]), key(s[2]), key(s[3])];
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-        // SAFETY: `pairs_pay` sends queries here only where the CPU has AVX-512.
-        let dots = unsafe { avx512_dots::dots4_pair(q, keys) };
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
-        let dots = [dots4(q[0], keys), dots4(q[1], keys)];
-        for (scores, dots) in scores.iter_mut().zip(dots) {
-            scores.extend(dots.map(|x| x * scale));
-        }
+    if let ([(q, slots)], Some(out)) = (sees.remainder(), outs.next()) {
+        one_query(q, slots, &key, &value, scale, out);
     }
-    for &s in quads.remainder() {
-        for (scores, q) in scores.iter_mut().zip(q) {
-            scores.push(dot(q, key(s)) * scale);
-        }
-    }
-    let [a, b] = scores;
-    softmax_sum(slots, a, &value, out_a);
-    softmax_sum(slots, b, &value, out_b);
 }
 
 /// `out` = softmax(scores) · v over the visible keys, in one fixed order.
@@ -193,7 +211,7 @@ fn softmax_sum<'a>(
     out: &mut [f32],
 ) {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    weights(&mut scores, max);
+    crate::exp::exp_minus(&mut scores, max);
     let total = scores.iter().sum::<f32>();
     match out.len() {
         64 => weighted_sum::<64>(slots, &scores, value, out),
@@ -292,89 +310,12 @@ fn dots<const N: usize>(a: &[f32], bs: [&[f32]; N]) -> [f32; N] {
 
 const LANES: usize = 8;
 
-/// `e^(s - max)` for every score, in place: softmax's weights, eight at a time in AVX
-/// registers where the build has AVX, with `exp_below`'s arithmetic either way (libm's `expf`,
-/// one call per key, was 6% of a long prefill).
-fn weights(scores: &mut [f32], max: f32) {
-    let mut eights = scores.chunks_exact_mut(LANES);
-    for s in &mut eights {
-        #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
-        avx::exp_below(s, max);
-        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
-        s.iter_mut().for_each(|s| *s = exp_below(*s - max));
-    }
-    for s in eights.into_remainder() {
-        *s = exp_below(*s - max);
-    }
-}
-
-/// `e^x` for `x <= 0` (Cephes' `expf`: `x = n ln 2 + r`, `e^r` by a polynomial, times `2^n`),
-/// within 2 units in the last place; below -87.3 (where `e^x` leaves the normal floats) it
-/// gives `e^-87.3`, a weight no sum of them can notice. Multiplies and adds never fused, in one
-/// order, so the AVX lanes (`avx::exp_below`) give these bits.
-fn exp_below(x: f32) -> f32 {
-    let x = x.max(EXP_MIN);
-    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let mut p = EXP_POLY[0];
-    for c in &EXP_POLY[1..] {
-        p = p * r + c;
-    }
-    let y = (p * (r * r) + r) + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
-const EXP_MIN: f32 = -87.3;
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
-const EXP_POLY: [f32; 6] = [
-    1.987_569_2e-4,
-    1.398_2e-3,
-    8.333_452e-3,
-    4.166_579_6e-2,
-    0.166_666_65,
-    0.5,
-];
-
 /// `dots4` in AVX registers: the four keys' eight lanes and their reduction, in `dot`'s order
 /// (a multiply, then an add, never fused; lanes `l` and `l + 4`, then quads 0 + 2 and 1 + 3).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
 mod avx {
     use super::LANES;
     use std::arch::x86_64::*;
-
-    /// `exp_below(s - max)` for eight scores, lane by lane with its arithmetic.
-    pub(super) fn exp_below(s: &mut [f32], max: f32) {
-        use super::{EXP_MIN, EXP_POLY, LN2_HI, LN2_LO};
-        assert_eq!(s.len(), LANES);
-        // SAFETY: the build has AVX (cfg above); the load and the store cover `s`'s eight
-        // floats (checked above), unaligned.
-        unsafe {
-            let x = _mm256_sub_ps(_mm256_loadu_ps(s.as_ptr()), _mm256_set1_ps(max));
-            let x = _mm256_max_ps(x, _mm256_set1_ps(EXP_MIN));
-            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-            );
-            let r = _mm256_sub_ps(
-                _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI))),
-                _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)),
-            );
-            let mut p = _mm256_set1_ps(EXP_POLY[0]);
-            for &c in &EXP_POLY[1..] {
-                p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c));
-            }
-            let one = _mm256_set1_ps(1.0);
-            let y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), one);
-            // 2^n from n's bits: (n + 127) << 23. AVX has no 256-bit integer shift; the
-            // conversion and the shift run on the two 128-bit halves.
-            let e = _mm256_cvtps_epi32(n);
-            let bias = _mm_set1_epi32(127);
-            let lo = _mm_slli_epi32::<23>(_mm_add_epi32(_mm256_castsi256_si128(e), bias));
-            let hi = _mm_slli_epi32::<23>(_mm_add_epi32(_mm256_extractf128_si256::<1>(e), bias));
-            let pow = _mm256_castsi256_ps(_mm256_set_m128i(hi, lo));
-            _mm256_storeu_ps(s.as_mut_ptr(), _mm256_mul_ps(y, pow));
-        }
-    }
 
     pub(super) fn dots4(a: &[f32], bs: [&[f32]; 4]) -> [f32; 4] {
         assert!(bs.iter().all(|b| b.len() == a.len()) && a.len().is_multiple_of(LANES));
@@ -467,46 +408,69 @@ mod avx512 {
     }
 }
 
-/// `dots4` for two queries at once on 512-bit vectors: query 0's eight lanes in the low half,
-/// query 1's in the high, each key's eight values in both; every lane's multiply and add, and
-/// the reduction, are `dot`'s.
+/// `dots4` for two queries at once on 512-bit vectors, each key's eight values in both halves;
+/// every lane's multiply and add, and the reduction, are `dot`'s.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
 mod avx512_dots {
     use super::LANES;
     use std::arch::x86_64::*;
 
+    /// Two queries' scaled dot products with the keys of `slots`, in slot order: query 0's
+    /// eight lanes in the low half of each vector, query 1's in the high, held in registers
+    /// over all the keys (`D / 8` vectors); four keys at a time as `dots4`, the rest as `dot`.
+    ///
     /// # Safety
     /// The CPU must have AVX-512 F and DQ.
     #[target_feature(enable = "avx,avx512f,avx512dq")]
-    pub(crate) unsafe fn dots4_pair(q: [&[f32]; 2], keys: [&[f32]; 4]) -> [[f32; 4]; 2] {
-        let d = q[0].len();
-        assert!(
-            q[1].len() == d
-                && keys.iter().all(|k| k.len() == d)
-                && d.is_multiple_of(LANES)
-                && d <= 128,
-            "dots4_pair: lengths"
-        );
+    pub(crate) unsafe fn scores_pair<'a, const D: usize>(
+        q: [&[f32]; 2],
+        slots: &[usize],
+        key: impl Fn(usize) -> &'a [f32],
+        scale: f32,
+    ) -> [Vec<f32>; 2] {
+        const { assert!(D.is_multiple_of(LANES) && D <= 128, "up to 128 in eights") };
+        let (Some(q0), Some(q1)) = (q[0].first_chunk::<D>(), q[1].first_chunk::<D>()) else {
+            panic!("scores_pair: queries shorter than {D}");
+        };
         let mut qv = [_mm512_setzero_ps(); 16];
-        let mut acc = [_mm512_setzero_ps(); 4];
-        // SAFETY: every load reads `c..c + 8` of a slice of `d` floats, `c + 8 <= d`.
-        unsafe {
-            for (i, qv) in qv.iter_mut().enumerate().take(d / LANES) {
-                let c = i * LANES;
-                let low = _mm512_castps256_ps512(_mm256_loadu_ps(q[0].as_ptr().add(c)));
-                *qv = _mm512_insertf32x8::<1>(low, _mm256_loadu_ps(q[1].as_ptr().add(c)));
+        for (i, qv) in qv.iter_mut().enumerate().take(D / LANES) {
+            // SAFETY: `8i + 8 <= D`, the length of both queries; unaligned loads.
+            unsafe {
+                let low = _mm512_castps256_ps512(_mm256_loadu_ps(q0.as_ptr().add(i * LANES)));
+                *qv = _mm512_insertf32x8::<1>(low, _mm256_loadu_ps(q1.as_ptr().add(i * LANES)));
             }
-            for (i, &qv) in qv.iter().enumerate().take(d / LANES) {
-                let c = i * LANES;
+        }
+        let mut scores = [
+            Vec::with_capacity(slots.len()),
+            Vec::with_capacity(slots.len()),
+        ];
+        let mut quads = slots.chunks_exact(4);
+        for s in &mut quads {
+            let keys = [key(s[0]), key(s[1]), key(s[2]), key(s[3])].map(|k| {
+                k.first_chunk::<D>()
+                    .unwrap_or_else(|| panic!("scores_pair: keys shorter than {D}"))
+            });
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for (i, &qv) in qv.iter().enumerate().take(D / LANES) {
                 for (acc, k) in acc.iter_mut().zip(&keys) {
-                    let kv = _mm512_broadcast_f32x8(_mm256_loadu_ps(k.as_ptr().add(c)));
+                    // SAFETY: `8i + 8 <= D`, the key's length; unaligned load.
+                    let kv = _mm512_broadcast_f32x8(unsafe {
+                        _mm256_loadu_ps(k.as_ptr().add(i * LANES))
+                    });
                     *acc = _mm512_add_ps(*acc, _mm512_mul_ps(qv, kv));
                 }
             }
+            let low = super::avx::reduce4(acc.map(|v| _mm512_castps512_ps256(v)));
+            let high = super::avx::reduce4(acc.map(|v| _mm512_extractf32x8_ps::<1>(v)));
+            scores[0].extend(low.map(|x| x * scale));
+            scores[1].extend(high.map(|x| x * scale));
         }
-        let low = acc.map(|v| _mm512_castps512_ps256(v));
-        let high = acc.map(|v| _mm512_extractf32x8_ps::<1>(v));
-        [super::avx::reduce4(low), super::avx::reduce4(high)]
+        for &s in quads.remainder() {
+            for (scores, q) in scores.iter_mut().zip(q) {
+                scores.push(super::dot(q, key(s)) * scale);
+            }
+        }
+        scores
     }
 }
 
@@ -543,29 +507,6 @@ impl<'a> Strided<'a> {
 mod tests {
     use super::*;
     use candle_core::Device;
-
-    /// Softmax's weights against f64's `exp` over the range they take, and the AVX lanes
-    /// against the scalar arithmetic, bit for bit.
-    #[test]
-    fn weights_are_exp_within_two_ulp() {
-        let xs: Vec<f32> = (0..=87_000).map(|i| -(i as f32) * 1e-3).collect();
-        let mut w = xs.clone();
-        weights(&mut w, 0.0);
-        assert_eq!(w.len(), xs.len());
-        for (&x, &y) in xs.iter().zip(&w) {
-            let exact = (x as f64).exp();
-            let rel = ((y as f64 - exact) / exact).abs();
-            assert!(
-                rel < 2.5e-7,
-                "e^{x}: {y} against {exact} (relative {rel:e})"
-            );
-            assert_eq!(y.to_bits(), exp_below(x).to_bits(), "e^{x}");
-        }
-        assert_eq!(exp_below(0.0), 1.0);
-        let mut far = [-1e4f32; LANES];
-        weights(&mut far, 0.0);
-        assert!(far.iter().all(|&y| y > 0.0 && y < 1e-37));
-    }
 
     /// A plain reference: softmax over the visible keys in f64.
     fn reference(q: &[f32], keys: &[Vec<f32>], values: &[Vec<f32>], scale: f32) -> Vec<f32> {
@@ -711,31 +652,37 @@ mod tests {
         assert_eq!(wide.map(f32::to_bits), scalar.map(f32::to_bits));
     }
 
-    /// Two queries' dot products at once are each query's single ones, bit for bit.
+    /// Two queries' scores at once are each query's single dot products, scaled, bit for
+    /// bit, for four keys at a time and for the keys left over.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
     #[test]
-    fn paired_dot_products_are_single_ones() {
+    fn paired_scores_are_single_dot_products() {
         if !avx512::available() {
             eprintln!("this CPU has no AVX-512: nothing to compare");
             return;
         }
-        for d in [8, 24, 64, 128] {
-            let v = filled((1, 1, 6, d), d as u32)
+        fn check<const D: usize>() {
+            let v = filled((1, 1, 9, D), D as u32)
                 .flatten_all()
                 .unwrap()
                 .to_vec1::<f32>()
                 .unwrap();
-            let rows: Vec<&[f32]> = v.chunks_exact(d).collect();
-            assert_eq!(rows.len(), 6);
-            let keys = [rows[2], rows[3], rows[4], rows[5]];
+            let rows: Vec<&[f32]> = v.chunks_exact(D).collect();
+            assert_eq!(rows.len(), 9);
+            let slots = [8, 2, 5, 3, 7, 4, 6];
+            let q = [rows[0], rows[1]];
             // SAFETY: AVX-512 F and DQ checked above.
-            let pair = unsafe { avx512_dots::dots4_pair([rows[0], rows[1]], keys) };
-            for (q, got) in [rows[0], rows[1]].iter().zip(pair) {
-                for (k, got) in keys.iter().zip(got) {
-                    assert_eq!(got.to_bits(), dot(q, k).to_bits(), "head_dim {d}");
+            let pair = unsafe { avx512_dots::scores_pair::<D>(q, &slots, |s| rows[s], 0.3) };
+            for (q, got) in q.iter().zip(pair) {
+                assert_eq!(got.len(), slots.len());
+                for (&s, got) in slots.iter().zip(got) {
+                    let want = dot(q, rows[s]) * 0.3;
+                    assert_eq!(got.to_bits(), want.to_bits(), "head_dim {D}, key {s}");
                 }
             }
         }
+        check::<64>();
+        check::<128>();
     }
 
     /// The same query and visible keys give the same bits whatever else the call holds.
@@ -749,12 +696,19 @@ mod tests {
             (0..40).step_by(2).collect(),
             (5..40).collect(),
         ];
+        // A batch's rows one token each, then a verification's consecutive tokens of one row
+        // (runs of two whose ranges differ by a key: a pair may join two tokens' heads).
         let crowd: Vec<QueryKeys> = (0..9)
             .map(|i| QueryKeys {
                 row: i % 3,
                 lo: i % 2,
                 hi: 10 + i,
             })
+            .chain((0..5).map(|i| QueryKeys {
+                row: 1,
+                lo: 0,
+                hi: 14 + i,
+            }))
             .collect();
         let q = filled((1, h, crowd.len(), d), 7);
         let together = attend(&q, &k, &v, &held, &crowd, 0.125).unwrap();

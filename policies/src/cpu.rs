@@ -168,8 +168,10 @@ impl<T> Shared<T> {
 }
 
 /// `silu(gate) · up`, element by element over the pool: the gated MLP's activation in one
-/// pass, where candle's ops take two on the calling thread and allocate twice. The formula is
-/// candle's `silu`, `x / (1 + e^-x)`.
+/// pass, where candle's ops take two on the calling thread and allocate twice. `silu(x)` is
+/// `x / (1 + e^-x)`, taken as `x · e^x / (1 + e^x)` below 0 so that the exponential is
+/// always `e^-|x|` (`crate::exp`, eight values at a time; libm's `expf`, one call per value,
+/// was 4% of a 5-position verification).
 pub(crate) fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor> {
     if gate.shape() != up.shape() {
         candle_core::bail!("silu_mul: gate {:?} and up {:?}", gate.shape(), up.shape());
@@ -188,8 +190,19 @@ pub(crate) fn silu_mul(gate: &Tensor, up: &Tensor) -> candle_core::Result<Tensor
     for_each_chunk(&mut out, CHUNK, |i, out| {
         let from = i * CHUNK;
         let (g, u) = (&g[from..from + out.len()], &u[from..from + out.len()]);
+        // e^-|g|, at most 1: no overflow on either side of 0.
+        for (y, &g) in out.iter_mut().zip(g) {
+            *y = -g.abs();
+        }
+        crate::exp::exp_minus(out, 0.0);
         for ((y, &g), &u) in out.iter_mut().zip(g).zip(u) {
-            *y = g / (1.0 + (-g).exp()) * u;
+            let e = *y;
+            let silu = if g >= 0.0 {
+                g / (1.0 + e)
+            } else {
+                g * e / (1.0 + e)
+            };
+            *y = silu * u;
         }
         Ok(())
     })?;
@@ -235,16 +248,24 @@ mod tests {
         assert_eq!(inner.load(Ordering::Relaxed), 64);
     }
 
-    /// The fused activation gives candle's `silu(gate) * up` bit for bit, over more values
-    /// than one chunk of the pool takes, so that several threads write.
+    /// The fused activation against `silu(gate) * up` in f64, within 8 units in the last
+    /// place, over more values than one chunk of the pool takes (so that several threads
+    /// write) and over gates far on both sides of 0, where `e^-x` alone would overflow.
     #[test]
-    fn silu_mul_is_candles_silu_times_up() {
+    fn silu_mul_is_silu_times_up() {
         let n = 3 * 4096 + 77;
         let gate: Vec<f32> = (0..n)
             .map(|i| ((i * 7919) % 2001) as f32 / 100.0 - 10.0)
+            .chain([-120.0, -88.0, -0.0, 0.0, 88.0, 120.0])
             .collect();
+        let n = gate.len();
         let up: Vec<f32> = (0..n)
             .map(|i| ((i * 104_729) % 1999) as f32 / 500.0 - 2.0)
+            .collect();
+        let expected: Vec<f64> = gate
+            .iter()
+            .zip(&up)
+            .map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64)
             .collect();
         let gate = Tensor::from_vec(gate, (1, n), &Device::Cpu).unwrap();
         let up = Tensor::from_vec(up, (1, n), &Device::Cpu).unwrap();
@@ -254,12 +275,12 @@ mod tests {
             .unwrap()
             .to_vec1()
             .unwrap();
-        let candle = (candle_nn::ops::silu(&gate).unwrap() * &up).unwrap();
-        let candle: Vec<f32> = candle.flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(ours.len(), n);
-        assert_eq!(ours.len(), candle.len());
-        for (i, (a, b)) in ours.iter().zip(&candle).enumerate() {
-            assert_eq!(a.to_bits(), b.to_bits(), "value {i}: {a} against {b}");
+        assert_eq!(ours.len(), expected.len());
+        for (i, (&a, &b)) in ours.iter().zip(&expected).enumerate() {
+            // Below -87.3, e^x is taken as e^-87.3 (about 1e-38): far gates give a few 1e-36
+            // where silu is smaller still.
+            let bound = 8.0 * f32::EPSILON as f64 * b.abs() + 1e-33;
+            assert!((a as f64 - b).abs() <= bound, "value {i}: {a} against {b}");
         }
         let other = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert!(silu_mul(&gate, &other).is_err());

@@ -19,6 +19,7 @@ mod cuda;
 mod cuda_graph;
 pub mod draft;
 pub mod error;
+pub(crate) mod exp;
 pub mod generate;
 pub mod kv_cache;
 mod language_model;

@@ -1,7 +1,8 @@
 //! `hone bench engine`: prefill and decode throughput, measured the way llama-bench does (a
 //! prompt of `--prompt-tokens` tokens, then `--gen-tokens` single-token steps), for each batch
 //! size; and what a speculative verification call of `--verify` positions per row costs, in
-//! single steps (speculation pays only when that is well under the tokens it accepts).
+//! single steps at the same positions (speculation pays only when that is well under the
+//! tokens it accepts).
 
 use super::BenchArgs;
 use anyhow::Result;
@@ -73,6 +74,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 read_scores(&model.forward(&rows, &mut cache, Logits::Last)?, readout)?;
             }
             let decode_secs = t.elapsed().as_secs_f64();
+            // Verification starts again from the prompt, so that it covers the positions the
+            // single steps did: after them, its attention would read more keys than they did.
+            if verify_calls > 0 {
+                cache = model.new_cache(b);
+                read_scores(&model.forward(&rows, &mut cache, Logits::Last)?, readout)?;
+            }
             let t = Instant::now();
             for call in 0..verify_calls {
                 let toks: Vec<Vec<u32>> = (0..b)
