@@ -14,8 +14,8 @@
 //! the same instructions for every row and column (with AVX-512 VNNI the 32-wide kernels take
 //! two columns at a time on 512-bit vectors, `avx512.rs`): the result depends on
 //! the row and the column only. Weights keep the GGUF layout but for the 32-wide types' groups of eight blocks,
-//! interleaved in place (`groups.rs`); types without a kernel are re-quantized to Q8_0 at load
-//! (see `weights.rs`).
+//! interleaved in place (`groups.rs`), in memory on 2 MiB pages (`pages.rs`); types without a
+//! kernel are re-quantized to Q8_0 at load (see `weights.rs`).
 
 #[cfg(all(
     target_arch = "x86_64",
@@ -33,6 +33,7 @@ mod avx2;
 mod avx512;
 mod blocks;
 mod groups;
+mod pages;
 #[cfg(any(
     test,
     not(all(
@@ -62,7 +63,7 @@ use portable as simd;
 use blocks::{Act256, Act8x32, Activations, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q6K, Q8_0};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Storage, Tensor};
-use std::sync::Arc;
+use pages::Region;
 
 /// A weight block type with a kernel: its activation format and its dot product of one block
 /// row against a tile of up to eight activation rows.
@@ -153,7 +154,7 @@ pub(crate) enum QuantMatrix {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Blocks<B> {
-    blocks: Arc<Vec<B>>,
+    blocks: Region<B>,
     rows: usize,
     cols: usize,
 }
@@ -235,27 +236,16 @@ impl<B: Kernel> Blocks<B> {
                 bytes.len()
             );
         }
-        let count = rows * (cols / width);
-        let mut blocks: Vec<B> = Vec::with_capacity(count);
         // SAFETY: the block types are `repr(C)` structs of integers, f16 and arrays of them, for
-        // which every bit pattern is a value; `bytes` holds exactly `count` of them (checked
-        // above) and the vector has room for them.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                blocks.as_mut_ptr().cast::<u8>(),
-                bytes.len(),
-            );
-            blocks.set_len(count);
-        }
-        for row in blocks.chunks_exact_mut(cols / width) {
-            B::prepare(row);
-        }
-        Ok(Self {
-            blocks: Arc::new(blocks),
-            rows,
-            cols,
-        })
+        // which every bit pattern is a value.
+        let blocks = unsafe {
+            Region::<B>::from_bytes(bytes, |blocks| {
+                for row in blocks.chunks_exact_mut(cols / width) {
+                    B::prepare(row);
+                }
+            })
+        };
+        Ok(Self { blocks, rows, cols })
     }
 
     /// `xs` `[..., cols]` times each of `mats`: `[..., rows]` each.
